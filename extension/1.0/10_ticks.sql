@@ -1,0 +1,117 @@
+/* ------------------------------------------------------------------------
+ * Internal helpers
+ * ------------------------------------------------------------------------ */
+
+/*
+ * connect_guard.log_event appends to the event log; every state change goes
+ * through it, so the log tells who did what and when.
+ */
+CREATE FUNCTION connect_guard.log_event(p_connection_id integer, p_kind text,
+                                        p_detail jsonb DEFAULT '{}')
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO connect_guard.event (connection_id, connection_name, kind, detail)
+    SELECT p_connection_id,
+           (SELECT c.name FROM connect_guard.connection c WHERE c.connection_id = p_connection_id),
+           p_kind, p_detail;
+$$;
+
+/*
+ * connect_guard.connection_for_update returns the connection row, locked so
+ * that batches, pauses and drops of one connection happen one at a time.
+ */
+CREATE FUNCTION connect_guard.connection_for_update(p_name text)
+RETURNS connect_guard.connection
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c connect_guard.connection;
+BEGIN
+    SELECT * INTO c FROM connect_guard.connection WHERE name = p_name FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'undefined_object',
+            MESSAGE = format('connection "%s" does not exist', p_name),
+            HINT = 'See SELECT name FROM connect_connections, or create it with connect_create_connection().';
+    END IF;
+    RETURN c;
+END;
+$$;
+
+/*
+ * connect_guard.new_tick records a tick.  The sequence must be read before
+ * the snapshot is taken, which is why these are two statements: in READ
+ * COMMITTED each statement of a volatile function takes a new snapshot.
+ * A longer isolation level would hand back the transaction's first snapshot
+ * and break the bound, so it is refused.
+ */
+CREATE FUNCTION connect_guard.new_tick()
+RETURNS connect_guard.tick
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_last_id bigint;
+    v_snapshot pg_snapshot;
+    t connect_guard.tick;
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'invalid_transaction_state',
+            MESSAGE = 'connect_guard batches must be taken in a READ COMMITTED transaction',
+            DETAIL = format('The current transaction is %s; its snapshot is older than the batch boundary.',
+                            upper(current_setting('transaction_isolation'))),
+            HINT = 'Call connect_next_batch() outside REPEATABLE READ and SERIALIZABLE transactions.';
+    END IF;
+    v_last_id := coalesce(pg_sequence_last_value('connect_guard.trigger_log_id_seq'), 0);
+    v_snapshot := pg_current_snapshot();
+    INSERT INTO connect_guard.tick (snapshot, last_id, scan_from)
+    SELECT v_snapshot, v_last_id,
+           coalesce((SELECT p.last_id FROM connect_guard.tick p
+                      WHERE pg_snapshot_xmax(p.snapshot) <= pg_snapshot_xmin(v_snapshot)
+                      ORDER BY p.tick_id DESC LIMIT 1), 0)
+    RETURNING * INTO t;
+    RETURN t;
+END;
+$$;
+
+/*
+ * connect_guard.tick_entries is the heart of the batch method: the entries
+ * of a connection's mapped tables that became visible between two ticks.
+ */
+CREATE FUNCTION connect_guard.tick_entries(p_connection_id integer, p_prev_tick bigint,
+                                           p_cur_tick bigint)
+RETURNS SETOF connect_guard.trigger_log
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT l.*
+      FROM connect_guard.tick p, connect_guard.tick c, connect_guard.trigger_log l
+     WHERE p.tick_id = p_prev_tick
+       AND c.tick_id = p_cur_tick
+       AND l.id > p.scan_from
+       AND pg_visible_in_snapshot(l.txid, c.snapshot)
+       AND NOT pg_visible_in_snapshot(l.txid, p.snapshot)
+       AND EXISTS (SELECT 1 FROM connect_guard.mapping m
+                    WHERE m.connection_id = p_connection_id
+                      AND m.table_schema = l.table_schema
+                      AND m.table_name = l.table_name)
+     ORDER BY l.id;
+$$;
+
+CREATE FUNCTION connect_guard.redact(p_options jsonb)
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(jsonb_object_agg(key,
+                        CASE WHEN key ~* '(token|secret|password|key)' THEN '"********"'::jsonb
+                             ELSE value END), '{}')
+      FROM jsonb_each(p_options);
+$$;
+
+-- the first tick, so that every connection has a high-water mark to start from
+SELECT connect_guard.new_tick();

@@ -1,0 +1,134 @@
+/* ------------------------------------------------------------------------
+ * The consumer side: snapshot-safe batches and high-water marks.  These run
+ * as the extension owner (SECURITY DEFINER) so that the sync service's role
+ * needs EXECUTE on them and nothing else.
+ * ------------------------------------------------------------------------ */
+
+CREATE FUNCTION connect_next_batch(connection text)
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c connect_guard.connection;
+    t connect_guard.tick;
+    v_batch bigint;
+BEGIN
+    c := connect_guard.connection_for_update(connection);
+
+    -- an unfinished batch is handed out again: delivery is at least once
+    UPDATE connect_guard.batch b SET deliveries = b.deliveries + 1
+     WHERE b.connection_id = c.connection_id AND b.finished_at IS NULL
+    RETURNING b.batch_id INTO v_batch;
+    IF FOUND THEN
+        RETURN v_batch;
+    END IF;
+
+    IF c.state IN ('PAUSING', 'PAUSED') THEN
+        RETURN NULL;
+    END IF;
+
+    t := connect_guard.new_tick();
+    IF NOT EXISTS (SELECT 1 FROM connect_guard.tick_entries(c.connection_id, c.last_tick, t.tick_id)) THEN
+        -- nothing new for this connection: move its mark without a batch
+        UPDATE connect_guard.connection SET last_tick = t.tick_id
+         WHERE connection_id = c.connection_id;
+        RETURN NULL;
+    END IF;
+
+    INSERT INTO connect_guard.batch (connection_id, prev_tick, cur_tick)
+    VALUES (c.connection_id, c.last_tick, t.tick_id)
+    RETURNING batch_id INTO v_batch;
+    UPDATE connect_guard.connection
+       SET state = 'POLLING_DB_CHANGES', state_since = clock_timestamp()
+     WHERE connection_id = c.connection_id AND state = 'IDLE';
+    RETURN v_batch;
+END;
+$$;
+
+/*
+ * connect_guard.open_batch returns an unfinished batch, or raises the error
+ * that explains why the batch cannot be used.
+ */
+CREATE FUNCTION connect_guard.open_batch(p_batch_id bigint)
+RETURNS connect_guard.batch
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    b connect_guard.batch;
+BEGIN
+    SELECT * INTO b FROM connect_guard.batch WHERE batch_id = p_batch_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'undefined_object',
+            MESSAGE = format('batch %s does not exist', coalesce(p_batch_id::text, 'NULL')),
+            HINT = 'Take a batch with connect_next_batch(connection).';
+    END IF;
+    IF b.finished_at IS NOT NULL THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('batch %s is already finished', p_batch_id),
+            DETAIL = format('It was finished at %s.', b.finished_at),
+            HINT = 'Take the next batch with connect_next_batch(connection).';
+    END IF;
+    RETURN b;
+END;
+$$;
+
+CREATE FUNCTION connect_batch_events(batch_id bigint)
+RETURNS SETOF connect_guard.trigger_log
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    b connect_guard.batch;
+BEGIN
+    b := connect_guard.open_batch(batch_id);
+    RETURN QUERY SELECT * FROM connect_guard.tick_entries(b.connection_id, b.prev_tick, b.cur_tick);
+END;
+$$;
+
+CREATE FUNCTION connect_finish_batch(batch_id bigint)
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    b connect_guard.batch;
+    c connect_guard.connection;
+    v_count bigint;
+    v_max bigint;
+BEGIN
+    b := connect_guard.open_batch(batch_id);
+    SELECT * INTO c FROM connect_guard.connection WHERE connection_id = b.connection_id FOR UPDATE;
+    -- re-read under the connection lock: a concurrent finish may have won
+    b := connect_guard.open_batch(batch_id);
+    IF b.taken_by <> session_user
+       AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = session_user) THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'insufficient_privilege',
+            MESSAGE = format('batch %s belongs to role "%s"', batch_id, b.taken_by),
+            DETAIL = format('Only the consumer that took a batch finishes it; you are "%s".', session_user),
+            HINT = 'Finish the batch from the sync service''s own role, or as a superuser.';
+    END IF;
+
+    SELECT count(*), max(e.id) INTO v_count, v_max
+      FROM connect_guard.tick_entries(b.connection_id, b.prev_tick, b.cur_tick) e;
+    UPDATE connect_guard.batch SET finished_at = clock_timestamp(), entries = v_count
+     WHERE connect_guard.batch.batch_id = b.batch_id;
+    UPDATE connect_guard.connection
+       SET last_tick = b.cur_tick,
+           hwm_id = greatest(hwm_id, coalesce(v_max, 0)),
+           last_batch_at = clock_timestamp(),
+           state = CASE WHEN state = 'POLLING_DB_CHANGES' THEN 'IDLE' ELSE state END,
+           state_since = CASE WHEN state = 'POLLING_DB_CHANGES' THEN clock_timestamp() ELSE state_since END
+     WHERE connection_id = c.connection_id;
+    UPDATE connect_guard.mapping SET state = 'DATA_SYNCED', state_since = clock_timestamp()
+     WHERE connection_id = c.connection_id AND state = 'INITIAL';
+    RETURN v_count;
+END;
+$$;

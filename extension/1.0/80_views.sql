@@ -1,0 +1,44 @@
+/* ------------------------------------------------------------------------
+ * Views
+ * ------------------------------------------------------------------------ */
+
+CREATE VIEW connect_connections AS
+SELECT c.name AS connection,
+       c.adapter,
+       c.state,
+       c.state_since,
+       (SELECT count(*) FROM connect_guard.mapping m WHERE m.connection_id = c.connection_id) AS mappings,
+       connect_guard.redact(c.options) AS options,
+       c.created_at
+  FROM connect_guard.connection c;
+
+CREATE VIEW connect_mappings AS
+SELECT c.name AS connection,
+       to_regclass(format('%I.%I', m.table_schema, m.table_name)) AS table_name,
+       m.table_schema,
+       m.table_name AS table_relname,
+       m.object_name,
+       m.state,
+       m.state_since,
+       m.remote_id
+  FROM connect_guard.mapping m JOIN connect_guard.connection c USING (connection_id);
+
+CREATE VIEW connect_high_water_marks AS
+SELECT c.name AS connection,
+       c.last_tick AS hwm_tick,
+       c.hwm_id,
+       pg_snapshot_xmin(t.snapshot) AS hwm_txid,
+       greatest((SELECT max(id) FROM connect_guard.trigger_log),
+                (SELECT max(id) FROM connect_guard.trigger_log_archive)) AS log_head,
+       (SELECT count(*)
+          FROM connect_guard.trigger_log l
+         WHERE l.id > t.scan_from
+           AND NOT pg_visible_in_snapshot(l.txid, t.snapshot)
+           AND EXISTS (SELECT 1 FROM connect_guard.mapping m
+                        WHERE m.connection_id = c.connection_id
+                          AND m.table_schema = l.table_schema
+                          AND m.table_name = l.table_name)) AS backlog,
+       (SELECT b.batch_id FROM connect_guard.batch b
+         WHERE b.connection_id = c.connection_id AND b.finished_at IS NULL) AS open_batch,
+       c.last_batch_at
+  FROM connect_guard.connection c JOIN connect_guard.tick t ON t.tick_id = c.last_tick;

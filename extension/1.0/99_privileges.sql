@@ -1,0 +1,22 @@
+/* ------------------------------------------------------------------------
+ * Privileges: nothing for PUBLIC; monitoring roles may read the views
+ * (which redact secrets); the DBA grants the consumer functions to the sync
+ * service's role.
+ * ------------------------------------------------------------------------ */
+
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN
+        SELECT p.oid FROM pg_proc p
+          JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid
+         WHERE d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e'
+           AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'connect_guard')
+    LOOP
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
+    END LOOP;
+END;
+$$;
+
+GRANT SELECT ON connect_connections, connect_mappings, connect_high_water_marks TO pg_monitor;

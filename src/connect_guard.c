@@ -1,0 +1,49 @@
+/*
+ * connect_guard.c
+ *		Module entry point: settings, and the start-up of every other module.
+ *
+ * The library works when loaded on demand (the capture trigger loads it),
+ * but the write fence and the background worker need it in
+ * shared_preload_libraries; those modules check process_shared_preload_libraries_in_progress
+ * themselves and say so when it is missing.
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "utils/guc.h"
+
+#include "connect_guard.h"
+
+PG_MODULE_MAGIC;
+
+/* GUC variables */
+bool		connect_guard_capture_enabled = true;
+
+void		_PG_init(void);
+
+/*
+ * _PG_init defines the settings and lets each module register its hooks
+ * and callbacks.
+ */
+void
+_PG_init(void)
+{
+	/*
+	 * PGC_SUSET, so that an ordinary role cannot hide its writes from the
+	 * sync service; the DBA gives the sync service's role the right to skip
+	 * its own writes with GRANT SET ON PARAMETER connect_guard.capture.
+	 */
+	DefineCustomBoolVariable("connect_guard.capture",
+							 "Whether writes to mapped tables are appended to the trigger log.",
+							 "Turn off only in the sync service's own sessions, so that the changes "
+							 "it applies are not sent back to it.",
+							 &connect_guard_capture_enabled,
+							 true,
+							 PGC_SUSET,
+							 0,
+							 NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("connect_guard");
+
+	capture_init();
+}

@@ -68,11 +68,16 @@ BEGIN
     END IF;
     v_last_id := coalesce(pg_sequence_last_value('connect_guard.trigger_log_id_seq'), 0);
     v_snapshot := pg_current_snapshot();
+    -- With no transaction running at the snapshot, the tick settles its own
+    -- last_id; otherwise the newest earlier tick that ended before every
+    -- running transaction began does.
     INSERT INTO connect_guard.tick (snapshot, last_id, scan_from)
     SELECT v_snapshot, v_last_id,
-           coalesce((SELECT p.last_id FROM connect_guard.tick p
-                      WHERE pg_snapshot_xmax(p.snapshot) <= pg_snapshot_xmin(v_snapshot)
-                      ORDER BY p.tick_id DESC LIMIT 1), 0)
+           CASE WHEN pg_snapshot_xmax(v_snapshot) <= pg_snapshot_xmin(v_snapshot) THEN v_last_id
+                ELSE coalesce((SELECT p.last_id FROM connect_guard.tick p
+                                WHERE pg_snapshot_xmax(p.snapshot) <= pg_snapshot_xmin(v_snapshot)
+                                ORDER BY p.tick_id DESC LIMIT 1), 0)
+           END
     RETURNING * INTO t;
     RETURN t;
 END;

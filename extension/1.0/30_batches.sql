@@ -15,6 +15,10 @@ DECLARE
     t connect_guard.tick;
     v_batch bigint;
 BEGIN
+    -- The tick comes first, before this transaction takes an xid by locking
+    -- the connection: a snapshot held back by our own xid would give the
+    -- next tick a lower scan_from, and retention would lag one tick more.
+    t := connect_guard.new_tick();
     c := connect_guard.connection_for_update(connection);
 
     -- an unfinished batch is handed out again: delivery is at least once
@@ -29,7 +33,10 @@ BEGIN
         RETURN NULL;
     END IF;
 
-    t := connect_guard.new_tick();
+    IF t.tick_id <= c.last_tick THEN
+        -- a concurrent call moved the mark past our tick while we waited for the lock
+        RETURN NULL;
+    END IF;
     IF NOT EXISTS (SELECT 1 FROM connect_guard.tick_entries(c.connection_id, c.last_tick, t.tick_id)) THEN
         -- nothing new for this connection: move its mark without a batch
         UPDATE connect_guard.connection SET last_tick = t.tick_id
@@ -70,7 +77,7 @@ BEGIN
         RAISE EXCEPTION USING
             ERRCODE = 'object_not_in_prerequisite_state',
             MESSAGE = format('batch %s is already finished', p_batch_id),
-            DETAIL = format('It was finished at %s.', b.finished_at),
+            DETAIL = 'Its entries were delivered and the high-water mark has moved past them.',
             HINT = 'Take the next batch with connect_next_batch(connection).';
     END IF;
     RETURN b;

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# test.sh: every test suite of connect_guard, on a fresh machine or not.
+#   bash scripts/test.sh
+# Installs the packages it needs, builds and installs the extension, then
+# runs pg_regress and the isolation specs against a throwaway cluster and
+# the TAP tests (which make their own clusters), all as an unprivileged user.
+source "$(dirname "$0")/lib.sh"
+
+install_packages
+build_and_install
+
+work=$(scratch_dir test)
+trap 'cluster_stop "$work"; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
+
+# The suites write results into the tree they run from, so they run from a
+# copy that RUN_USER owns.
+log "copying the tree to $work/src"
+as_run_user mkdir "$work/src"
+tar -C "$CG_ROOT" --exclude=.git --exclude='*.o' --exclude='*.so' --exclude='*.bc' -cf - . |
+    as_run_user tar -C "$work/src" -xf -
+
+port=$(free_port 5460)
+cluster_init "$work" "$port"
+cluster_start "$work"
+
+# Each suite runs even when an earlier one failed, so that one run shows
+# every failure; the last line counts the suites.
+suite() {
+    local name=$1; shift
+    log "$name"
+    if as_run_user env PGHOST="$work" PGPORT="$port" PGUSER=postgres \
+        make -C "$work/src" -s PG_CONFIG="$PG_BIN/pg_config" installcheck "$@"; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1)); failures+=("$name")
+    fi
+}
+passed=0 failed=0 failures=()
+suite "pg_regress (sql/)" ISOLATION= TAP_TESTS=
+suite "isolation specs (test/isolation)" REGRESS= TAP_TESTS=
+suite "TAP tests (test/t)" REGRESS= ISOLATION= ${PROVE_TESTS:+PROVE_TESTS="$PROVE_TESTS"}
+
+for f in "$work"/src/results-regress/regression.diffs "$work"/src/results-isolation/regression.diffs; do
+    if [ -s "$f" ]; then log "$f"; cat "$f"; fi
+done
+if [ $failed -ne 0 ] && [ -d "$work/src/tmp_check/log" ]; then
+    for f in "$work"/src/tmp_check/log/regress_log_*; do
+        log "$f (tail)"; tail -n 80 "$f"
+    done
+fi
+
+[ $failed -eq 0 ] || log "failed: ${failures[*]}"
+echo "test suites: $passed passed, $failed failed"
+[ $failed -eq 0 ]

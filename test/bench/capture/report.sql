@@ -1,0 +1,78 @@
+/*
+ * Summary of a run.sh results file (psql -v results=FILE).  Every figure is
+ * first computed against the no-trigger run of the same round and only then
+ * reduced to a median over rounds: the machine drifts between rounds, and a
+ * ratio of two medians taken at different times would carry that drift.
+ */
+\set ON_ERROR_STOP on
+\pset footer off
+
+CREATE TEMP TABLE result (
+    round        integer,
+    workload     text,
+    variant      text,
+    rows_per_tx  integer,
+    tps          float8,
+    transactions bigint,
+    captured     bigint
+);
+\copy result FROM :'results'
+
+CREATE TEMP VIEW per_round AS
+SELECT r.round, r.workload, r.variant, r.tps,
+       r.tps / n.tps AS ratio,
+       -- time per transaction above the baseline, spread over the rows it changed
+       (1e6 / r.tps - 1e6 / n.tps) / r.rows_per_tx AS added_us,
+       array_position(ARRAY['update_1row', 'insert_1row', 'update_bulk', 'insert_bulk'], r.workload) AS w_order,
+       array_position(ARRAY['none', 'plpgsql', 'pgq', 'connect_guard'], r.variant) AS v_order
+  FROM result r
+  JOIN result n ON n.round = r.round AND n.workload = r.workload AND n.variant = 'none';
+
+\echo
+\echo 'Throughput and added cost per captured row (medians over rounds)'
+SELECT workload,
+       variant,
+       round(percentile_cont(0.5) WITHIN GROUP (ORDER BY tps)::numeric, 1) AS "tps (median)",
+       round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ratio)::numeric, 3) AS "ratio to none",
+       round(percentile_cont(0.5) WITHIN GROUP (ORDER BY added_us)::numeric, 2) AS "added µs/row",
+       round(min(added_us)::numeric, 2) || ' .. ' || round(max(added_us)::numeric, 2) AS "added µs/row, range"
+  FROM per_round
+ GROUP BY workload, variant, w_order, v_order
+ ORDER BY w_order, v_order;
+
+\echo 'connect_guard''s added µs/row as a fraction of the others'' (median of per-round fractions;'
+\echo 'target for the bulk workloads: <= 0.5 of PL/pgSQL, aim 0.33)'
+WITH f AS (
+    SELECT cg.workload, cg.w_order,
+           cg.added_us / pl.added_us AS of_plpgsql,
+           cg.added_us / pq.added_us AS of_pgq
+      FROM per_round cg
+      JOIN per_round pl ON pl.round = cg.round AND pl.workload = cg.workload AND pl.variant = 'plpgsql'
+      JOIN per_round pq ON pq.round = cg.round AND pq.workload = cg.workload AND pq.variant = 'pgq'
+     WHERE cg.variant = 'connect_guard'
+)
+SELECT workload,
+       round(percentile_cont(0.5) WITHIN GROUP (ORDER BY of_plpgsql)::numeric, 2) AS "÷ plpgsql",
+       round(percentile_cont(0.5) WITHIN GROUP (ORDER BY of_pgq)::numeric, 2) AS "÷ pgq",
+       CASE
+           WHEN workload NOT LIKE '%bulk' THEN 'no target (single-row)'
+           WHEN percentile_cont(0.5) WITHIN GROUP (ORDER BY of_plpgsql) <= 0.33 THEN 'meets aim (<= 0.33)'
+           WHEN percentile_cont(0.5) WITHIN GROUP (ORDER BY of_plpgsql) <= 0.5 THEN 'meets target (<= 0.5), misses aim (0.33)'
+           ELSE 'MISSES target (<= 0.5)'
+       END AS verdict
+  FROM f
+ GROUP BY workload, w_order
+ ORDER BY w_order;
+
+-- a trigger that silently skipped rows would look fast: say so loudly
+SELECT count(*) AS miscounted FROM result
+ WHERE variant <> 'none' AND captured <> transactions * rows_per_tx \gset
+\if :miscounted
+\echo 'WARNING: some runs captured a different number of rows than they changed:'
+SELECT round, workload, variant, transactions * rows_per_tx AS changed, captured
+  FROM result
+ WHERE variant <> 'none' AND captured <> transactions * rows_per_tx
+ ORDER BY round, workload, variant;
+\else
+\echo 'Check: every variant captured exactly one log row per changed row in every run.'
+\endif

@@ -156,6 +156,7 @@ CREATE FUNCTION public.bench_captured(variant text) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
     n bigint;
+    events text;
 BEGIN
     CASE variant
     WHEN 'none' THEN
@@ -163,8 +164,9 @@ BEGIN
     WHEN 'plpgsql' THEN
         SELECT count(*) INTO n FROM salesforce._trigger_log;
     WHEN 'pgq' THEN
-        EXECUTE format('SELECT count(*) FROM %s', q.queue_data_pfx) INTO n
-           FROM pgq.queue q WHERE q.queue_name = 'bench';
+        -- the queue's parent event table: its rotating children inherit from it
+        SELECT queue_data_pfx INTO events FROM pgq.queue WHERE queue_name = 'bench';
+        EXECUTE format('SELECT count(*) FROM %s', events) INTO n;
     WHEN 'connect_guard' THEN
         SELECT count(*) INTO n FROM connect_guard.trigger_log;
     END CASE;

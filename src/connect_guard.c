@@ -13,6 +13,7 @@
 #include "utils/guc.h"
 
 #include "connect_guard.h"
+#include "fence.h"
 
 PG_MODULE_MAGIC;
 
@@ -42,6 +43,8 @@ _PG_init(void)
 							 PGC_SUSET,
 							 0,
 							 NULL, NULL, NULL);
+
+	fence_init();
 
 	MarkGUCPrefixReserved("connect_guard");
 

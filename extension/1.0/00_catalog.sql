@@ -40,6 +40,9 @@ CREATE TABLE connect_guard.connection (
     state           text NOT NULL DEFAULT 'IDLE'
                     CHECK (state IN ('IDLE', 'POLLING_DB_CHANGES', 'PAUSING', 'PAUSED', 'RESUMING')),
     state_since     timestamptz NOT NULL DEFAULT clock_timestamp(),
+    state_reason    text,
+    -- the write fence raised by connect_pause(block_writes => true)
+    fence_id        integer,
     -- high-water mark: the tick up to which the connection has consumed the log
     last_tick       bigint NOT NULL,
     hwm_id          bigint NOT NULL DEFAULT 0,

@@ -111,6 +111,7 @@ BEGIN
     INSERT INTO connect_guard.mapping (connection_id, table_schema, table_name, object_name)
     VALUES (c.connection_id, r.nspname, r.relname, coalesce(object_name, r.relname))
     RETURNING mapping_id INTO v_id;
+    PERFORM connect_guard.fence_refresh();
     PERFORM connect_guard.log_event(c.connection_id, 'table_mapped',
                                     jsonb_build_object('table', format('%I.%I', r.nspname, r.relname),
                                                        'object_name', coalesce(object_name, r.relname)));
@@ -160,6 +161,7 @@ BEGIN
             HINT = 'See connect_mappings for the tables each connection maps.';
     END IF;
     PERFORM connect_guard.drop_capture_if_unused(m.table_schema, m.table_name);
+    PERFORM connect_guard.fence_refresh();
     PERFORM connect_guard.log_event(c.connection_id, 'table_unmapped',
                                     jsonb_build_object('table', format('%I.%I', m.table_schema, m.table_name)));
 END;
@@ -178,6 +180,10 @@ BEGIN
     FOR m IN DELETE FROM connect_guard.mapping mp WHERE mp.connection_id = c.connection_id RETURNING mp.* LOOP
         PERFORM connect_guard.drop_capture_if_unused(m.table_schema, m.table_name);
     END LOOP;
+    IF c.fence_id IS NOT NULL THEN
+        PERFORM connect_guard.fence_lower(c.fence_id);
+    END IF;
+    PERFORM connect_guard.fence_refresh();
     PERFORM connect_guard.log_event(c.connection_id, 'connection_dropped');
     DELETE FROM connect_guard.connection WHERE connection_id = c.connection_id;
 END;

@@ -42,3 +42,36 @@ SELECT c.name AS connection,
          WHERE b.connection_id = c.connection_id AND b.finished_at IS NULL) AS open_batch,
        c.last_batch_at
   FROM connect_guard.connection c JOIN connect_guard.tick t ON t.tick_id = c.last_tick;
+
+CREATE VIEW connect_fences AS
+SELECT f.fence_id,
+       f.scope,
+       f.connection,
+       f.reason,
+       f.since,
+       f.raised_by,
+       f.tables,
+       (SELECT array_agg(r.relid::regclass ORDER BY r.relid::regclass::text)
+          FROM connect_guard.fence_relations() r WHERE r.fence_id = f.fence_id) AS fenced_tables
+  FROM connect_guard.fence_list() f;
+
+CREATE VIEW connect_status AS
+SELECT c.name AS connection,
+       c.adapter,
+       c.state,
+       c.state_since,
+       c.state IN ('PAUSING', 'PAUSED') AS paused,
+       c.state_reason AS paused_because,
+       f.fence_id IS NOT NULL OR m.fence_id IS NOT NULL AS fenced,
+       coalesce(f.reason, m.reason) AS fenced_because,
+       coalesce(f.since, m.since) AS fenced_since,
+       h.hwm_id,
+       h.log_head,
+       h.backlog,
+       h.open_batch,
+       h.last_batch_at
+  FROM connect_guard.connection c
+  JOIN connect_high_water_marks h ON h.connection = c.name
+  LEFT JOIN connect_guard.fence_list() f ON f.fence_id = c.fence_id
+  LEFT JOIN LATERAL (SELECT * FROM connect_guard.fence_list() l
+                      WHERE l.scope IN ('mapped', 'database') ORDER BY l.fence_id LIMIT 1) m ON true;

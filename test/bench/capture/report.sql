@@ -1,5 +1,5 @@
 /*
- * Summary of a run.sh results file (psql -v results=FILE).  Every figure is
+ * Summary of a run.sh results file (psql -f report.sql < FILE).  Every figure is
  * first computed against the no-trigger run of the same round and only then
  * reduced to a median over rounds: the machine drifts between rounds, and a
  * ratio of two medians taken at different times would carry that drift.
@@ -16,7 +16,7 @@ CREATE TEMP TABLE result (
     transactions bigint,
     captured     bigint
 );
-\copy result FROM :'results'
+\copy result FROM pstdin
 
 CREATE TEMP VIEW per_round AS
 SELECT r.round, r.workload, r.variant, r.tps,

@@ -164,4 +164,4 @@ done
 
 # ---------------------------------------------------------------- report
 
-pg "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -v results="$RESULTS" -f "$WORK/report.sql"
+psql_q -f "$WORK/report.sql" <"$RESULTS"

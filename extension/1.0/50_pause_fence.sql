@@ -1,0 +1,331 @@
+/* ------------------------------------------------------------------------
+ * Pause, resume and the write fence.  The fence itself is shared memory
+ * kept by fence.c; these functions decide which tables it covers, wait for
+ * the writers already in flight, and record every transition.
+ * ------------------------------------------------------------------------ */
+
+CREATE FUNCTION connect_guard.fence_available()
+RETURNS boolean LANGUAGE C STRICT
+AS 'MODULE_PATHNAME', 'connect_guard_fence_available';
+
+CREATE FUNCTION connect_guard.fence_raise(scope text, connection_id integer, connection text,
+                                          reason text, relids oid[], relconnections text[])
+RETURNS integer LANGUAGE C
+AS 'MODULE_PATHNAME', 'connect_guard_fence_raise';
+
+CREATE FUNCTION connect_guard.fence_lower(fence_id integer)
+RETURNS boolean LANGUAGE C STRICT
+AS 'MODULE_PATHNAME', 'connect_guard_fence_lower';
+
+CREATE FUNCTION connect_guard.fence_set_relations(fence_id integer, relids oid[], relconnections text[])
+RETURNS boolean LANGUAGE C STRICT
+AS 'MODULE_PATHNAME', 'connect_guard_fence_set_relations';
+
+CREATE FUNCTION connect_guard.fence_list(
+    OUT fence_id integer, OUT scope text, OUT connection_id integer, OUT connection text,
+    OUT reason text, OUT since timestamptz, OUT raised_by name, OUT tables integer)
+RETURNS SETOF record LANGUAGE C STRICT
+AS 'MODULE_PATHNAME', 'connect_guard_fence_list';
+
+CREATE FUNCTION connect_guard.fence_relations(OUT fence_id integer, OUT relid oid, OUT connections text)
+RETURNS SETOF record LANGUAGE C STRICT
+AS 'MODULE_PATHNAME', 'connect_guard_fence_relations';
+
+/*
+ * connect_guard.fence_targets returns the tables a fence covers: the mapped
+ * tables of one connection (or of every connection, for NULL) with all their
+ * partitions, each with the names of the connections that map it.
+ */
+CREATE FUNCTION connect_guard.fence_targets(p_connection_id integer,
+                                            OUT relids oid[], OUT relconnections text[])
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(array_agg(relid), '{}'), coalesce(array_agg(names), '{}')
+      FROM (SELECT t.relid, string_agg(DISTINCT c.name, ', ') AS names
+              FROM connect_guard.mapping m
+              JOIN connect_guard.connection c USING (connection_id)
+              CROSS JOIN LATERAL to_regclass(format('%I.%I', m.table_schema, m.table_name)) root
+              -- pg_partition_tree() lists nothing for a table that is not partitioned
+              CROSS JOIN LATERAL (SELECT root::oid UNION SELECT p.relid FROM pg_partition_tree(root) p) t(relid)
+             WHERE (p_connection_id IS NULL OR m.connection_id = p_connection_id)
+               AND root IS NOT NULL
+             GROUP BY t.relid) targets;
+$$;
+
+/*
+ * connect_guard.fence_refresh gives every connection and 'mapped' fence of
+ * this database the tables it must cover now; map and unmap call it, so a
+ * table mapped while its connection is paused is fenced at once.
+ */
+CREATE FUNCTION connect_guard.fence_refresh()
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    f record;
+    t record;
+BEGIN
+    FOR f IN SELECT * FROM connect_guard.fence_list() WHERE scope IN ('connection', 'mapped') LOOP
+        t := connect_guard.fence_targets(CASE WHEN f.scope = 'connection' THEN f.connection_id END);
+        PERFORM connect_guard.fence_set_relations(f.fence_id, t.relids, t.relconnections);
+    END LOOP;
+END;
+$$;
+
+/*
+ * connect_guard.wait_for_writers returns once no other transaction holds a
+ * write lock on the fenced tables (p_relids, or every ordinary table of the
+ * database when p_relids is NULL), so that the trigger log head is final.
+ * Such a transaction wrote before the fence went up, or is about to be
+ * stopped by it.  With p_cancel the writers are terminated instead of
+ * waited for; past p_deadline the call fails and names them.
+ */
+CREATE FUNCTION connect_guard.wait_for_writers(p_relids oid[], p_deadline timestamptz, p_cancel boolean)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_writers text;
+    v_pids integer[];
+    v_waits integer := 0;
+BEGIN
+    LOOP
+        SELECT array_agg(DISTINCT l.pid) FILTER (WHERE l.pid IS NOT NULL),
+               string_agg(DISTINCT coalesce('pid ' || l.pid || ' (transaction open for '
+                                            || date_trunc('second', clock_timestamp() - a.xact_start) || ')',
+                                            'prepared transaction ' || l.virtualtransaction), ', ')
+          INTO v_pids, v_writers
+          FROM pg_locks l
+          JOIN pg_class c ON c.oid = l.relation
+          LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+         WHERE l.locktype = 'relation'
+           AND l.granted
+           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+           AND l.mode IN ('RowExclusiveLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock')
+           AND l.pid IS DISTINCT FROM pg_backend_pid()
+           AND CASE WHEN p_relids IS NULL
+                    THEN c.oid >= 16384 AND c.relkind IN ('r', 'p') AND c.relpersistence <> 't'
+                         AND c.relnamespace <> 'connect_guard'::regnamespace
+                    ELSE c.oid = ANY (p_relids) END;
+        IF v_writers IS NULL THEN
+            RETURN v_waits;
+        END IF;
+        IF p_cancel AND v_pids IS NOT NULL THEN
+            PERFORM pg_terminate_backend(pid) FROM unnest(v_pids) pid;
+        ELSIF clock_timestamp() > p_deadline THEN
+            RAISE EXCEPTION USING
+                ERRCODE = 'lock_not_available',
+                MESSAGE = 'timed out waiting for transactions that write to fenced tables',
+                DETAIL = format('Still writing: %s. The fence was not raised.', v_writers),
+                HINT = 'Let those transactions finish and try again with a longer timeout, or pass cancel_writers => true to terminate them.';
+        END IF;
+        v_waits := v_waits + 1;
+        PERFORM pg_sleep(0.01);
+    END LOOP;
+END;
+$$;
+
+CREATE FUNCTION connect_guard.require_read_committed(p_what text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'invalid_transaction_state',
+            MESSAGE = format('%s must run in a READ COMMITTED transaction', p_what),
+            DETAIL = 'It waits for other sessions and must see what they commit while it waits.',
+            HINT = 'Call it outside REPEATABLE READ and SERIALIZABLE transactions.';
+    END IF;
+END;
+$$;
+
+/*
+ * connect_pause: Connect's Pause.  Pending work completes first: an open
+ * batch must be finished by its consumer within the timeout.  Then the
+ * connection is PAUSED (connect_next_batch hands out nothing), and with
+ * block_writes its mapped tables are fenced and the writers in flight have
+ * ended, so the trigger log head is final when this returns.
+ */
+CREATE FUNCTION connect_pause(connection text, block_writes boolean DEFAULT true,
+                              timeout interval DEFAULT '30 s', reason text DEFAULT NULL,
+                              cancel_writers boolean DEFAULT false)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c connect_guard.connection;
+    b connect_guard.batch;
+    t record;
+    v_deadline timestamptz := clock_timestamp() + coalesce(timeout, '30 s');
+    v_started timestamptz := clock_timestamp();
+    v_reason text;
+BEGIN
+    PERFORM connect_guard.require_read_committed('connect_pause()');
+    SELECT * INTO c FROM connect_guard.connection WHERE name = connect_pause.connection;
+    IF NOT FOUND THEN
+        PERFORM connect_guard.connection_for_update(connection);   -- raises the error
+    END IF;
+    IF c.state IN ('PAUSED', 'PAUSING') THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('connection "%s" is already paused', connection),
+            DETAIL = format('It has been %s since %s.', c.state, c.state_since),
+            HINT = 'Resume it with connect_resume() first, or leave it paused.';
+    END IF;
+    IF block_writes AND NOT connect_guard.fence_available() THEN
+        PERFORM connect_guard.fence_raise('connection', NULL, NULL, NULL, '{}', '{}');  -- raises the error
+    END IF;
+
+    -- Wait for the open batch without holding the connection's lock (its
+    -- consumer needs the lock to finish it); each try locks the connection
+    -- inside a subtransaction that is rolled back while a batch is open.
+    LOOP
+        BEGIN
+            SELECT * INTO c FROM connect_guard.connection WHERE connection_id = c.connection_id FOR UPDATE;
+            SELECT * INTO b FROM connect_guard.batch
+             WHERE connection_id = c.connection_id AND finished_at IS NULL;
+            IF FOUND THEN
+                RAISE EXCEPTION USING ERRCODE = 'CGW01';
+            END IF;
+            UPDATE connect_guard.connection
+               SET state = 'PAUSED', state_since = clock_timestamp(),
+                   state_reason = coalesce(connect_pause.reason, 'paused for maintenance')
+             WHERE connection_id = c.connection_id;
+            EXIT;
+        EXCEPTION WHEN SQLSTATE 'CGW01' THEN
+            IF clock_timestamp() > v_deadline THEN
+                RAISE EXCEPTION USING
+                    ERRCODE = 'object_not_in_prerequisite_state',
+                    MESSAGE = format('cannot pause connection "%s": batch %s has been open for %s',
+                                     connection, b.batch_id, date_trunc('second', clock_timestamp() - b.taken_at)),
+                    DETAIL = format('Connect pauses only when idle: the batch taken by "%s" at %s must be finished first.',
+                                    b.taken_by, b.taken_at),
+                    HINT = 'Let the consumer call connect_finish_batch(), or call connect_pause() with a longer timeout.';
+            END IF;
+            PERFORM pg_sleep(0.02);
+        END;
+    END LOOP;
+
+    IF block_writes THEN
+        v_reason := coalesce(connect_pause.reason, format('connection "%s" paused for maintenance', connection));
+        t := connect_guard.fence_targets(c.connection_id);
+        c.fence_id := connect_guard.fence_raise('connection', c.connection_id, connection, v_reason,
+                                                t.relids, t.relconnections);
+        UPDATE connect_guard.connection SET fence_id = c.fence_id WHERE connection_id = c.connection_id;
+        PERFORM connect_guard.wait_for_writers(t.relids, v_deadline, cancel_writers);
+    END IF;
+
+    PERFORM connect_guard.log_event(c.connection_id, 'paused',
+        jsonb_build_object('block_writes', block_writes, 'fence_id', c.fence_id,
+                           'reason', connect_pause.reason,
+                           'waited_ms', round(extract(epoch FROM clock_timestamp() - v_started) * 1000)));
+    RETURN 'PAUSED';
+END;
+$$;
+
+CREATE FUNCTION connect_resume(connection text)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c connect_guard.connection;
+BEGIN
+    c := connect_guard.connection_for_update(connection);
+    IF c.state NOT IN ('PAUSED', 'PAUSING') THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('connection "%s" is not paused', connection),
+            DETAIL = format('It is %s.', c.state),
+            HINT = 'Only a paused connection can be resumed; see connect_status.';
+    END IF;
+    IF c.fence_id IS NOT NULL THEN
+        PERFORM connect_guard.fence_lower(c.fence_id);
+    END IF;
+    UPDATE connect_guard.connection
+       SET state = 'IDLE', state_since = clock_timestamp(), state_reason = NULL, fence_id = NULL
+     WHERE connection_id = c.connection_id;
+    PERFORM connect_guard.log_event(c.connection_id, 'resumed',
+        jsonb_build_object('paused_for_ms', round(extract(epoch FROM clock_timestamp() - c.state_since) * 1000),
+                           'fence_id', c.fence_id));
+    RETURN 'IDLE';
+END;
+$$;
+
+/*
+ * connect_fence: a maintenance window's fence, over the mapped tables of
+ * every connection ('mapped') or every table of the database ('database').
+ */
+CREATE FUNCTION connect_fence(scope text DEFAULT 'mapped', reason text DEFAULT NULL,
+                              timeout interval DEFAULT '30 s', cancel_writers boolean DEFAULT false)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    f record;
+    v_relids oid[];
+    v_connections text[] := '{}';
+    v_fence integer;
+BEGIN
+    PERFORM connect_guard.require_read_committed('connect_fence()');
+    IF scope IS NULL OR scope NOT IN ('mapped', 'database') THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('unknown fence scope %s', coalesce(quote_literal(scope), 'NULL')),
+            HINT = 'Use ''mapped'' (the tables of every connection) or ''database'' (every table of this database).';
+    END IF;
+    SELECT * INTO f FROM connect_guard.fence_list() l WHERE l.scope IN ('mapped', 'database');
+    IF FOUND THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('a maintenance fence is already up (fence %s, scope %s)', f.fence_id, f.scope),
+            DETAIL = format('Raised by %s at %s: %s.', f.raised_by, f.since, coalesce(f.reason, 'no reason given')),
+            HINT = 'Lower it with connect_unfence() before raising another.';
+    END IF;
+
+    IF scope = 'mapped' THEN
+        SELECT * INTO v_relids, v_connections FROM connect_guard.fence_targets(NULL);
+    END IF;
+    v_fence := connect_guard.fence_raise(scope, NULL, NULL, coalesce(reason, 'maintenance window'),
+                                         coalesce(v_relids, '{}'), v_connections);
+    -- NULL relids: wait for the writers of every table of the database
+    PERFORM connect_guard.wait_for_writers(v_relids, clock_timestamp() + coalesce(timeout, '30 s'),
+                                           cancel_writers);
+    PERFORM connect_guard.log_event(NULL, 'fence_raised',
+        jsonb_build_object('fence_id', v_fence, 'scope', scope, 'reason', reason));
+    RETURN v_fence;
+END;
+$$;
+
+CREATE FUNCTION connect_unfence()
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    f record;
+    v_lowered integer := 0;
+BEGIN
+    FOR f IN SELECT * FROM connect_guard.fence_list() l WHERE l.scope IN ('mapped', 'database') LOOP
+        PERFORM connect_guard.fence_lower(f.fence_id);
+        PERFORM connect_guard.log_event(NULL, 'fence_lowered',
+            jsonb_build_object('fence_id', f.fence_id, 'scope', f.scope,
+                               'fenced_for_ms', round(extract(epoch FROM clock_timestamp() - f.since) * 1000)));
+        v_lowered := v_lowered + 1;
+    END LOOP;
+    IF v_lowered = 0 THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = 'no maintenance fence is up',
+            HINT = 'See connect_fences; a paused connection''s fence is lowered by connect_resume().';
+    END IF;
+    RETURN v_lowered;
+END;
+$$;

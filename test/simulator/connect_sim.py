@@ -1,0 +1,1376 @@
+#!/usr/bin/python3
+"""connect_sim: a stand-in for Heroku Connect, for tests and the demo.
+
+It plays two roles, in one process, each switched on by its flags:
+
+* An HTTP server that speaks the subset of the Heroku Connect API v3 that
+  connect_guard calls (pause, resume, reload, the deep connection GET), a
+  signed-webhook receiver, and a control API under /_sim/ with which a test
+  reads what was called and injects failures.
+
+* A sync consumer that takes batches from connect_guard on a source database
+  (connect_next_batch / connect_batch_events / connect_finish_batch) and
+  applies them to a mirror database, exactly once, across restarts of
+  either database and of itself.
+
+One-shot modes --drain and --verify consume everything and compare source
+and mirror.  See README.md beside this file.
+
+Only the standard library and psycopg2 are used, so that it runs on the
+distribution's /usr/bin/python3 with python3-psycopg2 and nothing else.
+"""
+
+import argparse
+import dataclasses
+import datetime
+import hashlib
+import hmac
+import json
+import logging
+import os
+import random
+import re
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+try:
+    import psycopg2
+    import psycopg2.errors
+    import psycopg2.extensions
+    import psycopg2.extras
+    from psycopg2 import sql
+except ImportError:  # the HTTP server alone does not need a database driver
+    psycopg2 = None
+
+log = logging.getLogger("connect_sim")
+
+# Stable ids for connections and mappings that were declared without one, so
+# that restarting the simulator with the same config gives the same ids.
+ID_NAMESPACE = uuid.UUID("6f1c3b52-5d0e-4a8e-9a57-2f1c0d3c9e11")
+
+STATE_NAME = re.compile(r"^[A-Z][A-Z_]{0,62}$")
+SIGNATURE_HEADER = "X-Connect-Guard-Signature"
+FAULT_MODES = ("500", "401", "timeout", "hang", "none")
+
+# Entries fetched from the source per round trip, and applied to the mirror
+# per duplicate check.
+CHUNK = 500
+
+
+def utc_now():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+class ClientError(Exception):
+    """A request the simulator refuses; carries the HTTP status."""
+
+    def __init__(self, status, message, error_id="bad_request"):
+        super().__init__(message)
+        self.status = status
+        self.error_id = error_id
+
+
+# ---------------------------------------------------------------------------
+# Simulated Connect state: connections, mappings, recorded requests, faults
+# ---------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Mapping:
+    id: str
+    object_name: str
+    table_schema: str
+    table_name: str
+    state: str = "DATA_SYNCED"
+    initial_state: str = "DATA_SYNCED"
+    origin: str = "config"          # config | consumer | control: what /_sim/reset keeps
+    counts: dict = dataclasses.field(default_factory=lambda: {
+        "inserts": 0, "updates": 0, "deletes": 0, "truncates": 0, "applied": 0, "errors": 0})
+    # bumped on every state change, so that a reload timer started before a
+    # later change does not overwrite it
+    generation: int = 0
+
+    def to_json(self):
+        return {"id": self.id, "object_name": self.object_name, "state": self.state,
+                "table_schema": self.table_schema, "table_name": self.table_name,
+                "counts": dict(self.counts)}
+
+
+@dataclasses.dataclass
+class Connection:
+    id: str
+    name: str
+    state: str = "IDLE"
+    initial_state: str = "IDLE"
+    db_key: str = "DATABASE_URL"
+    schema_name: str = "salesforce"
+    high_water_mark: int = 0
+    origin: str = "config"
+    mappings: list = dataclasses.field(default_factory=list)
+
+    def to_json(self, deep):
+        out = {"id": self.id, "name": self.name, "state": self.state, "db_key": self.db_key,
+               "schema_name": self.schema_name, "high_water_mark": self.high_water_mark}
+        if deep:
+            out["mappings"] = [m.to_json() for m in self.mappings]
+        return out
+
+
+@dataclasses.dataclass
+class FaultRule:
+    mode: str
+    remaining: object               # int, or None for every matching request
+    path_prefix: object             # str, or None for every request outside /_sim/
+
+    def matches(self, path):
+        if path.startswith("/_sim/"):
+            return False            # the control API must stay usable to undo a fault
+        return self.path_prefix is None or path.startswith(self.path_prefix)
+
+
+@dataclasses.dataclass
+class ConsumerStats:
+    connection: str
+    status: str = "starting"        # starting | idle | applying | paused | backoff | stopped
+    batches: int = 0
+    entries_applied: int = 0
+    duplicates_skipped: int = 0
+    missing_rows: int = 0           # UPDATE/DELETE that found no row on the mirror
+    high_water_mark: int = 0
+    last_batch_id: object = None
+    last_batch_at: object = None
+    errors: int = 0
+    last_error: object = None
+    reconnects: dict = dataclasses.field(default_factory=lambda: {"source": 0, "mirror": 0})
+
+    def to_json(self):
+        out = dataclasses.asdict(self)
+        out["in_batch"] = self.status == "applying"
+        return out
+
+
+class SimState:
+    """Everything the HTTP side and the consumer share, behind one lock."""
+
+    def __init__(self, config, reload_seconds=1.0, request_log=None, record_control=False):
+        self.lock = threading.RLock()
+        self.config = config or {}
+        self.reload_seconds = reload_seconds
+        self.request_log = request_log
+        self.record_control = record_control
+        self.connections = []
+        self.requests = []
+        self.webhooks = []
+        self.fault = None
+        self.consumer = None        # ConsumerStats when this process consumes
+        # hung requests watch this; a reset bumps it to let them go
+        self.hang_generation = 0
+        self.shutting_down = threading.Event()
+        for spec in self.config.get("connections", []):
+            self._upsert_connection(spec, origin="config")
+        for conn in self.connections:
+            conn.initial_state = conn.state
+            for m in conn.mappings:
+                m.initial_state = m.state
+
+    # -- lookups ----------------------------------------------------------
+
+    def _connection_by(self, conn_id=None, name=None):
+        for conn in self.connections:
+            if (conn_id is not None and conn.id == conn_id) or \
+               (conn_id is None and name is not None and conn.name == name):
+                return conn
+        return None
+
+    def _mapping_by_id(self, mapping_id):
+        for conn in self.connections:
+            for m in conn.mappings:
+                if m.id == mapping_id:
+                    return conn, m
+        return None, None
+
+    def connection_or_404(self, conn_id):
+        conn = self._connection_by(conn_id=conn_id)
+        if conn is None:
+            raise ClientError(404, "connection %s not found" % conn_id, "not_found")
+        return conn
+
+    # -- creation and updates ---------------------------------------------
+
+    def _upsert_connection(self, spec, origin):
+        """Finds the connection spec names (by id, else name), creating it if
+        needed, and applies the fields spec gives."""
+        if not isinstance(spec, dict) or not (spec.get("id") or spec.get("name")):
+            raise ClientError(400, "a connection needs an id or a name")
+        conn = self._connection_by(conn_id=spec.get("id")) if spec.get("id") else None
+        if conn is None and spec.get("name"):
+            conn = self._connection_by(name=spec["name"])
+        if conn is None:
+            name = spec.get("name") or spec["id"]
+            conn = Connection(id=spec.get("id") or str(uuid.uuid5(ID_NAMESPACE, "connection/" + name)),
+                              name=name, origin=origin)
+            self.connections.append(conn)
+        for key in ("db_key", "schema_name"):
+            if key in spec:
+                setattr(conn, key, str(spec[key]))
+        if "state" in spec:
+            conn.state = check_state_name(spec["state"])
+        if "high_water_mark" in spec:
+            conn.high_water_mark = int(spec["high_water_mark"])
+        for mspec in spec.get("mappings", []):
+            self._upsert_mapping(conn, mspec, origin)
+        return conn
+
+    def _upsert_mapping(self, conn, spec, origin):
+        if not isinstance(spec, dict) or not (spec.get("id") or spec.get("object_name")):
+            raise ClientError(400, "a mapping needs an id or an object_name")
+        mapping = next((m for m in conn.mappings
+                        if (spec.get("id") and m.id == spec["id"]) or
+                        (not spec.get("id") and m.object_name == spec["object_name"])), None)
+        if mapping is None:
+            object_name = spec.get("object_name") or spec["id"]
+            # Connect names a mapped table after the object, lower case, in
+            # the connection's schema
+            mapping = Mapping(
+                id=spec.get("id") or str(uuid.uuid5(ID_NAMESPACE, "mapping/%s/%s" % (conn.id, object_name))),
+                object_name=object_name,
+                table_schema=spec.get("table_schema") or conn.schema_name,
+                table_name=spec.get("table_name") or object_name.lower(),
+                origin=origin)
+            conn.mappings.append(mapping)
+        if "state" in spec:
+            self._set_mapping_state(mapping, check_state_name(spec["state"]))
+        return mapping
+
+    def _set_mapping_state(self, mapping, state):
+        mapping.state = state
+        mapping.generation += 1
+
+    def apply_patch(self, body):
+        """POST /_sim/state: creates or changes connections and mappings."""
+        if not isinstance(body, dict):
+            raise ClientError(400, "expected a JSON object")
+        with self.lock:
+            for spec in body.get("connections", []):
+                self._upsert_connection(spec, origin="control")
+            for spec in body.get("mappings", []):
+                _, mapping = self._mapping_by_id(spec.get("id"))
+                if mapping is None:
+                    raise ClientError(404, "mapping %s not found" % spec.get("id"), "not_found")
+                if "state" in spec:
+                    self._set_mapping_state(mapping, check_state_name(spec["state"]))
+            return self.snapshot()
+
+    def snapshot(self):
+        with self.lock:
+            return {"connections": [c.to_json(deep=True) for c in self.connections]}
+
+    def reset(self):
+        """Back to the configured states, forgetting what tests added and
+        what was recorded.  The consumer's progress stays: it describes the
+        mirror, which a reset does not touch."""
+        with self.lock:
+            self.connections = [c for c in self.connections if c.origin != "control"]
+            for conn in self.connections:
+                conn.state = conn.initial_state
+                conn.mappings = [m for m in conn.mappings if m.origin != "control"]
+                for m in conn.mappings:
+                    self._set_mapping_state(m, m.initial_state)
+            self.requests.clear()
+            self.webhooks.clear()
+            self.fault = None
+            self.hang_generation += 1
+
+    # -- Connect actions ---------------------------------------------------
+
+    def set_connection_state(self, conn_id, state):
+        with self.lock:
+            self.connection_or_404(conn_id).state = state
+
+    def reload_mapping(self, mapping_id):
+        """RELOAD_TABLE now, DATA_SYNCED after reload_seconds, as Connect
+        shows a reload in progress and then its end."""
+        with self.lock:
+            _, mapping = self._mapping_by_id(mapping_id)
+            if mapping is None:
+                raise ClientError(404, "mapping %s not found" % mapping_id, "not_found")
+            self._set_mapping_state(mapping, "RELOAD_TABLE")
+            generation = mapping.generation
+        timer = threading.Timer(self.reload_seconds, self._reload_done, (mapping, generation))
+        timer.daemon = True
+        timer.start()
+
+    def _reload_done(self, mapping, generation):
+        with self.lock:
+            if mapping.generation == generation:
+                self._set_mapping_state(mapping, "DATA_SYNCED")
+
+    # -- faults -------------------------------------------------------------
+
+    def set_fault(self, body):
+        if not isinstance(body, dict) or str(body.get("mode")) not in FAULT_MODES:
+            raise ClientError(400, "mode must be one of %s" % ", ".join(FAULT_MODES))
+        mode = str(body["mode"])
+        count = body.get("count")
+        if count is not None and (not isinstance(count, int) or count < 1):
+            raise ClientError(400, "count must be a positive integer or null")
+        prefix = body.get("path_prefix")
+        with self.lock:
+            self.fault = None if mode == "none" else FaultRule(mode, count, prefix)
+            if mode == "none":
+                self.hang_generation += 1   # let requests hung so far go
+            return {"fault": dataclasses.asdict(self.fault) if self.fault else None}
+
+    def take_fault(self, path):
+        """The fault to inject into this request, if any, counting it down."""
+        with self.lock:
+            rule = self.fault
+            if rule is None or not rule.matches(path):
+                return None
+            if rule.remaining is not None:
+                rule.remaining -= 1
+                if rule.remaining <= 0:
+                    self.fault = None
+            return rule.mode
+
+    # -- recording ----------------------------------------------------------
+
+    def should_record(self, path):
+        return self.record_control or not path.startswith("/_sim/")
+
+    def record_request(self, record):
+        with self.lock:
+            record["seq"] = len(self.requests) + 1
+            self.requests.append(record)
+            if self.request_log:
+                with open(self.request_log, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record, sort_keys=True) + "\n")
+
+    def record_webhook(self, event):
+        with self.lock:
+            event["seq"] = len(self.webhooks) + 1
+            self.webhooks.append(event)
+            return event["seq"]
+
+    # -- what the consumer tells and asks ----------------------------------
+
+    def ensure_consumer_connection(self, name):
+        with self.lock:
+            conn = self._connection_by(name=name)
+            if conn is None:
+                conn = self._upsert_connection({"name": name}, origin="consumer")
+            elif conn.origin == "control":
+                conn.origin = "consumer"    # a reset must not drop the consumer's connection
+            self.consumer = ConsumerStats(connection=name)
+            return conn
+
+    def adopt_mappings(self, name, rows):
+        """Adds the tables the source maps for this connection as mappings
+        (rows of connect_mappings: schema, table, object name, remote id),
+        so that the deep GET lists what is really synced."""
+        with self.lock:
+            conn = self._connection_by(name=name)
+            for schema, table, object_name, remote_id in rows:
+                if any(m.table_schema == schema and m.table_name == table for m in conn.mappings):
+                    continue
+                # the source's remote_id is Connect's mapping id, when it has one
+                mapping_id = remote_id or str(uuid.uuid5(ID_NAMESPACE, "mapping/%s/%s.%s" % (conn.id, schema, table)))
+                conn.mappings.append(Mapping(id=mapping_id, object_name=object_name, table_schema=schema,
+                                             table_name=table, origin="consumer"))
+
+    def is_paused(self, name):
+        with self.lock:
+            conn = self._connection_by(name=name)
+            return conn is not None and conn.state == "PAUSED"
+
+    def batch_started(self, name):
+        with self.lock:
+            conn = self._connection_by(name=name)
+            if conn is not None and conn.state == "IDLE":
+                conn.state = "POLLING_DB_CHANGES"
+            self.consumer.status = "applying"
+
+    def batch_ended(self, name, status):
+        # a pause that came during the batch stays: only our own state is undone
+        with self.lock:
+            conn = self._connection_by(name=name)
+            if conn is not None and conn.state == "POLLING_DB_CHANGES":
+                conn.state = "IDLE"
+            self.consumer.status = status
+
+    def record_progress(self, name, tally):
+        """Called once the mirror has committed what tally counts."""
+        with self.lock:
+            stats = self.consumer
+            stats.entries_applied += tally.applied
+            stats.duplicates_skipped += tally.duplicates
+            stats.missing_rows += tally.missing
+            stats.high_water_mark = max(stats.high_water_mark, tally.max_id)
+            conn = self._connection_by(name=name)
+            if conn is None:
+                return
+            conn.high_water_mark = max(conn.high_water_mark, stats.high_water_mark)
+            for (schema, table), counts in tally.tables.items():
+                mapping = next((m for m in conn.mappings
+                                if m.table_schema == schema and m.table_name == table), None)
+                if mapping is not None:
+                    for key, n in counts.items():
+                        mapping.counts[key] += n
+
+    def consumer_json(self):
+        with self.lock:
+            if self.consumer is None:
+                return {"running": False}
+            return dict(self.consumer.to_json(), running=self.consumer.status != "stopped")
+
+
+def check_state_name(state):
+    if not isinstance(state, str) or not STATE_NAME.match(state):
+        raise ClientError(400, "invalid state %r: use upper-case letters and _" % (state,))
+    return state
+
+
+# ---------------------------------------------------------------------------
+# HTTP server
+# ---------------------------------------------------------------------------
+
+class Response:
+    def __init__(self, status, body=None):
+        self.status = status
+        self.body = body
+
+
+HANG = object()                     # a handler's answer meaning: do not answer
+
+
+class SimServer(ThreadingHTTPServer):
+    daemon_threads = True           # a hung request must not keep the process alive
+
+    def __init__(self, address, state, token, webhook_secret, hang_seconds):
+        self.state = state
+        self.token = token
+        self.webhook_secret = webhook_secret
+        self.hang_seconds = hang_seconds
+        super().__init__(address, Handler)
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = "connect-sim/1.0"
+    # one request per TCP connection: a hung request then ends when its
+    # client closes, and no keep-alive state is left to reason about
+    protocol_version = "HTTP/1.0"
+
+    ROUTES = [
+        ("GET", r"/api/v3/connections", "api_list_connections"),
+        ("GET", r"/api/v3/connections/(?P<cid>[^/]+)", "api_get_connection"),
+        ("POST", r"/api/v3/connections/(?P<cid>[^/]+)/actions/pause", "api_pause"),
+        ("POST", r"/api/v3/connections/(?P<cid>[^/]+)/actions/resume", "api_resume"),
+        ("GET", r"/api/v3/mappings/(?P<mid>[^/]+)", "api_get_mapping"),
+        ("POST", r"/api/v3/mappings/(?P<mid>[^/]+)/actions/reload", "api_reload"),
+        ("POST", r"/webhook", "webhook"),
+        ("GET", r"/_sim/requests", "sim_requests"),
+        ("GET", r"/_sim/webhooks", "sim_webhooks"),
+        ("POST", r"/_sim/fail", "sim_fail"),
+        ("GET", r"/_sim/state", "sim_get_state"),
+        ("POST", r"/_sim/state", "sim_post_state"),
+        ("POST", r"/_sim/reset", "sim_reset"),
+        ("GET", r"/_sim/consumer", "sim_consumer"),
+        ("GET", r"/_sim/health", "sim_health"),
+    ]
+
+    def do_GET(self):
+        self.handle_request("GET")
+
+    def do_POST(self):
+        self.handle_request("POST")
+
+    def do_PUT(self):
+        self.handle_request("PUT")
+
+    def do_PATCH(self):
+        self.handle_request("PATCH")
+
+    def do_DELETE(self):
+        self.handle_request("DELETE")
+
+    def log_message(self, fmt, *args):
+        log.debug("http %s " + fmt, self.client_address[0], *args)
+
+    # -- the request's life -------------------------------------------------
+
+    def handle_request(self, method):
+        started = time.monotonic()
+        url = urlsplit(self.path)
+        self.query = parse_qs(url.query)
+        self.raw_body = self.read_body()
+        state = self.server.state
+        fault = state.take_fault(url.path)
+        try:
+            result = self.injected(fault) if fault else self.dispatch(method, url.path)
+        except ClientError as e:
+            result = Response(e.status, {"id": e.error_id, "message": str(e)})
+        if result is HANG:
+            outcome = self.hang_until_client_leaves()
+            status = None
+        else:
+            self.send_json(result)
+            outcome, status = "answered", result.status
+        if state.should_record(url.path):
+            state.record_request({
+                "time": utc_now(), "method": method, "path": self.path,
+                "headers": redact_headers(self.headers), "body": self.raw_body.decode("utf-8", "replace"),
+                "status": status, "outcome": outcome, "fault": fault,
+                "duration_ms": round((time.monotonic() - started) * 1000, 1)})
+
+    def read_body(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def dispatch(self, method, path):
+        # the token first, as Connect does: without it nothing about the API
+        # is told, not even which ids exist
+        if path.startswith("/api/"):
+            self.check_token()
+        allowed = False
+        for route_method, pattern, handler_name in self.ROUTES:
+            match = re.fullmatch(pattern, path)
+            if match is None:
+                continue
+            if route_method != method:
+                allowed = True
+                continue
+            return getattr(self, handler_name)(**match.groupdict())
+        if allowed:
+            raise ClientError(405, "%s not allowed on %s" % (method, path), "method_not_allowed")
+        raise ClientError(404, "no such endpoint: %s" % path, "not_found")
+
+    def check_token(self):
+        expected = "Bearer " + self.server.token
+        given = self.headers.get("Authorization") or ""
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise ClientError(401, "invalid or missing bearer token", "unauthorized")
+
+    def injected(self, mode):
+        if mode == "500":
+            return Response(500, {"id": "internal_error", "message": "injected failure"})
+        if mode == "401":
+            return Response(401, {"id": "unauthorized", "message": "injected failure"})
+        if mode == "timeout":
+            self.server.state.shutting_down.wait(self.server.hang_seconds)
+            return Response(504, {"id": "gateway_timeout", "message": "injected timeout"})
+        return HANG
+
+    def hang_until_client_leaves(self):
+        """Holds the request without answering until the client closes its
+        side (its timeout), a reset or fault 'none' releases it, or the
+        simulator stops."""
+        state = self.server.state
+        generation = state.hang_generation
+        sock = self.connection
+        while not state.shutting_down.is_set() and state.hang_generation == generation:
+            readable, _, _ = select.select([sock], [], [], 0.2)
+            if not readable:
+                continue
+            try:
+                if not sock.recv(1, socket.MSG_PEEK):
+                    return "client_gone"
+            except OSError:
+                return "client_gone"
+            time.sleep(0.2)         # the client sent more bytes; keep ignoring it
+        self.close_connection = True
+        return "released"
+
+    def send_json(self, response):
+        payload = b"" if response.body is None else json.dumps(response.body).encode()
+        try:
+            self.send_response(response.status)
+            if response.body is not None:
+                self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+        except OSError:
+            pass                    # the client is gone; its record says what we meant to send
+
+    def json_body(self):
+        try:
+            return json.loads(self.raw_body or b"{}")
+        except ValueError:
+            raise ClientError(400, "the body is not valid JSON")
+
+    # -- Connect API v3 -----------------------------------------------------
+
+    def api_list_connections(self):
+        state = self.server.state
+        with state.lock:
+            return Response(200, {"results": [c.to_json(deep=self.deep()) for c in state.connections]})
+
+    def api_get_connection(self, cid):
+        state = self.server.state
+        with state.lock:
+            conn = state.connection_or_404(cid)
+            body = conn.to_json(deep=self.deep())
+            if state.consumer is not None and state.consumer.connection == conn.name:
+                body["consumer"] = state.consumer.to_json()
+            return Response(200, body)
+
+    def deep(self):
+        return self.query.get("deep", ["false"])[-1].lower() in ("true", "1", "yes")
+
+    def api_pause(self, cid):
+        self.server.state.set_connection_state(cid, "PAUSED")
+        return Response(202)
+
+    def api_resume(self, cid):
+        self.server.state.set_connection_state(cid, "IDLE")
+        return Response(202)
+
+    def api_get_mapping(self, mid):
+        state = self.server.state
+        with state.lock:
+            _, mapping = state._mapping_by_id(mid)
+            if mapping is None:
+                raise ClientError(404, "mapping %s not found" % mid, "not_found")
+            return Response(200, mapping.to_json())
+
+    def api_reload(self, mid):
+        self.server.state.reload_mapping(mid)
+        return Response(202)
+
+    # -- webhook receiver -----------------------------------------------------
+
+    def webhook(self):
+        secret = self.server.webhook_secret
+        if not secret:
+            raise ClientError(401, "the simulator has no --webhook-secret to check signatures with",
+                              "unauthorized")
+        expected = "sha256=" + hmac.new(secret.encode(), self.raw_body, hashlib.sha256).hexdigest()
+        given = self.headers.get(SIGNATURE_HEADER) or ""
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise ClientError(401, "bad or missing %s" % SIGNATURE_HEADER, "unauthorized")
+        event = self.json_body()
+        seq = self.server.state.record_webhook({"time": utc_now(), "event": event})
+        return Response(200, {"received": seq})
+
+    # -- control API -----------------------------------------------------------
+
+    def sim_requests(self):
+        state = self.server.state
+        since = int(self.query.get("since", ["0"])[-1])
+        with state.lock:
+            return Response(200, {"requests": [r for r in state.requests if r["seq"] > since]})
+
+    def sim_webhooks(self):
+        state = self.server.state
+        with state.lock:
+            return Response(200, {"webhooks": list(state.webhooks)})
+
+    def sim_fail(self):
+        return Response(200, self.server.state.set_fault(self.json_body()))
+
+    def sim_get_state(self):
+        return Response(200, self.server.state.snapshot())
+
+    def sim_post_state(self):
+        return Response(200, self.server.state.apply_patch(self.json_body()))
+
+    def sim_reset(self):
+        self.server.state.reset()
+        return Response(200, {"reset": True})
+
+    def sim_consumer(self):
+        return Response(200, self.server.state.consumer_json())
+
+    def sim_health(self):
+        return Response(200, {"ok": True})
+
+
+def redact_headers(headers):
+    """The request's headers, with the bearer token hidden: request logs end
+    up in CI artifacts."""
+    out = {}
+    for key, value in headers.items():
+        if key.lower() == "authorization":
+            scheme = value.split(" ", 1)[0] if " " in value else ""
+            value = (scheme + " ***").strip()
+        out[key] = value
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Sync consumer: source batches -> mirror, exactly once
+# ---------------------------------------------------------------------------
+
+# Explicit columns, jsonb as text: psycopg2 would parse jsonb into Python
+# floats and lose numeric precision; as text it goes back to the mirror as is.
+EVENTS_SQL = """
+    SELECT id, action, table_schema, table_name, old::text, "values"::text
+      FROM connect_batch_events(%s)
+     ORDER BY id
+"""
+
+MAPPINGS_SQL = """
+    SELECT table_schema, table_relname, object_name, remote_id
+      FROM connect_mappings WHERE connection = %s
+     ORDER BY table_schema, table_relname
+"""
+
+APPLIED_DDL = """
+    CREATE TABLE IF NOT EXISTS _sim_applied (
+        connection  text NOT NULL,
+        entry_id    bigint NOT NULL,
+        applied_at  timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (connection, entry_id)
+    )
+"""
+
+
+class BatchTally:
+    """What one batch did to the mirror, counted before the mirror commits
+    and reported only after it did."""
+
+    def __init__(self):
+        self.applied = 0
+        self.duplicates = 0
+        self.missing = 0
+        self.max_id = 0
+        self.tables = {}
+
+    def count(self, entry, what):
+        table = self.tables.setdefault((entry.schema, entry.table),
+                                       {"inserts": 0, "updates": 0, "deletes": 0,
+                                        "truncates": 0, "applied": 0})
+        table[what] += 1
+        table["applied"] += 1
+        self.applied += 1
+        self.max_id = max(self.max_id, entry.id)
+
+
+@dataclasses.dataclass
+class Entry:
+    id: int
+    action: str
+    schema: str
+    table: str
+    old: object                     # jsonb text or None
+    values: object
+
+
+@dataclasses.dataclass
+class TablePlan:
+    """What the mirror's catalog says about one table."""
+    ident: object                   # sql.Identifier(schema, table)
+    columns: list                   # writable columns (not generated), in table order
+    keys: list                      # primary key columns
+
+
+class MirrorApplier:
+    """Applies trigger log entries to mirror tables.  It never commits: the
+    consumer commits the entries together with their _sim_applied rows."""
+
+    def __init__(self, connection):
+        self.connection = connection
+        self.plans = {}
+
+    def forget_plans(self):
+        # after any error: the table may have been created or altered since
+        self.plans.clear()
+
+    def plan(self, cur, schema, table):
+        if (schema, table) not in self.plans:
+            cur.execute("""
+                SELECT a.attname, a.attgenerated <> '',
+                       coalesce(a.attnum = ANY (i.indkey::int2[]), false)
+                  FROM pg_attribute a
+                  JOIN pg_class c ON c.oid = a.attrelid
+                  JOIN pg_namespace n ON n.oid = c.relnamespace
+                  LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary
+                 WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped
+                 ORDER BY a.attnum""", (schema, table))
+            rows = cur.fetchall()
+            if not rows:
+                raise LookupError("mirror table %s.%s does not exist" % (schema, table))
+            keys = [name for name, _, is_key in rows if is_key]
+            if not keys:
+                raise LookupError("mirror table %s.%s has no primary key" % (schema, table))
+            self.plans[(schema, table)] = TablePlan(
+                ident=sql.Identifier(schema, table),
+                columns=[name for name, generated, _ in rows if not generated],
+                keys=keys)
+        return self.plans[(schema, table)]
+
+    def apply_chunk(self, cur, entries, tally):
+        """Applies the entries not applied before and records them."""
+        cur.execute("SELECT entry_id FROM _sim_applied WHERE connection = %s AND entry_id = ANY (%s)",
+                    (self.connection, [e.id for e in entries]))
+        done = {row[0] for row in cur.fetchall()}
+        fresh = []
+        for entry in entries:
+            if entry.id in done:
+                tally.duplicates += 1
+                continue
+            self.apply_entry(cur, entry, tally)
+            fresh.append((self.connection, entry.id))
+        if fresh:
+            psycopg2.extras.execute_values(
+                cur, "INSERT INTO _sim_applied (connection, entry_id) VALUES %s", fresh)
+
+    def apply_entry(self, cur, entry, tally):
+        plan = self.plan(cur, entry.schema, entry.table)
+        if entry.action == "INSERT":
+            self.upsert(cur, plan, entry.values)
+            tally.count(entry, "inserts")
+        elif entry.action == "UPDATE":
+            if not self.update(cur, plan, entry.old, entry.values):
+                self.note_missing(entry, tally)
+            tally.count(entry, "updates")
+        elif entry.action == "DELETE":
+            if not self.delete(cur, plan, entry.old):
+                self.note_missing(entry, tally)
+            tally.count(entry, "deletes")
+        elif entry.action == "TRUNCATE":
+            # CASCADE: the source could only truncate a referenced table
+            # together with the tables referencing it, so the mirror may too
+            cur.execute(sql.SQL("TRUNCATE {} CASCADE").format(plan.ident))
+            tally.count(entry, "truncates")
+        else:
+            raise ValueError("entry %d has unknown action %r" % (entry.id, entry.action))
+
+    def note_missing(self, entry, tally):
+        # the mirror lacks a row the source had: a lost entry or rows that
+        # existed before the table was mapped; counted, never hidden
+        tally.missing += 1
+        log.warning("entry %d (%s %s.%s): no mirror row with that primary key",
+                    entry.id, entry.action, entry.schema, entry.table)
+
+    def upsert(self, cur, plan, values):
+        cols = sql.SQL(", ").join(map(sql.Identifier, plan.columns))
+        updates = [c for c in plan.columns if c not in plan.keys]
+        if updates:
+            on_conflict = sql.SQL("DO UPDATE SET ") + sql.SQL(", ").join(
+                sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in updates)
+        else:
+            on_conflict = sql.SQL("DO NOTHING")
+        # OVERRIDING SYSTEM VALUE: identity columns keep the source's values
+        cur.execute(sql.SQL(
+            "INSERT INTO {t} ({cols}) OVERRIDING SYSTEM VALUE "
+            "SELECT {cols} FROM jsonb_populate_record(NULL::{t}, %s::jsonb) "
+            "ON CONFLICT ({keys}) {on_conflict}").format(
+                t=plan.ident, cols=cols, on_conflict=on_conflict,
+                keys=sql.SQL(", ").join(map(sql.Identifier, plan.keys))), (values,))
+
+    def update(self, cur, plan, old, values):
+        """Sets the changed columns (values holds only those) on the row the
+        old primary key names; returns whether there was such a row."""
+        changed = [c for c in plan.columns if c in json.loads(values or "{}")]
+        if not changed:
+            return True             # only generated or unknown columns changed
+        cur.execute(sql.SQL(
+            "UPDATE {t} AS t SET {sets} "
+            "FROM jsonb_populate_record(NULL::{t}, %s::jsonb) AS n, "
+            "     jsonb_populate_record(NULL::{t}, %s::jsonb) AS o "
+            "WHERE {match}").format(
+                t=plan.ident,
+                sets=sql.SQL(", ").join(sql.SQL("{0} = n.{0}").format(sql.Identifier(c)) for c in changed),
+                match=key_match(plan)), (values, old))
+        return cur.rowcount > 0
+
+    def delete(self, cur, plan, old):
+        cur.execute(sql.SQL(
+            "DELETE FROM {t} AS t USING jsonb_populate_record(NULL::{t}, %s::jsonb) AS o "
+            "WHERE {match}").format(t=plan.ident, match=key_match(plan)), (old,))
+        return cur.rowcount > 0
+
+
+def key_match(plan):
+    return sql.SQL(" AND ").join(sql.SQL("t.{0} = o.{0}").format(sql.Identifier(k)) for k in plan.keys)
+
+
+class Backoff:
+    """Exponential delay between retries, with jitter so that two consumers
+    do not retry in step."""
+
+    def __init__(self, first=0.2, cap=5.0):
+        self.first, self.cap = first, cap
+        self.delay = first
+
+    def next(self):
+        delay = self.delay
+        self.delay = min(self.cap, self.delay * 2)
+        return delay * random.uniform(0.8, 1.2)
+
+    def reset(self):
+        self.delay = self.first
+
+
+def open_db(dsn, role):
+    """A psycopg2 connection in READ COMMITTED with autocommit off;
+    connect_next_batch refuses longer isolation levels."""
+    params = psycopg2.extensions.parse_dsn(dsn)
+    extra = {}
+    if "connect_timeout" not in params:
+        extra["connect_timeout"] = 5
+    if "application_name" not in params:
+        extra["application_name"] = "connect_sim " + role
+    conn = psycopg2.connect(dsn, **extra)
+    conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_READ_COMMITTED,
+                     autocommit=False)
+    return conn
+
+
+def is_connection_error(error):
+    return isinstance(error, (psycopg2.OperationalError, psycopg2.InterfaceError))
+
+
+class Consumer:
+    """Takes batches of one connection from the source and applies them to
+    the mirror.
+
+    The two databases commit separately, so the order is what makes it
+    exactly once: the mirror commits the entries together with their
+    _sim_applied rows first, then the source finishes the batch.  A crash in
+    between leaves the batch open; the source hands it out again and every
+    entry in it is found in _sim_applied and skipped."""
+
+    def __init__(self, args, state, stop):
+        self.source_dsn = args.source
+        self.mirror_dsn = args.mirror
+        self.name = args.connection
+        self.poll = args.poll_ms / 1000.0
+        self.crash_after_mirror_commit = args.crash_after_mirror_commit
+        self.state = state
+        self.stop = stop
+        self.source = None
+        self.mirror = None
+        self.applier = MirrorApplier(self.name)
+        self.backoff = Backoff()
+        state.ensure_consumer_connection(self.name)
+        self.stats = state.consumer
+
+    # -- connections ----------------------------------------------------------
+
+    def connect(self):
+        if self.source is None:
+            self.source = open_db(self.source_dsn, "source")
+            log.info("connected to source")
+            self.refresh_mappings()
+        if self.mirror is None:
+            self.mirror = open_db(self.mirror_dsn, "mirror")
+            self.prepare_mirror()
+            log.info("connected to mirror")
+
+    def prepare_mirror(self):
+        with self.mirror.cursor() as cur:
+            cur.execute(APPLIED_DDL)
+            cur.execute("SELECT coalesce(max(entry_id), 0) FROM _sim_applied WHERE connection = %s",
+                        (self.name,))
+            applied_so_far = cur.fetchone()[0]
+        self.mirror.commit()
+        # after a restart the high-water mark is what the mirror holds
+        with self.state.lock:
+            self.stats.high_water_mark = max(self.stats.high_water_mark, applied_so_far)
+            self.state._connection_by(name=self.name).high_water_mark = self.stats.high_water_mark
+
+    def refresh_mappings(self):
+        with self.source.cursor() as cur:
+            cur.execute(MAPPINGS_SQL, (self.name,))
+            rows = cur.fetchall()
+        self.source.commit()
+        self.state.adopt_mappings(self.name, rows)
+
+    def drop_broken(self, error):
+        """After an error: roll back what is open, and forget a connection
+        that is gone so that the next step reconnects."""
+        self.applier.forget_plans()
+        for role in ("source", "mirror"):
+            conn = getattr(self, role)
+            if conn is None:
+                continue
+            try:
+                if conn.closed:
+                    raise psycopg2.InterfaceError("connection closed")
+                conn.rollback()
+            except psycopg2.Error:
+                try:
+                    conn.close()
+                except psycopg2.Error:
+                    pass
+                setattr(self, role, None)
+                with self.state.lock:
+                    self.stats.reconnects[role] += 1
+                log.warning("%s connection lost (%s); will reconnect", role, one_line(error))
+
+    def close(self):
+        for conn in (self.source, self.mirror):
+            if conn is not None and not conn.closed:
+                conn.close()
+        self.source = self.mirror = None
+
+    # -- one batch ---------------------------------------------------------------
+
+    def step(self):
+        """Takes and applies at most one batch: returns 'batch', 'empty' or
+        'paused'.  Raises on database errors."""
+        if self.state.is_paused(self.name):
+            return "paused"
+        self.connect()
+        batch_id = self.take_batch()
+        if batch_id is None:
+            return "empty"
+        self.refresh_mappings()
+        self.state.batch_started(self.name)
+        try:
+            self.apply_batch(batch_id)
+        finally:
+            self.state.batch_ended(self.name, "idle")
+        return "batch"
+
+    def take_batch(self):
+        with self.source.cursor() as cur:
+            cur.execute("SELECT connect_next_batch(%s)", (self.name,))
+            batch_id = cur.fetchone()[0]
+        # next_batch locks the connection row: commit at once so that a pause
+        # or a DBA waiting on it is not held up by our apply
+        self.source.commit()
+        return batch_id
+
+    def apply_batch(self, batch_id):
+        tally = BatchTally()
+        with self.mirror.cursor() as mirror_cur:
+            # a server-side cursor, so a large batch is not held in memory whole
+            with self.source.cursor(name="connect_sim_batch_%d" % batch_id) as events:
+                events.execute(EVENTS_SQL, (batch_id,))
+                while True:
+                    rows = events.fetchmany(CHUNK)
+                    if not rows:
+                        break
+                    self.applier.apply_chunk(mirror_cur, [Entry(*row) for row in rows], tally)
+        self.source.commit()        # ends the read; the batch is still open
+        self.mirror.commit()
+        self.state.record_progress(self.name, tally)
+        if self.crash_after_mirror_commit:
+            log.warning("test hook: exiting between the mirror commit and finishing batch %d", batch_id)
+            os._exit(3)
+        with self.source.cursor() as cur:
+            cur.execute("SELECT connect_finish_batch(%s)", (batch_id,))
+        self.source.commit()
+        with self.state.lock:
+            self.stats.batches += 1
+            self.stats.last_batch_id = batch_id
+            self.stats.last_batch_at = utc_now()
+        log.info("batch %d: %d applied, %d duplicates skipped, high-water mark %d",
+                 batch_id, tally.applied, tally.duplicates, self.stats.high_water_mark)
+
+    def step_safely(self):
+        """step(), turning errors into a logged 'error' result and a
+        backoff wait; stopping interrupts the wait."""
+        try:
+            outcome = self.step()
+            self.backoff.reset()
+            return outcome
+        except Exception as error:  # noqa: BLE001 - every failure is retried or reported
+            if psycopg2 is not None and not isinstance(error, (psycopg2.Error, LookupError, ValueError)):
+                raise
+            self.drop_broken(error)
+            delay = self.backoff.next()
+            with self.state.lock:
+                self.stats.errors += 1
+                self.stats.last_error = one_line(error)
+                self.stats.status = "backoff"
+            log.warning("consumer error: %s; retrying in %.1fs", one_line(error), delay)
+            self.last_exception = error
+            self.stop.wait(delay)
+            return "error"
+
+    # -- the two ways to run -----------------------------------------------------
+
+    def run_forever(self):
+        """Polls until stopped; a batch in progress is finished first, since
+        stop is only looked at between batches."""
+        while not self.stop.is_set():
+            outcome = self.step_safely()
+            if outcome in ("empty", "paused"):
+                with self.state.lock:
+                    self.stats.status = "paused" if outcome == "paused" else "idle"
+                self.stop.wait(self.poll)
+        self.close()
+        with self.state.lock:
+            self.stats.status = "stopped"
+        log.info("consumer stopped")
+
+    def drain(self, give_up_after):
+        """Consumes until connect_next_batch returns NULL twice in a row.
+        Connection errors are retried for give_up_after seconds; any other
+        error ends the drain at once, since nobody is there to fix it."""
+        empties = 0
+        failing_since = None
+        error = None
+        while empties < 2 and not self.stop.is_set():
+            outcome = self.step_safely()
+            if outcome == "error":
+                error = self.last_exception
+                failing_since = failing_since or time.monotonic()
+                if not is_connection_error(error) or time.monotonic() - failing_since > give_up_after:
+                    break
+                continue
+            failing_since, error = None, None
+            empties = empties + 1 if outcome in ("empty", "paused") else 0
+        self.close()
+        summary = dict(self.state.consumer_json(), mode="drain", complete=empties >= 2,
+                       paused=self.state.is_paused(self.name))
+        summary["running"] = False
+        summary["status"] = "stopped"
+        if error is not None:
+            summary["error"] = one_line(error)
+        return summary
+
+
+def one_line(error):
+    return " ".join(str(error).split())
+
+
+# ---------------------------------------------------------------------------
+# --verify: compare the mapped tables of source and mirror
+# ---------------------------------------------------------------------------
+
+# Both sides print values the same way whatever their server's defaults.
+VERIFY_SETTINGS = """
+    SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres';
+    SET extra_float_digits = 1; SET bytea_output = 'hex'
+"""
+
+# Per column of the source table: whether it is json (compared as jsonb,
+# since the trigger log stores json as jsonb and loses its formatting),
+# whether it is in the primary key (and where), and whether it collates.
+VERIFY_COLUMNS_SQL = """
+    SELECT a.attname,
+           coalesce(nullif(t.typbasetype, 0), t.oid) = 'json'::regtype,
+           array_position(i.indkey::int2[], a.attnum),
+           a.attcollation <> 0
+      FROM pg_attribute a
+      JOIN pg_type t ON t.oid = a.atttypid
+      LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
+     WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped
+     ORDER BY a.attnum
+"""
+
+
+def digest_queries(table_ident, columns):
+    """The count-and-md5 query, and the per-row query used to name the rows
+    that differ.  Rows are ordered by the primary key; text keys in the "C"
+    collation so that two servers with other collations agree."""
+    row = sql.SQL("ROW({})").format(sql.SQL(", ").join(
+        sql.SQL("{}::jsonb" if is_json else "{}").format(sql.Identifier(name))
+        for name, is_json, _, _ in columns))
+    # pos comes from an int2vector, whose subscripts start at 0: test for None
+    keys = sorted((pos, name, collatable) for name, _, pos, collatable in columns if pos is not None)
+    order = sql.SQL(", ").join(
+        sql.SQL('{} COLLATE "C"' if collatable else "{}").format(sql.Identifier(name))
+        for _, name, collatable in keys)
+    if not keys:
+        # the table lost its primary key after it was mapped: order by the row
+        order = sql.SQL('{}::text COLLATE "C"').format(row)
+    key_row = sql.SQL("ROW({})").format(sql.SQL(", ").join(sql.Identifier(name) for _, name, _ in keys)) \
+        if keys else row
+    digest = sql.SQL("SELECT count(*), md5(coalesce(string_agg({row}::text, E'\\n' ORDER BY {order}), '')) "
+                     "FROM {t}").format(row=row, order=order, t=table_ident)
+    rows = sql.SQL("SELECT {key}::text, md5({row}::text) FROM {t}").format(key=key_row, row=row, t=table_ident)
+    return digest, rows
+
+
+def first_differences(src_cur, mir_cur, rows_query, limit=10):
+    src_cur.execute(rows_query)
+    src = dict(src_cur.fetchall())
+    mir_cur.execute(rows_query)
+    mir = dict(mir_cur.fetchall())
+    out = []
+    for key in sorted(set(src) | set(mir)):
+        if src.get(key) != mir.get(key):
+            kind = "only_in_source" if key not in mir else "only_in_mirror" if key not in src else "differs"
+            out.append({"key": key, "difference": kind})
+            if len(out) >= limit:
+                break
+    return out
+
+
+def verify_table(src, mir, schema, table):
+    ident = sql.Identifier(schema, table)
+    result = {"table": "%s.%s" % (schema, table)}
+    with src.cursor() as src_cur, mir.cursor() as mir_cur:
+        src_cur.execute(VERIFY_COLUMNS_SQL, (ident.as_string(src),))
+        columns = src_cur.fetchall()
+        digest, rows_query = digest_queries(ident, columns)
+        src_cur.execute(digest)
+        result["source_rows"], result["source_md5"] = src_cur.fetchone()
+        try:
+            mir_cur.execute(digest)
+            result["mirror_rows"], result["mirror_md5"] = mir_cur.fetchone()
+        except psycopg2.Error as error:
+            mir.rollback()
+            result.update(ok=False, error="mirror: " + one_line(error))
+            return result
+        result["ok"] = (result["source_rows"], result["source_md5"]) == \
+                       (result["mirror_rows"], result["mirror_md5"])
+        # naming the differing rows reads both tables into memory: only for
+        # the table sizes tests use
+        if not result["ok"] and max(result["source_rows"], result["mirror_rows"]) <= 200000:
+            result["differences"] = first_differences(src_cur, mir_cur, rows_query)
+    return result
+
+
+def verify(source_dsn, mirror_dsn, connection):
+    src = open_db(source_dsn, "verify")
+    mir = open_db(mirror_dsn, "verify")
+    try:
+        for conn in (src, mir):
+            with conn.cursor() as cur:
+                cur.execute(VERIFY_SETTINGS)
+        with src.cursor() as cur:
+            cur.execute("SELECT count(*) FROM connect_connections WHERE connection = %s", (connection,))
+            if cur.fetchone()[0] == 0:
+                return {"mode": "verify", "connection": connection, "ok": False,
+                        "error": "connection %s does not exist on the source" % connection, "tables": []}
+            cur.execute(MAPPINGS_SQL, (connection,))
+            tables = [(schema, table) for schema, table, _, _ in cur.fetchall()]
+        results = [verify_table(src, mir, schema, table) for schema, table in tables]
+        return {"mode": "verify", "connection": connection,
+                "ok": all(r["ok"] for r in results), "tables": results}
+    finally:
+        src.close()
+        mir.close()
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        description="Heroku Connect simulator for connect_guard tests: API server, sync consumer, verifier.")
+    http = p.add_argument_group("HTTP server (runs when --port is given)")
+    http.add_argument("--port", type=int, help="port on 127.0.0.1; 0 picks a free one")
+    http.add_argument("--token", default=os.environ.get("CONNECT_SIM_TOKEN"),
+                      help="bearer token the API requires (default: $CONNECT_SIM_TOKEN)")
+    http.add_argument("--config", help="JSON file declaring connections and mappings")
+    http.add_argument("--reload-seconds", type=float, default=1.0,
+                      help="how long a mapping stays RELOAD_TABLE (default 1)")
+    http.add_argument("--hang-seconds", type=float, default=30.0,
+                      help="delay of the injected 'timeout' fault before its 504 (default 30)")
+    http.add_argument("--webhook-secret", default=os.environ.get("CONNECT_SIM_WEBHOOK_SECRET"),
+                      help="HMAC key for POST /webhook (default: $CONNECT_SIM_WEBHOOK_SECRET)")
+    http.add_argument("--request-log", help="append every recorded request to this file as a JSON line")
+    http.add_argument("--record-control", action="store_true",
+                      help="record /_sim/ requests too (they are left out by default)")
+    db = p.add_argument_group("consumer")
+    db.add_argument("--consume", action="store_true", help="run the sync consumer until SIGTERM")
+    db.add_argument("--drain", action="store_true",
+                    help="consume until no batch is left, print a JSON summary, exit")
+    db.add_argument("--verify", action="store_true",
+                    help="compare the mapped tables of source and mirror, print JSON, exit 1 on mismatch")
+    db.add_argument("--source", help="libpq conninfo of the database with connect_guard")
+    db.add_argument("--mirror", help="libpq conninfo of the mirror database")
+    db.add_argument("--connection", help="connect_guard connection name")
+    db.add_argument("--poll-ms", type=int, default=200, help="poll interval when idle (default 200)")
+    db.add_argument("--timeout", type=float, default=30.0,
+                    help="--drain: give up after this many seconds of connection errors (default 30)")
+    db.add_argument("--crash-after-mirror-commit", action="store_true",
+                    help="test hook: exit with status 3 between the mirror commit and finishing the batch")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every HTTP request to stderr")
+    args = p.parse_args(argv)
+
+    one_shot = args.drain or args.verify
+    if args.drain and args.verify:
+        p.error("--drain and --verify are separate runs")
+    if one_shot and (args.port is not None or args.consume):
+        p.error("--drain and --verify run alone, without --port or --consume")
+    if not one_shot and args.port is None and not args.consume:
+        p.error("nothing to do: give --port, --consume, --drain or --verify")
+    if args.port is not None and not args.token:
+        p.error("the API needs a token: --token or $CONNECT_SIM_TOKEN")
+    if args.consume or one_shot:
+        missing = [f for f in ("source", "mirror", "connection") if not getattr(args, f)]
+        if missing:
+            p.error("needs " + ", ".join("--" + f for f in missing))
+        if psycopg2 is None:
+            p.error("psycopg2 is not installed: run with /usr/bin/python3 (Debian's python3-psycopg2)")
+    return args
+
+
+def load_config(path):
+    if not path:
+        return {}
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    if not isinstance(config, dict) or not isinstance(config.get("connections", []), list):
+        raise SystemExit("%s: expected {\"connections\": [...]}" % path)
+    return config
+
+
+def install_stop_handlers(stop):
+    def handler(signum, frame):
+        log.info("signal %d: stopping after the current batch", signum)
+        stop.set()
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def run_one_shot(args, state, stop):
+    if args.verify:
+        result = verify(args.source, args.mirror, args.connection)
+        print(json.dumps(result, default=str), flush=True)
+        return 0 if result["ok"] else 1
+    summary = Consumer(args, state, stop).drain(args.timeout)
+    print(json.dumps(summary, default=str), flush=True)
+    return 0 if summary["complete"] and "error" not in summary else 1
+
+
+def run_service(args, state, stop):
+    """The HTTP server and/or the consumer, until SIGTERM or SIGINT."""
+    server = None
+    threads = []
+    if args.port is not None:
+        server = SimServer(("127.0.0.1", args.port), state, args.token, args.webhook_secret,
+                           args.hang_seconds)
+        print("LISTENING %d" % server.server_address[1], flush=True)
+        threads.append(threading.Thread(target=server.serve_forever, name="http", daemon=True))
+    consumer = Consumer(args, state, stop) if args.consume else None
+    if consumer is not None:
+        threads.append(threading.Thread(target=consumer.run_forever, name="consumer"))
+    for t in threads:
+        t.start()
+    while not stop.is_set():
+        stop.wait(0.5)
+    state.shutting_down.set()
+    for t in threads:
+        if t.name == "consumer":
+            t.join()
+    if server is not None:
+        server.shutdown()
+        server.server_close()
+    return 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s connect_sim %(levelname)s %(message)s")
+    try:
+        state = SimState(load_config(args.config), args.reload_seconds, args.request_log,
+                         args.record_control)
+    except ClientError as e:
+        raise SystemExit("%s: %s" % (args.config, e))
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    if args.drain or args.verify:
+        return run_one_shot(args, state, stop)
+    return run_service(args, state, stop)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -31,6 +31,7 @@
 
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/partition.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "executor/executor.h"
@@ -40,6 +41,7 @@
 #include "nodes/parsenodes.h"
 #include "parser/parsetree.h"
 #include "storage/ipc.h"
+#include "storage/lmgr.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "tcop/utility.h"
@@ -59,6 +61,7 @@ PG_FUNCTION_INFO_V1(connect_guard_fence_set_relations);
 PG_FUNCTION_INFO_V1(connect_guard_fence_list);
 PG_FUNCTION_INFO_V1(connect_guard_fence_relations);
 PG_FUNCTION_INFO_V1(connect_guard_fence_available);
+PG_FUNCTION_INFO_V1(connect_guard_wait_for_lockers);
 
 /* GUC variables */
 int			fence_max_tables = 10000;
@@ -299,11 +302,16 @@ fence_report(Oid relid, const char *operation, FenceEntry *fence, const char *co
 						 since, NameStr(fence->raised_by), reason)));
 	ereport(ERROR,
 			(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
-			 errmsg("cannot %s table %s: it is fenced by connection \"%s\"",
-					operation, qualified_relation_name(relid), connections),
-			 errdetail("Writes to the tables synced by %s are blocked while it is paused for maintenance (fence %d).",
-					   fence->scope == FENCE_SCOPE_CONNECTION ? "this connection" : "every connection",
-					   fence->fence_id),
+			 fence->scope == FENCE_SCOPE_CONNECTION
+			 ? errmsg("cannot %s table %s: it is fenced while connection \"%s\" is paused",
+					  operation, qualified_relation_name(relid), NameStr(fence->connection))
+			 : errmsg("cannot %s table %s, synced by connection \"%s\": a maintenance fence is up",
+					  operation, qualified_relation_name(relid), connections),
+			 fence->scope == FENCE_SCOPE_CONNECTION
+			 ? errdetail("Writes to the tables this connection syncs are blocked while it is paused (fence %d).",
+						 fence->fence_id)
+			 : errdetail("Writes to every synced table are blocked for a maintenance window (fence %d).",
+						 fence->fence_id),
 			 errhint("Fenced since %s by %s, because: %s. Reads still work; writes resume after %s.",
 					 since, NameStr(fence->raised_by), reason,
 					 fence->scope == FENCE_SCOPE_CONNECTION ? "connect_resume()" : "connect_unfence()")));
@@ -327,6 +335,20 @@ fence_check_relation(Oid relid, const char *operation)
 
 	key.relid = relid;
 	hit = bsearch(&key, local_rels, local_nrels, sizeof(FencedRelation), fenced_relation_cmp);
+
+	/* a partition attached after the fence went up is fenced with its parent */
+	if (hit == NULL && local_nrels > 0 && get_rel_relispartition(relid))
+	{
+		ListCell   *lc;
+
+		foreach(lc, get_partition_ancestors(relid))
+		{
+			key.relid = lfirst_oid(lc);
+			hit = bsearch(&key, local_rels, local_nrels, sizeof(FencedRelation), fenced_relation_cmp);
+			if (hit != NULL)
+				break;
+		}
+	}
 	if (hit != NULL)
 	{
 		FenceEntry *fence = local_fence_by_id(hit->fence_id);
@@ -912,4 +934,33 @@ Datum
 connect_guard_fence_available(PG_FUNCTION_ARGS)
 {
 	PG_RETURN_BOOL(fence_state != NULL);
+}
+
+/*
+ * connect_guard.wait_for_lockers(relids) waits until every transaction that
+ * holds a write lock on one of relids has ended, as CREATE INDEX
+ * CONCURRENTLY does.  The waits are ordinary lock waits, so lock_timeout
+ * bounds them and pg_blocking_pids() shows them.
+ */
+Datum
+connect_guard_wait_for_lockers(PG_FUNCTION_ARGS)
+{
+	ArrayType  *relids = PG_GETARG_ARRAYTYPE_P(0);
+	Datum	   *oids;
+	bool	   *nulls;
+	int			n;
+	List	   *locktags = NIL;
+
+	deconstruct_array(relids, OIDOID, sizeof(Oid), true, TYPALIGN_INT, &oids, &nulls, &n);
+	for (int i = 0; i < n; i++)
+	{
+		LOCKTAG    *tag = palloc(sizeof(LOCKTAG));
+
+		SET_LOCKTAG_RELATION(*tag, MyDatabaseId, DatumGetObjectId(oids[i]));
+		locktags = lappend(locktags, tag);
+	}
+	/* ShareLock conflicts with RowExclusiveLock and every stronger mode */
+	if (locktags != NIL)
+		WaitForLockersMultiple(locktags, ShareLock, false);
+	PG_RETURN_VOID();
 }

@@ -15,10 +15,11 @@ COMMENT ON SCHEMA connect_guard IS 'connect_guard: private catalog and trigger l
  * order, snapshots do not, so no entry is skipped and none is delivered in
  * two batches.
  *
- * last_id is the log sequence's value read just BEFORE the snapshot was
- * taken.  Every entry with id <= last_id was written by a transaction that
- * had its xid before the snapshot.  So for a later tick T whose snapshot's
- * xmin is >= this tick's xmax, every entry with id <= last_id is settled
+ * last_id is the log sequence's value read before the snapshot was taken,
+ * and xid_bound the next xid to be assigned, read right after last_id.
+ * Every entry with id <= last_id was written by a transaction whose xid is
+ * below xid_bound (see tick.c).  So for a later tick T whose snapshot's xmin
+ * is >= this tick's xid_bound, every entry with id <= last_id is settled
  * (committed or gone) as T sees it: that is T.scan_from, the id below which
  * a batch starting at T never needs to look, and below which retention may
  * archive once every connection has passed T.
@@ -27,6 +28,7 @@ CREATE TABLE connect_guard.tick (
     tick_id     bigserial PRIMARY KEY,
     snapshot    pg_snapshot NOT NULL,
     last_id     bigint NOT NULL,
+    xid_bound   xid8 NOT NULL,
     scan_from   bigint NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT clock_timestamp()
 );

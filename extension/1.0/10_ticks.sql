@@ -41,6 +41,10 @@ BEGIN
 END;
 $$;
 
+CREATE FUNCTION connect_guard.next_xid()
+RETURNS xid8 LANGUAGE C STRICT VOLATILE
+AS 'MODULE_PATHNAME', 'connect_guard_next_xid';
+
 /*
  * connect_guard.new_tick records a tick.  The sequence must be read before
  * the snapshot is taken, which is why these are two statements: in READ
@@ -55,6 +59,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_last_id bigint;
+    v_xid_bound xid8;
     v_snapshot pg_snapshot;
     t connect_guard.tick;
 BEGIN
@@ -66,16 +71,17 @@ BEGIN
                             upper(current_setting('transaction_isolation'))),
             HINT = 'Call connect_next_batch() outside REPEATABLE READ and SERIALIZABLE transactions.';
     END IF;
+    -- in this order: the id, then the xid bound, then the snapshot
     v_last_id := coalesce(pg_sequence_last_value('connect_guard.trigger_log_id_seq'), 0);
+    v_xid_bound := connect_guard.next_xid();
     v_snapshot := pg_current_snapshot();
-    -- With no transaction running at the snapshot, the tick settles its own
-    -- last_id; otherwise the newest earlier tick that ended before every
-    -- running transaction began does.
-    INSERT INTO connect_guard.tick (snapshot, last_id, scan_from)
-    SELECT v_snapshot, v_last_id,
-           CASE WHEN pg_snapshot_xmax(v_snapshot) <= pg_snapshot_xmin(v_snapshot) THEN v_last_id
+    -- scan_from: the newest last_id (this tick's own included) whose writers
+    -- had all ended when the snapshot was taken
+    INSERT INTO connect_guard.tick (snapshot, last_id, xid_bound, scan_from)
+    SELECT v_snapshot, v_last_id, v_xid_bound,
+           CASE WHEN v_xid_bound <= pg_snapshot_xmin(v_snapshot) THEN v_last_id
                 ELSE coalesce((SELECT p.last_id FROM connect_guard.tick p
-                                WHERE pg_snapshot_xmax(p.snapshot) <= pg_snapshot_xmin(v_snapshot)
+                                WHERE p.xid_bound <= pg_snapshot_xmin(v_snapshot)
                                 ORDER BY p.tick_id DESC LIMIT 1), 0)
            END
     RETURNING * INTO t;

@@ -50,7 +50,7 @@ BEGIN
     -- for every snapshot to come (new ticks compute scan_from from it)
     SELECT least((SELECT min(last_tick) FROM connect_guard.connection),
                  (SELECT max(tick_id) FROM connect_guard.tick
-                   WHERE pg_snapshot_xmax(snapshot) <= pg_snapshot_xmin(pg_current_snapshot())))
+                   WHERE xid_bound <= pg_snapshot_xmin(pg_current_snapshot())))
       INTO v_keep_tick;
     IF v_keep_tick IS NOT NULL THEN
         DELETE FROM connect_guard.tick WHERE tick_id < v_keep_tick;

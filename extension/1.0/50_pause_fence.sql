@@ -74,57 +74,85 @@ BEGIN
 END;
 $$;
 
+CREATE FUNCTION connect_guard.wait_for_lockers(relids oid[])
+RETURNS void LANGUAGE C STRICT
+AS 'MODULE_PATHNAME', 'connect_guard_wait_for_lockers';
+
+/*
+ * connect_guard.writers describes the other transactions that hold a write
+ * lock on one of p_relids, for error messages, and gives their pids.
+ */
+CREATE FUNCTION connect_guard.writers(p_relids oid[], OUT pids integer[], OUT description text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT array_agg(DISTINCT l.pid) FILTER (WHERE l.pid IS NOT NULL),
+           string_agg(DISTINCT coalesce('pid ' || l.pid || ' (transaction open for '
+                                        || date_trunc('second', clock_timestamp() - a.xact_start) || ')',
+                                        'prepared transaction ' || l.virtualtransaction), ', ')
+      FROM pg_locks l
+      LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+     WHERE l.locktype = 'relation'
+       AND l.granted
+       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+       AND l.relation = ANY (p_relids)
+       AND l.mode IN ('RowExclusiveLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock')
+       AND l.pid IS DISTINCT FROM pg_backend_pid();
+$$;
+
+/*
+ * connect_guard.database_tables: what a database-wide fence waits for, every
+ * ordinary table but temporary ones and our own catalog.
+ */
+CREATE FUNCTION connect_guard.database_tables()
+RETURNS oid[]
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(array_agg(c.oid), '{}') FROM pg_class c
+     WHERE c.oid >= 16384 AND c.relkind IN ('r', 'p') AND c.relpersistence <> 't'
+       AND c.relnamespace <> 'connect_guard'::regnamespace;
+$$;
+
 /*
  * connect_guard.wait_for_writers returns once no other transaction holds a
- * write lock on the fenced tables (p_relids, or every ordinary table of the
- * database when p_relids is NULL), so that the trigger log head is final.
- * Such a transaction wrote before the fence went up, or is about to be
- * stopped by it.  With p_cancel the writers are terminated instead of
- * waited for; past p_deadline the call fails and names them.
+ * write lock on the fenced tables, so that the trigger log head is final.
+ * Such a transaction wrote before the fence went up (new writes are already
+ * refused).  With p_cancel the writers are terminated instead of waited
+ * for; past p_deadline the call fails, names them, and (by aborting) lowers
+ * the fence it was raising.
  */
 CREATE FUNCTION connect_guard.wait_for_writers(p_relids oid[], p_deadline timestamptz, p_cancel boolean)
-RETURNS integer
+RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_writers text;
-    v_pids integer[];
-    v_waits integer := 0;
+    w record;
+    v_lock_timeout text := current_setting('lock_timeout');
 BEGIN
-    LOOP
-        SELECT array_agg(DISTINCT l.pid) FILTER (WHERE l.pid IS NOT NULL),
-               string_agg(DISTINCT coalesce('pid ' || l.pid || ' (transaction open for '
-                                            || date_trunc('second', clock_timestamp() - a.xact_start) || ')',
-                                            'prepared transaction ' || l.virtualtransaction), ', ')
-          INTO v_pids, v_writers
-          FROM pg_locks l
-          JOIN pg_class c ON c.oid = l.relation
-          LEFT JOIN pg_stat_activity a ON a.pid = l.pid
-         WHERE l.locktype = 'relation'
-           AND l.granted
-           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-           AND l.mode IN ('RowExclusiveLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock')
-           AND l.pid IS DISTINCT FROM pg_backend_pid()
-           AND CASE WHEN p_relids IS NULL
-                    THEN c.oid >= 16384 AND c.relkind IN ('r', 'p') AND c.relpersistence <> 't'
-                         AND c.relnamespace <> 'connect_guard'::regnamespace
-                    ELSE c.oid = ANY (p_relids) END;
-        IF v_writers IS NULL THEN
-            RETURN v_waits;
-        END IF;
-        IF p_cancel AND v_pids IS NOT NULL THEN
-            PERFORM pg_terminate_backend(pid) FROM unnest(v_pids) pid;
-        ELSIF clock_timestamp() > p_deadline THEN
-            RAISE EXCEPTION USING
-                ERRCODE = 'lock_not_available',
-                MESSAGE = 'timed out waiting for transactions that write to fenced tables',
-                DETAIL = format('Still writing: %s. The fence was not raised.', v_writers),
-                HINT = 'Let those transactions finish and try again with a longer timeout, or pass cancel_writers => true to terminate them.';
-        END IF;
-        v_waits := v_waits + 1;
-        PERFORM pg_sleep(0.01);
-    END LOOP;
+    IF p_cancel THEN
+        LOOP
+            w := connect_guard.writers(p_relids);
+            EXIT WHEN w.pids IS NULL OR clock_timestamp() > p_deadline;
+            PERFORM pg_terminate_backend(pid) FROM unnest(w.pids) pid;
+            PERFORM pg_sleep(0.01);
+        END LOOP;
+    END IF;
+    PERFORM set_config('lock_timeout',
+                       greatest(1, ceil(extract(epoch FROM p_deadline - clock_timestamp()) * 1000))::bigint::text,
+                       true);
+    BEGIN
+        PERFORM connect_guard.wait_for_lockers(p_relids);
+    EXCEPTION WHEN lock_not_available THEN
+        w := connect_guard.writers(p_relids);
+        RAISE EXCEPTION USING
+            ERRCODE = 'lock_not_available',
+            MESSAGE = 'timed out waiting for transactions that write to fenced tables',
+            DETAIL = format('Still writing: %s. The fence was not raised.', coalesce(w.description, 'none left')),
+            HINT = 'Let those transactions finish and try again with a longer timeout, or pass cancel_writers => true to terminate them.';
+    END;
+    PERFORM set_config('lock_timeout', v_lock_timeout, true);
 END;
 $$;
 
@@ -202,8 +230,9 @@ BEGIN
             IF clock_timestamp() > v_deadline THEN
                 RAISE EXCEPTION USING
                     ERRCODE = 'object_not_in_prerequisite_state',
-                    MESSAGE = format('cannot pause connection "%s": batch %s has been open for %s',
-                                     connection, b.batch_id, date_trunc('second', clock_timestamp() - b.taken_at)),
+                    MESSAGE = format('cannot pause connection "%s": batch %s has been open for %s s',
+                                     connection, b.batch_id,
+                                     round(extract(epoch FROM clock_timestamp() - b.taken_at)::numeric, 1)),
                     DETAIL = format('Connect pauses only when idle: the batch taken by "%s" at %s must be finished first.',
                                     b.taken_by, b.taken_at),
                     HINT = 'Let the consumer call connect_finish_batch(), or call connect_pause() with a longer timeout.';
@@ -295,9 +324,8 @@ BEGIN
     END IF;
     v_fence := connect_guard.fence_raise(scope, NULL, NULL, coalesce(reason, 'maintenance window'),
                                          coalesce(v_relids, '{}'), v_connections);
-    -- NULL relids: wait for the writers of every table of the database
-    PERFORM connect_guard.wait_for_writers(v_relids, clock_timestamp() + coalesce(timeout, '30 s'),
-                                           cancel_writers);
+    PERFORM connect_guard.wait_for_writers(coalesce(v_relids, connect_guard.database_tables()),
+                                           clock_timestamp() + coalesce(timeout, '30 s'), cancel_writers);
     PERFORM connect_guard.log_event(NULL, 'fence_raised',
         jsonb_build_object('fence_id', v_fence, 'scope', scope, 'reason', reason));
     RETURN v_fence;

@@ -42,7 +42,6 @@ from urllib.parse import parse_qs, urlsplit
 
 try:
     import psycopg2
-    import psycopg2.errors
     import psycopg2.extensions
     import psycopg2.extras
     from psycopg2 import sql
@@ -195,6 +194,12 @@ class SimState:
                     return conn, m
         return None, None
 
+    def mapping_or_404(self, mapping_id):
+        _, mapping = self._mapping_by_id(mapping_id)
+        if mapping is None:
+            raise ClientError(404, "mapping %s not found" % mapping_id, "not_found")
+        return mapping
+
     def connection_or_404(self, conn_id):
         conn = self._connection_by(conn_id=conn_id)
         if conn is None:
@@ -260,9 +265,7 @@ class SimState:
             for spec in body.get("connections", []):
                 self._upsert_connection(spec, origin="control")
             for spec in body.get("mappings", []):
-                _, mapping = self._mapping_by_id(spec.get("id"))
-                if mapping is None:
-                    raise ClientError(404, "mapping %s not found" % spec.get("id"), "not_found")
+                mapping = self.mapping_or_404(spec.get("id"))
                 if "state" in spec:
                     self._set_mapping_state(mapping, check_state_name(spec["state"]))
             return self.snapshot()
@@ -297,9 +300,7 @@ class SimState:
         """RELOAD_TABLE now, DATA_SYNCED after reload_seconds, as Connect
         shows a reload in progress and then its end."""
         with self.lock:
-            _, mapping = self._mapping_by_id(mapping_id)
-            if mapping is None:
-                raise ClientError(404, "mapping %s not found" % mapping_id, "not_found")
+            mapping = self.mapping_or_404(mapping_id)
             self._set_mapping_state(mapping, "RELOAD_TABLE")
             generation = mapping.generation
         timer = threading.Timer(self.reload_seconds, self._reload_done, (mapping, generation))
@@ -384,6 +385,13 @@ class SimState:
                 conn.mappings.append(Mapping(id=mapping_id, object_name=object_name, table_schema=schema,
                                              table_name=table, origin="consumer"))
 
+    def raise_high_water_mark(self, name, entry_id):
+        with self.lock:
+            self.consumer.high_water_mark = max(self.consumer.high_water_mark, entry_id)
+            conn = self._connection_by(name=name)
+            if conn is not None:
+                conn.high_water_mark = max(conn.high_water_mark, entry_id)
+
     def is_paused(self, name):
         with self.lock:
             conn = self._connection_by(name=name)
@@ -411,11 +419,10 @@ class SimState:
             stats.entries_applied += tally.applied
             stats.duplicates_skipped += tally.duplicates
             stats.missing_rows += tally.missing
-            stats.high_water_mark = max(stats.high_water_mark, tally.max_id)
+            self.raise_high_water_mark(name, tally.max_id)
             conn = self._connection_by(name=name)
             if conn is None:
                 return
-            conn.high_water_mark = max(conn.high_water_mark, stats.high_water_mark)
             for (schema, table), counts in tally.tables.items():
                 mapping = next((m for m in conn.mappings
                                 if m.table_schema == schema and m.table_name == table), None)
@@ -634,10 +641,7 @@ class Handler(BaseHTTPRequestHandler):
     def api_get_mapping(self, mid):
         state = self.server.state
         with state.lock:
-            _, mapping = state._mapping_by_id(mid)
-            if mapping is None:
-                raise ClientError(404, "mapping %s not found" % mid, "not_found")
-            return Response(200, mapping.to_json())
+            return Response(200, state.mapping_or_404(mid).to_json())
 
     def api_reload(self, mid):
         self.server.state.reload_mapping(mid)
@@ -764,10 +768,17 @@ class Entry:
 
 @dataclasses.dataclass
 class TablePlan:
-    """What the mirror's catalog says about one table."""
+    """What the mirror's catalog says about one table, and the statements
+    built from it (composed once: composing costs as much as running)."""
     ident: object                   # sql.Identifier(schema, table)
     columns: list                   # writable columns (not generated), in table order
     keys: list                      # primary key columns
+    statements: dict = dataclasses.field(default_factory=dict)
+
+    def statement(self, cur, key, build):
+        if key not in self.statements:
+            self.statements[key] = build().as_string(cur)
+        return self.statements[key]
 
 
 class MirrorApplier:
@@ -806,9 +817,12 @@ class MirrorApplier:
         return self.plans[(schema, table)]
 
     def apply_chunk(self, cur, entries, tally):
-        """Applies the entries not applied before and records them."""
-        cur.execute("SELECT entry_id FROM _sim_applied WHERE connection = %s AND entry_id = ANY (%s)",
-                    (self.connection, [e.id for e in entries]))
+        """Applies the entries not applied before and records them.  The
+        entries come sorted by id, so one index range finds those applied
+        before, whatever the planner knows of a freshly filled table."""
+        cur.execute("SELECT entry_id FROM _sim_applied "
+                    "WHERE connection = %s AND entry_id BETWEEN %s AND %s",
+                    (self.connection, entries[0].id, entries[-1].id))
         done = {row[0] for row in cur.fetchall()}
         fresh = []
         for entry in entries:
@@ -850,42 +864,55 @@ class MirrorApplier:
                     entry.id, entry.action, entry.schema, entry.table)
 
     def upsert(self, cur, plan, values):
-        cols = sql.SQL(", ").join(map(sql.Identifier, plan.columns))
-        updates = [c for c in plan.columns if c not in plan.keys]
-        if updates:
-            on_conflict = sql.SQL("DO UPDATE SET ") + sql.SQL(", ").join(
-                sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in updates)
-        else:
-            on_conflict = sql.SQL("DO NOTHING")
-        # OVERRIDING SYSTEM VALUE: identity columns keep the source's values
-        cur.execute(sql.SQL(
-            "INSERT INTO {t} ({cols}) OVERRIDING SYSTEM VALUE "
-            "SELECT {cols} FROM jsonb_populate_record(NULL::{t}, %s::jsonb) "
-            "ON CONFLICT ({keys}) {on_conflict}").format(
-                t=plan.ident, cols=cols, on_conflict=on_conflict,
-                keys=sql.SQL(", ").join(map(sql.Identifier, plan.keys))), (values,))
+        cur.execute(plan.statement(cur, "upsert", lambda: upsert_sql(plan)), (values,))
 
     def update(self, cur, plan, old, values):
         """Sets the changed columns (values holds only those) on the row the
         old primary key names; returns whether there was such a row."""
-        changed = [c for c in plan.columns if c in json.loads(values or "{}")]
+        changed = tuple(c for c in plan.columns if c in json.loads(values or "{}"))
         if not changed:
             return True             # only generated or unknown columns changed
-        cur.execute(sql.SQL(
-            "UPDATE {t} AS t SET {sets} "
-            "FROM jsonb_populate_record(NULL::{t}, %s::jsonb) AS n, "
-            "     jsonb_populate_record(NULL::{t}, %s::jsonb) AS o "
-            "WHERE {match}").format(
-                t=plan.ident,
-                sets=sql.SQL(", ").join(sql.SQL("{0} = n.{0}").format(sql.Identifier(c)) for c in changed),
-                match=key_match(plan)), (values, old))
+        cur.execute(plan.statement(cur, ("update",) + changed, lambda: update_sql(plan, changed)),
+                    (values, old))
         return cur.rowcount > 0
 
     def delete(self, cur, plan, old):
-        cur.execute(sql.SQL(
-            "DELETE FROM {t} AS t USING jsonb_populate_record(NULL::{t}, %s::jsonb) AS o "
-            "WHERE {match}").format(t=plan.ident, match=key_match(plan)), (old,))
+        cur.execute(plan.statement(cur, "delete", lambda: delete_sql(plan)), (old,))
         return cur.rowcount > 0
+
+
+def upsert_sql(plan):
+    cols = sql.SQL(", ").join(map(sql.Identifier, plan.columns))
+    updates = [c for c in plan.columns if c not in plan.keys]
+    if updates:
+        on_conflict = sql.SQL("DO UPDATE SET ") + sql.SQL(", ").join(
+            sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in updates)
+    else:
+        on_conflict = sql.SQL("DO NOTHING")
+    # OVERRIDING SYSTEM VALUE: identity columns keep the source's values
+    return sql.SQL(
+        "INSERT INTO {t} ({cols}) OVERRIDING SYSTEM VALUE "
+        "SELECT {cols} FROM jsonb_populate_record(NULL::{t}, %s::jsonb) "
+        "ON CONFLICT ({keys}) {on_conflict}").format(
+            t=plan.ident, cols=cols, on_conflict=on_conflict,
+            keys=sql.SQL(", ").join(map(sql.Identifier, plan.keys)))
+
+
+def update_sql(plan, changed):
+    return sql.SQL(
+        "UPDATE {t} AS t SET {sets} "
+        "FROM jsonb_populate_record(NULL::{t}, %s::jsonb) AS n, "
+        "     jsonb_populate_record(NULL::{t}, %s::jsonb) AS o "
+        "WHERE {match}").format(
+            t=plan.ident,
+            sets=sql.SQL(", ").join(sql.SQL("{0} = n.{0}").format(sql.Identifier(c)) for c in changed),
+            match=key_match(plan))
+
+
+def delete_sql(plan):
+    return sql.SQL(
+        "DELETE FROM {t} AS t USING jsonb_populate_record(NULL::{t}, %s::jsonb) AS o "
+        "WHERE {match}").format(t=plan.ident, match=key_match(plan))
 
 
 def key_match(plan):
@@ -950,6 +977,7 @@ class Consumer:
         self.mirror = None
         self.applier = MirrorApplier(self.name)
         self.backoff = Backoff()
+        self.last_exception = None
         state.ensure_consumer_connection(self.name)
         self.stats = state.consumer
 
@@ -973,9 +1001,7 @@ class Consumer:
             applied_so_far = cur.fetchone()[0]
         self.mirror.commit()
         # after a restart the high-water mark is what the mirror holds
-        with self.state.lock:
-            self.stats.high_water_mark = max(self.stats.high_water_mark, applied_so_far)
-            self.state._connection_by(name=self.name).high_water_mark = self.stats.high_water_mark
+        self.state.raise_high_water_mark(self.name, applied_so_far)
 
     def refresh_mappings(self):
         with self.source.cursor() as cur:
@@ -1074,9 +1100,10 @@ class Consumer:
             outcome = self.step()
             self.backoff.reset()
             return outcome
-        except Exception as error:  # noqa: BLE001 - every failure is retried or reported
-            if psycopg2 is not None and not isinstance(error, (psycopg2.Error, LookupError, ValueError)):
-                raise
+        # database errors, a missing mirror table, an unknown action: all
+        # may be fixed from outside while we wait.  Anything else is a bug
+        # in this file and is left to end the thread loudly.
+        except (psycopg2.Error, LookupError, ValueError) as error:
             self.drop_broken(error)
             delay = self.backoff.next()
             with self.state.lock:
@@ -1322,7 +1349,13 @@ def install_stop_handlers(stop):
 
 def run_one_shot(args, state, stop):
     if args.verify:
-        result = verify(args.source, args.mirror, args.connection)
+        try:
+            result = verify(args.source, args.mirror, args.connection)
+        except psycopg2.Error as error:
+            # not a mismatch: nothing could be compared
+            print(json.dumps({"mode": "verify", "connection": args.connection, "ok": False,
+                              "error": one_line(error), "tables": []}), flush=True)
+            return 2
         print(json.dumps(result, default=str), flush=True)
         return 0 if result["ok"] else 1
     summary = Consumer(args, state, stop).drain(args.timeout)
@@ -1338,14 +1371,13 @@ def run_service(args, state, stop):
         server = SimServer(("127.0.0.1", args.port), state, args.token, args.webhook_secret,
                            args.hang_seconds)
         print("LISTENING %d" % server.server_address[1], flush=True)
-        threads.append(threading.Thread(target=server.serve_forever, name="http", daemon=True))
+        threads.append(threading.Thread(target=server.serve_forever, args=(0.1,), name="http", daemon=True))
     consumer = Consumer(args, state, stop) if args.consume else None
     if consumer is not None:
         threads.append(threading.Thread(target=consumer.run_forever, name="consumer"))
     for t in threads:
         t.start()
-    while not stop.is_set():
-        stop.wait(0.5)
+    stop.wait()                     # a signal handler sets it
     state.shutting_down.set()
     for t in threads:
         if t.name == "consumer":

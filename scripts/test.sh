@@ -40,6 +40,13 @@ suite "pg_regress (sql/)" ISOLATION= TAP_TESTS=
 suite "isolation specs (test/isolation)" REGRESS= TAP_TESTS=
 suite "TAP tests (test/t)" REGRESS= ISOLATION= ${PROVE_TESTS:+PROVE_TESTS="$PROVE_TESTS"}
 
+log "Connect simulator self-test (test/simulator)"
+if bash "$work/src/test/simulator/selftest.sh"; then
+    passed=$((passed + 1))
+else
+    failed=$((failed + 1)); failures+=("simulator self-test")
+fi
+
 for f in "$work"/src/results-regress/regression.diffs "$work"/src/results-isolation/regression.diffs; do
     if [ -s "$f" ]; then log "$f"; cat "$f"; fi
 done

@@ -4,18 +4,20 @@
 # with a Heroku-Connect-style PL/pgSQL hstore trigger, with PgQ's C trigger
 # (pgq.logutriga) and with connect_guard's C capture trigger.
 #
-#   test/bench/capture/run.sh            # about 6-7 minutes
+#   test/bench/capture/run.sh            # about 7 minutes
 #   BENCH_SECONDS=2 BENCH_ROUNDS=1 test/bench/capture/run.sh   # smoke test
 #
 # Settings (environment):
-#   BENCH_SECONDS   length of one pgbench run (default 6)
-#   BENCH_ROUNDS    rounds; every round runs every workload on every variant (default 3)
+#   BENCH_SECONDS   length of one pgbench run (default 4)
+#   BENCH_ROUNDS    rounds; every round runs every workload on every variant (default 5)
 #   BENCH_ROWS      rows in each table (default 100000)
 #   BENCH_BULK      rows per bulk statement (default 1000)
 #   BENCH_CLIENTS   pgbench clients (default 1: latency per statement is then 1/tps)
 #   BENCH_WORKLOADS subset of "update_1row insert_1row update_bulk insert_bulk"
 #   BENCH_CONNECT_EXTRAS=1  add the rest of what Connect installs to the PL/pgSQL
 #                   variant (get_xmlbinary() guard, NOTIFY per log row)
+#   BENCH_PRELOAD=1 load connect_guard through shared_preload_libraries: its
+#                   write-fence hooks then run in every variant's statements
 #   BENCH_PORT      port of the throwaway cluster (default 5491; unix socket only)
 #   BENCH_KEEP=1    keep the cluster's directory (for a look at the logs)
 #   PG_BIN          PostgreSQL binaries (default /usr/lib/postgresql/15/bin)
@@ -27,17 +29,19 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-RUN_SECONDS=${BENCH_SECONDS:-6}
-ROUNDS=${BENCH_ROUNDS:-3}
+RUN_SECONDS=${BENCH_SECONDS:-4}
+ROUNDS=${BENCH_ROUNDS:-5}
 NROWS=${BENCH_ROWS:-100000}
 BULK=${BENCH_BULK:-1000}
 CLIENTS=${BENCH_CLIENTS:-1}
 WORKLOADS=${BENCH_WORKLOADS:-update_1row insert_1row update_bulk insert_bulk}
 EXTRAS=${BENCH_CONNECT_EXTRAS:-0}
+PRELOAD=${BENCH_PRELOAD:-0}
 PORT=${BENCH_PORT:-5491}
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
-# none first in every round: each variant is compared with the baseline
-# measured minutes, not rounds, away from it
+# none first in every round: each variant is compared with the baseline of
+# its own round, measured moments before it, never with one from a quieter
+# or busier minute of this noisy machine
 VARIANTS="none plpgsql pgq connect_guard"
 
 die() { echo "run.sh: $*" >&2; exit 1; }
@@ -115,23 +119,42 @@ autovacuum = off
 checkpoint_timeout = 1h
 max_wal_size = 16GB
 EOF
+if [ "$PRELOAD" = 1 ]; then
+    echo "shared_preload_libraries = 'connect_guard'" >>"$WORK/data/postgresql.conf"
+fi
 pg "$PG_BIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w start >/dev/null ||
     { cat "$WORK/server.log" >&2; die "server did not start"; }
 pg "$PG_BIN/createdb" bench
 
 psql_q() { pg "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 "$@"; }
-psql_q -v extras="$EXTRAS" -f "$WORK/setup.sql" >/dev/null
+psql_q -v extras="$EXTRAS" -v nrows="$NROWS" -f "$WORK/setup.sql" >/dev/null
 
 # ---------------------------------------------------------------- runs
 
+pg_value() { pg "$PG_BIN/psql" -X -Atc "$1"; }
+# the logs' index counts explain much of the per-row cost: keep them in sight
+LOG_INDEXES=$(pg_value "
+    SELECT format('plpgsql %s (Connect''s), pgq %s, connect_guard %s',
+                  (SELECT count(*) FROM pg_index WHERE indrelid = 'salesforce._trigger_log'::regclass),
+                  (SELECT count(*) FROM pg_index i, pgq.queue q
+                    WHERE q.queue_name = 'bench'
+                      AND i.indrelid = (q.queue_data_pfx || '_' || q.queue_cur_table)::regclass),
+                  (SELECT count(*) FROM pg_index WHERE indrelid = 'connect_guard.trigger_log'::regclass))")
+if [ "$EXTRAS" = 1 ]; then
+    PLPGSQL_NOTE="Connect's hstore logger + its get_xmlbinary() guard + NOTIFY per log row"
+else
+    PLPGSQL_NOTE="Connect's hstore logger only (BENCH_CONNECT_EXTRAS=1 adds its get_xmlbinary() guard and NOTIFY)"
+fi
 cat <<EOF
 connect_guard capture benchmark
-  $(pg "$PG_BIN/psql" -X -Atc 'SELECT version()')
-  connect_guard $(pg "$PG_BIN/psql" -X -Atc "SELECT extversion FROM pg_extension WHERE extname = 'connect_guard'"), pgq $(pg "$PG_BIN/psql" -X -Atc "SELECT extversion FROM pg_extension WHERE extname = 'pgq'"), hstore $(pg "$PG_BIN/psql" -X -Atc "SELECT extversion FROM pg_extension WHERE extname = 'hstore'")
+  $(pg_value 'SELECT version()')
+  $(pg_value "SELECT string_agg(extname || ' ' || extversion, ', ' ORDER BY extname) FROM pg_extension WHERE extname IN ('connect_guard', 'pgq', 'hstore')")
   $NROWS rows per table, bulk statements of $BULK rows, $CLIENTS client(s), ${RUN_SECONDS}s per run, $ROUNDS round(s)
   synchronous_commit=off (fsync on): single-row runs time the triggers, not the WAL flush
   before every run: table reloaded, all logs truncated, VACUUM ANALYZE, CHECKPOINT
-  PL/pgSQL variant: Connect's hstore logger$( [ "$EXTRAS" = 1 ] && echo " + get_xmlbinary() guard + NOTIFY per row" || echo " only (BENCH_CONNECT_EXTRAS=1 adds its get_xmlbinary() guard and NOTIFY)")
+  PL/pgSQL variant: $PLPGSQL_NOTE
+  indexes on the trigger logs: $LOG_INDEXES
+  shared_preload_libraries = '$(pg_value 'SHOW shared_preload_libraries')'$( [ "$PRELOAD" = 1 ] || echo ' (BENCH_PRELOAD=1 preloads connect_guard)')
 
 EOF
 
@@ -145,6 +168,7 @@ for round in $(seq 1 "$ROUNDS"); do
         for v in $VARIANTS; do
             psql_q -v tbl="bench_$v" -v nrows="$NROWS" -f "$WORK/reset.sql" >/dev/null
             log=$WORK/pgbench.$round.$w.$v.log
+            # simple protocol: the only one in which :tbl may name a table
             if ! pg "$PG_BIN/pgbench" -n -M simple -c "$CLIENTS" -j "$CLIENTS" -T "$RUN_SECONDS" \
                     -D tbl="bench_$v" -D nrows="$NROWS" -D rows="$rows" \
                     -f "$WORK/$w.sql" >"$log" 2>&1; then
@@ -153,8 +177,11 @@ for round in $(seq 1 "$ROUNDS"); do
             fi
             tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$log")
             tx=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$log")
-            [ -n "$tps" ] && [ -n "$tx" ] && [ "$tx" -gt 0 ] || { cat "$log" >&2; die "no result from pgbench: round $round, $w, $v"; }
-            captured=$(pg "$PG_BIN/psql" -X -Atc "SELECT bench_captured('$v')")
+            if [ -z "$tps" ] || [ -z "$tx" ] || [ "$tx" -eq 0 ]; then
+                cat "$log" >&2
+                die "no result from pgbench: round $round, $w, $v"
+            fi
+            captured=$(pg_value "SELECT bench_captured('$v')")
             printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$w" "$v" "$rows" "$tps" "$tx" "$captured" >>"$RESULTS"
             printf 'round %d/%d  %-12s %-14s %10.1f tps  %9d rows changed, %9d captured\n' \
                 "$round" "$ROUNDS" "$w" "$v" "$tps" $((tx * rows)) "$captured"

@@ -137,6 +137,7 @@ static Datum action_names[4];
 static void capture_relcache_callback(Datum arg, Oid relid);
 static void trigger_log_load(void);
 static CapturedTable *captured_table_get(Relation rel);
+static void captured_table_build(CapturedTable *entry, Relation rel);
 static Datum record_id_text(CapturedTable *table, Datum *values, bool *nulls);
 static void trigger_log_append(Datum *logvalues, bool *lognulls);
 
@@ -222,6 +223,8 @@ trigger_log_load(void)
 	else
 		MemoryContextReset(trigger_log.cxt);
 
+	/* as in captured_table_get: an invalidation during the load wins */
+	trigger_log.valid = true;
 	rel = table_open(trigger_log.relid, RowExclusiveLock);
 	desc = RelationGetDescr(rel);
 	if (desc->natts != LOG_NCOLUMNS)
@@ -260,7 +263,6 @@ trigger_log_load(void)
 	MemoryContextSwitchTo(oldcxt);
 	list_free(indexes);
 	table_close(rel, NoLock);
-	trigger_log.valid = true;
 }
 
 /*
@@ -275,7 +277,18 @@ trigger_log_append(Datum *logvalues, bool *lognulls)
 	HeapTuple	tuple;
 
 	if (!trigger_log.valid)
-		trigger_log_load();
+	{
+		PG_TRY();
+		{
+			trigger_log_load();
+		}
+		PG_CATCH();
+		{
+			trigger_log.valid = false;
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
+	}
 
 	rel = table_open(trigger_log.relid, RowExclusiveLock);
 	logvalues[LOG_TXID] = FullTransactionIdGetDatum(GetTopFullTransactionId());
@@ -315,7 +328,6 @@ captured_table_get(Relation rel)
 	Oid			relid = RelationGetRelid(rel);
 	CapturedTable *entry;
 	bool		found;
-	Oid			pkeyid;
 
 	if (captured_tables == NULL)
 	{
@@ -341,6 +353,33 @@ captured_table_get(Relation rel)
 	else
 		MemoryContextReset(entry->cxt);
 
+	/*
+	 * Valid from the start: an invalidation that arrives while we build
+	 * (opening the key index accepts them) must win and force a rebuild.
+	 */
+	entry->valid = true;
+	PG_TRY();
+	{
+		captured_table_build(entry, rel);
+	}
+	PG_CATCH();
+	{
+		entry->valid = false;
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	return entry;
+}
+
+/*
+ * captured_table_build fills a cache entry: the jsonb recipe, the primary
+ * key's columns and the sfid column.
+ */
+static void
+captured_table_build(CapturedTable *entry, Relation rel)
+{
+	Oid			pkeyid;
+
 	row_json_build_layout(&entry->layout, RelationGetDescr(rel), entry->cxt);
 
 	entry->npkey = 0;
@@ -363,9 +402,6 @@ captured_table_get(Relation rel)
 	for (int c = 0; c < entry->layout.ncolumns; c++)
 		if (strcmp(entry->layout.columns[c].name, "sfid") == 0)
 			entry->sfid = c;
-
-	entry->valid = true;
-	return entry;
 }
 
 /*

@@ -46,6 +46,27 @@ RETURNS xid8 LANGUAGE C STRICT VOLATILE
 AS 'MODULE_PATHNAME', 'connect_guard_next_xid';
 
 /*
+ * connect_guard.require_read_committed refuses to run p_what in a longer
+ * isolation level: what it does depends on seeing other sessions' commits
+ * as they happen.
+ */
+CREATE FUNCTION connect_guard.require_read_committed(p_what text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'invalid_transaction_state',
+            MESSAGE = format('%s must run in a READ COMMITTED transaction', p_what),
+            DETAIL = 'It must see what other sessions commit while it runs.',
+            HINT = 'Call it outside REPEATABLE READ and SERIALIZABLE transactions.';
+    END IF;
+END;
+$$;
+
+/*
  * connect_guard.new_tick records a tick.  The sequence must be read before
  * the snapshot is taken, which is why these are two statements: in READ
  * COMMITTED each statement of a volatile function takes a new snapshot.
@@ -63,14 +84,7 @@ DECLARE
     v_snapshot pg_snapshot;
     t connect_guard.tick;
 BEGIN
-    IF current_setting('transaction_isolation') <> 'read committed' THEN
-        RAISE EXCEPTION USING
-            ERRCODE = 'invalid_transaction_state',
-            MESSAGE = 'connect_guard batches must be taken in a READ COMMITTED transaction',
-            DETAIL = format('The current transaction is %s; its snapshot is older than the batch boundary.',
-                            upper(current_setting('transaction_isolation'))),
-            HINT = 'Call connect_next_batch() outside REPEATABLE READ and SERIALIZABLE transactions.';
-    END IF;
+    PERFORM connect_guard.require_read_committed('connect_next_batch()');
     -- in this order: the id, then the xid bound, then the snapshot
     v_last_id := coalesce(pg_sequence_last_value('connect_guard.trigger_log_id_seq'), 0);
     v_xid_bound := connect_guard.next_xid();

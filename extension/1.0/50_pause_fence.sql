@@ -156,22 +156,6 @@ BEGIN
 END;
 $$;
 
-CREATE FUNCTION connect_guard.require_read_committed(p_what text)
-RETURNS void
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF current_setting('transaction_isolation') <> 'read committed' THEN
-        RAISE EXCEPTION USING
-            ERRCODE = 'invalid_transaction_state',
-            MESSAGE = format('%s must run in a READ COMMITTED transaction', p_what),
-            DETAIL = 'It waits for other sessions and must see what they commit while it waits.',
-            HINT = 'Call it outside REPEATABLE READ and SERIALIZABLE transactions.';
-    END IF;
-END;
-$$;
-
 /*
  * connect_pause: Connect's Pause.  Pending work completes first: an open
  * batch must be finished by its consumer within the timeout.  Then the

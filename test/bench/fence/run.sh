@@ -8,7 +8,8 @@
 # at least 0.99.  The machine is noisy, so only ratios measured side by side
 # mean anything; the absolute tps do not.
 #
-#   bash test/bench/fence/run.sh            # BENCH_ROUNDS=5 BENCH_SECONDS=10 BENCH_CLIENTS=2
+#   bash test/bench/fence/run.sh   # BENCH_ROUNDS=5 BENCH_SECONDS=10 BENCH_CLIENTS=2
+#                                  # BENCH_WORKLOADS="select-only tpcb-like"
 source "$(dirname "$0")/../../../scripts/lib.sh"
 
 rounds=${BENCH_ROUNDS:-5}
@@ -47,7 +48,7 @@ as_run_user pgbench -h "$work" -p "$port" -U postgres -i -q -s 10 bench >/dev/nu
 
 printf '\n%-12s %5s %12s %12s %8s\n' workload round "tps preload" "tps plain" ratio
 declare -A ratios
-for workload in select-only tpcb-like; do
+for workload in ${BENCH_WORKLOADS:-select-only tpcb-like}; do
     args=(-T "$seconds"); [ "$workload" = select-only ] && args+=(-S)
     for r in $(seq 1 "$rounds"); do
         order=(on off); [ $((r % 2)) -eq 0 ] && order=(off on)
@@ -65,7 +66,7 @@ done
 
 echo
 echo "median ratio, preloaded with no fence up / not preloaded (target >= 0.99):"
-for workload in select-only tpcb-like; do
+for workload in ${BENCH_WORKLOADS:-select-only tpcb-like}; do
     median=$(printf '%s\n' ${ratios[$workload]} | sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }')
     printf '  %-12s %s\n' "$workload" "$median"
 done

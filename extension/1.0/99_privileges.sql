@@ -19,4 +19,5 @@ BEGIN
 END;
 $$;
 
-GRANT SELECT ON connect_connections, connect_mappings, connect_high_water_marks, connect_fences, connect_status TO pg_monitor;
+GRANT SELECT ON connect_connections, connect_mappings, connect_high_water_marks, connect_fences, connect_status,
+      connect_worker TO pg_monitor;

@@ -1,0 +1,667 @@
+/*
+ * worker.c
+ *		The launcher and the per-database background workers.
+ *
+ * The launcher is a static background worker connected to no database: it
+ * can read pg_database but not another database's pg_extension.  So it
+ * starts a worker for every database that accepts connections, and a worker
+ * that finds no connect_guard in its database says so in shared memory and
+ * exits; the launcher then leaves that database alone for a while, unless
+ * CREATE EXTENSION wakes it (the install script calls
+ * connect_guard.wake_launcher()).  A worker that dies for any other reason is
+ * started again on the launcher's next cycle; a worker whose extension was
+ * dropped exits on its next cycle.  Both start when recovery finishes, so a
+ * promoted follower gets its workers.
+ *
+ * A worker's cycle runs each module's step in transactions of its own and
+ * does network I/O (libpq to followers, HTTP to the sync service) outside
+ * any transaction.  It sleeps on its latch: SQL calls that need it wake it
+ * when their transaction commits (not before, or it would not see their
+ * rows), otherwise it runs every connect_guard.naptime.
+ *
+ * Locking: WorkerShared is guarded by its LWLock; latches are found through
+ * the registered pid, never through a stored pointer, so a stale slot can at
+ * worst wake nobody.
+ */
+#include "postgres.h"
+
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/pg_database.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "storage/proc.h"
+#include "storage/procarray.h"
+#include "storage/shmem.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "connect_guard.h"
+#include "worker.h"
+
+PG_FUNCTION_INFO_V1(connect_guard_wake_worker);
+PG_FUNCTION_INFO_V1(connect_guard_wake_launcher);
+PG_FUNCTION_INFO_V1(connect_guard_worker_available);
+PG_FUNCTION_INFO_V1(connect_guard_worker_pid);
+
+PGDLLEXPORT void connect_guard_launcher_main(Datum arg);
+PGDLLEXPORT void connect_guard_worker_main(Datum arg);
+
+#define WORKER_MAX_DATABASES	64
+/* how long the launcher leaves a database without the extension alone */
+#define WORKER_ABSENT_RECHECK_MS	30000
+/* a worker that died is not started again sooner than this */
+#define WORKER_RESTART_DELAY_MS		1000
+
+/* GUC variables */
+int			worker_naptime_ms = 1000;
+static int	archive_retention_s = 7 * 24 * 3600;
+static int	archive_chunks = 10;
+
+typedef struct WorkerSlot
+{
+	Oid			dbid;			/* InvalidOid: free */
+	pid_t		pid;			/* running worker, or 0 */
+	bool		absent;			/* the worker found no extension here */
+	bool		wanted;			/* CREATE EXTENSION asked for a worker */
+	TimestampTz absent_since;
+} WorkerSlot;
+
+typedef struct WorkerShared
+{
+	LWLock	   *lock;
+	pid_t		launcher_pid;
+	WorkerSlot	slots[WORKER_MAX_DATABASES];
+} WorkerShared;
+
+static WorkerShared *worker_shared = NULL;
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+/* set by connect_guard.wake_worker(); acted on at commit */
+static bool wake_pending = false;
+
+static void worker_shmem_request(void);
+static void worker_shmem_startup(void);
+static void worker_xact_callback(XactEvent event, void *arg);
+
+/*
+ * worker_init defines the worker's settings and registers the launcher.
+ * Without shared_preload_libraries there are no workers: the SQL functions
+ * that need one say so (worker_available()).
+ */
+void
+worker_init(void)
+{
+	BackgroundWorker launcher;
+
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
+	DefineCustomIntVariable("connect_guard.naptime",
+							"Time between two cycles of a connect_guard worker.",
+							"SQL calls that need the worker wake it at once; this is the "
+							"pace of everything else (follower checks, retention).",
+							&worker_naptime_ms,
+							1000, 10, 3600 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("connect_guard.archive_retention",
+							"How long entries stay in the trigger log's archive.",
+							NULL,
+							&archive_retention_s,
+							7 * 24 * 3600, 0, INT_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("connect_guard.archive_chunks",
+							"How many chunks of 10000 consumed entries a worker archives per cycle.",
+							"0 leaves retention to connect_archive_consumed() calls of your own.",
+							&archive_chunks,
+							10, 0, 1000,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = worker_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = worker_shmem_startup;
+	RegisterXactCallback(worker_xact_callback, NULL);
+
+	memset(&launcher, 0, sizeof(launcher));
+	launcher.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	launcher.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	launcher.bgw_restart_time = 5;
+	snprintf(launcher.bgw_library_name, BGW_MAXLEN, "connect_guard");
+	snprintf(launcher.bgw_function_name, BGW_MAXLEN, "connect_guard_launcher_main");
+	snprintf(launcher.bgw_name, BGW_MAXLEN, "connect_guard launcher");
+	snprintf(launcher.bgw_type, BGW_MAXLEN, "connect_guard launcher");
+	RegisterBackgroundWorker(&launcher);
+}
+
+bool
+worker_available(void)
+{
+	return worker_shared != NULL;
+}
+
+static void
+worker_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(sizeof(WorkerShared));
+	RequestNamedLWLockTranche("connect_guard_worker", 1);
+}
+
+static void
+worker_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	worker_shared = ShmemInitStruct("connect_guard workers", sizeof(WorkerShared), &found);
+	if (!found)
+	{
+		memset(worker_shared, 0, sizeof(WorkerShared));
+		worker_shared->lock = &(GetNamedLWLockTranche("connect_guard_worker"))->lock;
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/* slot_for finds (or, with create, takes) dbid's slot.  Caller holds the lock. */
+static WorkerSlot *
+slot_for(Oid dbid, bool create)
+{
+	WorkerSlot *free_slot = NULL;
+
+	for (int i = 0; i < WORKER_MAX_DATABASES; i++)
+	{
+		WorkerSlot *slot = &worker_shared->slots[i];
+
+		if (slot->dbid == dbid)
+			return slot;
+		if (slot->dbid == InvalidOid && free_slot == NULL)
+			free_slot = slot;
+	}
+	if (create && free_slot != NULL)
+	{
+		memset(free_slot, 0, sizeof(WorkerSlot));
+		free_slot->dbid = dbid;
+	}
+	return create ? free_slot : NULL;
+}
+
+static void
+set_latch_of(pid_t pid)
+{
+	PGPROC	   *proc;
+
+	if (pid == 0)
+		return;
+	proc = BackendPidGetProc(pid);
+	if (proc != NULL)
+		SetLatch(&proc->procLatch);
+}
+
+/*
+ * worker_xact_callback wakes the worker once the transaction that asked
+ * for it has committed, so that the worker sees what was asked.
+ */
+static void
+worker_xact_callback(XactEvent event, void *arg)
+{
+	if (!wake_pending)
+		return;
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT)
+	{
+		pid_t		pid = 0;
+		pid_t		launcher = 0;
+
+		LWLockAcquire(worker_shared->lock, LW_SHARED);
+		{
+			WorkerSlot *slot = slot_for(MyDatabaseId, false);
+
+			if (slot != NULL)
+				pid = slot->pid;
+			launcher = worker_shared->launcher_pid;
+		}
+		LWLockRelease(worker_shared->lock);
+		/* no worker yet: the launcher starts one */
+		set_latch_of(pid != 0 ? pid : launcher);
+	}
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT ||
+		event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT ||
+		event == XACT_EVENT_PREPARE)
+		wake_pending = false;
+}
+
+void
+worker_wake_at_commit(void)
+{
+	if (worker_shared != NULL)
+		wake_pending = true;
+}
+
+/* connect_guard.wake_worker(): wake this database's worker at commit. */
+Datum
+connect_guard_wake_worker(PG_FUNCTION_ARGS)
+{
+	worker_wake_at_commit();
+	PG_RETURN_BOOL(worker_shared != NULL);
+}
+
+/*
+ * connect_guard.wake_launcher(): called by CREATE EXTENSION, so that the
+ * new database gets its worker without waiting for the recheck.
+ */
+Datum
+connect_guard_wake_launcher(PG_FUNCTION_ARGS)
+{
+	if (worker_shared == NULL)
+		PG_RETURN_BOOL(false);
+	LWLockAcquire(worker_shared->lock, LW_EXCLUSIVE);
+	{
+		WorkerSlot *slot = slot_for(MyDatabaseId, true);
+
+		if (slot != NULL)
+		{
+			slot->wanted = true;
+			slot->absent = false;
+		}
+	}
+	LWLockRelease(worker_shared->lock);
+	wake_pending = true;
+	PG_RETURN_BOOL(true);
+}
+
+Datum
+connect_guard_worker_available(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(worker_shared != NULL);
+}
+
+/* connect_guard.worker_pid(): this database's worker, or NULL. */
+Datum
+connect_guard_worker_pid(PG_FUNCTION_ARGS)
+{
+	pid_t		pid = 0;
+
+	if (worker_shared != NULL)
+	{
+		LWLockAcquire(worker_shared->lock, LW_SHARED);
+		{
+			WorkerSlot *slot = slot_for(MyDatabaseId, false);
+
+			if (slot != NULL)
+				pid = slot->pid;
+		}
+		LWLockRelease(worker_shared->lock);
+	}
+	if (pid == 0)
+		PG_RETURN_NULL();
+	PG_RETURN_INT32(pid);
+}
+
+/* ------------------------------------------------------------------------
+ * The launcher
+ * ------------------------------------------------------------------------ */
+
+typedef struct LauncherEntry
+{
+	Oid			dbid;
+	BackgroundWorkerHandle *handle;
+	TimestampTz started_at;
+} LauncherEntry;
+
+static LauncherEntry launched[WORKER_MAX_DATABASES];
+
+/* connectable_databases returns the OIDs of the databases workers may use. */
+static List *
+connectable_databases(void)
+{
+	List	   *dbids = NIL;
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tuple;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while ((tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		Form_pg_database db = (Form_pg_database) GETSTRUCT(tuple);
+		MemoryContext old;
+
+		if (!db->datallowconn || db->datistemplate)
+			continue;
+		old = MemoryContextSwitchTo(cxt);
+		dbids = lappend_oid(dbids, db->oid);
+		MemoryContextSwitchTo(old);
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	return dbids;
+}
+
+static bool
+start_worker(LauncherEntry *entry)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
+	worker.bgw_main_arg = ObjectIdGetDatum(entry->dbid);
+	worker.bgw_notify_pid = MyProcPid;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "connect_guard");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "connect_guard_worker_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "connect_guard worker for database %u", entry->dbid);
+	snprintf(worker.bgw_type, BGW_MAXLEN, "connect_guard worker");
+	entry->started_at = GetCurrentTimestamp();
+	if (!RegisterDynamicBackgroundWorker(&worker, &entry->handle))
+	{
+		entry->handle = NULL;
+		ereport(LOG,
+				(errmsg("connect_guard could not start a worker for database %u", entry->dbid),
+				 errhint("Raise max_worker_processes: connect_guard needs one worker per database that has the extension, plus its launcher.")));
+		return false;
+	}
+	return true;
+}
+
+/*
+ * launcher_cycle starts a worker for each database that should have one and
+ * has none running.
+ */
+static void
+launcher_cycle(void)
+{
+	List	   *dbids = connectable_databases();
+	ListCell   *lc;
+	TimestampTz now = GetCurrentTimestamp();
+
+	foreach(lc, dbids)
+	{
+		Oid			dbid = lfirst_oid(lc);
+		LauncherEntry *entry = NULL;
+		LauncherEntry *free_entry = NULL;
+		pid_t		pid;
+		bool		absent = false;
+		bool		wanted = false;
+		TimestampTz absent_since = 0;
+
+		for (int i = 0; i < WORKER_MAX_DATABASES; i++)
+		{
+			if (launched[i].dbid == dbid)
+				entry = &launched[i];
+			else if (launched[i].dbid == InvalidOid && free_entry == NULL)
+				free_entry = &launched[i];
+		}
+		if (entry == NULL)
+		{
+			if (free_entry == NULL)
+				continue;		/* more databases than slots: logged nowhere, documented */
+			entry = free_entry;
+			entry->dbid = dbid;
+			entry->handle = NULL;
+		}
+		if (entry->handle != NULL &&
+			GetBackgroundWorkerPid(entry->handle, &pid) != BGWH_STOPPED)
+			continue;			/* running, or about to */
+
+		LWLockAcquire(worker_shared->lock, LW_EXCLUSIVE);
+		{
+			WorkerSlot *slot = slot_for(dbid, true);
+
+			if (slot != NULL)
+			{
+				absent = slot->absent;
+				wanted = slot->wanted;
+				absent_since = slot->absent_since;
+				slot->wanted = false;
+				slot->pid = 0;
+			}
+		}
+		LWLockRelease(worker_shared->lock);
+
+		if (absent && !wanted &&
+			!TimestampDifferenceExceeds(absent_since, now, WORKER_ABSENT_RECHECK_MS))
+			continue;
+		if (!wanted && entry->handle != NULL &&
+			!TimestampDifferenceExceeds(entry->started_at, now, WORKER_RESTART_DELAY_MS))
+			continue;
+		start_worker(entry);
+	}
+	list_free(dbids);
+}
+
+void
+connect_guard_launcher_main(Datum arg)
+{
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+	pgstat_report_appname("connect_guard launcher");
+
+	LWLockAcquire(worker_shared->lock, LW_EXCLUSIVE);
+	worker_shared->launcher_pid = MyProcPid;
+	LWLockRelease(worker_shared->lock);
+
+	for (;;)
+	{
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		launcher_cycle();
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 worker_naptime_ms, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}
+
+/* ------------------------------------------------------------------------
+ * The per-database worker
+ * ------------------------------------------------------------------------ */
+
+static void
+worker_detach(int code, Datum arg)
+{
+	LWLockAcquire(worker_shared->lock, LW_EXCLUSIVE);
+	{
+		WorkerSlot *slot = slot_for(MyDatabaseId, false);
+
+		if (slot != NULL && slot->pid == MyProcPid)
+			slot->pid = 0;
+	}
+	LWLockRelease(worker_shared->lock);
+	set_latch_of(worker_shared->launcher_pid);
+}
+
+/*
+ * extension_schema returns the schema connect_guard is installed in, quoted,
+ * or NULL when it is not installed in this database.
+ */
+static char *
+extension_schema(void)
+{
+	char	   *schema = NULL;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_execute("SELECT quote_ident(n.nspname) FROM pg_extension e "
+					"JOIN pg_namespace n ON n.oid = e.extnamespace "
+					"WHERE e.extname = 'connect_guard'", true, 1) == SPI_OK_SELECT &&
+		SPI_processed == 1)
+	{
+		char	   *value = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+		schema = MemoryContextStrdup(cxt, value);
+	}
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	return schema;
+}
+
+/*
+ * run_int8 runs one statement in a transaction of its own and returns its
+ * int8 result (0 for NULL); worker steps are small so that none holds locks
+ * or a snapshot for long.
+ */
+static int64
+run_int8(const char *activity, const char *sql)
+{
+	int64		result = 0;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, activity);
+	if (SPI_execute(sql, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "connect_guard worker: statement failed: %s", sql);
+	if (SPI_processed == 1)
+	{
+		bool		isnull;
+		Datum		value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull)
+			result = DatumGetInt64(value);
+	}
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_stat(false);
+	return result;
+}
+
+/*
+ * worker_cycle_steps runs the modules' steps, in order.  Each one starts
+ * and commits its own transactions and keeps network I/O outside them.
+ */
+static void
+worker_cycle_steps(const char *schema)
+{
+	(void) schema;
+}
+
+/*
+ * retention_step moves consumed entries out of the hot log, a bounded
+ * number of chunks per cycle, each chunk its own transaction, and purges
+ * the archive by age.
+ */
+static void
+retention_step(const char *schema)
+{
+	char	   *archive = psprintf("SELECT %s.connect_archive_consumed(10000)", schema);
+	char	   *purge = psprintf("SELECT %s.connect_purge_archive(make_interval(secs => %d), 10000)",
+								 schema, archive_retention_s);
+
+	if (archive_chunks == 0)
+		return;
+	for (int chunk = 0; chunk < archive_chunks; chunk++)
+		if (run_int8("connect_guard: archiving consumed entries", archive) == 0)
+			break;
+	(void) run_int8("connect_guard: purging the archive", purge);
+	pfree(archive);
+	pfree(purge);
+}
+
+void
+connect_guard_worker_main(Datum arg)
+{
+	Oid			dbid = DatumGetObjectId(arg);
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(dbid, InvalidOid, 0);
+	pgstat_report_appname("connect_guard worker");
+
+	LWLockAcquire(worker_shared->lock, LW_EXCLUSIVE);
+	{
+		WorkerSlot *slot = slot_for(dbid, true);
+
+		if (slot == NULL)
+		{
+			LWLockRelease(worker_shared->lock);
+			ereport(LOG,
+					(errmsg("connect_guard worker: no slot for database %u", dbid),
+					 errhint("connect_guard serves at most %d databases per cluster.", WORKER_MAX_DATABASES)));
+			proc_exit(0);
+		}
+		slot->pid = MyProcPid;
+	}
+	LWLockRelease(worker_shared->lock);
+	before_shmem_exit(worker_detach, (Datum) 0);
+
+	for (;;)
+	{
+		char	   *schema;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		schema = extension_schema();
+		if (schema == NULL)
+		{
+			/* not installed, or dropped: tell the launcher and go */
+			LWLockAcquire(worker_shared->lock, LW_EXCLUSIVE);
+			{
+				WorkerSlot *slot = slot_for(dbid, false);
+
+				if (slot != NULL)
+				{
+					slot->absent = true;
+					slot->absent_since = GetCurrentTimestamp();
+				}
+			}
+			LWLockRelease(worker_shared->lock);
+			proc_exit(0);
+		}
+
+		worker_cycle_steps(schema);
+		retention_step(schema);
+		pfree(schema);
+
+		pgstat_report_activity(STATE_IDLE, NULL);
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 worker_naptime_ms, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}

@@ -73,7 +73,8 @@ is($node->safe_psql('postgres', 'SELECT count(*) FROM consumed'),
 is($node->safe_psql('postgres', "SELECT count(*) FROM consumed WHERE record_id = '5000'"),
     '0', 'the transaction in flight at the crash was not delivered');
 is($node->safe_psql('postgres',
-    'SELECT count(*) FROM connect_guard.trigger_log l WHERE NOT EXISTS (SELECT 1 FROM consumed c WHERE c.entry_id = l.id)'),
+    'SELECT count(*) FROM (SELECT id FROM connect_guard.trigger_log UNION ALL SELECT id FROM connect_guard.trigger_log_archive) l
+      WHERE NOT EXISTS (SELECT 1 FROM consumed c WHERE c.entry_id = l.id)'),
     '0', 'no entry of the log was left undelivered');
 is($node->safe_psql('postgres',
     "SELECT backlog || ' ' || (open_batch IS NULL) FROM connect_high_water_marks"),

@@ -63,14 +63,16 @@ ok($batches > 3 && $empty > 0, 'the consumer polled while writers were running')
 
 my $writes = $node->safe_psql('postgres', 'SELECT count(*) FROM writes');
 ok($writes > 100, "pgbench committed $writes writes");
-is($node->safe_psql('postgres', 'SELECT count(*) FROM connect_guard.trigger_log'),
+# the worker archives consumed entries as it goes: count both tables
+my $log = '(SELECT * FROM connect_guard.trigger_log UNION ALL SELECT * FROM connect_guard.trigger_log_archive)';
+is($node->safe_psql('postgres', "SELECT count(*) FROM $log l"),
     $writes, 'one log entry per committed write');
 is($node->safe_psql('postgres', 'SELECT count(DISTINCT entry_id) FROM consumed'),
     $writes, 'every entry was delivered');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM consumed'),
     $writes, 'and none twice');
-is($node->safe_psql('postgres', q{
-    SELECT count(*) FROM (SELECT record_id, count(*) n FROM connect_guard.trigger_log GROUP BY 1) l
+is($node->safe_psql('postgres', qq{
+    SELECT count(*) FROM (SELECT record_id, count(*) n FROM $log l GROUP BY 1) l
       FULL JOIN (SELECT account_id::text AS record_id, count(*) n FROM writes GROUP BY 1) w USING (record_id)
      WHERE l.n IS DISTINCT FROM w.n}), '0', 'per account, as many entries as writes');
 

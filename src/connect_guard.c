@@ -14,6 +14,7 @@
 
 #include "connect_guard.h"
 #include "fence.h"
+#include "lag.h"
 #include "worker.h"
 
 PG_MODULE_MAGIC;
@@ -46,6 +47,7 @@ _PG_init(void)
 							 NULL, NULL, NULL);
 
 	fence_init();
+	lag_init();
 	worker_init();
 
 	MarkGUCPrefixReserved("connect_guard");

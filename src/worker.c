@@ -51,6 +51,7 @@
 #include "utils/timestamp.h"
 
 #include "connect_guard.h"
+#include "lag.h"
 #include "worker.h"
 
 PG_FUNCTION_INFO_V1(connect_guard_wake_worker);
@@ -66,6 +67,8 @@ PGDLLEXPORT void connect_guard_worker_main(Datum arg);
 #define WORKER_ABSENT_RECHECK_MS	30000
 /* a worker that died is not started again sooner than this */
 #define WORKER_RESTART_DELAY_MS		1000
+/* how often a worker looks at an upgrade plan that is waiting for something */
+#define UPGRADE_POLL_MS				50
 
 /* GUC variables */
 int			worker_naptime_ms = 1000;
@@ -570,10 +573,24 @@ run_int8(const char *activity, const char *sql)
  * worker_cycle_steps runs the modules' steps, in order.  Each one starts
  * and commits its own transactions and keeps network I/O outside them.
  */
-static void
+static int
 worker_cycle_steps(const char *schema)
 {
-	(void) schema;
+	char	   *advance = psprintf("SELECT connect_guard.upgrade_advance()");
+	int64		plan = 0;
+
+	pgstat_report_activity(STATE_RUNNING, "connect_guard: checking followers");
+	lag_check_followers();
+
+	/* an upgrade plan moves as far as it can now, then is polled closely */
+	for (int step = 0; step < 20; step++)
+	{
+		plan = run_int8("connect_guard: driving the upgrade plan", advance);
+		if (plan != 2)
+			break;
+	}
+	pfree(advance);
+	return plan > 0 ? UPGRADE_POLL_MS : worker_naptime_ms;
 }
 
 /*
@@ -629,6 +646,7 @@ connect_guard_worker_main(Datum arg)
 	for (;;)
 	{
 		char	   *schema;
+		long		sleep_ms;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -655,13 +673,13 @@ connect_guard_worker_main(Datum arg)
 			proc_exit(0);
 		}
 
-		worker_cycle_steps(schema);
+		sleep_ms = worker_cycle_steps(schema);
 		retention_step(schema);
 		pfree(schema);
 
 		pgstat_report_activity(STATE_IDLE, NULL);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 worker_naptime_ms, PG_WAIT_EXTENSION);
+						 sleep_ms, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 	}
 }

@@ -1,0 +1,714 @@
+/* ------------------------------------------------------------------------
+ * Connect-aware upgrade plans.  Every manual step of Heroku's runbooks
+ * (pause Connect, maintenance mode, wait for the follower, upgrade/promote,
+ * resume) is a step of a persisted plan that the worker drives, one step
+ * per transaction, each step safe to run again after a crash.
+ *
+ *   follower:   checking -> pausing -> fencing -> fencing_follower -> catching_up -> ready
+ *               ... promotion ... the new primary's worker: completing -> completed
+ *   pg_upgrade: pausing -> fencing -> ready
+ *               ... pg_upgrade ... the new cluster's worker: completing -> completed
+ *   copy:       fencing -> draining -> pausing -> ready
+ *               ... pg_dump | pg_restore ... connect_complete_upgrade() on the copy
+ *
+ * The plan row travels with the data (WAL to the follower, pg_upgrade's
+ * copy, pg_dump), which is how the new primary knows what was planned and
+ * why its system identifier or timeline changed.
+ * ------------------------------------------------------------------------ */
+
+CREATE FUNCTION connect_guard.remote_query(conninfo text, sql text, timeout_ms integer DEFAULT 5000)
+RETURNS jsonb LANGUAGE C
+AS 'MODULE_PATHNAME', 'connect_guard_remote_query';
+
+CREATE TABLE connect_guard.upgrade_plan (
+    plan_id             serial PRIMARY KEY,
+    method              text NOT NULL CHECK (method IN ('pg_upgrade', 'follower', 'copy')),
+    follower            text,               -- conninfo: may hold a password, never shown
+    max_lag_bytes       bigint NOT NULL,
+    step_timeout        interval NOT NULL,
+    step                text NOT NULL,
+    step_since          timestamptz NOT NULL DEFAULT clock_timestamp(),
+    status              text NOT NULL DEFAULT 'running'
+                        CHECK (status IN ('running', 'ready', 'completed', 'failed', 'aborted', 'handed_over')),
+    last_error          text,
+    created_at          timestamptz NOT NULL DEFAULT clock_timestamp(),
+    created_by          name NOT NULL DEFAULT session_user,
+    finished_at         timestamptz,
+    follower_lag_bytes  numeric,
+    -- what the database looked like with the fence up
+    system_identifier   bigint,
+    timeline            integer,
+    fence_lsn           pg_lsn,
+    target_lsn          pg_lsn,
+    log_head            bigint,
+    high_water_marks    jsonb,
+    paused_connections  text[] NOT NULL DEFAULT '{}',
+    fence_id            integer,
+    follower_fence_id   integer,
+    completed_on        bigint              -- system identifier of the database that completed it
+);
+-- one plan at a time
+CREATE UNIQUE INDEX upgrade_plan_one_active ON connect_guard.upgrade_plan ((true))
+    WHERE status IN ('running', 'ready');
+
+CREATE TABLE connect_guard.upgrade_step (
+    plan_id     integer NOT NULL REFERENCES connect_guard.upgrade_plan ON DELETE CASCADE,
+    step        text NOT NULL,
+    started_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at timestamptz,
+    detail      jsonb NOT NULL DEFAULT '{}'
+);
+CREATE INDEX ON connect_guard.upgrade_step (plan_id, started_at);
+
+SELECT pg_catalog.pg_extension_config_dump('connect_guard.upgrade_plan', '');
+SELECT pg_catalog.pg_extension_config_dump('connect_guard.upgrade_plan_plan_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('connect_guard.upgrade_step', '');
+
+/* the timeline this server writes on, read from the WAL file name: pg_control lags after promotion */
+CREATE FUNCTION connect_guard.current_timeline()
+RETURNS integer
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::integer;
+$$;
+
+CREATE FUNCTION connect_guard.system_identifier()
+RETURNS bigint
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT system_identifier FROM pg_control_system(); $$;
+
+/* the highest entry id the database holds, hot log or archive */
+CREATE FUNCTION connect_guard.log_head()
+RETURNS bigint
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(greatest((SELECT max(id) FROM connect_guard.trigger_log),
+                             (SELECT max(id) FROM connect_guard.trigger_log_archive)), 0);
+$$;
+
+CREATE FUNCTION connect_guard.high_water_marks()
+RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(jsonb_object_agg(name, jsonb_build_object('last_tick', last_tick, 'hwm_id', hwm_id)), '{}')
+      FROM connect_guard.connection;
+$$;
+
+/*
+ * connect_guard.upgrade_goto moves a plan to its next step (or ends it),
+ * closing the current step of its timeline and opening the next.
+ */
+CREATE FUNCTION connect_guard.upgrade_goto(p_plan integer, p_step text, p_status text DEFAULT 'running',
+                                           p_detail jsonb DEFAULT '{}', p_error text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE connect_guard.upgrade_step SET finished_at = clock_timestamp()
+     WHERE plan_id = p_plan AND finished_at IS NULL;
+    UPDATE connect_guard.upgrade_plan
+       SET step = p_step, step_since = clock_timestamp(), status = p_status,
+           last_error = coalesce(p_error, CASE WHEN p_status IN ('running', 'ready') THEN NULL ELSE last_error END),
+           finished_at = CASE WHEN p_status IN ('completed', 'failed', 'aborted', 'handed_over')
+                              THEN clock_timestamp() END
+     WHERE plan_id = p_plan;
+    INSERT INTO connect_guard.upgrade_step (plan_id, step, detail, finished_at)
+    VALUES (p_plan, p_step, p_detail,
+            CASE WHEN p_status IN ('completed', 'failed', 'aborted', 'handed_over') THEN clock_timestamp() END);
+    PERFORM connect_guard.log_event(NULL, 'upgrade_' || p_step,
+        p_detail || jsonb_build_object('plan_id', p_plan, 'status', p_status, 'error', p_error));
+END;
+$$;
+
+CREATE FUNCTION connect_guard.upgrade_fail(p_plan integer, p_error text)
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT connect_guard.upgrade_goto(p_plan, (SELECT step FROM connect_guard.upgrade_plan WHERE plan_id = p_plan),
+                                      'failed', jsonb_build_object('error', p_error), p_error);
+$$;
+
+/* the follower's view of itself, as jsonb, or an error */
+CREATE FUNCTION connect_guard.follower_probe(p_conninfo text)
+RETURNS jsonb
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT connect_guard.remote_query(p_conninfo,
+        'SELECT pg_is_in_recovery() AS in_recovery,
+                (SELECT system_identifier FROM pg_control_system()) AS system_identifier,
+                coalesce(pg_last_wal_replay_lsn(), pg_current_wal_lsn()) AS replay_lsn',
+        5000);
+$$;
+
+/*
+ * connect_guard.upgrade_complete_here finishes a plan on the database that
+ * took over (a promoted follower, an upgraded cluster): it checks that the
+ * trigger log and the high-water marks came through intact and that the
+ * takeover happened after the fence, then lowers the fence and resumes
+ * every connection the plan paused.  Anything unexpected fails the plan and
+ * leaves the fence up.
+ */
+CREATE FUNCTION connect_guard.upgrade_complete_here(p connect_guard.upgrade_plan)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_history text;
+    v_switch pg_lsn;
+    v_name text;
+    v_marks jsonb := connect_guard.high_water_marks();
+BEGIN
+    IF p.step NOT IN ('completing') THEN
+        PERFORM connect_guard.upgrade_goto(p.plan_id, 'completing', p.status,
+            jsonb_build_object('system_identifier', connect_guard.system_identifier(),
+                               'timeline', connect_guard.current_timeline()));
+    END IF;
+    IF p.method = 'follower' AND connect_guard.current_timeline() > 1 THEN
+        -- where this server's timeline forked from the old primary's
+        v_history := pg_read_file(format('pg_wal/%s.history',
+                                         lpad(upper(to_hex(connect_guard.current_timeline())), 8, '0')));
+        v_switch := (regexp_match(v_history, '(?:^|\n)' || p.timeline || E'\t([0-9A-F]+/[0-9A-F]+)'))[1]::pg_lsn;
+        IF v_switch IS NULL OR v_switch < p.fence_lsn THEN
+            PERFORM connect_guard.upgrade_fail(p.plan_id,
+                format('this server was promoted at %s, before it had replayed the fence at %s: writes made before the fence may be missing',
+                       coalesce(v_switch::text, 'an unknown point'), p.fence_lsn));
+            RETURN;
+        END IF;
+    END IF;
+    IF connect_guard.log_head() < p.log_head THEN
+        PERFORM connect_guard.upgrade_fail(p.plan_id,
+            format('the trigger log ends at entry %s here, but reached %s when the fence went up',
+                   connect_guard.log_head(), p.log_head));
+        RETURN;
+    END IF;
+    IF v_marks <> p.high_water_marks THEN
+        PERFORM connect_guard.upgrade_fail(p.plan_id,
+            format('the high-water marks differ from those recorded at the fence: %s here, %s then',
+                   v_marks, p.high_water_marks));
+        RETURN;
+    END IF;
+
+    IF p.follower_fence_id IS NOT NULL THEN
+        PERFORM connect_guard.fence_lower(p.follower_fence_id);
+    ELSIF p.fence_id IS NOT NULL THEN
+        -- pg_upgrade: the fence file was copied into the new cluster by the runbook, or not
+        PERFORM connect_guard.fence_lower(p.fence_id);
+    END IF;
+    FOREACH v_name IN ARRAY p.paused_connections LOOP
+        IF EXISTS (SELECT 1 FROM connect_guard.connection c WHERE c.name = v_name AND c.state = 'PAUSED') THEN
+            PERFORM @extschema@.connect_resume(v_name);
+        END IF;
+    END LOOP;
+    UPDATE connect_guard.upgrade_plan SET completed_on = connect_guard.system_identifier()
+     WHERE plan_id = p.plan_id;
+    PERFORM connect_guard.upgrade_goto(p.plan_id, 'completed', 'completed',
+        jsonb_build_object('resumed', p.paused_connections));
+END;
+$$;
+
+/*
+ * connect_guard.upgrade_advance runs one step of the active plan, if there
+ * is one, and returns 0 when there is no plan to drive, 1 when the plan
+ * waits (poll again soon), 2 when it moved (run again at once).  The worker
+ * calls it in a transaction of its own; every step can run again after a
+ * crash without doing its work twice.
+ */
+CREATE FUNCTION connect_guard.upgrade_advance()
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p connect_guard.upgrade_plan;
+    c connect_guard.connection;
+    v_probe jsonb;
+    v_lag numeric;
+    v_waiting text;
+    v_fid integer;
+    v_overdue boolean;
+BEGIN
+    SELECT * INTO p FROM connect_guard.upgrade_plan
+     WHERE status IN ('running', 'ready') FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        RETURN 0;
+    END IF;
+    v_overdue := clock_timestamp() > p.step_since + p.step_timeout;
+
+    -- a database other than the one the plan was prepared on: the one that took over
+    IF p.system_identifier IS NOT NULL
+       AND (connect_guard.system_identifier() <> p.system_identifier
+            OR connect_guard.current_timeline() <> p.timeline) THEN
+        IF p.method = 'copy' THEN
+            RETURN 0;           -- finished by connect_complete_upgrade(), by hand
+        END IF;
+        PERFORM connect_guard.upgrade_complete_here(p);
+        RETURN 2;
+    END IF;
+
+    CASE p.step
+    WHEN 'checking' THEN
+        BEGIN
+            v_probe := connect_guard.follower_probe(p.follower);
+        EXCEPTION WHEN connection_failure THEN
+            PERFORM connect_guard.upgrade_fail(p.plan_id, 'the follower is unreachable: ' || SQLERRM);
+            RETURN 2;
+        END;
+        IF NOT (v_probe->>'in_recovery')::boolean THEN
+            PERFORM connect_guard.upgrade_fail(p.plan_id, 'the follower is not a standby (it is not in recovery)');
+            RETURN 2;
+        END IF;
+        IF (v_probe->>'system_identifier')::bigint <> connect_guard.system_identifier() THEN
+            PERFORM connect_guard.upgrade_fail(p.plan_id, 'the follower is not a standby of this primary (different system identifier)');
+            RETURN 2;
+        END IF;
+        v_lag := pg_wal_lsn_diff(pg_current_wal_lsn(), (v_probe->>'replay_lsn')::pg_lsn);
+        UPDATE connect_guard.upgrade_plan SET follower_lag_bytes = v_lag WHERE plan_id = p.plan_id;
+        IF v_lag > p.max_lag_bytes THEN
+            IF v_overdue THEN
+                PERFORM connect_guard.upgrade_fail(p.plan_id,
+                    format('the follower stayed %s bytes behind, more than max_lag_bytes = %s', v_lag, p.max_lag_bytes));
+                RETURN 2;
+            END IF;
+            RETURN 1;
+        END IF;
+        PERFORM connect_guard.upgrade_goto(p.plan_id, 'pausing', 'running', jsonb_build_object('follower_lag_bytes', v_lag));
+        RETURN 2;
+
+    WHEN 'pausing' THEN
+        UPDATE connect_guard.upgrade_plan
+           SET paused_connections = ARRAY(SELECT name FROM connect_guard.connection ORDER BY name)
+         WHERE plan_id = p.plan_id AND paused_connections = '{}';
+        FOR c IN SELECT * FROM connect_guard.connection WHERE state NOT IN ('PAUSED', 'PAUSING') ORDER BY name LOOP
+            BEGIN
+                -- the plan fences the whole database itself; a short wait per try
+                PERFORM @extschema@.connect_pause(c.name, block_writes => false, timeout => '100 ms',
+                                      reason => format('upgrade plan %s', p.plan_id));
+            EXCEPTION WHEN object_not_in_prerequisite_state THEN
+                NULL;           -- a batch is open: try again next time
+            END;
+        END LOOP;
+        SELECT string_agg(format('%s (%s)', name, state), ', ' ORDER BY name) INTO v_waiting
+          FROM connect_guard.connection WHERE state <> 'PAUSED';
+        IF v_waiting IS NOT NULL THEN
+            IF v_overdue THEN
+                PERFORM connect_guard.upgrade_fail(p.plan_id,
+                    format('not every connection reached PAUSED within %s: %s', p.step_timeout, v_waiting));
+                RETURN 2;
+            END IF;
+            RETURN 1;
+        END IF;
+        PERFORM connect_guard.upgrade_goto(p.plan_id,
+            CASE p.method WHEN 'copy' THEN 'ready' ELSE 'fencing' END,
+            CASE p.method WHEN 'copy' THEN 'ready' ELSE 'running' END);
+        RETURN 2;
+
+    WHEN 'fencing' THEN
+        IF p.fence_id IS NULL THEN
+            v_fid := @extschema@.connect_fence('database', format('upgrade plan %s (%s)', p.plan_id, p.method),
+                                   timeout => p.step_timeout);
+        ELSE
+            v_fid := p.fence_id;    -- raised before a crash: the fence file kept it
+        END IF;
+        UPDATE connect_guard.upgrade_plan
+           SET fence_id = v_fid,
+               system_identifier = connect_guard.system_identifier(),
+               timeline = connect_guard.current_timeline(),
+               fence_lsn = pg_current_wal_insert_lsn(),
+               log_head = connect_guard.log_head(),
+               high_water_marks = connect_guard.high_water_marks()
+         WHERE plan_id = p.plan_id;
+        PERFORM connect_guard.upgrade_goto(p.plan_id,
+            CASE p.method WHEN 'follower' THEN 'fencing_follower'
+                          WHEN 'copy' THEN 'draining' ELSE 'ready' END,
+            CASE p.method WHEN 'pg_upgrade' THEN 'ready' ELSE 'running' END,
+            jsonb_build_object('fence_id', v_fid, 'fence_lsn', pg_current_wal_insert_lsn(),
+                               'log_head', connect_guard.log_head()));
+        RETURN 2;
+
+    WHEN 'fencing_follower' THEN
+        -- fenced while still a standby, so that it comes up fenced however it is promoted
+        BEGIN
+            v_probe := connect_guard.remote_query(p.follower,
+                format('SELECT connect_guard.fence_raise(%L, NULL, NULL, %L, %L, %L) AS fence_id',
+                       'database', format('upgrade plan %s: fenced until the plan completes on this server', p.plan_id),
+                       '{}', '{}'), 5000);
+        EXCEPTION WHEN connection_failure THEN
+            IF v_overdue THEN
+                PERFORM connect_guard.upgrade_fail(p.plan_id, 'could not fence the follower: ' || SQLERRM);
+                RETURN 2;
+            END IF;
+            RETURN 1;
+        END;
+        UPDATE connect_guard.upgrade_plan SET follower_fence_id = (v_probe->>'fence_id')::integer
+         WHERE plan_id = p.plan_id;
+        PERFORM connect_guard.upgrade_goto(p.plan_id, 'catching_up', 'running',
+            jsonb_build_object('follower_fence_id', (v_probe->>'fence_id')::integer));
+        RETURN 2;
+
+    WHEN 'catching_up' THEN
+        IF p.target_lsn IS NULL THEN
+            -- everything up to here, the plan's own rows included, must be on the follower
+            UPDATE connect_guard.upgrade_plan SET target_lsn = pg_current_wal_insert_lsn()
+             WHERE plan_id = p.plan_id;
+            RETURN 2;
+        END IF;
+        BEGIN
+            v_probe := connect_guard.follower_probe(p.follower);
+        EXCEPTION WHEN connection_failure THEN
+            IF v_overdue THEN
+                PERFORM connect_guard.upgrade_fail(p.plan_id, 'the follower is unreachable: ' || SQLERRM);
+                RETURN 2;
+            END IF;
+            RETURN 1;
+        END;
+        v_lag := greatest(pg_wal_lsn_diff(p.target_lsn, (v_probe->>'replay_lsn')::pg_lsn), 0);
+        UPDATE connect_guard.upgrade_plan SET follower_lag_bytes = v_lag WHERE plan_id = p.plan_id;
+        IF v_lag > 0 THEN
+            IF NOT (v_probe->>'in_recovery')::boolean THEN
+                PERFORM connect_guard.upgrade_fail(p.plan_id,
+                    'the follower was promoted before it had replayed the fence; the old primary stays fenced');
+                RETURN 2;
+            END IF;
+            IF v_overdue THEN
+                PERFORM connect_guard.upgrade_fail(p.plan_id,
+                    format('the follower is still %s bytes short of the fence after %s', v_lag, p.step_timeout));
+                RETURN 2;
+            END IF;
+            RETURN 1;
+        END IF;
+        PERFORM connect_guard.upgrade_goto(p.plan_id, 'ready', 'ready',
+            jsonb_build_object('replay_lsn', v_probe->>'replay_lsn'));
+        RETURN 2;
+
+    WHEN 'draining' THEN
+        SELECT string_agg(format('%s (%s entries)', connection, backlog), ', ') INTO v_waiting
+          FROM @extschema@.connect_high_water_marks WHERE backlog > 0 OR open_batch IS NOT NULL;
+        IF v_waiting IS NOT NULL THEN
+            IF v_overdue THEN
+                PERFORM connect_guard.upgrade_fail(p.plan_id,
+                    format('the consumers did not drain the trigger log within %s: %s', p.step_timeout, v_waiting));
+                RETURN 2;
+            END IF;
+            RETURN 1;
+        END IF;
+        UPDATE connect_guard.upgrade_plan
+           SET log_head = connect_guard.log_head(), high_water_marks = connect_guard.high_water_marks()
+         WHERE plan_id = p.plan_id;
+        PERFORM connect_guard.upgrade_goto(p.plan_id, 'pausing');
+        RETURN 2;
+
+    WHEN 'ready' THEN
+        IF p.method = 'follower' THEN
+            -- the old primary learns that the follower took over; it stays fenced
+            BEGIN
+                v_probe := connect_guard.follower_probe(p.follower);
+                IF NOT (v_probe->>'in_recovery')::boolean THEN
+                    PERFORM connect_guard.upgrade_goto(p.plan_id, 'handed_over', 'handed_over',
+                        jsonb_build_object('note', 'the follower was promoted; this server stays fenced'));
+                    RETURN 2;
+                END IF;
+            EXCEPTION WHEN connection_failure THEN
+                NULL;
+            END;
+        END IF;
+        RETURN 1;
+
+    ELSE
+        RETURN 1;
+    END CASE;
+END;
+$$;
+
+/* ------------------------------------------------------------------------
+ * The DBA's and the runbooks' calls
+ * ------------------------------------------------------------------------ */
+
+CREATE FUNCTION connect_prepare_upgrade(method text DEFAULT 'pg_upgrade', follower text DEFAULT NULL,
+                                        max_lag_bytes bigint DEFAULT 0, timeout interval DEFAULT '10 min')
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_plan integer;
+    v_active connect_guard.upgrade_plan;
+BEGIN
+    PERFORM connect_guard.require_worker('connect_prepare_upgrade()');
+    IF method IS NULL OR method NOT IN ('pg_upgrade', 'follower', 'copy') THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('unknown upgrade method %s', coalesce(quote_literal(method), 'NULL')),
+            HINT = 'Use ''pg_upgrade'' (in place), ''follower'' (changeover to a promoted follower) or ''copy'' (pg_dump into a new database).';
+    END IF;
+    IF (method = 'follower') <> (follower IS NOT NULL) THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'invalid_parameter_value',
+            MESSAGE = CASE WHEN method = 'follower' THEN 'a follower changeover needs the follower''s conninfo'
+                           ELSE format('method %s takes no follower', method) END,
+            HINT = 'Pass follower => ''host=... port=... dbname=... user=...'' with method => ''follower'' only.';
+    END IF;
+    IF follower IS NOT NULL THEN
+        PERFORM connect_guard.conninfo_masked(follower);     -- rejects a malformed conninfo
+    END IF;
+    IF max_lag_bytes IS NULL OR max_lag_bytes < 0 OR timeout IS NULL OR timeout <= interval '0' THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'max_lag_bytes must be 0 or more and timeout positive',
+            HINT = 'For example max_lag_bytes => 16 * 1024 * 1024, timeout => ''10 min''.';
+    END IF;
+    SELECT * INTO v_active FROM connect_guard.upgrade_plan WHERE status IN ('running', 'ready');
+    IF FOUND THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('upgrade plan %s is already %s (step %s)', v_active.plan_id, v_active.status, v_active.step),
+            HINT = 'Wait for it, or end it with connect_abort_upgrade().';
+    END IF;
+
+    INSERT INTO connect_guard.upgrade_plan (method, follower, max_lag_bytes, step_timeout, step)
+    VALUES (method, follower, max_lag_bytes, timeout,
+            CASE method WHEN 'follower' THEN 'checking' WHEN 'copy' THEN 'fencing' ELSE 'pausing' END)
+    RETURNING plan_id INTO v_plan;
+    INSERT INTO connect_guard.upgrade_step (plan_id, step)
+    SELECT v_plan, step FROM connect_guard.upgrade_plan WHERE plan_id = v_plan;
+    PERFORM connect_guard.log_event(NULL, 'upgrade_prepared',
+        jsonb_build_object('plan_id', v_plan, 'method', method, 'max_lag_bytes', max_lag_bytes, 'timeout', timeout));
+    PERFORM connect_guard.wake_worker();
+    RETURN v_plan;
+END;
+$$;
+
+CREATE FUNCTION connect_guard.plan_for_update(p_plan bigint)
+RETURNS connect_guard.upgrade_plan
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p connect_guard.upgrade_plan;
+BEGIN
+    SELECT * INTO p FROM connect_guard.upgrade_plan WHERE plan_id = p_plan FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'undefined_object',
+            MESSAGE = format('upgrade plan %s does not exist', coalesce(p_plan::text, 'NULL')),
+            HINT = 'See connect_upgrade_status for the plans.';
+    END IF;
+    RETURN p;
+END;
+$$;
+
+/*
+ * connect_wait_upgrade waits until the plan reaches a step (or a later
+ * status: 'ready' is reached when the plan is ready), for runbooks.  A
+ * plan that fails or is aborted meanwhile is an error that says why.
+ */
+CREATE FUNCTION connect_wait_upgrade(plan bigint, step text, timeout interval DEFAULT '10 min')
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p connect_guard.upgrade_plan;
+    v_deadline timestamptz := clock_timestamp() + coalesce(timeout, '10 min');
+BEGIN
+    PERFORM connect_guard.require_read_committed('connect_wait_upgrade()');
+    LOOP
+        SELECT * INTO p FROM connect_guard.upgrade_plan WHERE plan_id = plan;
+        IF NOT FOUND THEN
+            PERFORM connect_guard.plan_for_update(plan);     -- raises the error
+        END IF;
+        IF p.step = connect_wait_upgrade.step OR p.status = connect_wait_upgrade.step
+           OR EXISTS (SELECT 1 FROM connect_guard.upgrade_step s
+                       WHERE s.plan_id = p.plan_id AND s.step = connect_wait_upgrade.step) THEN
+            RETURN p.step;
+        END IF;
+        IF p.status IN ('failed', 'aborted') THEN
+            RAISE EXCEPTION USING
+                ERRCODE = 'object_not_in_prerequisite_state',
+                MESSAGE = format('upgrade plan %s %s at step %s', p.plan_id, p.status, p.step),
+                DETAIL = coalesce(p.last_error, 'No reason was recorded.'),
+                HINT = 'See connect_upgrade_status and connect_upgrade_timeline(); connect_abort_upgrade() lifts the fence and resumes.';
+        END IF;
+        IF clock_timestamp() > v_deadline THEN
+            RAISE EXCEPTION USING
+                ERRCODE = 'query_canceled',
+                MESSAGE = format('upgrade plan %s did not reach %s within %s', p.plan_id, step, timeout),
+                DETAIL = format('It is %s at step %s since %s.', p.status, p.step, p.step_since),
+                HINT = 'The plan goes on; wait again, or end it with connect_abort_upgrade().';
+        END IF;
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+END;
+$$;
+
+/*
+ * connect_abort_upgrade ends a plan on the database it was prepared on:
+ * lowers its fences (the follower's too, when it can be reached), resumes
+ * the connections it paused, and records why.
+ */
+CREATE FUNCTION connect_abort_upgrade(plan bigint, reason text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p connect_guard.upgrade_plan;
+    v_name text;
+    v_note text := NULL;
+BEGIN
+    p := connect_guard.plan_for_update(plan);
+    IF p.status IN ('completed', 'aborted', 'handed_over') THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('upgrade plan %s is already %s', p.plan_id, p.status),
+            HINT = 'Only a running, ready or failed plan can be aborted.';
+    END IF;
+    IF p.follower_fence_id IS NOT NULL THEN
+        BEGIN
+            PERFORM connect_guard.remote_query(p.follower,
+                format('SELECT connect_guard.fence_lower(%s)', p.follower_fence_id), 5000);
+        EXCEPTION WHEN connection_failure THEN
+            v_note := 'the follower could not be reached: its fence stays up until connect_unfence() there';
+        END;
+    END IF;
+    IF p.fence_id IS NOT NULL THEN
+        PERFORM connect_guard.fence_lower(p.fence_id);
+    END IF;
+    FOREACH v_name IN ARRAY p.paused_connections LOOP
+        IF EXISTS (SELECT 1 FROM connect_guard.connection c WHERE c.name = v_name AND c.state IN ('PAUSED', 'PAUSING')) THEN
+            PERFORM @extschema@.connect_resume(v_name);
+        END IF;
+    END LOOP;
+    PERFORM connect_guard.upgrade_goto(p.plan_id, 'aborted', 'aborted',
+        jsonb_build_object('reason', reason, 'note', v_note),
+        coalesce(reason, 'aborted by ' || session_user));
+    RETURN coalesce(v_note, 'aborted');
+END;
+$$;
+
+/*
+ * connect_promote_follower promotes the follower of a ready changeover
+ * through libpq (pg_promote waits until it is done); its own worker then
+ * completes the plan there.
+ */
+CREATE FUNCTION connect_promote_follower(plan bigint)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p connect_guard.upgrade_plan;
+    v_result jsonb;
+BEGIN
+    SELECT * INTO p FROM connect_guard.upgrade_plan WHERE plan_id = plan;
+    IF NOT FOUND THEN
+        PERFORM connect_guard.plan_for_update(plan);
+    END IF;
+    IF p.method <> 'follower' OR p.status <> 'ready' THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('upgrade plan %s is not a ready follower changeover', p.plan_id),
+            DETAIL = format('It is a %s plan, %s at step %s.', p.method, p.status, p.step),
+            HINT = 'Wait with connect_wait_upgrade(plan, ''ready''); promote only a caught-up follower.';
+    END IF;
+    v_result := connect_guard.remote_query(p.follower, 'SELECT pg_promote(true, 60) AS promoted', 65000);
+    IF NOT (v_result->>'promoted')::boolean THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = 'the follower did not finish its promotion within 60 s',
+            HINT = 'Check the follower''s log; the plan stays ready and this server stays fenced.';
+    END IF;
+    PERFORM connect_guard.log_event(NULL, 'upgrade_follower_promoted', jsonb_build_object('plan_id', p.plan_id));
+    RETURN 'promoted';
+END;
+$$;
+
+/*
+ * connect_complete_upgrade finishes a 'copy' plan on the copy: the trigger
+ * log was drained before the copy, so every entry in it is consumed; the
+ * ticks (snapshots of the old database's transaction ids) mean nothing
+ * here, so the consumed entries go to the archive and every connection
+ * starts from a fresh tick.
+ */
+CREATE FUNCTION connect_complete_upgrade(plan bigint)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p connect_guard.upgrade_plan;
+    v_tick bigint;
+    v_name text;
+BEGIN
+    p := connect_guard.plan_for_update(plan);
+    IF p.method <> 'copy' OR p.status NOT IN ('ready') THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('upgrade plan %s is not a ready copy', p.plan_id),
+            DETAIL = format('It is a %s plan, %s at step %s.', p.method, p.status, p.step),
+            HINT = 'Run this in the new database, after the copy of a plan that reached ready.';
+    END IF;
+    IF connect_guard.log_head() <> p.log_head THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'data_corrupted',
+            MESSAGE = format('the copied trigger log ends at entry %s, not at %s as when the copy began',
+                             connect_guard.log_head(), p.log_head),
+            HINT = 'Copy again from the fenced database; nothing was resumed.';
+    END IF;
+    PERFORM connect_guard.upgrade_goto(p.plan_id, 'completing', 'ready');
+    WITH moved AS (DELETE FROM connect_guard.trigger_log RETURNING *)
+    INSERT INTO connect_guard.trigger_log_archive
+    SELECT id, txid, created_at, clock_timestamp(), clock_timestamp(), NULL,
+           CASE WHEN state IN ('NEW', 'PENDING') THEN 'SUCCESS' ELSE state END,
+           action, table_schema, table_name, record_id, sfid, old, "values", sf_result, sf_message
+      FROM moved;
+    DELETE FROM connect_guard.batch WHERE finished_at IS NULL;
+    DELETE FROM connect_guard.tick;
+    v_tick := (connect_guard.new_tick()).tick_id;
+    UPDATE connect_guard.connection SET last_tick = v_tick, fence_id = NULL;
+    FOREACH v_name IN ARRAY p.paused_connections LOOP
+        IF EXISTS (SELECT 1 FROM connect_guard.connection c WHERE c.name = v_name AND c.state = 'PAUSED') THEN
+            PERFORM @extschema@.connect_resume(v_name);
+        END IF;
+    END LOOP;
+    UPDATE connect_guard.upgrade_plan SET completed_on = connect_guard.system_identifier()
+     WHERE plan_id = p.plan_id;
+    PERFORM connect_guard.upgrade_goto(p.plan_id, 'completed', 'completed',
+        jsonb_build_object('resumed', p.paused_connections, 'database', current_database()));
+    RETURN 'completed';
+END;
+$$;
+
+CREATE VIEW connect_upgrade_status AS
+SELECT p.plan_id AS plan,
+       p.method,
+       p.status,
+       p.step,
+       p.step_since,
+       CASE WHEN p.follower IS NOT NULL THEN connect_guard.conninfo_masked(p.follower) END AS follower,
+       p.follower_lag_bytes,
+       p.fence_lsn,
+       p.log_head,
+       p.last_error,
+       coalesce(p.finished_at, clock_timestamp()) - p.created_at AS elapsed,
+       p.created_at,
+       p.created_by
+  FROM connect_guard.upgrade_plan p;
+
+CREATE FUNCTION connect_upgrade_timeline(plan bigint)
+RETURNS TABLE (step text, started_at timestamptz, finished_at timestamptz, duration interval, detail jsonb)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT s.step, s.started_at, s.finished_at, s.finished_at - s.started_at, s.detail
+      FROM connect_guard.upgrade_step s
+     WHERE s.plan_id = plan
+     ORDER BY s.started_at, s.ctid;
+$$;

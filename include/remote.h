@@ -7,7 +7,14 @@
 
 #include "libpq-fe.h"
 
-extern PGresult *remote_query(const char *conninfo, const char *sql, int timeout_ms,
-							  char **error);
+typedef struct RemoteAnswer
+{
+	bool		connected;		/* the server was reached (the query may still fail) */
+	PGresult   *result;			/* tuples of a successful query; caller PQclears */
+	char	   *error;			/* what went wrong, when result is NULL */
+} RemoteAnswer;
+
+extern void remote_query(const char *conninfo, const char *sql, int timeout_ms,
+						 RemoteAnswer *answer);
 
 #endif							/* CONNECT_GUARD_REMOTE_H */

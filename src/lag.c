@@ -17,8 +17,8 @@
  * the follower) is recorded with an error and NULL lag; a CHECK constraint
  * on follower_status holds us to that.
  *
- * Waiting: the connect (PQconnectStartParams/PQconnectPoll) and the query
- * (PQsendQuery/PQconsumeInput) are non-blocking, and every wait is a
+ * Waiting: remote.c connects (PQconnectStartParams/PQconnectPoll) and queries
+ * (PQsendQuery/PQconsumeInput) without blocking, and every wait is a
  * WaitLatchOrSocket bounded by one deadline per follower,
  * connect_guard.follower_timeout, so a follower that is down, a firewall
  * that drops packets or a server that hangs costs at most that long, and a
@@ -66,6 +66,7 @@
 
 #include "connect_guard.h"
 #include "lag.h"
+#include "remote.h"
 
 PG_FUNCTION_INFO_V1(connect_guard_check_followers);
 PG_FUNCTION_INFO_V1(connect_guard_conninfo_masked);
@@ -494,127 +495,6 @@ status_datums(FollowerCheck *check, Datum *values, bool *nulls)
  * follower's failure, only for an interrupt)
  * ------------------------------------------------------------------------ */
 
-/*
- * wait_for_socket waits until the follower's socket is ready for what libpq
- * wants, or the deadline passes (returns false).  A latch set while we wait
- * (the worker woken by a SQL call, say) is remembered in *latch_was_set and
- * set again by the caller, so that the worker's own wait sees it.
- */
-static bool
-wait_for_socket(PGconn *conn, bool for_write, TimestampTz deadline, bool *latch_was_set)
-{
-	for (;;)
-	{
-		long		timeout = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
-		int			rc;
-
-		if (timeout <= 0)
-			return false;
-		rc = WaitLatchOrSocket(MyLatch,
-							   WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH |
-							   (for_write ? WL_SOCKET_WRITEABLE : WL_SOCKET_READABLE),
-							   PQsocket(conn), timeout, PG_WAIT_EXTENSION);
-		if (rc & WL_LATCH_SET)
-		{
-			ResetLatch(MyLatch);
-			*latch_was_set = true;
-			CHECK_FOR_INTERRUPTS();
-		}
-		if (rc & (WL_SOCKET_READABLE | WL_SOCKET_WRITEABLE))
-			return true;
-	}
-}
-
-/* libpq's last error, copied: it is freed with the connection */
-static char *
-libpq_error(PGconn *conn, const char *otherwise)
-{
-	const char *msg = conn != NULL ? PQerrorMessage(conn) : NULL;
-
-	return (msg != NULL && msg[0] != '\0') ? pchomp(msg) : pstrdup(otherwise);
-}
-
-/*
- * connect_follower completes a connection started by PQconnectStartParams,
- * polling as libpq's documentation prescribes (first wait for write).
- * Returns NULL on success, else the error.
- */
-static char *
-connect_follower(PGconn *conn, TimestampTz deadline, bool *latch_was_set)
-{
-	PostgresPollingStatusType status = PGRES_POLLING_WRITING;
-
-	if (PQstatus(conn) == CONNECTION_BAD)
-		return libpq_error(conn, "could not start a connection");
-	while (status != PGRES_POLLING_OK)
-	{
-		if (status == PGRES_POLLING_FAILED)
-			return libpq_error(conn, "could not connect");
-		/* the socket changes when libpq moves on to the next host or address */
-		if (!wait_for_socket(conn, status == PGRES_POLLING_WRITING, deadline, latch_was_set))
-			return psprintf("timed out after %d ms while connecting (connect_guard.follower_timeout)",
-							lag_follower_timeout_ms);
-		status = PQconnectPoll(conn);
-	}
-	return NULL;
-}
-
-/*
- * query_follower sends FOLLOWER_QUERY and waits for its answer without
- * blocking.  Returns the result (caller clears it) or NULL with *error set.
- */
-static PGresult *
-query_follower(PGconn *conn, TimestampTz deadline, bool *latch_was_set, char **error)
-{
-	PGresult   *result;
-	PGresult   *extra;
-	int			rc;
-
-	if (PQsetnonblocking(conn, 1) != 0 || !PQsendQuery(conn, FOLLOWER_QUERY))
-	{
-		*error = libpq_error(conn, "could not send the lag query");
-		return NULL;
-	}
-	while ((rc = PQflush(conn)) != 0)
-	{
-		if (rc < 0)
-		{
-			*error = libpq_error(conn, "could not send the lag query");
-			return NULL;
-		}
-		if (!wait_for_socket(conn, true, deadline, latch_was_set))
-			goto timeout;
-	}
-	while (PQisBusy(conn))
-	{
-		if (!wait_for_socket(conn, false, deadline, latch_was_set))
-			goto timeout;
-		if (!PQconsumeInput(conn))
-		{
-			*error = libpq_error(conn, "lost the connection");
-			return NULL;
-		}
-	}
-	result = PQgetResult(conn);
-	if (PQresultStatus(result) != PGRES_TUPLES_OK)
-	{
-		*error = result != NULL && PQresultErrorMessage(result)[0] != '\0'
-			? pchomp(PQresultErrorMessage(result))
-			: libpq_error(conn, "the lag query failed");
-		PQclear(result);
-		return NULL;
-	}
-	/* the end of the query; it is already here, since the result was complete */
-	while (!PQisBusy(conn) && (extra = PQgetResult(conn)) != NULL)
-		PQclear(extra);
-	return result;
-
-timeout:
-	*error = psprintf("timed out after %d ms waiting for the lag query (connect_guard.follower_timeout)",
-					  lag_follower_timeout_ms);
-	return NULL;
-}
-
 /* parses one column of the answer, which libpq gives as text */
 static bool
 answer_lsn(PGresult *result, int column, XLogRecPtr *lsn)
@@ -711,65 +591,29 @@ judge_answer(FollowerCheck *check, PGresult *result, const PrimaryPosition *prim
 static void
 check_follower(FollowerCheck *check)
 {
-	static const char *const keywords[] = {"dbname", "fallback_application_name", NULL};
-	const char *values[] = {check->conninfo, "connect_guard", NULL};
+	RemoteAnswer answer;
 	PrimaryPosition primary;
-	TimestampTz deadline;
-	PGconn	   *volatile conn = NULL;
-	volatile bool latch_was_set = false;
 
-	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), lag_follower_timeout_ms);
-
-	/* libpq's socket counts against the backend's file descriptors, as in postgres_fdw */
-	if (!AcquireExternalFD())
+	remote_query(check->conninfo, FOLLOWER_QUERY, lag_follower_timeout_ms, &answer);
+	check->reachable = answer.connected;
+	if (answer.result == NULL)
+		check->error = answer.error;
+	else
 	{
-		check->error = pstrdup("could not connect: too many open files on this server");
-		check->checked_at = GetCurrentTimestamp();
-		return;
+		/*
+		 * Read after the answer arrived, so that the lag is never
+		 * understated: caught up means the follower had replayed everything
+		 * this primary had written by then.  Read before, the follower would
+		 * catch up during the connection set-up and look caught up under
+		 * any load.
+		 */
+		primary.lsn = GetXLogWriteRecPtr();
+		primary.timeline = GetWALInsertionTimeLine();
+		snprintf(primary.sysid, sizeof(primary.sysid), INT64_FORMAT,
+				 (int64) GetSystemIdentifier());
+		judge_answer(check, answer.result, &primary);
+		PQclear(answer.result);
 	}
-	PG_TRY();
-	{
-		char	   *error;
-
-		/* expand_dbname: the whole conninfo goes in as dbname and is parsed by libpq */
-		conn = PQconnectStartParams(keywords, values, true);
-		error = conn == NULL ? pstrdup("out of memory")
-			: connect_follower(conn, deadline, (bool *) &latch_was_set);
-		if (error != NULL)
-			check->error = error;
-		else
-		{
-			PGresult   *result;
-
-			check->reachable = true;
-			result = query_follower(conn, deadline, (bool *) &latch_was_set, &check->error);
-			if (result != NULL)
-			{
-				/*
-				 * Read after the answer arrived, so that the lag is never
-				 * understated: caught up means the follower had replayed
-				 * everything this primary had written by then.  Read before,
-				 * the follower would catch up during the connection set-up
-				 * and look caught up under any load.
-				 */
-				primary.lsn = GetXLogWriteRecPtr();
-				primary.timeline = GetWALInsertionTimeLine();
-				snprintf(primary.sysid, sizeof(primary.sysid), INT64_FORMAT,
-						 (int64) GetSystemIdentifier());
-				judge_answer(check, result, &primary);
-				PQclear(result);
-			}
-		}
-	}
-	PG_FINALLY();
-	{
-		if (conn != NULL)
-			PQfinish(conn);
-		ReleaseExternalFD();
-		if (latch_was_set)
-			SetLatch(MyLatch);
-	}
-	PG_END_TRY();
 	check->checked_at = GetCurrentTimestamp();
 }
 

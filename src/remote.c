@@ -15,6 +15,7 @@
 #include "fmgr.h"
 #include "libpq-fe.h"
 #include "miscadmin.h"
+#include "storage/fd.h"
 #include "storage/latch.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
@@ -60,8 +61,9 @@ conn_error(PGconn *conn, const char *otherwise)
 
 static PGresult *
 remote_exchange(PGconn *conn, const char *sql, TimestampTz deadline, int timeout_ms,
-				bool *latch_was_set, char **error)
+				bool *latch_was_set, RemoteAnswer *answer)
 {
+	char	  **error = &answer->error;
 	PostgresPollingStatusType status = PGRES_POLLING_WRITING;
 	PGresult   *result;
 	PGresult   *extra;
@@ -79,10 +81,15 @@ remote_exchange(PGconn *conn, const char *sql, TimestampTz deadline, int timeout
 			*error = conn_error(conn, "could not connect");
 			return NULL;
 		}
+		/* the socket changes when libpq moves on to the next host or address */
 		if (!wait_socket(conn, status == PGRES_POLLING_WRITING, deadline, latch_was_set))
-			goto timeout;
+		{
+			*error = psprintf("timed out after %d ms while connecting", timeout_ms);
+			return NULL;
+		}
 		status = PQconnectPoll(conn);
 	}
+	answer->connected = true;
 
 	if (PQsetnonblocking(conn, 1) != 0 || !PQsendQuery(conn, sql))
 	{
@@ -123,37 +130,52 @@ remote_exchange(PGconn *conn, const char *sql, TimestampTz deadline, int timeout
 	return result;
 
 timeout:
-	*error = psprintf("no answer within %d ms", timeout_ms);
+	*error = psprintf("timed out after %d ms waiting for the answer", timeout_ms);
 	return NULL;
 }
 
 /*
- * remote_query runs sql on the server conninfo names and returns its result
- * (the caller PQclears it), or NULL with *error set.  Never raises an error
- * for the remote side's problems: callers decide what they mean.
+ * remote_query runs sql on the server conninfo names and fills *answer: the
+ * result (caller PQclears it), or an error, and whether the connection was
+ * made at all.  Never raises an error for the remote side's problems:
+ * callers decide what they mean.  An interrupt (cancel, shutdown) is raised
+ * after the connection is closed.
  */
-PGresult *
-remote_query(const char *conninfo, const char *sql, int timeout_ms, char **error)
+void
+remote_query(const char *conninfo, const char *sql, int timeout_ms, RemoteAnswer *answer)
 {
-	const char *keywords[] = {"dbname", "application_name", NULL};
+	/* expand_dbname: the whole conninfo goes in as dbname and is parsed by libpq */
+	static const char *const keywords[] = {"dbname", "fallback_application_name", NULL};
 	const char *values[] = {conninfo, "connect_guard", NULL};
 	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
-	bool		latch_was_set = false;
-	PGconn	   *conn;
-	PGresult   *result;
+	volatile bool latch_was_set = false;
+	PGconn	   *volatile conn = NULL;
 
-	*error = NULL;
-	conn = PQconnectStartParams(keywords, values, true);
-	if (conn == NULL)
+	memset(answer, 0, sizeof(*answer));
+	/* libpq's socket counts against the backend's file descriptors, as in postgres_fdw */
+	if (!AcquireExternalFD())
 	{
-		*error = pstrdup("out of memory");
-		return NULL;
+		answer->error = pstrdup("could not connect: too many open files on this server");
+		return;
 	}
-	result = remote_exchange(conn, sql, deadline, timeout_ms, &latch_was_set, error);
-	PQfinish(conn);
-	if (latch_was_set)
-		SetLatch(MyLatch);
-	return result;
+	PG_TRY();
+	{
+		conn = PQconnectStartParams(keywords, values, true);
+		if (conn == NULL)
+			answer->error = pstrdup("out of memory");
+		else
+			answer->result = remote_exchange(conn, sql, deadline, timeout_ms,
+											 (bool *) &latch_was_set, answer);
+	}
+	PG_FINALLY();
+	{
+		if (conn != NULL)
+			PQfinish(conn);
+		ReleaseExternalFD();
+		if (latch_was_set)
+			SetLatch(MyLatch);
+	}
+	PG_END_TRY();
 }
 
 /*
@@ -168,15 +190,17 @@ connect_guard_remote_query(PG_FUNCTION_ARGS)
 	char	   *conninfo = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	char	   *sql = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	int			timeout_ms = PG_ARGISNULL(2) ? 5000 : PG_GETARG_INT32(2);
-	char	   *error;
-	PGresult   *result = remote_query(conninfo, sql, timeout_ms, &error);
+	RemoteAnswer answer;
+	PGresult   *result;
 	JsonbParseState *state = NULL;
 	JsonbValue *object;
 
+	remote_query(conninfo, sql, timeout_ms, &answer);
+	result = answer.result;
 	if (result == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONNECTION_FAILURE),
-				 errmsg("could not query the other server: %s", error),
+				 errmsg("could not query the other server: %s", answer.error),
 				 errhint("Check that it is running and that the conninfo given to connect_guard reaches it.")));
 	if (PQntuples(result) == 0)
 	{

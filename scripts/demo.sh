@@ -1,68 +1,137 @@
 #!/usr/bin/env bash
-# demo.sh: connect_guard end to end on a throwaway local cluster.
+# demo.sh: a Connect-aware follower changeover, end to end, on throwaway
+# local clusters.
 #   bash scripts/demo.sh
-# Installs what it needs, builds and installs the extension, starts a
-# cluster as an unprivileged user, maps a table, writes to it with pgbench
-# while a consumer drains snapshot-safe batches, and shows that every change
-# arrived exactly once.  Everything is removed at the end.
+#
+# Three clusters: the primary (the app's database), a streaming follower,
+# and a "Salesforce" cluster where the Connect simulator mirrors every
+# change it consumes.  pgbench writes to the primary while the simulator
+# drains the trigger log; connect_prepare_upgrade('follower') pauses,
+# fences, waits for the follower to replay past the fence; the follower is
+# promoted and its own worker lifts its fence and resumes; the simulator
+# carries on from the new primary.  At the end: the plan's timeline, the
+# write-blocked window, and the check that the mirror equals the tables.
 source "$(dirname "$0")/lib.sh"
 
 install_packages
 build_and_install
 
 work=$(scratch_dir demo)
-trap 'cluster_stop "$work"; rm -rf "$work"' EXIT
-port=$(free_port 5470)
-cluster_init "$work" "$port"
-cluster_start "$work"
+cleanup() {
+    [ -n "${sim_pid:-}" ] && kill "$sim_pid" 2>/dev/null
+    for c in primary follower salesforce; do cluster_stop "$work/$c" immediate; done
+    [ -n "${KEEP:-}" ] || rm -rf "$work"
+}
+trap cleanup EXIT
+for c in primary follower salesforce; do as_run_user mkdir "$work/$c"; done
 
-sql() { as_run_user psql -h "$work" -p "$port" -U postgres -X -q -v ON_ERROR_STOP=1 -d demo "$@"; }
-as_run_user createdb -h "$work" -p "$port" -U postgres demo
+p_port=$(free_port 5470); f_port=$(free_port $((p_port + 1))); s_port=$(free_port $((f_port + 1)))
+primary="host=$work/primary port=$p_port dbname=app user=postgres"
+follower="host=$work/follower port=$f_port dbname=app user=postgres"
+mirror="host=$work/salesforce port=$s_port dbname=salesforce user=postgres"
+psql_at() { local conninfo=$1; shift; as_run_user psql "$conninfo" -X -q -v ON_ERROR_STOP=1 "$@"; }
 
-log "1. install the extension, create a connection, map a table"
-sql -c "CREATE EXTENSION connect_guard" \
-    -c "CREATE TABLE contact (id serial PRIMARY KEY, sfid varchar(18), name text, balance numeric DEFAULT 0)" \
-    -c "SELECT connect_create_connection('sync')" \
-    -c "SELECT connect_map_table('sync', 'contact', 'Contact')" \
-    -c "SELECT * FROM connect_mappings"
+log "1. a primary with the extension, a streaming follower, and the simulator's mirror"
+cluster_init "$work/primary" "$p_port" "connect_guard.naptime = '200ms'" "synchronous_commit = off"
+cluster_start "$work/primary"
+as_run_user createdb -h "$work/primary" -p "$p_port" -U postgres app
+psql_at "$primary" <<'SQL'
+CREATE EXTENSION connect_guard;
+CREATE TABLE contact (id serial PRIMARY KEY, sfid varchar(18), name text, balance numeric NOT NULL DEFAULT 0);
+CREATE TABLE account (id int PRIMARY KEY, name text, updated_at timestamptz);
+INSERT INTO account SELECT g, 'account ' || g, now() FROM generate_series(1, 200) g;
+SELECT connect_create_connection('sync');
+SELECT connect_map_table('sync', 'contact', 'Contact');
+SELECT connect_map_table('sync', 'account', 'Account');
+SQL
+as_run_user pg_basebackup -h "$work/primary" -p "$p_port" -U postgres -D "$work/follower/data" -R -X stream -c fast
+as_run_user sed -i "s/^port = .*/port = $f_port/; s|^unix_socket_directories = .*|unix_socket_directories = '$work/follower'|" \
+    "$work/follower/data/postgresql.conf"
+cluster_start "$work/follower"
+psql_at "$primary" -c "SELECT connect_add_follower('follower', '$follower')"
 
-log "2. pgbench writes for 5 s (inserts and updates, 4 clients) while a consumer drains batches"
+cluster_init "$work/salesforce" "$s_port"
+cluster_start "$work/salesforce"
+as_run_user createdb -h "$work/salesforce" -p "$s_port" -U postgres salesforce
+# the mirror has the app's tables, without the extension (the simulator applies by key)
+as_run_user pg_dump -h "$work/primary" -p "$p_port" -U postgres --schema-only -t contact -t account app |
+    grep -v '_connect_guard' | psql_at "$mirror" >/dev/null
+psql_at "$mirror" -c "TRUNCATE contact, account"
+as_run_user pg_dump -h "$work/primary" -p "$p_port" -U postgres --data-only -t account app | psql_at "$mirror" >/dev/null
+psql_at "$primary" -c "SELECT connection, table_name, object_name, state FROM connect_mappings ORDER BY 2"
+
+# the simulator as Connect, consuming from the database it is given; its own
+# pid is kept (not runuser's) so that stop_consumer really stops it: two
+# consumers of one connection would apply the same open batch twice
+start_consumer() {
+    as_run_user sh -c 'echo $$ > "$0/simulator.pid"; exec env PYTHONUNBUFFERED=1 /usr/bin/python3 "$@"' "$work" \
+        "$CG_ROOT/test/simulator/connect_sim.py" --consume --source "$1" --mirror "$mirror" \
+        --connection sync --poll-ms 50 >>"$work/simulator.log" 2>&1 &
+    until [ -s "$work/simulator.pid" ]; do sleep 0.05; done
+    sim_pid=$(cat "$work/simulator.pid")
+}
+stop_consumer() {   # SIGTERM: it finishes the batch in hand, then exits
+    kill "$sim_pid"
+    while kill -0 "$sim_pid" 2>/dev/null; do sleep 0.05; done
+    rm -f "$work/simulator.pid"; sim_pid=
+}
+start_consumer "$primary"
+
+log "2. pgbench writes to the primary (4 clients) while the simulator consumes"
 cat > "$work/writes.sql" <<'SQL'
-\set id random(1, 2000)
-INSERT INTO contact (name) VALUES ('c' || :id);
-UPDATE contact SET balance = balance + 1 WHERE id = :id;
+\set id random(1, 200)
+INSERT INTO contact (name, balance) VALUES ('c' || :id, :id);
+UPDATE account SET updated_at = now(), name = 'account ' || :id || ' @' || random() WHERE id = :id;
 SQL
 chown "$RUN_USER" "$work/writes.sql" 2>/dev/null || true
-sql -c "CREATE TABLE consumed (entry_id bigint, batch_id bigint)"
-as_run_user pgbench -h "$work" -p "$port" -U postgres -n -c 4 -T 5 -f "$work/writes.sql" demo >"$work/pgbench.log" 2>&1 &
+as_run_user pgbench -n -c 4 -j 2 -T 8 --max-tries 1 -f "$work/writes.sql" "$primary" >"$work/pgbench_old.log" 2>&1 &
 bench=$!
-batches=0
-drain_once() {
-    local b
-    b=$(sql -Atc "SELECT connect_next_batch('sync')")
-    [ -n "$b" ] || return 1
-    sql -c "INSERT INTO consumed SELECT id, $b FROM connect_batch_events($b)" \
-        -c "SELECT connect_finish_batch($b)" >/dev/null
-    batches=$((batches + 1))
-}
-while kill -0 $bench 2>/dev/null; do drain_once || sleep 0.2; done
-wait $bench
-while drain_once; do :; done
-grep -E "number of transactions actually processed|tps" "$work/pgbench.log" | head -2
+sleep 3
+psql_at "$primary" -c "SELECT connection, hwm_id, log_head, backlog FROM connect_high_water_marks"
+psql_at "$primary" -c "SELECT source, name, state, replay_lsn, lag_bytes, lag_seconds FROM connect_follower_lag"
 
-log "3. what happened"
-echo "batches consumed: $batches"
-sql -c "SELECT connection, hwm_id, log_head, backlog, open_batch FROM connect_high_water_marks"
-# the worker moves consumed entries to the archive as it goes: count both
-sql -c "WITH log AS (SELECT id FROM connect_guard.trigger_log
-                     UNION ALL SELECT id FROM connect_guard.trigger_log_archive)
-        SELECT (SELECT count(*) FROM log) AS captured,
-               (SELECT count(DISTINCT entry_id) FROM consumed) AS delivered,
-               (SELECT count(*) - count(DISTINCT entry_id) FROM consumed) AS delivered_twice,
-               (SELECT count(*) FROM log l
-                 WHERE NOT EXISTS (SELECT 1 FROM consumed c WHERE c.entry_id = l.id)) AS missed"
-sql -c "SELECT id, action, record_id, \"values\" FROM connect_guard.trigger_log_archive ORDER BY id DESC LIMIT 3"
+log "3. the changeover: connect_prepare_upgrade('follower', ...) while pgbench keeps writing"
+plan=$(psql_at "$primary" -At -c "SELECT connect_prepare_upgrade('follower', follower => '$follower', max_lag_bytes => 16 * 1024 * 1024, timeout => '1 min')")
+echo "plan $plan prepared"
+psql_at "$primary" -At -c "SELECT 'plan ' || $plan || ' is ' || connect_wait_upgrade($plan, 'ready', '2 min') || ': Connect paused, writes fenced, follower caught up'"
+psql_at "$primary" -c "SELECT plan, method, status, step, follower, follower_lag_bytes, fence_lsn, log_head FROM connect_upgrade_status"
 
-log "4. retention: the worker archived what every connection consumed"
-sql -c "SELECT connect_archive_consumed(100000) AS left_to_archive" \
-    -c "SELECT count(*) AS still_hot, (SELECT count(*) FROM connect_guard.trigger_log_archive) AS archived FROM connect_guard.trigger_log"
+log "4. promote the follower (connect_promote_follower); its worker completes the plan"
+# the app's first write on the new primary ends the write-blocked window
+( until psql_at "$follower" -At -c "INSERT INTO contact (name) VALUES ('first write after the changeover') RETURNING clock_timestamp()" \
+        >"$work/first_write" 2>/dev/null; do sleep 0.01; done ) &
+writer=$!
+psql_at "$primary" -At -c "SELECT connect_promote_follower($plan)"
+wait "$writer"
+psql_at "$follower" -At -c "SELECT 'new primary: plan ' || $plan || ' ' || connect_wait_upgrade($plan, 'completed', '1 min')"
+wait "$bench" || true
+grep -E "number of transactions actually processed|number of failed" "$work/pgbench_old.log" || true
+
+log "5. the simulator moves to the new primary (as Connect follows DATABASE_URL) and catches up"
+stop_consumer
+start_consumer "$follower"
+as_run_user pgbench -n -c 4 -j 2 -T 3 -f "$work/writes.sql" "$follower" 2>&1 | grep -E "number of transactions actually processed"
+stop_consumer
+as_run_user /usr/bin/python3 "$CG_ROOT/test/simulator/connect_sim.py" --drain \
+    --source "$follower" --mirror "$mirror" --connection sync 2>>"$work/simulator.log" >/dev/null ||
+    { tail -n 20 "$work/simulator.log"; die "the simulator could not drain the new primary"; }
+
+log "6. what happened"
+echo "the plan's timeline (on the new primary; the rows came with the WAL):"
+psql_at "$follower" -c "SELECT step, to_char(started_at, 'HH24:MI:SS.MS') AS started, round(extract(epoch FROM duration) * 1000) AS ms FROM connect_upgrade_timeline($plan)"
+first_write=$(cat "$work/first_write")
+psql_at "$follower" -c "SELECT round(extract(epoch FROM '$first_write'::timestamptz - s.finished_at) * 1000) AS write_blocked_ms,
+                               round(extract(epoch FROM p.finished_at - s.finished_at) * 1000) AS fence_up_to_plan_completed_ms
+                          FROM connect_guard.upgrade_step s JOIN connect_guard.upgrade_plan p USING (plan_id)
+                         WHERE s.plan_id = $plan AND s.step = 'fencing'"
+echo "the old primary stays fenced:"
+psql_at "$primary" -c "SELECT plan, status, step FROM connect_upgrade_status" \
+                   -c "SELECT scope, reason FROM connect_fences"
+psql_at "$primary" -c "INSERT INTO contact (name) VALUES ('stray write')" 2>&1 | head -1 || true
+echo "counting on the new primary:"
+psql_at "$follower" -c "WITH log AS (SELECT id FROM connect_guard.trigger_log UNION ALL SELECT id FROM connect_guard.trigger_log_archive)
+                        SELECT (SELECT count(*) FROM log) AS captured, connection, hwm_id, log_head, backlog
+                          FROM connect_high_water_marks"
+echo "the simulator's mirror against the tables:"
+as_run_user /usr/bin/python3 "$CG_ROOT/test/simulator/connect_sim.py" --verify \
+    --source "$follower" --mirror "$mirror" --connection sync 2>>"$work/simulator.log"

@@ -15,6 +15,7 @@
 #include "connect_guard.h"
 #include "fence.h"
 #include "lag.h"
+#include "signals.h"
 #include "worker.h"
 
 PG_MODULE_MAGIC;
@@ -48,6 +49,7 @@ _PG_init(void)
 
 	fence_init();
 	lag_init();
+	signal_init();
 	worker_init();
 
 	MarkGUCPrefixReserved("connect_guard");

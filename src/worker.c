@@ -52,6 +52,7 @@
 
 #include "connect_guard.h"
 #include "lag.h"
+#include "signals.h"
 #include "worker.h"
 
 PG_FUNCTION_INFO_V1(connect_guard_wake_worker);
@@ -574,11 +575,16 @@ run_int8(const char *activity, const char *sql)
  * and commits its own transactions and keeps network I/O outside them.
  */
 static int
-worker_cycle_steps(const char *schema)
+worker_cycle_steps(const char *schema, bool *plan_active)
 {
 	char	   *advance = psprintf("SELECT connect_guard.upgrade_advance()");
 	int64		plan = 0;
 
+	int			sleep_ms;
+	long		due;
+
+	pgstat_report_activity(STATE_RUNNING, "connect_guard: signalling the sync service");
+	signal_process_requests();
 	pgstat_report_activity(STATE_RUNNING, "connect_guard: checking followers");
 	lag_check_followers();
 
@@ -590,7 +596,14 @@ worker_cycle_steps(const char *schema)
 			break;
 	}
 	pfree(advance);
-	return plan > 0 ? UPGRADE_POLL_MS : worker_naptime_ms;
+	*plan_active = plan > 0;
+
+	/* retries and polls of the sync service go out when they are due */
+	sleep_ms = plan > 0 ? UPGRADE_POLL_MS : worker_naptime_ms;
+	due = signal_next_wakeup_ms();
+	if (due >= 0 && due < sleep_ms)
+		sleep_ms = (int) Max(due, UPGRADE_POLL_MS);
+	return sleep_ms;
 }
 
 /*
@@ -647,6 +660,7 @@ connect_guard_worker_main(Datum arg)
 	{
 		char	   *schema;
 		long		sleep_ms;
+		bool		plan_active;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -673,8 +687,10 @@ connect_guard_worker_main(Datum arg)
 			proc_exit(0);
 		}
 
-		sleep_ms = worker_cycle_steps(schema);
-		retention_step(schema);
+		sleep_ms = worker_cycle_steps(schema, &plan_active);
+		/* archiving can take seconds under load: not while a plan is timed */
+		if (!plan_active)
+			retention_step(schema);
 		pfree(schema);
 
 		pgstat_report_activity(STATE_IDLE, NULL);

@@ -11,6 +11,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_id integer;
+    v_options record;
 BEGIN
     IF name IS NULL OR name !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$' THEN
         RAISE EXCEPTION USING
@@ -37,12 +38,18 @@ BEGIN
             HINT = 'Choose another name, or drop the old connection with connect_drop_connection().';
     END IF;
 
+    -- per adapter (62_signals.sql); an inline token or key goes to connection_secret, not options
+    SELECT * INTO v_options FROM connect_guard.prepare_options(adapter, options);
+
     INSERT INTO connect_guard.connection (name, adapter, options, last_tick)
-    VALUES (name, adapter, options, (connect_guard.new_tick()).tick_id)
+    VALUES (name, adapter, v_options.options, (connect_guard.new_tick()).tick_id)
     RETURNING connection_id INTO v_id;
+    IF v_options.secret IS NOT NULL THEN
+        INSERT INTO connect_guard.connection_secret (connection_id, secret) VALUES (v_id, v_options.secret);
+    END IF;
     PERFORM connect_guard.log_event(v_id, 'connection_created',
                                     jsonb_build_object('adapter', adapter,
-                                                       'options', connect_guard.redact(options)));
+                                                       'options', connect_guard.redact(v_options.options)));
     RETURN v_id;
 END;
 $$;

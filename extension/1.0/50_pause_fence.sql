@@ -183,6 +183,10 @@ BEGIN
     IF NOT FOUND THEN
         PERFORM connect_guard.connection_for_update(connection);   -- raises the error
     END IF;
+    IF c.adapter <> 'local' THEN
+        -- a remote sync service is asked by the worker; this returns PAUSING (62_signals.sql)
+        RETURN connect_guard.request_pause(connection, block_writes, timeout, reason, cancel_writers);
+    END IF;
     IF c.state IN ('PAUSED', 'PAUSING') THEN
         RAISE EXCEPTION USING
             ERRCODE = 'object_not_in_prerequisite_state',
@@ -251,6 +255,10 @@ DECLARE
     c connect_guard.connection;
 BEGIN
     c := connect_guard.connection_for_update(connection);
+    IF c.adapter <> 'local' THEN
+        -- lowers the fence now, asks the sync service through the worker; returns RESUMING (62_signals.sql)
+        RETURN connect_guard.request_resume(connection);
+    END IF;
     IF c.state NOT IN ('PAUSED', 'PAUSING') THEN
         RAISE EXCEPTION USING
             ERRCODE = 'object_not_in_prerequisite_state',

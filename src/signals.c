@@ -1,0 +1,671 @@
+/*
+ * signals.c
+ *		Tells the sync service what connect_pause() and its siblings asked
+ *		for, from the background worker, and records what came of it.
+ *
+ * Why from the worker: an HTTP call takes up to connect_guard.http_timeout,
+ * and the sync service must not be told "pause" by a transaction that then
+ * rolls back.  So the SQL functions only store a request in
+ * connect_guard.request (62_signals.sql, which also holds the request's
+ * state machine), and once per cycle the worker:
+ *
+ *   1. takes the due requests in a short transaction (request_take: each is
+ *      locked, leased and counted as an attempt), and, while that
+ *      transaction is open, reads each one's secret and signs webhook
+ *      bodies (PostgreSQL's HMAC needs a resource owner);
+ *   2. makes the HTTP calls with no transaction open (http.c);
+ *   3. records each outcome in a transaction of its own (request_outcome),
+ *      which retries, polls, or finishes the request and moves the local
+ *      state along (raising the fence once Connect is paused).
+ *
+ * Errors: nothing here may end the worker, and an HTTP problem is never an
+ * ERROR: it is recorded in the request.  Each transaction runs under
+ * PG_TRY; an error aborts that transaction only, and the request is told
+ * about it in a new one, so that it is retried or failed like any other
+ * failure.  libcurl's callbacks never ereport (see http.c).
+ *
+ * Secrets: the token or webhook key comes from connection_secret or from
+ * the file the options name, read again before every attempt (a rotated
+ * token is picked up without touching the database).  It lives in this
+ * cycle's memory only, is wiped after the call, and is scrubbed from
+ * everything that goes back to SQL (answers, error texts).  Only superusers
+ * and members of pg_read_server_files may name such a file, since the
+ * worker sends its content to a URL.
+ *
+ * Locking: requests are taken FOR UPDATE SKIP LOCKED and leased past the
+ * HTTP timeout, so no request is sent twice at once; request_outcome locks
+ * the connection row before the request, the order the user's calls use.
+ */
+#include "postgres.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_authid.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/interrupt.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+
+#include "connect_guard.h"
+#include "http.h"
+#include "signals.h"
+
+PG_FUNCTION_INFO_V1(connect_guard_secret_file_problem);
+
+#define SECRET_MAX_LEN		4096
+#define SIGNAL_BATCH		8	/* requests taken per round */
+#define SIGNAL_MAX_ROUNDS	8	/* rounds per call, for follow-ups due at once */
+#define SIGNAL_LEASE_EXTRA_MS 10000 /* lease beyond the HTTP timeout */
+
+/* GUC variables */
+int			signal_http_timeout_ms = 10000;
+int			signal_http_max_attempts = 8;
+char	   *signal_http_ca_file = NULL;
+
+/* One request to send, as request_take() described it */
+typedef struct SignalJob
+{
+	int64		request_id;
+	char	   *step;			/* send, lookup, poll, apply */
+	char	   *method;			/* NULL: nothing to send */
+	char	   *url;
+	char	   *body;
+	char	   *auth;			/* "bearer", "hmac" or NULL */
+	char	   *secret;			/* the token or key; wiped after the call */
+	char	   *signature;		/* "sha256=<hex>" of body, for webhooks */
+	char	   *description;	/* for pg_stat_activity */
+	char	   *problem;		/* why it could not be sent */
+	bool		answered;
+	HttpResponse resp;
+	char	   *error_out;		/* resp.error, scrubbed */
+	char	   *body_out;		/* resp.body, scrubbed, valid in the database encoding */
+} SignalJob;
+
+typedef struct TakeState
+{
+	List	   *jobs;
+	long		next_wakeup_ms;
+} TakeState;
+
+typedef struct OutcomeArgs
+{
+	int64		request_id;
+	const char *step;
+	long		http_status;	/* 0: none */
+	const char *error;
+	const char *body;
+} OutcomeArgs;
+
+/* this cycle's jobs and secrets; reset every round */
+static MemoryContext signal_context = NULL;
+static long next_wakeup_ms = -1;
+
+static const char *read_secret_file(const char *path, char **secret);
+static char *scrub(const char *text, const char *secret);
+static char *as_valid_text(const char *text);
+static bool run_in_transaction(const char *activity, void (*fn) (void *), void *arg, char **failure);
+static void take_in_transaction(void *arg);
+static SignalJob *make_job(HeapTuple tuple, TupleDesc tupdesc);
+static void run_job(SignalJob *job);
+static void record_job(SignalJob *job);
+static void outcome_in_transaction(void *arg);
+static void wipe_secrets(List *jobs);
+
+/*
+ * signal_init defines the settings.  They matter only in the worker, and
+ * change with a reload (the worker rereads its configuration on SIGHUP).
+ */
+void
+signal_init(void)
+{
+	DefineCustomIntVariable("connect_guard.http_timeout",
+							"How long the worker waits for the sync service to answer one HTTP request.",
+							"Connecting included. A request that takes longer counts as a failed attempt.",
+							&signal_http_timeout_ms,
+							10000, 100, 600000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("connect_guard.http_max_attempts",
+							"How many times the worker tries to deliver a request to the sync service.",
+							"Retries wait 1 s, doubling up to 60 s; then the request fails.",
+							&signal_http_max_attempts,
+							8, 1, 100,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+	DefineCustomStringVariable("connect_guard.http_ca_file",
+							   "CA certificates to verify the sync service's TLS certificate with.",
+							   "Empty means the system's CA bundle. The peer and its host name are always verified.",
+							   &signal_http_ca_file,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   NULL, NULL, NULL);
+}
+
+long
+signal_next_wakeup_ms(void)
+{
+	return next_wakeup_ms;
+}
+
+/*
+ * read_secret_file reads a token or key from the file at path.  Returns
+ * NULL and sets *secret (palloc'd), or returns a sentence saying what is
+ * wrong, which never quotes the file.  No ereport: the worker calls it.
+ */
+static const char *
+read_secret_file(const char *path, char **secret)
+{
+	char		buf[SECRET_MAX_LEN + 2];
+	size_t		len = 0;
+	struct stat st;
+	const char *problem = NULL;
+	int			fd;
+
+	*secret = NULL;
+	if (path[0] != '/')
+		return "The path is not absolute";
+	/* O_NONBLOCK: a FIFO must not hang the worker before fstat refuses it */
+	fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0)
+		return psprintf("The server cannot open it: %s", strerror(errno));
+	if (fstat(fd, &st) < 0)
+		problem = psprintf("The server cannot examine it: %s", strerror(errno));
+	else if (!S_ISREG(st.st_mode))
+		problem = "It is not a regular file";
+	else if (st.st_mode & S_IRWXO)
+		problem = "Every user of the server's machine may read or write it";
+	else
+	{
+		while (len < sizeof(buf) - 1)
+		{
+			ssize_t		n = read(fd, buf + len, sizeof(buf) - 1 - len);
+
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n < 0)
+			{
+				problem = psprintf("The server cannot read it: %s", strerror(errno));
+				break;
+			}
+			if (n == 0)
+				break;
+			len += n;
+		}
+	}
+	close(fd);
+
+	if (problem == NULL)
+	{
+		while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r' ||
+						   buf[len - 1] == ' ' || buf[len - 1] == '\t'))
+			len--;
+		if (len == 0)
+			problem = "It is empty";
+		else if (len > SECRET_MAX_LEN)
+			problem = "It is longer than 4096 bytes";
+		else
+		{
+			for (size_t i = 0; i < len; i++)
+			{
+				if (buf[i] < '!' || buf[i] > '~')
+				{
+					problem = "It must hold the secret on one line, in printable ASCII without spaces";
+					break;
+				}
+			}
+		}
+	}
+	if (problem == NULL)
+		*secret = pnstrdup(buf, len);
+	explicit_bzero(buf, sizeof(buf));
+	return problem;
+}
+
+/*
+ * connect_guard.secret_file_problem(path) is read_secret_file for
+ * connect_create_connection(): NULL when the worker could use the file,
+ * else why not.  The file's content is never returned.
+ */
+Datum
+connect_guard_secret_file_problem(PG_FUNCTION_ARGS)
+{
+	char	   *path = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *secret = NULL;
+	const char *problem;
+
+	if (!has_privs_of_role(GetUserId(), ROLE_PG_READ_SERVER_FILES))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to name a file the server reads a secret from"),
+				 errdetail("The background worker sends that file's content to the sync service, so naming one needs the rights of pg_read_server_files."),
+				 errhint("Ask a superuser to create the connection, or give the secret inline.")));
+
+	problem = read_secret_file(path, &secret);
+	if (secret != NULL)
+	{
+		explicit_bzero(secret, strlen(secret));
+		pfree(secret);
+	}
+	if (problem == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(cstring_to_text(problem));
+}
+
+/* scrub returns text with every occurrence of secret replaced by ******** */
+static char *
+scrub(const char *text, const char *secret)
+{
+	StringInfoData out;
+	const char *p = text;
+	const char *hit;
+	size_t		len;
+
+	if (text == NULL)
+		return NULL;
+	if (secret == NULL || secret[0] == '\0' || strstr(text, secret) == NULL)
+		return pstrdup(text);
+	len = strlen(secret);
+	initStringInfo(&out);
+	while ((hit = strstr(p, secret)) != NULL)
+	{
+		appendBinaryStringInfo(&out, p, hit - p);
+		appendStringInfoString(&out, "********");
+		p = hit + len;
+	}
+	appendStringInfoString(&out, p);
+	return out.data;
+}
+
+/*
+ * as_valid_text makes an answer storable as text: bytes that are not valid
+ * in the database encoding become '?'.
+ */
+static char *
+as_valid_text(const char *text)
+{
+	char	   *copy = pstrdup(text);
+
+	if (!pg_verifymbstr(copy, strlen(copy), true))
+	{
+		for (unsigned char *c = (unsigned char *) copy; *c; c++)
+			if (*c >= 0x80)
+				*c = '?';
+	}
+	return copy;
+}
+
+/*
+ * run_in_transaction runs fn in a transaction of its own, with SPI
+ * connected and a snapshot set.  An error aborts that transaction only:
+ * returns false with *failure saying why (in the caller's memory context,
+ * which is current again on return either way).
+ */
+static bool
+run_in_transaction(const char *activity, void (*fn) (void *), void *arg, char **failure)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	volatile bool ok = true;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PG_TRY();
+	{
+		PushActiveSnapshot(GetTransactionSnapshot());
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		pgstat_report_activity(STATE_RUNNING, activity);
+		fn(arg);
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		if (failure != NULL)
+			*failure = edata->detail
+				? psprintf("%s (%s)", edata->message, edata->detail)
+				: pstrdup(edata->message);
+		FreeErrorData(edata);
+		ok = false;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	pgstat_report_stat(false);
+	return ok;
+}
+
+/*
+ * take_in_transaction fetches the due requests (if this database has the
+ * extension's tables) and prepares each one while the transaction is
+ * open: its secret, its signature.
+ */
+static void
+take_in_transaction(void *arg)
+{
+	TakeState  *take = (TakeState *) arg;
+	Oid			nsp = get_namespace_oid(CONNECT_GUARD_SCHEMA, true);
+	Oid			argtypes[2] = {INT4OID, INT4OID};
+	Datum		values[2];
+	int			ret;
+	bool		isnull;
+	Datum		wait;
+
+	take->next_wakeup_ms = -1;
+	if (!OidIsValid(nsp) || !OidIsValid(get_relname_relid("request", nsp)))
+		return;
+
+	values[0] = Int32GetDatum(SIGNAL_BATCH);
+	values[1] = Int32GetDatum(signal_http_timeout_ms + SIGNAL_LEASE_EXTRA_MS);
+	ret = SPI_execute_with_args("SELECT * FROM " CONNECT_GUARD_SCHEMA ".request_take($1, $2)",
+								2, argtypes, values, NULL, false, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "request_take() failed: %s", SPI_result_code_string(ret));
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		SignalJob  *job = make_job(SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
+		MemoryContext old = MemoryContextSwitchTo(signal_context);
+
+		take->jobs = lappend(take->jobs, job);
+		MemoryContextSwitchTo(old);
+	}
+
+	/* as request_take() orders them: only the oldest pending request of a connection can be due */
+	ret = SPI_execute("SELECT ceil(extract(epoch FROM min(q.next_attempt_at) - clock_timestamp()) * 1000)::bigint"
+					  "  FROM " CONNECT_GUARD_SCHEMA ".request q"
+					  " WHERE q.status = 'pending'"
+					  "   AND NOT EXISTS (SELECT 1 FROM " CONNECT_GUARD_SCHEMA ".request o"
+					  "                    WHERE o.connection_id = q.connection_id AND o.status = 'pending'"
+					  "                      AND o.request_id < q.request_id)",
+					  true, 1);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not read when the next request is due: %s", SPI_result_code_string(ret));
+	wait = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (!isnull)
+		take->next_wakeup_ms = (long) Max(DatumGetInt64(wait), 0);
+}
+
+/* column_text copies a text column of request_take()'s row into signal_context */
+static char *
+column_text(HeapTuple tuple, TupleDesc tupdesc, int column)
+{
+	char	   *value = SPI_getvalue(tuple, tupdesc, column);
+	char	   *copy;
+
+	if (value == NULL)
+		return NULL;
+	copy = MemoryContextStrdup(signal_context, value);
+	explicit_bzero(value, strlen(value));
+	pfree(value);
+	return copy;
+}
+
+/*
+ * make_job builds a job from a row of request_take(): (request_id, step,
+ * method, url, body, auth, secret, secret_file, description).  Runs inside
+ * the take transaction.
+ */
+static SignalJob *
+make_job(HeapTuple tuple, TupleDesc tupdesc)
+{
+	SignalJob  *job = MemoryContextAllocZero(signal_context, sizeof(SignalJob));
+	bool		isnull;
+	char	   *secret_file;
+	MemoryContext old;
+
+	job->request_id = DatumGetInt64(SPI_getbinval(tuple, tupdesc, 1, &isnull));
+	job->step = column_text(tuple, tupdesc, 2);
+	job->method = column_text(tuple, tupdesc, 3);
+	job->url = column_text(tuple, tupdesc, 4);
+	job->body = column_text(tuple, tupdesc, 5);
+	job->auth = column_text(tuple, tupdesc, 6);
+	job->secret = column_text(tuple, tupdesc, 7);
+	secret_file = column_text(tuple, tupdesc, 8);
+	job->description = column_text(tuple, tupdesc, 9);
+
+	if (job->method == NULL || job->auth == NULL)
+		return job;
+
+	old = MemoryContextSwitchTo(signal_context);
+	if (job->secret == NULL && secret_file != NULL)
+	{
+		const char *problem = read_secret_file(secret_file, &job->secret);
+
+		if (problem != NULL)
+			job->problem = psprintf("cannot read the %s file \"%s\": %c%s",
+									strcmp(job->auth, "bearer") == 0 ? "token" : "webhook key",
+									secret_file, pg_tolower((unsigned char) problem[0]), problem + 1);
+	}
+	else if (job->secret == NULL)
+		job->problem = pstrdup("the connection has no token or key: neither a stored secret nor a file in its options");
+
+	if (job->problem == NULL && strcmp(job->auth, "hmac") == 0)
+	{
+		const char *body = job->body ? job->body : "";
+		char	   *hex = http_hmac_sha256_hex(job->secret, body, strlen(body));
+
+		if (hex == NULL)
+			job->problem = pstrdup("could not compute the HMAC-SHA256 signature of the webhook");
+		else
+			job->signature = psprintf("sha256=%s", hex);
+	}
+	MemoryContextSwitchTo(old);
+	return job;
+}
+
+/*
+ * run_job makes the job's HTTP call, with no transaction open.  Whatever
+ * goes wrong ends up in the job, never in an ERROR.
+ */
+static void
+run_job(SignalJob *job)
+{
+	HttpRequest req;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	if (job->problem != NULL || job->method == NULL)
+		return;
+
+	memset(&req, 0, sizeof(req));
+	req.method = job->method;
+	req.url = job->url;
+	req.body = job->body;
+	req.content_type = job->body ? "application/json" : NULL;
+	req.bearer_token = strcmp(job->auth, "bearer") == 0 ? job->secret : NULL;
+	req.signature = job->signature;
+	req.timeout_ms = signal_http_timeout_ms;
+	req.ca_file = signal_http_ca_file;
+
+	pgstat_report_activity(STATE_RUNNING, job->description);
+	PG_TRY();
+	{
+		job->answered = http_perform(&req, &job->resp);
+		if (job->answered)
+			job->body_out = scrub(as_valid_text(job->resp.body), job->secret);
+		else
+			job->error_out = scrub(as_valid_text(job->resp.error), job->secret);
+	}
+	PG_CATCH();
+	{
+		/* only palloc can get here (out of memory): no transaction to abort */
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		job->answered = false;
+		job->problem = psprintf("the worker failed sending it: %s", edata->message);
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+}
+
+static void
+outcome_in_transaction(void *arg)
+{
+	OutcomeArgs *a = (OutcomeArgs *) arg;
+	Oid			argtypes[5] = {INT8OID, TEXTOID, INT4OID, TEXTOID, TEXTOID};
+	Datum		values[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+	int			ret;
+
+	values[0] = Int64GetDatum(a->request_id);
+	values[1] = CStringGetTextDatum(a->step);
+	values[2] = Int32GetDatum((int32) a->http_status);
+	if (a->http_status == 0)
+		nulls[2] = 'n';
+	values[3] = a->error ? CStringGetTextDatum(a->error) : (Datum) 0;
+	if (a->error == NULL)
+		nulls[3] = 'n';
+	values[4] = a->body ? CStringGetTextDatum(a->body) : (Datum) 0;
+	if (a->body == NULL)
+		nulls[4] = 'n';
+	ret = SPI_execute_with_args("SELECT " CONNECT_GUARD_SCHEMA ".request_outcome($1, $2, $3, $4, $5)",
+								5, argtypes, values, nulls, false, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "request_outcome() failed: %s", SPI_result_code_string(ret));
+}
+
+/*
+ * record_job hands the job's outcome to request_outcome().  If that fails
+ * (e.g. the fence could not be raised for a reason it does not handle),
+ * the request is told so in a new transaction, and is retried or failed.
+ */
+static void
+record_job(SignalJob *job)
+{
+	OutcomeArgs args;
+	char	   *failure = NULL;
+	char	   *activity = psprintf("%s: recording the outcome", job->description);
+
+	memset(&args, 0, sizeof(args));
+	args.request_id = job->request_id;
+	if (job->problem != NULL)
+	{
+		args.step = "unsent";
+		args.error = job->problem;
+	}
+	else
+	{
+		args.step = job->step;
+		args.http_status = job->answered ? job->resp.status : 0;
+		args.error = job->error_out;
+		args.body = job->body_out;
+	}
+	if (run_in_transaction(activity, outcome_in_transaction, &args, &failure))
+		return;
+
+	ereport(WARNING,
+			(errmsg("connect_guard: could not record the outcome of request " INT64_FORMAT ": %s",
+					job->request_id, failure)));
+	memset(&args, 0, sizeof(args));
+	args.request_id = job->request_id;
+	args.step = "error";
+	args.error = failure;
+	if (!run_in_transaction(activity, outcome_in_transaction, &args, &failure))
+		ereport(WARNING,
+				(errmsg("connect_guard: could not record the failure of request " INT64_FORMAT ": %s",
+						job->request_id, failure),
+				 errdetail("The request is tried again once its lease runs out.")));
+}
+
+static void
+wipe_secrets(List *jobs)
+{
+	ListCell   *lc;
+
+	foreach(lc, jobs)
+	{
+		SignalJob  *job = (SignalJob *) lfirst(lc);
+
+		if (job->secret != NULL)
+		{
+			explicit_bzero(job->secret, strlen(job->secret));
+			job->secret = NULL;
+		}
+	}
+}
+
+void
+signal_process_requests(void)
+{
+	MemoryContext oldcxt;
+	bool		stop = false;
+
+	if (IsTransactionOrTransactionBlock())
+	{
+		elog(WARNING, "connect_guard: signal_process_requests() must be called outside a transaction");
+		return;
+	}
+	if (signal_context == NULL)
+		signal_context = AllocSetContextCreate(TopMemoryContext, "connect_guard signals",
+											   ALLOCSET_DEFAULT_SIZES);
+	oldcxt = MemoryContextSwitchTo(signal_context);
+
+	for (int round = 0; round < SIGNAL_MAX_ROUNDS && !stop; round++)
+	{
+		TakeState	take = {NIL, -1};
+		char	   *failure = NULL;
+		ListCell   *lc;
+
+		MemoryContextReset(signal_context);
+		if (!run_in_transaction("connect_guard: taking due requests", take_in_transaction, &take, &failure))
+		{
+			wipe_secrets(take.jobs);
+			ereport(WARNING,
+					(errmsg("connect_guard: could not take the requests to send: %s", failure)));
+			break;
+		}
+		next_wakeup_ms = take.next_wakeup_ms;
+		if (take.jobs == NIL)
+			break;
+
+		foreach(lc, take.jobs)
+		{
+			SignalJob  *job = (SignalJob *) lfirst(lc);
+
+			/* the rest stay leased, and are taken again once the lease ends */
+			if (ProcDiePending || ShutdownRequestPending)
+			{
+				stop = true;
+				break;
+			}
+			run_job(job);
+			if (job->secret != NULL)
+			{
+				explicit_bzero(job->secret, strlen(job->secret));
+				job->secret = NULL;
+			}
+			record_job(job);
+		}
+		wipe_secrets(take.jobs);
+		if (round == SIGNAL_MAX_ROUNDS - 1)
+			next_wakeup_ms = 0;
+	}
+
+	MemoryContextSwitchTo(oldcxt);
+	MemoryContextReset(signal_context);
+	pgstat_report_activity(STATE_IDLE, NULL);
+}

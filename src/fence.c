@@ -395,7 +395,8 @@ operation_name(CmdType operation)
 static void
 fence_ExecutorStart(QueryDesc *queryDesc, int eflags)
 {
-	if (pg_atomic_read_u32(&fence_state->nactive) > 0 &&
+	/* pg_upgrade's restore must pass, and a copied fence file must survive it */
+	if (pg_atomic_read_u32(&fence_state->nactive) > 0 && !IsBinaryUpgrade &&
 		!(eflags & EXEC_FLAG_EXPLAIN_ONLY))
 	{
 		PlannedStmt *pstmt = queryDesc->plannedstmt;
@@ -480,7 +481,7 @@ fence_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 {
 	Node	   *stmt = pstmt->utilityStmt;
 
-	if (pg_atomic_read_u32(&fence_state->nactive) > 0)
+	if (pg_atomic_read_u32(&fence_state->nactive) > 0 && !IsBinaryUpgrade)
 		fence_check_utility(stmt);
 
 	if (prev_ProcessUtility)
@@ -491,7 +492,8 @@ fence_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 								queryEnv, dest, qc);
 
 	/* nothing could lower a fence left behind by a dropped extension */
-	if (pg_atomic_read_u32(&fence_state->nactive) > 0 && is_drop_of_this_extension(stmt))
+	if (pg_atomic_read_u32(&fence_state->nactive) > 0 && !IsBinaryUpgrade &&
+		is_drop_of_this_extension(stmt))
 		fence_lower_all_in_database();
 }
 

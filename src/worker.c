@@ -96,8 +96,9 @@ static WorkerShared *worker_shared = NULL;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
-/* set by connect_guard.wake_worker(); acted on at commit */
+/* set by connect_guard.wake_worker() and wake_launcher(); acted on at commit */
 static bool wake_pending = false;
+static bool launcher_wake_pending = false;
 
 static void worker_shmem_request(void);
 static void worker_shmem_startup(void);
@@ -234,17 +235,27 @@ set_latch_of(pid_t pid)
 static void
 worker_xact_callback(XactEvent event, void *arg)
 {
-	if (!wake_pending)
+	if (!wake_pending && !launcher_wake_pending)
 		return;
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT)
 	{
 		pid_t		pid = 0;
 		pid_t		launcher = 0;
 
-		LWLockAcquire(worker_shared->lock, LW_SHARED);
+		/*
+		 * Only now may the launcher start a worker for a new extension: one
+		 * started before the commit would find no extension and be retried
+		 * only 30 s later.
+		 */
+		LWLockAcquire(worker_shared->lock, LW_EXCLUSIVE);
 		{
-			WorkerSlot *slot = slot_for(MyDatabaseId, false);
+			WorkerSlot *slot = slot_for(MyDatabaseId, launcher_wake_pending);
 
+			if (slot != NULL && launcher_wake_pending)
+			{
+				slot->wanted = true;
+				slot->absent = false;
+			}
 			if (slot != NULL)
 				pid = slot->pid;
 			launcher = worker_shared->launcher_pid;
@@ -256,7 +267,7 @@ worker_xact_callback(XactEvent event, void *arg)
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT ||
 		event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT ||
 		event == XACT_EVENT_PREPARE)
-		wake_pending = false;
+		wake_pending = launcher_wake_pending = false;
 }
 
 void
@@ -283,18 +294,7 @@ connect_guard_wake_launcher(PG_FUNCTION_ARGS)
 {
 	if (worker_shared == NULL)
 		PG_RETURN_BOOL(false);
-	LWLockAcquire(worker_shared->lock, LW_EXCLUSIVE);
-	{
-		WorkerSlot *slot = slot_for(MyDatabaseId, true);
-
-		if (slot != NULL)
-		{
-			slot->wanted = true;
-			slot->absent = false;
-		}
-	}
-	LWLockRelease(worker_shared->lock);
-	wake_pending = true;
+	launcher_wake_pending = true;
 	PG_RETURN_BOOL(true);
 }
 

@@ -37,6 +37,7 @@ CREATE TABLE connect_guard.upgrade_plan (
     follower_lag_bytes  numeric,
     -- what the database looked like with the fence up
     system_identifier   bigint,
+    database_name       text,
     timeline            integer,
     fence_lsn           pg_lsn,
     target_lsn          pg_lsn,
@@ -141,7 +142,7 @@ LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT connect_guard.remote_query(p_conninfo,
-        'SELECT pg_is_in_recovery() AS in_recovery,
+        'SELECT pg_is_in_recovery() AS in_recovery, current_database() AS database,
                 (SELECT system_identifier FROM pg_control_system()) AS system_identifier,
                 coalesce(pg_last_wal_replay_lsn(), pg_current_wal_lsn()) AS replay_lsn',
         5000);
@@ -249,6 +250,17 @@ BEGIN
         IF p.method = 'copy' THEN
             RETURN 0;           -- finished by connect_complete_upgrade(), by hand
         END IF;
+        -- Not on a server that pg_upgrade itself started (postgres -b): pg_upgrade
+        -- starts the new cluster with the data in place at its end, before the
+        -- runbook has copied the fence file in; completing there would resume the
+        -- connections and leave the fence copied afterwards up for good.  This
+        -- call errors outside binary upgrade mode; false is the flag's default.
+        BEGIN
+            PERFORM pg_catalog.binary_upgrade_set_record_init_privs(false);
+            RETURN 0;
+        EXCEPTION WHEN cant_change_runtime_param THEN
+            NULL;
+        END;
         PERFORM connect_guard.upgrade_complete_here(p);
         RETURN 2;
     END IF;
@@ -267,6 +279,11 @@ BEGIN
         END IF;
         IF (v_probe->>'system_identifier')::bigint <> connect_guard.system_identifier() THEN
             PERFORM connect_guard.upgrade_fail(p.plan_id, 'the follower is not a standby of this primary (different system identifier)');
+            RETURN 2;
+        END IF;
+        IF v_probe->>'database' <> current_database() THEN
+            PERFORM connect_guard.upgrade_fail(p.plan_id,
+                format('the follower conninfo names database %s, but the plan is for %s', v_probe->>'database', current_database()));
             RETURN 2;
         END IF;
         v_lag := pg_wal_lsn_diff(pg_current_wal_lsn(), (v_probe->>'replay_lsn')::pg_lsn);
@@ -311,15 +328,36 @@ BEGIN
         RETURN 2;
 
     WHEN 'fencing' THEN
-        IF p.fence_id IS NULL THEN
+        -- A fence is saved to the fence file when it is raised, not at commit, so a
+        -- crash while this step waited for the writers in flight leaves the fence up
+        -- (restored from the file) but not in the plan, whose update never
+        -- committed: adopt it (and wait for the writers again), or every later try
+        -- fails with "a maintenance fence is already up".
+        v_fid := p.fence_id;
+        IF v_fid IS NULL THEN
+            SELECT f.fence_id INTO v_fid FROM connect_guard.fence_list() f
+             WHERE f.scope = 'database' AND f.reason = format('upgrade plan %s (%s)', p.plan_id, p.method);
+        END IF;
+        IF v_fid IS NOT NULL THEN
+            PERFORM connect_guard.wait_for_writers(connect_guard.database_tables(),
+                                                   clock_timestamp() + p.step_timeout, false);
+        ELSIF v_overdue THEN
+            -- The last try failed (connect_fence() timed out waiting for the writers
+            -- in flight, or another maintenance fence is up): its error ended the
+            -- worker's transaction, which lowered its fence.  Fail rather than retry
+            -- forever with nothing in last_error.
+            PERFORM connect_guard.upgrade_fail(p.plan_id,
+                format('could not fence the database within %s: writers still in flight, or another maintenance fence is up (the server log has the last try''s error)',
+                       p.step_timeout));
+            RETURN 2;
+        ELSE
             v_fid := @extschema@.connect_fence('database', format('upgrade plan %s (%s)', p.plan_id, p.method),
                                    timeout => p.step_timeout);
-        ELSE
-            v_fid := p.fence_id;    -- raised before a crash: the fence file kept it
         END IF;
         UPDATE connect_guard.upgrade_plan
            SET fence_id = v_fid,
                system_identifier = connect_guard.system_identifier(),
+               database_name = current_database(),
                timeline = connect_guard.current_timeline(),
                fence_lsn = pg_current_wal_insert_lsn(),
                log_head = connect_guard.log_head(),
@@ -336,8 +374,13 @@ BEGIN
     WHEN 'fencing_follower' THEN
         -- fenced while still a standby, so that it comes up fenced however it is promoted
         BEGIN
+            -- the follower's fence commits there before this transaction does: a try
+            -- whose answer was lost (a timeout, a crash here) left it up, so reuse
+            -- it rather than raise a second one that completion would not lower
             v_probe := connect_guard.remote_query(p.follower,
-                format('SELECT connect_guard.fence_raise(%L, NULL, NULL, %L, %L, %L) AS fence_id',
+                format('SELECT coalesce((SELECT max(fence_id) FROM connect_guard.fence_list() WHERE scope = %L AND reason = %L),
+                                        connect_guard.fence_raise(%L, NULL, NULL, %L, %L, %L)) AS fence_id',
+                       'database', format('upgrade plan %s: fenced until the plan completes on this server', p.plan_id),
                        'database', format('upgrade plan %s: fenced until the plan completes on this server', p.plan_id),
                        '{}', '{}'), 5000);
         EXCEPTION WHEN connection_failure THEN
@@ -654,6 +697,12 @@ BEGIN
             MESSAGE = format('upgrade plan %s is not a ready copy', p.plan_id),
             DETAIL = format('It is a %s plan, %s at step %s.', p.method, p.status, p.step),
             HINT = 'Run this in the new database, after the copy of a plan that reached ready.';
+    END IF;
+    IF connect_guard.system_identifier() = p.system_identifier AND current_database() = p.database_name THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('upgrade plan %s was prepared in this database: complete it in the copy', p.plan_id),
+            HINT = 'Connect to the database the data was copied into and call connect_complete_upgrade() there.';
     END IF;
     IF connect_guard.log_head() <> p.log_head THEN
         RAISE EXCEPTION USING

@@ -1,0 +1,331 @@
+-- runbooks/recreate_connection.sql: delete a connection and create it again
+-- from its exported configuration (Heroku Connect Maintenance Operations,
+-- "Recreating a Connection": a reloaded sandbox org, a move off an
+-- Essential-tier database).  Two phases:
+--
+--   psql -v ON_ERROR_STOP=1 -f runbooks/recreate_connection.sql -d app -v connection=sync \
+--        -v file=/root/sync.json
+--   ... recreate the sync service's side (Heroku: addons:destroy, addons:create, connect:sf:auth) ...
+--   psql -v ON_ERROR_STOP=1 -f runbooks/recreate_connection.sql -d app -v phase=import \
+--        -v file=/root/sync.json [-v options='{"token_file": "/etc/connect_guard/new.token"}']
+--
+-- Variables (defaults in brackets):
+--   phase          export | import [export]
+--   file           the JSON configuration, written by export, read by import [connect_CONNECTION.json]
+--   export phase:
+--   connection     the connection [the only one, when there is exactly one]
+--   reason         shown in the fences' errors [recreating connection CONNECTION]
+--   timeout        how long raising a fence and pausing wait for writers and an open batch [30 s]
+--   drain_timeout  how long the sync service has to consume the backlog [5 min]
+--   wait_timeout   heroku/webhook adapters: how long to wait for the sync service to pause [5 min]
+--   import phase:
+--   connection     the name of the new connection [the name in the file]
+--   options        a JSON object merged into the exported options; needed for the values the
+--                  views redact ("********": tokens, secrets and their files) ['{}']
+--
+-- export: checks that every mapping is DATA_SYNCED (all data reached the
+-- sync target), stops writes to the mapped tables (a maintenance fence),
+-- lets the sync service consume the whole backlog, pauses the connection
+-- with its own fence and lowers the maintenance fence, then writes the
+-- configuration: adapter, options (secrets redacted by connect_connections),
+-- mappings (table, object name, state, remote id), high-water mark.
+-- import: in one transaction, locks the mapped tables against writers,
+-- drops the paused connection of that name (if this database has it),
+-- creates the connection and maps every table, so that no write falls
+-- between the old connection and the new one; the new high-water mark
+-- starts there.  Stops with exit code 3 when a precondition fails.
+
+\set ON_ERROR_STOP on
+\set QUIET on
+\set SHOW_CONTEXT never
+\pset pager off
+\pset null '-'
+
+\if :{?phase} \else \set phase export \endif
+\if :{?timeout} \else \set timeout '30 s' \endif
+\if :{?drain_timeout} \else \set drain_timeout '5 min' \endif
+\if :{?wait_timeout} \else \set wait_timeout '5 min' \endif
+\if :{?options} \else \set options '{}' \endif
+
+SET application_name = 'connect_guard runbook recreate_connection';
+
+CREATE FUNCTION pg_temp.runbook_require(ok boolean, why text, todo text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF ok IS NOT TRUE THEN
+        RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = 'runbook stopped: ' || why, HINT = todo;
+    END IF;
+END;
+$$;
+-- runbook_wait polls a condition (a query returning one boolean) until it holds or the timeout passes
+CREATE FUNCTION pg_temp.runbook_wait(condition text, timeout interval) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    ok boolean;
+    deadline timestamptz := clock_timestamp() + timeout;
+BEGIN
+    LOOP
+        EXECUTE condition INTO ok;       -- a new snapshot each time (READ COMMITTED)
+        IF ok THEN
+            RETURN true;
+        ELSIF clock_timestamp() > deadline THEN
+            RETURN false;
+        END IF;
+        PERFORM pg_sleep(0.2);
+    END LOOP;
+END;
+$$;
+CREATE FUNCTION pg_temp.is_json_object(doc text) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN jsonb_typeof(doc::jsonb) = 'object';
+EXCEPTION WHEN invalid_text_representation THEN
+    RETURN false;
+END;
+$$;
+
+\echo '== recreate_connection (phase' :phase'): preconditions'
+SELECT pg_temp.runbook_require(:'phase' IN ('export', 'import'),
+    format('unknown phase %s', :'phase'),
+    'Pass -v phase=export (the default), then -v phase=import.') \gset
+SELECT pg_temp.runbook_require(
+    EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'connect_guard'),
+    format('connect_guard is not installed in database %s', current_database()),
+    'Connect to the database of the connection (psql -d ...).') \gset
+SELECT pg_temp.runbook_require(NOT pg_is_in_recovery(),
+    'this server is a standby', 'Run the runbook on the primary.') \gset
+SELECT pg_temp.runbook_require(:'timeout' ~ '^[ 0-9a-z.]+$' AND :'drain_timeout' ~ '^[ 0-9a-z.]+$'
+                               AND :'wait_timeout' ~ '^[ 0-9a-z.]+$',
+    'timeout, drain_timeout and wait_timeout must be intervals', 'For example -v drain_timeout=''15 min''.') \gset
+SELECT pg_temp.runbook_require(p.plan IS NULL,
+    format('upgrade plan %s is %s (step %s): it pauses and resumes the connections itself', p.plan, p.status, p.step),
+    'Let the plan finish, or end it with SELECT connect_abort_upgrade(plan).')
+  FROM (SELECT 1) one
+  LEFT JOIN (SELECT plan, status, step FROM connect_upgrade_status
+              WHERE status IN ('running', 'ready') ORDER BY plan DESC LIMIT 1) p ON true \gset
+
+SELECT :'phase' = 'export' AS exporting \gset
+\if :exporting
+    -- ================================================================= export
+    \if :{?connection}
+    \else
+        SELECT pg_temp.runbook_require(count(*) = 1,
+                   format('-v connection=NAME is needed: this database has %s connections (%s)',
+                          count(*), coalesce(string_agg(connection, ', ' ORDER BY connection), 'none')),
+                   'Pass the connection to export, e.g. -v connection=sync.'),
+               min(connection) AS connection
+          FROM connect_connections \gset
+    \endif
+    SELECT pg_temp.runbook_require(count(*) = 1,
+        format('connection "%s" does not exist', :'connection'),
+        'See SELECT connection, state FROM connect_status; pass -v connection=NAME.')
+      FROM connect_status WHERE connection = :'connection' \gset
+    \if :{?file} \else \set file connect_:connection.json \endif
+    \if :{?reason} \else \set reason 'recreating connection ':connection \endif
+
+    \echo
+    \echo '== step 1: every mapping of' :connection 'must be DATA_SYNCED (all its data reached the sync target)'
+    SELECT connection, table_name, object_name, state, state_since, remote_id
+      FROM connect_mappings WHERE connection = :'connection' ORDER BY table_name;
+    SELECT pg_temp.runbook_require(count(*) = 0,
+        format('mappings not in DATA_SYNCED: %s', string_agg(format('%s (%s)', coalesce(table_name::text, table_schema || '.' || table_relname), state), ', ')),
+        'Wait until the sync service has synced them (a first finished batch sets DATA_SYNCED; a reload ends in it), or unmap the ones you give up, then run again.')
+      FROM connect_mappings WHERE connection = :'connection' AND state <> 'DATA_SYNCED' \gset
+    SELECT pg_temp.runbook_require(count(*) = 0,
+        format('mapped tables that no longer exist: %s', string_agg(table_schema || '.' || table_relname, ', ')),
+        format('Unmap them first (their mapping would not import): see connect_mappings where table_name IS NULL.'))
+      FROM connect_mappings WHERE connection = :'connection' AND table_name IS NULL \gset
+
+    SELECT state AS state, state IN ('IDLE', 'POLLING_DB_CHANGES') AS running, state = 'PAUSED' AS paused
+      FROM connect_status WHERE connection = :'connection' \gset
+    SELECT pg_temp.runbook_require(:'running'::boolean OR :'paused'::boolean,
+        format('connection "%s" is %s', :'connection', :'state'),
+        'Wait until it is PAUSED or IDLE (connect_wait_state()), then run again.') \gset
+    \if :running
+        SELECT pg_temp.runbook_require(f.fence_id IS NULL,
+            format('a maintenance fence is already up (fence %s, scope %s: %s)', f.fence_id, f.scope, f.reason),
+            'This runbook raises its own while the backlog drains: lower that one with SELECT connect_unfence() when its maintenance is over, then run again.')
+          FROM (SELECT 1) one
+          LEFT JOIN (SELECT * FROM connect_fences WHERE scope IN ('mapped', 'database') LIMIT 1) f ON true \gset
+
+        \echo
+        \echo '== step 2: stop the writes to the mapped tables (a maintenance fence); the sync service keeps consuming'
+        SELECT connect_fence('mapped', reason => :'reason', timeout => :'timeout'::interval) AS fence_id \gset
+        \echo '   fence' :fence_id 'is up: the trigger log head is final'
+
+        \echo '== step 3: wait up to' :drain_timeout 'for the sync service to consume the backlog of' :connection
+        SELECT pg_temp.runbook_wait(
+                   format('SELECT backlog = 0 AND open_batch IS NULL FROM connect_high_water_marks WHERE connection = %L',
+                          :'connection'),
+                   :'drain_timeout'::interval) AS drained \gset
+        \if :drained
+            \echo '   drained'
+        \else
+            SELECT backlog, open_batch FROM connect_high_water_marks WHERE connection = :'connection';
+            SELECT connect_unfence() AS lowered \gset
+            SELECT pg_temp.runbook_require(false,
+                format('the sync service did not consume the backlog of "%s" within %s', :'connection', :'drain_timeout'),
+                'The maintenance fence was lowered again; nothing else changed. Check that the sync service runs (connect_status: last_batch_at), then run again, with a longer -v drain_timeout if needed.') \gset
+        \endif
+
+        \echo '== step 4: pause' :connection 'with its own fence, then lower the maintenance fence'
+        \set ON_ERROR_STOP off
+        SELECT s AS pause_state, s = 'PAUSING' AS remote
+          FROM connect_pause(:'connection', block_writes => true, timeout => :'timeout'::interval, reason => :'reason') s \gset
+        \if :ERROR
+            \set remote false
+        \endif
+        \if :remote
+            SELECT connect_wait_state(:'connection', 'PAUSED', :'wait_timeout'::interval) AS pause_state \gset
+        \endif
+        \set ON_ERROR_STOP on
+        \if :ERROR
+            SELECT connect_unfence() AS lowered \gset
+            SELECT pg_temp.runbook_require(false, format('could not pause "%s": %s', :'connection', :'LAST_ERROR_MESSAGE'),
+                'The maintenance fence was lowered again. Fix the cause and run again.') \gset
+        \endif
+        SELECT connect_unfence() AS lowered \gset
+        \echo '   the connection is' :pause_state
+    \else
+        \echo
+        \echo '== steps 2-4:' :connection 'is paused already: its backlog must be empty and its tables fenced'
+        SELECT pg_temp.runbook_require(backlog = 0 AND open_batch IS NULL,
+            format('connection "%s" is paused with %s entries it has not consumed', :'connection', backlog),
+            'Those changes would be lost with it. Resume it (runbooks/pause_resume.sql -v action=resume) and run the export again: it drains the backlog before it pauses.')
+          FROM connect_status WHERE connection = :'connection' \gset
+        SELECT pg_temp.runbook_require(fenced,
+            format('connection "%s" is paused without a fence: writes to its tables still reach the log', :'connection'),
+            'Resume it (runbooks/pause_resume.sql -v action=resume) and run the export again: it pauses with block_writes.')
+          FROM connect_status WHERE connection = :'connection' \gset
+    \endif
+
+    \echo
+    \echo '== step 5: export the configuration to' :file
+    \pset format unaligned
+    \pset tuples_only on
+    SELECT jsonb_pretty(jsonb_build_object(
+               'format', 'connect_guard connection 1',
+               'exported_at', clock_timestamp(),
+               'database', current_database(),
+               'connection', c.connection,
+               'adapter', c.adapter,
+               'options', c.options,
+               'mappings', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                                       'table_schema', m.table_schema, 'table_name', m.table_relname,
+                                       'object_name', m.object_name, 'state', m.state, 'remote_id', m.remote_id)
+                                   ORDER BY m.table_schema, m.table_relname), '[]')
+                              FROM connect_mappings m WHERE m.connection = c.connection),
+               'high_water_mark', (SELECT jsonb_build_object('hwm_id', h.hwm_id, 'log_head', h.log_head)
+                                     FROM connect_high_water_marks h WHERE h.connection = c.connection)))
+      FROM connect_connections c WHERE c.connection = :'connection' \g :file
+    \pset tuples_only off
+    \pset format aligned
+    SELECT connection, state, paused_because, fenced, hwm_id, log_head, backlog FROM connect_status WHERE connection = :'connection';
+
+    \echo
+    \echo '== next:' :connection 'is paused and its tables refuse writes; its configuration is in' :file
+    \echo '   Values shown as "********" were redacted: have them ready for the import (-v options=...).'
+    \echo '   Recreate the sync service''s side (Heroku: heroku addons:destroy / addons:create herokuconnect /'
+    \echo '   connect:sf:auth), then import, in this database (drops the paused connection and creates the new'
+    \echo '   one in one transaction) or in the new one:'
+    \echo '     psql -v ON_ERROR_STOP=1 -f runbooks/recreate_connection.sql -v phase=import -v file=':file
+\else
+    -- ================================================================= import
+    SELECT pg_temp.runbook_require(:'options' <> '' AND pg_temp.is_json_object(:'options'),
+        format('options must be a JSON object, not %s', :'options'),
+        'For example -v options=''{"token_file": "/etc/connect_guard/connect.token"}''.') \gset
+    \if :{?file}
+    \else
+        SELECT pg_temp.runbook_require(false, 'the import needs -v file=PATH',
+            'Pass the JSON file the export phase wrote.') \gset
+    \endif
+    \set file_readable `test -r :'file' && echo true || echo false`
+    SELECT pg_temp.runbook_require(:'file_readable'::boolean, format('cannot read %s', :'file'),
+        'Pass the path of the JSON file the export wrote (psql reads it, on the machine it runs on).') \gset
+    \set config `cat :'file'`
+    SELECT pg_temp.runbook_require(pg_temp.is_json_object(:'config'),
+        format('%s does not hold a JSON object', :'file'), 'Pass the JSON file the export wrote.') \gset
+    SELECT pg_temp.runbook_require(
+        (:'config'::jsonb ->> 'format') = 'connect_guard connection 1'
+        AND jsonb_typeof(:'config'::jsonb -> 'mappings') = 'array'
+        AND (:'config'::jsonb ->> 'adapter') IS NOT NULL AND (:'config'::jsonb ->> 'connection') IS NOT NULL,
+        format('%s is not a connection exported by this runbook', :'file'),
+        'Pass the JSON file phase=export wrote (format "connect_guard connection 1").') \gset
+    \if :{?connection} \else
+        SELECT :'config'::jsonb ->> 'connection' AS connection \gset
+    \endif
+
+    \echo
+    \echo '== step 1: the configuration in' :file
+    SELECT :'config'::jsonb ->> 'connection' AS exported_connection, :'config'::jsonb ->> 'adapter' AS adapter,
+           :'config'::jsonb -> 'options' AS options, :'config'::jsonb ->> 'exported_at' AS exported_at,
+           :'config'::jsonb ->> 'database' AS database;
+    SELECT m ->> 'table_schema' AS table_schema, m ->> 'table_name' AS table_name, m ->> 'object_name' AS object_name,
+           m ->> 'state' AS exported_state
+      FROM jsonb_array_elements(:'config'::jsonb -> 'mappings') m;
+
+    -- the options: as exported, without the redacted values, with -v options on top
+    SELECT (SELECT coalesce(jsonb_object_agg(e.key, e.value), '{}') FROM jsonb_each(:'config'::jsonb -> 'options') e
+             WHERE e.value <> '"********"') || :'options'::jsonb AS new_options,
+           coalesce((SELECT string_agg(e.key, ', ' ORDER BY e.key) FROM jsonb_each(:'config'::jsonb -> 'options') e
+                      WHERE e.value = '"********"'
+                        AND NOT EXISTS (SELECT 1 FROM jsonb_object_keys(:'options'::jsonb) o
+                                         WHERE regexp_replace(o, '_file$', '') = regexp_replace(e.key, '_file$', ''))),
+                    '') AS missing_secrets \gset
+    SELECT pg_temp.runbook_require(:'missing_secrets' = '',
+        format('the export has redacted values ("********") for: %s', :'missing_secrets'),
+        'Give them with -v options, e.g. -v options=''{"token_file": "/etc/connect_guard/connect.token"}'' (a file the server reads; or the inline "token"/"secret").') \gset
+    SELECT pg_temp.runbook_require(count(*) = 0,
+        format('tables of the export that this database lacks, or that have no primary key: %s',
+               string_agg(format('%I.%I', m ->> 'table_schema', m ->> 'table_name'), ', ')),
+        'Create or restore them first (runbooks/pg_copy.sql copies a whole database), then import.')
+      FROM jsonb_array_elements(:'config'::jsonb -> 'mappings') m
+     WHERE NOT EXISTS (SELECT 1 FROM pg_index i
+                        WHERE i.indisprimary
+                          AND i.indrelid = to_regclass(format('%I.%I', m ->> 'table_schema', m ->> 'table_name'))) \gset
+
+    SELECT count(*) = 1 AS replacing, coalesce(min(state), '') AS old_state, coalesce(bool_or(fenced), false) AS old_fenced
+      FROM connect_status WHERE connection = :'connection' \gset
+    \if :replacing
+        SELECT pg_temp.runbook_require(:'old_state' = 'PAUSED',
+            format('connection "%s" exists here and is %s', :'connection', :'old_state'),
+            'The import replaces only a PAUSED connection (phase=export pauses it); or import under another name: -v connection=NEW_NAME.') \gset
+        \echo
+        \echo '== step 2: in one transaction: lock the mapped tables against writers, drop the paused' :connection','
+        \echo '   create it again, map its tables (its new high-water mark starts here)'
+    \else
+        \echo
+        \echo '== step 2: in one transaction: lock the mapped tables against writers, create' :connection', map its tables'
+    \endif
+    BEGIN;
+    SELECT format('LOCK TABLE %s IN SHARE MODE', string_agg(format('%I.%I', m ->> 'table_schema', m ->> 'table_name'), ', '))
+      FROM jsonb_array_elements(:'config'::jsonb -> 'mappings') m HAVING count(*) > 0 \gexec
+    \if :replacing
+        SELECT connect_drop_connection(:'connection') AS dropped \gset
+        \echo '   dropped the old' :connection
+    \endif
+    SELECT connect_create_connection(:'connection', :'config'::jsonb ->> 'adapter', :'new_options'::jsonb) AS connection_id \gset
+    \echo '   created' :connection '(id' :connection_id')'
+    SELECT count(connect_map_table(:'connection', format('%I.%I', m ->> 'table_schema', m ->> 'table_name')::regclass,
+                                   m ->> 'object_name')) AS mapped
+      FROM jsonb_array_elements(:'config'::jsonb -> 'mappings') m \gset
+    \echo '   mapped' :mapped 'table(s)'
+    COMMIT;
+
+    \echo
+    \echo '== after'
+    SELECT connection, adapter, state, mappings, options FROM connect_connections WHERE connection = :'connection';
+    SELECT connection, table_name, object_name, state FROM connect_mappings WHERE connection = :'connection' ORDER BY table_name;
+    SELECT connection, state, fenced, hwm_id, log_head, backlog FROM connect_status WHERE connection = :'connection';
+
+    \echo
+    \echo '== next: the sync service consumes' :connection 'from now on; its mappings are INITIAL until its first'
+    \echo '   finished batch (DATA_SYNCED). Writes to the tables are open again (the old fence went with the old'
+    \echo '   connection).'
+    SELECT (:'config'::jsonb ->> 'adapter') = 'heroku' AS is_heroku \gset
+    \if :is_heroku
+        \echo '   heroku adapter: connection_id must be the NEW Connect connection''s id (pass it in -v options if'
+        \echo '   the add-on was recreated); SELECT connect_refresh(''':connection''') fills in the mappings'' remote ids.'
+    \endif
+\endif

@@ -470,6 +470,11 @@ connect_guard_launcher_main(Datum arg)
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
+
+	/* the servers pg_upgrade starts are not for us to write to */
+	if (IsBinaryUpgrade)
+		proc_exit(0);
+
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 	pgstat_report_appname("connect_guard launcher");
 

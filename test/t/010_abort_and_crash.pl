@@ -1,0 +1,366 @@
+# Follower changeovers that are aborted, and that crash.
+#
+# (a) connect_abort_upgrade() at each step: an unreachable follower fails
+#     the plan at checking with nothing paused; a plan held at pausing (an
+#     open batch), at fencing (a writer in flight), at catching_up (the
+#     follower's replay paused) and at ready is aborted: the fences on the
+#     primary and on the follower are lowered, the connection resumed.
+# (b) one changeover survives a kill -9 of the worker (a crash restart of
+#     the postmaster) at pausing, at fencing and at ready, and a kill -9 of
+#     the postmaster at catching_up and at ready: the plan resumes after
+#     each restart, the fence is back before any write, and the follower
+#     completes it.  A follower fence left by a try whose answer was lost is
+#     reused, not doubled.
+#
+# Counting: every committed write reached the log once and was delivered
+# once, through aborts, crashes and the changeover.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time sleep);
+
+my $primary = PostgreSQL::Test::Cluster->new('primary');
+$primary->init(allows_streaming => 1);
+$primary->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'connect_guard'
+connect_guard.naptime = '200ms'
+restart_after_crash = on
+});
+$primary->start;
+$primary->safe_psql('postgres', q{
+    CREATE EXTENSION connect_guard;
+    CREATE TABLE account (id int PRIMARY KEY, balance int NOT NULL DEFAULT 0);
+    INSERT INTO account SELECT g FROM generate_series(1, 100) g;
+    CREATE TABLE writes (n bigserial PRIMARY KEY, account_id int);
+    SELECT connect_create_connection('sync');
+    SELECT connect_map_table('sync', 'account');
+    CREATE TABLE consumed (entry_id bigint, batch_id bigint, via text);
+});
+# the plans need the database's worker
+$primary->poll_query_until('postgres', 'SELECT connect_guard.worker_pid() IS NOT NULL') or die 'no worker';
+$primary->backup('base');
+my $follower = PostgreSQL::Test::Cluster->new('follower');
+$follower->init_from_backup($primary, 'base', has_streaming => 1);
+$follower->append_conf('postgresql.conf', "restart_after_crash = on\n");
+$follower->start;
+$primary->wait_for_catchup($follower);
+my $follower_conninfo = $follower->connstr('postgres');
+
+my $script = $primary->basedir . '/writes.sql';
+append_to_file($script, q{
+\set id random(1, 100)
+BEGIN;
+UPDATE account SET balance = balance + 1 WHERE id = :id;
+INSERT INTO writes (account_id) VALUES (:id);
+END;
+});
+
+# consume takes batches until none is left (or $max were taken), recording
+# their entries in the transaction that finishes them
+sub consume
+{
+    my ($node, $via, $max) = @_;
+    my $n = 0;
+    while (!defined $max || $n < $max)
+    {
+        my ($rc, $b) = $node->psql('postgres', "SELECT connect_next_batch('sync')");
+        last if $rc != 0 || $b eq '';
+        $node->safe_psql('postgres', qq{
+            INSERT INTO consumed SELECT id, $b, '$via' FROM connect_batch_events($b);
+            SELECT connect_finish_batch($b);
+        });
+        $n++;
+    }
+    return $n;
+}
+
+sub write_one
+{
+    my ($id) = @_;
+    $primary->safe_psql('postgres',
+        "BEGIN; UPDATE account SET balance = balance + 1 WHERE id = $id; INSERT INTO writes (account_id) VALUES ($id); COMMIT");
+}
+
+sub write_error
+{
+    my ($node, $sql) = @_;
+    my ($rc, $o, $e) = $node->psql('postgres', "\\set VERBOSITY sqlstate\n$sql");
+    return $rc == 0 ? '' : ($e =~ /ERROR:\s+(\w{5})/ ? $1 : $e);
+}
+
+sub plan_is
+{
+    my ($plan) = @_;
+    return $primary->safe_psql('postgres', "SELECT status || ' ' || step FROM connect_upgrade_status WHERE plan = $plan");
+}
+
+sub fences
+{
+    my ($node) = @_;
+    return $node->safe_psql('postgres', 'SELECT count(*) FROM connect_fences');
+}
+
+sub state
+{
+    return $primary->safe_psql('postgres', 'SELECT state FROM connect_connections');
+}
+
+sub prepare
+{
+    my ($conninfo) = @_;
+    return $primary->safe_psql('postgres',
+        "SELECT connect_prepare_upgrade('follower', follower => \$\$$conninfo\$\$, max_lag_bytes => 100000000, timeout => '60 s')");
+}
+
+# the worker waits on a lock (raising the fence waits for the writers in flight)
+sub worker_waits_sql
+{
+    return "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = connect_guard.worker_pid() AND NOT granted)";
+}
+
+# kill -9 of the worker: the postmaster resets shared memory and restarts
+# every process; wait until a new worker runs
+sub kill_worker
+{
+    my $pid = $primary->safe_psql('postgres', 'SELECT connect_guard.worker_pid()');
+    ok(kill('KILL', $pid), "kill -9 of the worker (pid $pid)");
+    $primary->poll_query_until('postgres',
+        "SELECT coalesce(connect_guard.worker_pid() <> $pid, false)")
+        or die 'no new worker after the crash restart';
+}
+
+# kill -9 of the postmaster: its children exit when they notice, and only
+# then can a new postmaster start on the same shared memory key
+sub kill9_postmaster
+{
+    my $postmaster = $primary->{_pid};
+    my @children = split /\s+/, `pgrep -P $postmaster`;
+    $primary->kill9;
+    foreach my $try (1 .. 300)
+    {
+        last unless grep { kill 0, $_ } ($postmaster, @children);
+        sleep 0.1;
+    }
+    $primary->start;
+}
+
+# some load and consumption before the plans
+$primary->command_ok([ 'pgbench', '-n', '-c', '2', '-t', '100', '--max-tries', '1', '-f', $script, 'postgres' ], 'some load');
+consume($primary, 'old');
+
+# ------------------------------------------------------------------------
+# (a) aborts
+# ------------------------------------------------------------------------
+
+# checking: an unreachable follower fails the plan, nothing was paused
+my $nowhere = 'host=' . $primary->host . ' port=' . PostgreSQL::Test::Cluster::get_free_port()
+    . ' dbname=postgres connect_timeout=2';
+my $plan = prepare($nowhere);
+ok($primary->poll_query_until('postgres', "SELECT status = 'failed' FROM connect_upgrade_status WHERE plan = $plan"),
+    'an unreachable follower fails the plan');
+is(plan_is($plan), 'failed checking', 'at checking');
+like($primary->safe_psql('postgres', "SELECT last_error FROM connect_upgrade_status WHERE plan = $plan"),
+    qr/^the follower is unreachable: could not query the other server: .*connect/, 'with a clear last_error');
+my ($rc, $o, $e) = $primary->psql('postgres', "SELECT connect_wait_upgrade($plan, 'ready', '10 s')");
+like($e, qr/upgrade plan $plan failed at step checking.*DETAIL:  the follower is unreachable/s,
+    'connect_wait_upgrade() says why');
+is(state(), 'IDLE', 'the connection was not paused');
+is(fences($primary), '0', 'nothing was fenced');
+is(write_error($primary, 'INSERT INTO writes (account_id) VALUES (NULL)'), '', 'writes go on');
+is($primary->safe_psql('postgres', "SELECT connect_abort_upgrade($plan)"), 'aborted', 'a failed plan can be aborted');
+is(plan_is($plan), 'aborted aborted', 'and is aborted');
+
+# pausing: an open batch holds the pause; the abort leaves the connection alone
+write_one(1);
+my $held = $primary->safe_psql('postgres', "SELECT connect_next_batch('sync')");
+ok($held > 0, "the consumer holds batch $held");
+$plan = prepare($follower_conninfo);
+ok($primary->poll_query_until('postgres',
+    "SELECT step = 'pausing' AND paused_connections <> '{}' FROM connect_guard.upgrade_plan WHERE plan_id = $plan"),
+    'the plan tries to pause');
+is(plan_is($plan), 'running pausing', 'and waits for the open batch');
+is($primary->safe_psql('postgres', "SELECT connect_abort_upgrade($plan, 'abort at pausing')"), 'aborted', 'aborted at pausing');
+is(plan_is($plan), 'aborted aborted', 'the plan is aborted');
+is($primary->safe_psql('postgres', "SELECT last_error FROM connect_upgrade_status WHERE plan = $plan"), 'abort at pausing',
+    'with the reason given');
+is(state(), 'POLLING_DB_CHANGES', 'the connection was not paused: its batch is still open');
+is(fences($primary) . fences($follower), '00', 'no fence on the primary or the follower');
+ok(consume($primary, 'old') >= 1, 'the consumer finishes its batch');
+
+# fencing: a writer in flight holds the fence; the abort waits for the step and undoes it
+my $writer = $primary->background_psql('postgres');
+$writer->query_safe('BEGIN');
+$writer->query_safe('UPDATE account SET balance = balance + 1 WHERE id = 3');
+$writer->query_safe('INSERT INTO writes (account_id) VALUES (-3)');
+$plan = prepare($follower_conninfo);
+ok($primary->poll_query_until('postgres', worker_waits_sql()), 'the plan waits for the writer in flight');
+is(plan_is($plan), 'running fencing', 'at fencing');
+is(write_error($primary, 'INSERT INTO writes (account_id) VALUES (NULL)'), '25006', 'new writes are refused meanwhile');
+my $aborter = $primary->background_psql('postgres');
+my $aborter_pid = $aborter->query_safe('SELECT pg_backend_pid()');
+$aborter->query_until(qr/aborting/, "\\echo aborting\nSELECT connect_abort_upgrade($plan, 'abort at fencing');\n");
+ok($primary->poll_query_until('postgres', "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = $aborter_pid AND NOT granted)"),
+    'the abort waits for the step');
+$writer->query_safe('COMMIT');
+$writer->quit;
+ok($primary->poll_query_until('postgres', "SELECT status = 'aborted' FROM connect_upgrade_status WHERE plan = $plan"),
+    'aborted at fencing');
+$aborter->quit;
+is(state(), 'IDLE', 'the connection is resumed');
+is(fences($primary) . fences($follower), '00', 'no fence on the primary or the follower');
+is(write_error($primary, 'INSERT INTO writes (account_id) VALUES (NULL)'), '', 'writes go on');
+consume($primary, 'old');
+
+# fencing, with a writer that does not end within the step's timeout: the
+# try times out (and its fence is lowered with its transaction), the plan fails
+$writer = $primary->background_psql('postgres');
+$writer->query_safe('BEGIN');
+$writer->query_safe('UPDATE account SET balance = balance + 1 WHERE id = 4');
+$writer->query_safe('INSERT INTO writes (account_id) VALUES (-4)');
+$plan = $primary->safe_psql('postgres',
+    "SELECT connect_prepare_upgrade('follower', follower => \$\$$follower_conninfo\$\$, max_lag_bytes => 100000000, timeout => '2 s')");
+ok($primary->poll_query_until('postgres', "SELECT status = 'failed' FROM connect_upgrade_status WHERE plan = $plan"),
+    'a writer that outlasts the timeout fails the plan at fencing');
+is(plan_is($plan), 'failed fencing', 'at fencing');
+like($primary->safe_psql('postgres', "SELECT last_error FROM connect_upgrade_status WHERE plan = $plan"),
+    qr/^could not fence the database within 00:00:02: writers still in flight/, 'with a clear last_error');
+is(fences($primary) . fences($follower), '00', 'no fence is left up');
+is(state(), 'PAUSED', 'the connection stays paused until the plan is aborted');
+$writer->query_safe('COMMIT');
+$writer->quit;
+is($primary->safe_psql('postgres', "SELECT connect_abort_upgrade($plan)"), 'aborted', 'aborted');
+is(state(), 'IDLE', 'the connection is resumed');
+consume($primary, 'old');
+
+# catching_up: the follower's replay is paused; both are fenced
+$follower->safe_psql('postgres', 'SELECT pg_wal_replay_pause()');
+$plan = prepare($follower_conninfo);
+ok($primary->poll_query_until('postgres',
+    "SELECT step = 'catching_up' AND follower_lag_bytes > 0 FROM connect_upgrade_status WHERE plan = $plan"),
+    'the plan waits for the follower at catching_up');
+is(state(), 'PAUSED', 'the connection is paused');
+is(fences($primary) . fences($follower), '11', 'the primary and the follower are fenced');
+is(write_error($primary, 'INSERT INTO account VALUES (1000)'), '25006', 'the primary refuses writes');
+is($primary->safe_psql('postgres', "SELECT connect_abort_upgrade($plan, 'abort at catching_up')"), 'aborted', 'aborted at catching_up');
+is(plan_is($plan), 'aborted aborted', 'the plan is aborted');
+is(state(), 'IDLE', 'the connection is resumed');
+is(fences($primary) . fences($follower), '00', 'both fences are lowered');
+is(write_error($primary, 'INSERT INTO writes (account_id) VALUES (NULL)'), '', 'writes go on');
+$follower->safe_psql('postgres', 'SELECT pg_wal_replay_resume()');
+consume($primary, 'old');
+
+# ready
+$plan = prepare($follower_conninfo);
+is($primary->safe_psql('postgres', "SELECT connect_wait_upgrade($plan, 'ready', '60 s')"), 'ready', 'the plan is ready');
+is(fences($primary) . fences($follower), '11', 'the primary and the follower are fenced');
+is($primary->safe_psql('postgres', "SELECT connect_abort_upgrade($plan, 'abort at ready')"), 'aborted', 'aborted at ready');
+is(plan_is($plan), 'aborted aborted', 'the plan is aborted');
+is(state(), 'IDLE', 'the connection is resumed');
+is(fences($primary) . fences($follower), '00', 'both fences are lowered');
+($rc, $o, $e) = $primary->psql('postgres', "SELECT connect_promote_follower($plan)");
+like($e, qr/is not a ready follower changeover/, 'an aborted plan cannot promote');
+($rc, $o, $e) = $primary->psql('postgres', "SELECT connect_abort_upgrade($plan)");
+like($e, qr/is already aborted/, 'nor be aborted twice');
+is($primary->safe_psql('postgres',
+    "SELECT string_agg(step, ' ') FROM connect_upgrade_timeline($plan)"),
+    'checking pausing fencing fencing_follower catching_up ready aborted', 'its timeline');
+
+# ------------------------------------------------------------------------
+# (b) crashes during one changeover
+# ------------------------------------------------------------------------
+
+# pausing, under load: an open batch holds the plan; kill -9 of the worker
+write_one(4);
+$held = $primary->safe_psql('postgres', "SELECT connect_next_batch('sync')");
+my ($out, $err) = ('', '');
+my $bench = IPC::Run::start(
+    [ 'pgbench', '-n', '-c', '2', '-T', '30', '--max-tries', '1', '-f', $script, $primary->connstr('postgres') ],
+    '>', \$out, '2>', \$err);
+$plan = prepare($follower_conninfo);
+# a fence on the follower left by an earlier try of fencing_follower whose
+# answer was lost (it commits there first): the plan must reuse it
+$follower->safe_psql('postgres',
+    "SELECT connect_guard.fence_raise('database', NULL, NULL, 'upgrade plan $plan: fenced until the plan completes on this server', '{}', '{}')");
+ok($primary->poll_query_until('postgres',
+    "SELECT step = 'pausing' AND paused_connections <> '{}' FROM connect_guard.upgrade_plan WHERE plan_id = $plan"),
+    "plan $plan waits at pausing for batch $held");
+$bench->pump_nb if $bench->pumpable;
+kill_worker();
+$bench->pump_nb while $bench->pumpable;    # the crash ended pgbench's sessions
+$bench->finish;
+note "pgbench: " . join(' ', grep { /aborted|processed|failed/ } split /\n/, $out . $err);
+is(plan_is($plan), 'running pausing', 'after the crash restart the plan is still at pausing');
+is(state(), 'POLLING_DB_CHANGES', 'nothing paused yet: the batch is still open');
+
+# fencing: a writer in flight; the follower's replay paused for later
+$follower->safe_psql('postgres', 'SELECT pg_wal_replay_pause()');
+$writer = $primary->background_psql('postgres');
+$writer->query_safe('BEGIN');
+$writer->query_safe('UPDATE account SET balance = balance + 1 WHERE id = 5');
+$writer->query_safe('INSERT INTO writes (account_id) VALUES (-5)');
+ok(consume($primary, 'old') >= 1, 'the consumer takes the open batch again and finishes it');
+ok($primary->poll_query_until('postgres', worker_waits_sql()), 'the plan waits at fencing for the writer in flight');
+is(plan_is($plan), 'running fencing', 'at fencing');
+kill_worker();
+eval { $writer->quit };    # its session died with the crash
+is(write_error($primary, 'INSERT INTO writes (account_id) VALUES (NULL)'), '25006',
+    'the fence raised before the crash is back at once');
+ok($primary->poll_query_until('postgres',
+    "SELECT step = 'catching_up' AND follower_lag_bytes > 0 FROM connect_upgrade_status WHERE plan = $plan"),
+    'the plan resumes: fenced, the follower fenced, waiting at catching_up');
+is(fences($primary) . fences($follower), '11', 'one fence on the primary, one on the follower (reused)');
+is($primary->safe_psql('postgres', "SELECT fence_id FROM connect_guard.upgrade_plan WHERE plan_id = $plan"),
+    $primary->safe_psql('postgres', 'SELECT fence_id FROM connect_fences'), 'the plan owns it');
+
+# catching_up: kill -9 of the postmaster
+kill9_postmaster();
+is(write_error($primary, 'INSERT INTO writes (account_id) VALUES (NULL)'), '25006', 'fenced after kill -9 of the postmaster');
+is(plan_is($plan), 'running catching_up', 'the plan is still at catching_up');
+$follower->safe_psql('postgres', 'SELECT pg_wal_replay_resume()');
+is($primary->safe_psql('postgres', "SELECT connect_wait_upgrade($plan, 'ready', '60 s')"), 'ready',
+    'the follower catches up: ready');
+
+# ready: kill -9 of the worker
+kill_worker();
+is(plan_is($plan), 'ready ready', 'still ready after the crash restart');
+is(fences($primary) . fences($follower), '11', 'the primary and the follower are fenced');
+is(write_error($primary, 'INSERT INTO account VALUES (1001)'), '25006', 'the primary refuses writes');
+
+# ready: kill -9 of the postmaster
+kill9_postmaster();
+is(plan_is($plan), 'ready ready', 'still ready after kill -9 of the postmaster');
+is(fences($primary) . fences($follower), '11', 'the primary and the follower are still fenced');
+is(write_error($primary, 'INSERT INTO account VALUES (1001)'), '25006', 'the primary refuses writes');
+
+is($primary->safe_psql('postgres', "SELECT connect_promote_follower($plan)"), 'promoted', 'promoted');
+ok($follower->poll_query_until('postgres',
+    "SELECT status = 'completed' FROM connect_upgrade_status WHERE plan = $plan"),
+    'the promoted follower completes the plan');
+is(fences($follower), '0', 'and lifts its fence');
+is($follower->safe_psql('postgres', 'SELECT state FROM connect_connections'), 'IDLE', 'and resumes the connection');
+ok($primary->poll_query_until('postgres',
+    "SELECT status = 'handed_over' FROM connect_upgrade_status WHERE plan = $plan"),
+    'the old primary sees the hand-over');
+is(write_error($primary, 'INSERT INTO account VALUES (1002)'), '25006', 'and stays fenced');
+
+# counting, on the new primary
+$follower->safe_psql('postgres', 'BEGIN; UPDATE account SET balance = balance + 1 WHERE id = 7; INSERT INTO writes (account_id) VALUES (7); COMMIT');
+consume($follower, 'new');
+my $writes = $follower->safe_psql('postgres', 'SELECT count(*) FROM writes WHERE account_id IS NOT NULL');
+my $log = '(SELECT id FROM connect_guard.trigger_log UNION ALL SELECT id FROM connect_guard.trigger_log_archive)';
+is($follower->safe_psql('postgres', "SELECT count(*) FROM $log l"), $writes, "$writes committed writes, as many log entries");
+is($follower->safe_psql('postgres', 'SELECT count(DISTINCT entry_id) FROM consumed'), $writes, 'all delivered');
+is($follower->safe_psql('postgres', 'SELECT count(*) FROM consumed'), $writes, 'none twice');
+is($follower->safe_psql('postgres', "SELECT count(*) FROM consumed c WHERE NOT EXISTS (SELECT 1 FROM $log l WHERE l.id = c.entry_id)"),
+    '0', 'every delivery is a log entry');
+is($follower->safe_psql('postgres', 'SELECT count(*) FROM writes WHERE account_id = -3'), '1', 'the writer that committed during the aborted fencing counts once');
+is($follower->safe_psql('postgres', 'SELECT count(*) FROM writes WHERE account_id = -5'), '0', 'the writer killed by the crash wrote nothing');
+
+my $timeline = $follower->safe_psql('postgres',
+    "SELECT string_agg(step || ' ' || coalesce(round(extract(epoch FROM duration) * 1000)::text || ' ms', '-'), ', ') FROM connect_upgrade_timeline($plan)");
+note "timeline: $timeline";
+$primary->stop;
+$follower->stop;
+done_testing();

@@ -46,15 +46,7 @@
 
 SET application_name = 'connect_guard runbook follower_changeover';
 
-CREATE FUNCTION pg_temp.runbook_require(ok boolean, why text, todo text) RETURNS void
-LANGUAGE plpgsql AS $$
-BEGIN
-    IF ok IS NOT TRUE THEN
-        RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
-            MESSAGE = 'runbook stopped: ' || why, HINT = todo;
-    END IF;
-END;
-$$;
+\ir common.psql
 
 \echo '==' :runbook': preconditions'
 SELECT pg_temp.runbook_require(
@@ -221,15 +213,8 @@ SELECT connection, state, paused_because, fenced, fenced_because FROM connect_st
     \c :follower_conninfo
     \set QUIET on
     SET application_name = 'connect_guard runbook follower_changeover';
-    CREATE FUNCTION pg_temp.runbook_require(ok boolean, why text, todo text) RETURNS void
-    LANGUAGE plpgsql AS $$
-    BEGIN
-        IF ok IS NOT TRUE THEN
-            RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
-                MESSAGE = 'runbook stopped: ' || why, HINT = todo;
-        END IF;
-    END;
-    $$;
+    -- a new session: the helpers again
+    \ir common.psql
     \set ON_ERROR_STOP off
     SELECT connect_wait_upgrade(:'plan', 'completed', :'wait_timeout'::interval) AS reached \gset
     \set ON_ERROR_STOP on

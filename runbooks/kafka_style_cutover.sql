@@ -63,41 +63,7 @@
 
 SET application_name = 'connect_guard runbook kafka_style_cutover';
 
-CREATE FUNCTION pg_temp.runbook_require(ok boolean, why text, todo text) RETURNS void
-LANGUAGE plpgsql AS $$
-BEGIN
-    IF ok IS NOT TRUE THEN
-        RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
-            MESSAGE = 'runbook stopped: ' || why, HINT = todo;
-    END IF;
-END;
-$$;
--- runbook_wait polls a condition (a query returning one boolean) until it holds or the timeout passes
-CREATE FUNCTION pg_temp.runbook_wait(condition text, timeout interval) RETURNS boolean
-LANGUAGE plpgsql AS $$
-DECLARE
-    ok boolean;
-    deadline timestamptz := clock_timestamp() + timeout;
-BEGIN
-    LOOP
-        EXECUTE condition INTO ok;       -- a new snapshot each time (READ COMMITTED)
-        IF ok THEN
-            RETURN true;
-        ELSIF clock_timestamp() > deadline THEN
-            RETURN false;
-        END IF;
-        PERFORM pg_sleep(0.2);
-    END LOOP;
-END;
-$$;
-CREATE FUNCTION pg_temp.is_json_object(doc text) RETURNS boolean
-LANGUAGE plpgsql AS $$
-BEGIN
-    RETURN jsonb_typeof(doc::jsonb) = 'object';
-EXCEPTION WHEN invalid_text_representation THEN
-    RETURN false;
-END;
-$$;
+\ir common.psql
 
 \echo '== kafka_style_cutover (variant' :variant', phase' :phase'): preconditions'
 SELECT pg_temp.runbook_require(:'variant' IN ('window', 'double_write'),

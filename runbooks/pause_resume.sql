@@ -37,15 +37,7 @@
 
 SET application_name = 'connect_guard runbook pause_resume';
 
-CREATE FUNCTION pg_temp.runbook_require(ok boolean, why text, todo text) RETURNS void
-LANGUAGE plpgsql AS $$
-BEGIN
-    IF ok IS NOT TRUE THEN
-        RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
-            MESSAGE = 'runbook stopped: ' || why, HINT = todo;
-    END IF;
-END;
-$$;
+\ir common.psql
 
 \echo '== pause_resume: preconditions'
 SELECT pg_temp.runbook_require(

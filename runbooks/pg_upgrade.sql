@@ -46,18 +46,7 @@
 
 SET application_name = 'connect_guard runbook pg_upgrade';
 
-CREATE FUNCTION pg_temp.runbook_require(ok boolean, why text, todo text) RETURNS void
-LANGUAGE plpgsql AS $$
-BEGIN
-    IF ok IS NOT TRUE THEN
-        RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
-            MESSAGE = 'runbook stopped: ' || why, HINT = todo;
-    END IF;
-END;
-$$;
--- a shell word: single-quoted
-CREATE FUNCTION pg_temp.sh(word text) RETURNS text
-LANGUAGE sql IMMUTABLE AS $$ SELECT '''' || replace(word, '''', '''\''''') || '''' $$;
+\ir common.psql
 
 \echo '== pg_upgrade (phase' :phase'): preconditions'
 SELECT pg_temp.runbook_require(:'phase' IN ('prepare', 'verify'),

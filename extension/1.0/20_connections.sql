@@ -145,6 +145,31 @@ BEGIN
 END;
 $$;
 
+-- connect_guard.mapping_of returns the mapping of tbl by a connection, or raises the error
+CREATE FUNCTION connect_guard.mapping_of(c connect_guard.connection, tbl regclass)
+RETURNS connect_guard.mapping
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    m connect_guard.mapping;
+BEGIN
+    SELECT mp.* INTO m
+      FROM connect_guard.mapping mp
+      JOIN pg_class cl ON cl.oid = tbl
+      JOIN pg_namespace n ON n.oid = cl.relnamespace
+     WHERE mp.connection_id = c.connection_id AND mp.table_schema = n.nspname AND mp.table_name = cl.relname
+       FOR UPDATE OF mp;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'undefined_object',
+            MESSAGE = format('table "%s" is not mapped by connection "%s"', tbl, c.name),
+            HINT = 'See connect_mappings for the tables each connection maps.';
+    END IF;
+    RETURN m;
+END;
+$$;
+
 CREATE FUNCTION connect_unmap_table(connection text, tbl regclass)
 RETURNS void
 LANGUAGE plpgsql
@@ -155,18 +180,8 @@ DECLARE
     m connect_guard.mapping;
 BEGIN
     c := connect_guard.connection_for_update(connection);
-    DELETE FROM connect_guard.mapping mp
-     USING pg_class cl JOIN pg_namespace n ON n.oid = cl.relnamespace
-     WHERE cl.oid = tbl
-       AND mp.connection_id = c.connection_id
-       AND mp.table_schema = n.nspname AND mp.table_name = cl.relname
-    RETURNING mp.* INTO m;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION USING
-            ERRCODE = 'undefined_object',
-            MESSAGE = format('table "%s" is not mapped by connection "%s"', tbl, c.name),
-            HINT = 'See connect_mappings for the tables each connection maps.';
-    END IF;
+    m := connect_guard.mapping_of(c, tbl);
+    DELETE FROM connect_guard.mapping WHERE mapping_id = m.mapping_id;
     PERFORM connect_guard.drop_capture_if_unused(m.table_schema, m.table_name);
     PERFORM connect_guard.fence_refresh();
     PERFORM connect_guard.log_event(c.connection_id, 'table_unmapped',

@@ -348,31 +348,6 @@ BEGIN
 END;
 $$;
 
--- connect_guard.mapping_of returns the mapping of tbl by a connection, or raises the error
-CREATE FUNCTION connect_guard.mapping_of(c connect_guard.connection, tbl regclass)
-RETURNS connect_guard.mapping
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    m connect_guard.mapping;
-BEGIN
-    SELECT mp.* INTO m
-      FROM connect_guard.mapping mp
-      JOIN pg_class cl ON cl.oid = tbl
-      JOIN pg_namespace n ON n.oid = cl.relnamespace
-     WHERE mp.connection_id = c.connection_id AND mp.table_schema = n.nspname AND mp.table_name = cl.relname
-       FOR UPDATE OF mp;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION USING
-            ERRCODE = 'undefined_object',
-            MESSAGE = format('table "%s" is not mapped by connection "%s"', tbl, c.name),
-            HINT = 'See connect_mappings for the tables each connection maps.';
-    END IF;
-    RETURN m;
-END;
-$$;
-
 /*
  * connect_reload_table asks the sync service to reload one mapped table
  * (Connect's "reload"); the mapping is RELOAD_TABLE until the service says

@@ -149,6 +149,26 @@ AS $$
 $$;
 
 /*
+ * connect_guard.resume_plan_connections resumes the connections a plan
+ * paused that are still paused (or pausing); a connection the DBA resumed
+ * or dropped meanwhile is left alone.
+ */
+CREATE FUNCTION connect_guard.resume_plan_connections(p_names text[])
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_name text;
+BEGIN
+    FOR v_name IN SELECT c.name FROM connect_guard.connection c
+                   WHERE c.name = ANY (p_names) AND c.state IN ('PAUSED', 'PAUSING') ORDER BY c.name LOOP
+        PERFORM @extschema@.connect_resume(v_name);
+    END LOOP;
+END;
+$$;
+
+/*
  * connect_guard.upgrade_complete_here finishes a plan on the database that
  * took over (a promoted follower, an upgraded cluster): it checks that the
  * trigger log and the high-water marks came through intact and that the
@@ -164,7 +184,6 @@ AS $$
 DECLARE
     v_history text;
     v_switch pg_lsn;
-    v_name text;
     v_marks jsonb := connect_guard.high_water_marks();
 BEGIN
     IF p.step NOT IN ('completing') THEN
@@ -203,11 +222,7 @@ BEGIN
         -- pg_upgrade: the fence file was copied into the new cluster by the runbook, or not
         PERFORM connect_guard.fence_lower(p.fence_id);
     END IF;
-    FOREACH v_name IN ARRAY p.paused_connections LOOP
-        IF EXISTS (SELECT 1 FROM connect_guard.connection c WHERE c.name = v_name AND c.state = 'PAUSED') THEN
-            PERFORM @extschema@.connect_resume(v_name);
-        END IF;
-    END LOOP;
+    PERFORM connect_guard.resume_plan_connections(p.paused_connections);
     UPDATE connect_guard.upgrade_plan SET completed_on = connect_guard.system_identifier()
      WHERE plan_id = p.plan_id;
     PERFORM connect_guard.upgrade_goto(p.plan_id, 'completed', 'completed',
@@ -603,7 +618,6 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     p connect_guard.upgrade_plan;
-    v_name text;
     v_note text := NULL;
 BEGIN
     p := connect_guard.plan_for_update(plan);
@@ -624,11 +638,7 @@ BEGIN
     IF p.fence_id IS NOT NULL THEN
         PERFORM connect_guard.fence_lower(p.fence_id);
     END IF;
-    FOREACH v_name IN ARRAY p.paused_connections LOOP
-        IF EXISTS (SELECT 1 FROM connect_guard.connection c WHERE c.name = v_name AND c.state IN ('PAUSED', 'PAUSING')) THEN
-            PERFORM @extschema@.connect_resume(v_name);
-        END IF;
-    END LOOP;
+    PERFORM connect_guard.resume_plan_connections(p.paused_connections);
     PERFORM connect_guard.upgrade_goto(p.plan_id, 'aborted', 'aborted',
         jsonb_build_object('reason', reason, 'note', v_note),
         coalesce(reason, 'aborted by ' || session_user));
@@ -688,7 +698,6 @@ AS $$
 DECLARE
     p connect_guard.upgrade_plan;
     v_tick bigint;
-    v_name text;
 BEGIN
     p := connect_guard.plan_for_update(plan);
     IF p.method <> 'copy' OR p.status NOT IN ('ready') THEN
@@ -722,11 +731,7 @@ BEGIN
     DELETE FROM connect_guard.tick;
     v_tick := (connect_guard.new_tick()).tick_id;
     UPDATE connect_guard.connection SET last_tick = v_tick, fence_id = NULL;
-    FOREACH v_name IN ARRAY p.paused_connections LOOP
-        IF EXISTS (SELECT 1 FROM connect_guard.connection c WHERE c.name = v_name AND c.state = 'PAUSED') THEN
-            PERFORM @extschema@.connect_resume(v_name);
-        END IF;
-    END LOOP;
+    PERFORM connect_guard.resume_plan_connections(p.paused_connections);
     UPDATE connect_guard.upgrade_plan SET completed_on = connect_guard.system_identifier()
      WHERE plan_id = p.plan_id;
     PERFORM connect_guard.upgrade_goto(p.plan_id, 'completed', 'completed',

@@ -21,7 +21,8 @@ typedef enum FenceScope
 {
 	FENCE_SCOPE_CONNECTION = 1, /* the mapped tables of one connection */
 	FENCE_SCOPE_MAPPED = 2,		/* the mapped tables of every connection */
-	FENCE_SCOPE_DATABASE = 3	/* every non-temporary table of the database */
+	FENCE_SCOPE_DATABASE = 3,	/* every non-temporary table of the database */
+	FENCE_SCOPE_RELOAD = 4		/* tables the sync service reloads (after a rollback) */
 } FenceScope;
 
 typedef struct FenceEntry

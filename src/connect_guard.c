@@ -16,6 +16,7 @@
 #include "fence.h"
 #include "lag.h"
 #include "signals.h"
+#include "witness.h"
 #include "worker.h"
 
 PG_MODULE_MAGIC;
@@ -51,6 +52,7 @@ _PG_init(void)
 	lag_init();
 	signal_init();
 	worker_init();
+	witness_init();
 
 	MarkGUCPrefixReserved("connect_guard");
 

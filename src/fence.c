@@ -300,6 +300,16 @@ fence_report(Oid relid, const char *operation, FenceEntry *fence, const char *co
 						   fence->fence_id, connections[0] ? connections : "none"),
 				 errhint("Fenced since %s by %s, because: %s. Reads still work; writes resume after connect_unfence().",
 						 since, NameStr(fence->raised_by), reason)));
+	if (fence->scope == FENCE_SCOPE_RELOAD)
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("cannot %s table %s: the sync service is reloading it (connection %s)",
+						operation, qualified_relation_name(relid), connections),
+				 errdetail("A reload overwrites the table from the sync target, so writes wait until it is "
+						   "acknowledged (fence %d).", fence->fence_id),
+				 errhint("Fenced since %s by %s, because: %s. Reads still work; writes resume when every reload "
+						 "is acknowledged (see connect_mappings), or after connect_unfence().",
+						 since, NameStr(fence->raised_by), reason)));
 	ereport(ERROR,
 			(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
 			 fence->scope == FENCE_SCOPE_CONNECTION
@@ -731,10 +741,12 @@ scope_from_text(const char *scope)
 		return FENCE_SCOPE_MAPPED;
 	if (strcmp(scope, "database") == 0)
 		return FENCE_SCOPE_DATABASE;
+	if (strcmp(scope, "reload") == 0)
+		return FENCE_SCOPE_RELOAD;
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("unknown fence scope \"%s\"", scope),
-			 errhint("Use 'mapped' (the tables of every connection) or 'database' (every table).")));
+			 errhint("Use 'mapped' (the tables of every connection), 'database' (every table), 'connection' or 'reload'.")));
 	return 0;					/* keep compiler quiet */
 }
 
@@ -747,6 +759,8 @@ scope_to_text(int32 scope)
 			return "connection";
 		case FENCE_SCOPE_MAPPED:
 			return "mapped";
+		case FENCE_SCOPE_RELOAD:
+			return "reload";
 		default:
 			return "database";
 	}

@@ -582,11 +582,27 @@ run_int8(const char *activity, const char *sql)
 static int
 worker_cycle_steps(const char *schema, bool *plan_active)
 {
+	static bool first_cycle = true;
+	static TimestampTz last_rollback_check = 0;
 	char	   *advance = psprintf("SELECT connect_guard.upgrade_advance()");
 	int64		plan = 0;
 
 	int			sleep_ms;
 	long		due;
+
+	/*
+	 * First, so that the reloads a rollback calls for go out in this cycle;
+	 * at the naptime's pace even while a plan is polled every few ms.
+	 */
+	if (first_cycle ||
+		TimestampDifferenceExceeds(last_rollback_check, GetCurrentTimestamp(), worker_naptime_ms))
+	{
+		(void) run_int8("connect_guard: checking for a rollback",
+						first_cycle ? "SELECT connect_guard.rollback_cycle(true)"
+						: "SELECT connect_guard.rollback_cycle(false)");
+		last_rollback_check = GetCurrentTimestamp();
+		first_cycle = false;
+	}
 
 	pgstat_report_activity(STATE_RUNNING, "connect_guard: signalling the sync service");
 	signal_process_requests();

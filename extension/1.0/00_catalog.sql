@@ -49,7 +49,10 @@ CREATE TABLE connect_guard.connection (
     last_tick       bigint NOT NULL,
     hwm_id          bigint NOT NULL DEFAULT 0,
     last_batch_at   timestamptz,
-    created_at      timestamptz NOT NULL DEFAULT clock_timestamp()
+    created_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
+    -- the sync service's own high-water mark, as it last reported it (75_rollback.sql)
+    remote_hwm      bigint,
+    remote_hwm_at   timestamptz
 );
 
 CREATE TABLE connect_guard.mapping (

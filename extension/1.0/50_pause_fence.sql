@@ -33,10 +33,11 @@ AS 'MODULE_PATHNAME', 'connect_guard_fence_relations';
 
 /*
  * connect_guard.fence_targets returns the tables a fence covers: the mapped
- * tables of one connection (or of every connection, for NULL) with all their
- * partitions, each with the names of the connections that map it.
+ * tables of one connection (or of every connection, for NULL; or of the
+ * given mappings only) with all their partitions, each with the names of
+ * the connections that map it.
  */
-CREATE FUNCTION connect_guard.fence_targets(p_connection_id integer,
+CREATE FUNCTION connect_guard.fence_targets(p_connection_id integer, p_mapping_ids integer[] DEFAULT NULL,
                                             OUT relids oid[], OUT relconnections text[])
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -49,6 +50,7 @@ AS $$
               -- pg_partition_tree() lists nothing for a table that is not partitioned
               CROSS JOIN LATERAL (SELECT root::oid UNION SELECT p.relid FROM pg_partition_tree(root) p) t(relid)
              WHERE (p_connection_id IS NULL OR m.connection_id = p_connection_id)
+               AND (p_mapping_ids IS NULL OR m.mapping_id = ANY (p_mapping_ids))
                AND root IS NOT NULL
              GROUP BY t.relid) targets;
 $$;
@@ -333,7 +335,7 @@ DECLARE
     f record;
     v_lowered integer := 0;
 BEGIN
-    FOR f IN SELECT * FROM connect_guard.fence_list() l WHERE l.scope IN ('mapped', 'database') LOOP
+    FOR f IN SELECT * FROM connect_guard.fence_list() l WHERE l.scope IN ('mapped', 'database', 'reload') LOOP
         PERFORM connect_guard.fence_lower(f.fence_id);
         PERFORM connect_guard.log_event(NULL, 'fence_lowered',
             jsonb_build_object('fence_id', f.fence_id, 'scope', f.scope,

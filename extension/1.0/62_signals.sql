@@ -3,7 +3,7 @@
  * signed webhooks (adapter 'webhook').
  *
  * A user's call never makes an HTTP request: connect_pause(),
- * connect_resume(), connect_reload_table() and connect_refresh() store a
+ * connect_resume(), connect_reload_mapping() and connect_refresh() store a
  * request in connect_guard.request and wake the background worker at
  * commit.  The worker (signals.c) takes due requests in a short transaction,
  * sends them with no transaction open, and records each outcome through
@@ -345,40 +345,6 @@ BEGIN
         jsonb_build_object('request_id', v_id, 'adapter', c.adapter, 'fence_id', c.fence_id,
                            'paused_for_ms', round(extract(epoch FROM clock_timestamp() - c.state_since) * 1000)));
     RETURN 'RESUMING';
-END;
-$$;
-
-/*
- * connect_reload_table asks the sync service to reload one mapped table
- * (Connect's "reload"); the mapping is RELOAD_TABLE until the service says
- * it is done.  Returns the request id (see connect_requests).
- */
-CREATE FUNCTION connect_reload_table(connection text, tbl regclass, timeout interval DEFAULT '1 day')
-RETURNS bigint
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    c connect_guard.connection;
-    m connect_guard.mapping;
-    v_id bigint;
-BEGIN
-    c := connect_guard.connection_for_update(connection);
-    IF c.adapter = 'local' THEN
-        RAISE EXCEPTION USING
-            ERRCODE = 'object_not_in_prerequisite_state',
-            MESSAGE = format('connection "%s" has no sync service to ask for a reload', c.name),
-            DETAIL = 'Its adapter is local: its consumer reads the trigger log and connect_mappings itself.',
-            HINT = 'Reloads are sent to heroku and webhook connections only.';
-    END IF;
-    m := connect_guard.mapping_of(c, tbl);
-    v_id := connect_guard.request_enqueue(c.connection_id, 'reload', m.mapping_id,
-        jsonb_build_object('table', format('%I.%I', m.table_schema, m.table_name),
-                           'object_name', m.object_name,
-                           'timeout_s', extract(epoch FROM coalesce(timeout, '1 day'))::double precision));
-    UPDATE connect_guard.mapping SET state = 'RELOAD_TABLE', state_since = clock_timestamp()
-     WHERE mapping_id = m.mapping_id;
-    RETURN v_id;
 END;
 $$;
 
@@ -752,6 +718,9 @@ BEGIN
                                'object_name', r.params ->> 'object_name'));
     END IF;
     PERFORM connect_guard.request_close(r.request_id, 'succeeded');
+    IF r.action = 'reload' THEN
+        PERFORM connect_guard.rollback_release();     -- the last acknowledged reload lowers the fence
+    END IF;
 END;
 $$;
 
@@ -982,6 +951,17 @@ BEGIN
      WHERE request_id = r.request_id;
 
     IF p_step = 'send' THEN
+        -- a webhook may answer with its own high-water mark, as Connect's deep GET does
+        IF c.adapter = 'webhook' THEN
+            BEGIN
+                v_json := p_body::jsonb;
+            EXCEPTION WHEN OTHERS THEN
+                v_json := NULL;
+            END;
+            IF jsonb_typeof(v_json) = 'object' THEN
+                PERFORM connect_guard.note_remote_hwm(c.connection_id, v_json);
+            END IF;
+        END IF;
         PERFORM connect_guard.log_event(c.connection_id, 'request_accepted',
             jsonb_build_object('request_id', r.request_id, 'action', r.action, 'attempt', r.attempts,
                                'http_status', p_http_status));
@@ -1015,6 +995,7 @@ BEGIN
         RETURN;
     END IF;
     PERFORM connect_guard.remote_ids_from(c.connection_id, v_json);
+    PERFORM connect_guard.note_remote_hwm(c.connection_id, v_json);
 
     IF p_step = 'lookup' THEN
         UPDATE connect_guard.request SET remote_state = v_json ->> 'state' WHERE request_id = r.request_id;

@@ -40,7 +40,9 @@ SELECT c.name AS connection,
                           AND m.table_name = l.table_name)) AS backlog,
        (SELECT b.batch_id FROM connect_guard.batch b
          WHERE b.connection_id = c.connection_id AND b.finished_at IS NULL) AS open_batch,
-       c.last_batch_at
+       c.last_batch_at,
+       c.remote_hwm AS sync_service_hwm,
+       c.remote_hwm_at AS sync_service_hwm_at
   FROM connect_guard.connection c JOIN connect_guard.tick t ON t.tick_id = c.last_tick;
 
 CREATE VIEW connect_fences AS
@@ -74,4 +76,4 @@ SELECT c.name AS connection,
   JOIN connect_high_water_marks h ON h.connection = c.name
   LEFT JOIN connect_guard.fence_list() f ON f.fence_id = c.fence_id
   LEFT JOIN LATERAL (SELECT * FROM connect_guard.fence_list() l
-                      WHERE l.scope IN ('mapped', 'database') ORDER BY l.fence_id LIMIT 1) m ON true;
+                      WHERE l.scope IN ('mapped', 'database', 'reload') ORDER BY l.fence_id LIMIT 1) m ON true;

@@ -1,0 +1,741 @@
+/* ------------------------------------------------------------------------
+ * Rollback detection and mapping reloads (Heroku's "Recovering
+ * Synchronization After a Database Rollback", done by the worker).
+ *
+ * Connect remembers how far it has read the trigger log.  A database
+ * restored to an earlier point forgets writes the sync service already
+ * copied, and hands out the same log ids again for new writes, which the
+ * service then skips as already seen.  The cure is to reload the mappings;
+ * the hard part is noticing, because a restore rewinds every record inside
+ * the database too.  So the worker keeps a witness outside it (witness.c):
+ * the system identifier, the timeline, a flushed LSN, the next xid, the log
+ * head and each connection's high-water mark, plus what the sync service
+ * last said its own mark was.  On every cycle it compares the database with
+ * the witness, acts on a rollback, and writes the witness anew.
+ *
+ *   rollback:  same system, same timeline, LSN below the witnessed one
+ *              timeline that left the witnessed one before the witnessed LSN
+ *              timeline that does not descend from the witnessed one
+ *              older timeline than the witness's (and not a handed-over primary)
+ *              next xid, log head or a high-water mark below the witnessed one
+ *              the sync service has consumed past the log head
+ *   not:       a restart or a crash (WAL replay reaches the flushed LSN)
+ *              a promoted follower that had replayed past the witnessed LSN,
+ *              or past the fence of a follower changeover plan
+ *              a new system identifier announced by an upgrade plan that came
+ *              with the data (pg_upgrade, copy): compared with the witness of
+ *              the old system, marks and log head only
+ *
+ * Acting: the affected mappings go to RELOAD_TABLE and their reloads are
+ * requested through the connection's adapter; the log's id sequence moves
+ * past every id the service may have seen; the high-water marks are held to
+ * what the database has; with connect_guard.fence_on_rollback the mapped
+ * tables are fenced (scope 'reload') until every reload is acknowledged.
+ * Each incident is a row of connect_guard.rollback_incident.
+ * ------------------------------------------------------------------------ */
+
+CREATE FUNCTION connect_guard.witness_path(system_identifier bigint DEFAULT NULL)
+RETURNS text LANGUAGE C
+AS 'MODULE_PATHNAME', 'connect_guard_witness_path';
+
+CREATE FUNCTION connect_guard.witness_read(path text, OUT status text, OUT content jsonb, OUT detail text)
+RETURNS record LANGUAGE C STRICT
+AS 'MODULE_PATHNAME', 'connect_guard_witness_read';
+
+CREATE FUNCTION connect_guard.witness_write(path text, content jsonb)
+RETURNS void LANGUAGE C STRICT
+AS 'MODULE_PATHNAME', 'connect_guard_witness_write';
+
+CREATE FUNCTION connect_guard.witness_flush_lsn()
+RETURNS pg_lsn LANGUAGE C
+AS 'MODULE_PATHNAME', 'connect_guard_witness_flush_lsn';
+
+CREATE FUNCTION connect_guard.timeline_switch_lsn(ancestor integer)
+RETURNS pg_lsn LANGUAGE C STRICT
+AS 'MODULE_PATHNAME', 'connect_guard_timeline_switch_lsn';
+
+-- the witness files this database has written, and the findings last reported about each
+CREATE TABLE connect_guard.witness (
+    path            text PRIMARY KEY,
+    first_written_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    reported        jsonb NOT NULL DEFAULT '[]'
+);
+
+CREATE TABLE connect_guard.rollback_incident (
+    incident_id     serial PRIMARY KEY,
+    detected_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
+    source          text NOT NULL CHECK (source IN ('worker', 'manual')),
+    findings        jsonb NOT NULL,
+    mapping_ids     integer[] NOT NULL,
+    fence_id        integer,
+    reload_requests bigint[] NOT NULL DEFAULT '{}',
+    resolved_at     timestamptz,
+    resolution      text
+);
+SELECT pg_catalog.pg_extension_config_dump('connect_guard.rollback_incident', '');
+SELECT pg_catalog.pg_extension_config_dump('connect_guard.rollback_incident_incident_id_seq', '');
+
+/* the last id the trigger log's sequence handed out: unlike max(id), retention cannot lower it */
+CREATE FUNCTION connect_guard.log_sequence_head()
+RETURNS bigint
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM connect_guard.trigger_log_id_seq;
+$$;
+
+/*
+ * connect_guard.database_state is what the witness records of this
+ * database now, but the LSN (which the writer adds after a WAL flush).
+ * Ids and xids go as numbers, the system identifier as text (it does not
+ * fit a double).
+ */
+CREATE FUNCTION connect_guard.database_state()
+RETURNS jsonb
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT jsonb_build_object(
+        'format', 1,
+        'system_identifier', connect_guard.system_identifier()::text,
+        'database', current_database(),
+        'timeline', connect_guard.current_timeline(),
+        'next_xid', pg_snapshot_xmax(pg_current_snapshot())::text::bigint,
+        'log_head', connect_guard.log_sequence_head(),
+        'connections', coalesce((
+            SELECT jsonb_object_agg(c.name, jsonb_build_object(
+                       'last_tick', c.last_tick, 'hwm_id', c.hwm_id,
+                       'consumed_xid', t.xid_bound::text::bigint, 'remote_hwm', c.remote_hwm))
+              FROM connect_guard.connection c LEFT JOIN connect_guard.tick t ON t.tick_id = c.last_tick), '{}'));
+$$;
+
+/*
+ * connect_guard.note_remote_hwm records the high-water mark the sync
+ * service reports (top-level "high_water_mark" of Connect's deep GET, or of
+ * a webhook's answer): the witness keeps it, and a service that consumed
+ * past the log head proves a rollback.
+ */
+CREATE FUNCTION connect_guard.note_remote_hwm(p_connection_id integer, p_body jsonb)
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    UPDATE connect_guard.connection
+       SET remote_hwm = (p_body ->> 'high_water_mark')::bigint, remote_hwm_at = clock_timestamp()
+     WHERE connection_id = p_connection_id
+       AND jsonb_typeof(p_body -> 'high_water_mark') = 'number'
+       AND (p_body ->> 'high_water_mark') ~ '^[0-9]{1,18}$';
+$$;
+
+/*
+ * connect_guard.witness_load finds the witness to compare with: this
+ * cluster's, or, when there is none yet, that of the cluster an upgrade
+ * plan in this database came from (pg_upgrade and copy change the system
+ * identifier; the plan row came along with the data and announces it).
+ */
+CREATE FUNCTION connect_guard.witness_load(OUT path text, OUT status text, OUT content jsonb, OUT detail text,
+                                           OUT predecessor integer)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p connect_guard.upgrade_plan;
+    r record;
+BEGIN
+    path := connect_guard.witness_path(NULL);
+    IF path IS NULL THEN
+        status := 'disabled';
+        RETURN;
+    END IF;
+    SELECT * INTO r FROM connect_guard.witness_read(path);
+    status := r.status; content := r.content; detail := r.detail;
+    IF status = 'missing' THEN
+        SELECT * INTO p FROM connect_guard.upgrade_plan u
+         WHERE u.system_identifier <> connect_guard.system_identifier()
+           AND u.method IN ('pg_upgrade', 'copy') AND u.status IN ('ready', 'completed')
+           AND (u.completed_on IS NULL OR u.completed_on = connect_guard.system_identifier())
+         ORDER BY u.plan_id DESC LIMIT 1;
+        IF FOUND THEN
+            SELECT * INTO r FROM connect_guard.witness_read(connect_guard.witness_path(p.system_identifier));
+            IF r.status = 'ok' THEN
+                status := 'ok'; content := r.content; predecessor := p.plan_id;
+            END IF;
+        END IF;
+    END IF;
+    -- a body that does not describe this database is as untrustworthy as a torn one
+    IF status = 'ok' AND (jsonb_typeof(content) IS DISTINCT FROM 'object'
+                          OR content ->> 'format' IS DISTINCT FROM '1'
+                          OR content ->> 'database' IS DISTINCT FROM current_database()
+                          OR (predecessor IS NULL
+                              AND content ->> 'system_identifier' IS DISTINCT FROM connect_guard.system_identifier()::text)
+                          OR jsonb_typeof(content -> 'connections') IS DISTINCT FROM 'object'
+                          OR NOT content ?& ARRAY['timeline', 'lsn', 'next_xid', 'log_head']) THEN
+        status := 'corrupt';
+        detail := format('"%s" has a valid checksum but does not describe database %s of system %s: it was copied from elsewhere',
+                         path, current_database(), connect_guard.system_identifier());
+        content := NULL;
+    END IF;
+END;
+$$;
+
+/*
+ * connect_guard.rollback_findings compares the database (d, from
+ * database_state()) with a witness (w; NULL when there is none to trust)
+ * and says what it finds: severity 'rollback' (acted upon), 'warning'
+ * (reported) or 'info'.
+ */
+CREATE FUNCTION connect_guard.rollback_findings(w jsonb, d jsonb, p_predecessor integer)
+RETURNS TABLE (finding text, severity text, connection text, detail text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_wtli integer := (w ->> 'timeline')::integer;
+    v_dtli integer := (d ->> 'timeline')::integer;
+    v_wlsn pg_lsn := (w ->> 'lsn')::pg_lsn;
+    v_dlsn pg_lsn := pg_current_wal_lsn();
+    v_dhead bigint := (d ->> 'log_head')::bigint;
+    v_switch pg_lsn;
+    v_protected pg_lsn;
+    p connect_guard.upgrade_plan;
+    c record;
+BEGIN
+    IF w IS NOT NULL AND p_predecessor IS NOT NULL THEN
+        SELECT * INTO p FROM connect_guard.upgrade_plan WHERE plan_id = p_predecessor;
+        RETURN QUERY SELECT 'upgraded', 'info', NULL::text,
+            format('the witness is that of system %s, which upgrade plan %s (%s) moved here: its marks and log head are compared, not its WAL',
+                   w ->> 'system_identifier', p.plan_id, p.method);
+    ELSIF w IS NOT NULL THEN
+        IF v_dtli = v_wtli THEN
+            IF v_dlsn < v_wlsn THEN
+                RETURN QUERY SELECT 'lsn_behind_witness', 'rollback', NULL::text,
+                    format('the database is at WAL %s on timeline %s, below %s that the witness recorded at %s: it was restored from an earlier copy',
+                           v_dlsn, v_dtli, v_wlsn, w ->> 'written_at');
+            END IF;
+        ELSIF v_dtli > v_wtli THEN
+            v_switch := connect_guard.timeline_switch_lsn(v_wtli);
+            IF v_switch IS NULL THEN
+                RETURN QUERY SELECT 'timeline_not_descendant', 'rollback', NULL::text,
+                    format('this server''s timeline %s does not descend from timeline %s that the witness recorded at %s',
+                           v_dtli, v_wtli, w ->> 'written_at');
+            ELSE
+                v_protected := v_wlsn;
+                -- a follower changeover fenced the old primary and paused its connections:
+                -- what it wrote after its fence never reached a consumer
+                SELECT * INTO p FROM connect_guard.upgrade_plan u
+                 WHERE u.method = 'follower' AND u.timeline = v_wtli AND u.fence_lsn <= v_switch
+                   AND u.system_identifier::text = d ->> 'system_identifier'
+                 ORDER BY u.plan_id DESC LIMIT 1;
+                IF FOUND AND p.fence_lsn < v_protected THEN
+                    v_protected := p.fence_lsn;
+                END IF;
+                IF v_switch < v_protected THEN
+                    RETURN QUERY SELECT 'timeline_forked_before_witness', 'rollback', NULL::text,
+                        format('this server''s timeline %s left timeline %s at %s, before %s that the witness recorded at %s: a point-in-time restore, or a follower promoted before it had caught up',
+                               v_dtli, v_wtli, v_switch, v_protected, w ->> 'written_at');
+                ELSE
+                    RETURN QUERY SELECT 'promoted', 'info', NULL::text,
+                        format('timeline %s left timeline %s at %s, at or after %s that the witness recorded%s',
+                               v_dtli, v_wtli, v_switch, v_protected,
+                               CASE WHEN p.plan_id IS NOT NULL THEN format(' (the fence of plan %s)', p.plan_id) ELSE '' END);
+                END IF;
+            END IF;
+        ELSIF EXISTS (SELECT 1 FROM connect_guard.upgrade_plan u
+                       WHERE u.method = 'follower' AND u.timeline = v_dtli
+                         AND u.status IN ('ready', 'handed_over', 'failed', 'aborted') AND u.fence_lsn IS NOT NULL) THEN
+            RETURN QUERY SELECT 'superseded', 'warning', NULL::text,
+                format('a server on timeline %s, a follower promoted after this server (timeline %s) fenced itself for a changeover, writes the witness now: this server leaves it alone',
+                       v_wtli, v_dtli);
+        ELSE
+            RETURN QUERY SELECT 'timeline_behind_witness', 'rollback', NULL::text,
+                format('this server is on timeline %s, but the witness was written on timeline %s at %s: it is a copy from before a promotion',
+                       v_dtli, v_wtli, w ->> 'written_at');
+        END IF;
+        IF (d ->> 'next_xid')::bigint < (w ->> 'next_xid')::bigint THEN
+            RETURN QUERY SELECT 'txid_behind_witness', 'rollback', NULL::text,
+                format('the next transaction id is %s, below %s that the witness recorded: transaction ids will be handed out again',
+                       d ->> 'next_xid', w ->> 'next_xid');
+        END IF;
+    END IF;
+
+    IF w IS NOT NULL THEN
+        IF v_dhead < (w ->> 'log_head')::bigint THEN
+            RETURN QUERY SELECT 'log_head_behind_witness', 'rollback', NULL::text,
+                format('the trigger log''s ids reach %s here but had reached %s: ids the sync service has seen would be handed out again',
+                       v_dhead, w ->> 'log_head');
+        END IF;
+        FOR c IN
+            SELECT e.key AS name, e.value AS was, dc.value AS now
+              FROM jsonb_each(w -> 'connections') e
+              LEFT JOIN jsonb_each(d -> 'connections') dc ON dc.key = e.key
+             ORDER BY e.key
+        LOOP
+            IF c.now IS NULL THEN
+                RETURN QUERY SELECT 'connection_missing', 'warning', c.name,
+                    format('the witness knows connection "%s", which this database does not have (dropped, or created after the point it was restored to)', c.name);
+            ELSIF (c.now ->> 'hwm_id')::bigint < (c.was ->> 'hwm_id')::bigint
+                  OR (c.now ->> 'last_tick')::bigint < (c.was ->> 'last_tick')::bigint THEN
+                RETURN QUERY SELECT 'hwm_behind_witness', 'rollback', c.name,
+                    format('connection "%s" has consumed up to entry %s (tick %s) here, but had consumed up to entry %s (tick %s)',
+                           c.name, c.now ->> 'hwm_id', c.now ->> 'last_tick', c.was ->> 'hwm_id', c.was ->> 'last_tick');
+            ELSIF p_predecessor IS NULL AND (d ->> 'next_xid')::bigint < (c.was ->> 'consumed_xid')::bigint THEN
+                RETURN QUERY SELECT 'txid_behind_witness', 'rollback', c.name,
+                    format('connection "%s" had consumed transactions up to xid %s, beyond the next xid %s here',
+                           c.name, c.was ->> 'consumed_xid', d ->> 'next_xid');
+            END IF;
+        END LOOP;
+    END IF;
+
+    -- the sync service's own mark needs no witness
+    FOR c IN
+        SELECT dc.key AS name,
+               greatest((dc.value ->> 'remote_hwm')::bigint, (w #>> ARRAY['connections', dc.key, 'remote_hwm'])::bigint) AS remote
+          FROM jsonb_each(d -> 'connections') dc ORDER BY dc.key
+    LOOP
+        IF c.remote > v_dhead THEN
+            RETURN QUERY SELECT 'sync_service_ahead', 'rollback', c.name,
+                format('the sync service of connection "%s" reports it has consumed up to entry %s, but the trigger log''s ids reach %s here',
+                       c.name, c.remote, v_dhead);
+        END IF;
+    END LOOP;
+END;
+$$;
+
+/*
+ * connect_guard.rollback_check loads the witness and compares: the one
+ * place both connect_check_rollback() and the worker get their findings.
+ * write says whether this server may write the witness (not a superseded
+ * old primary; not when the path itself is unusable).
+ */
+CREATE FUNCTION connect_guard.rollback_check(OUT path text, OUT witness jsonb, OUT findings jsonb, OUT write boolean)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    l record;
+    v_message text;
+    v_state jsonb := connect_guard.database_state();
+BEGIN
+    write := true;
+    BEGIN
+        SELECT * INTO l FROM connect_guard.witness_load();
+    EXCEPTION WHEN invalid_parameter_value THEN
+        GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT;
+        l := ROW(NULL::text, 'unusable', NULL::jsonb, v_message, NULL::integer);
+    END;
+    path := l.path;
+    witness := l.content;
+    SELECT coalesce(jsonb_agg(jsonb_build_object('finding', f.finding, 'severity', f.severity,
+                                                 'connection', f.connection, 'detail', f.detail)), '[]')
+      INTO findings
+      FROM connect_guard.rollback_findings(witness, v_state, l.predecessor) f;
+    IF l.status <> 'ok' THEN
+        findings := jsonb_build_array(jsonb_build_object(
+            'finding', CASE l.status
+                         WHEN 'missing' THEN CASE WHEN EXISTS (SELECT 1 FROM connect_guard.witness WHERE witness.path = l.path)
+                                                  THEN 'witness_missing' ELSE 'witness_new' END
+                         WHEN 'unusable' THEN 'witness_unwritable'
+                         ELSE 'witness_' || l.status END,
+            'severity', CASE WHEN l.status = 'disabled'
+                               OR (l.status = 'missing' AND NOT EXISTS (SELECT 1 FROM connect_guard.witness WHERE witness.path = l.path))
+                             THEN 'info' ELSE 'warning' END,
+            'connection', NULL,
+            'detail', CASE l.status
+                        WHEN 'disabled' THEN 'connect_guard.witness_directory is empty: rollbacks are detected only from what the sync service reports'
+                        WHEN 'missing' THEN format('there is no witness at "%s"%s; a new one is written, and nothing is compared until then',
+                                                   l.path, CASE WHEN EXISTS (SELECT 1 FROM connect_guard.witness WHERE witness.path = l.path)
+                                                                THEN ', though this database wrote one there before (deleted, or the directory is not the same storage)'
+                                                                ELSE '' END)
+                        ELSE format('%s; it is not trusted and is replaced', l.detail) END)) || findings;
+    END IF;
+    write := l.status NOT IN ('disabled', 'unusable')
+             AND NOT findings @> '[{"finding": "superseded"}]';
+END;
+$$;
+
+/*
+ * connect_guard.reload_fence raises a 'reload' fence over the given
+ * mappings' tables, or returns NULL when fence_on_rollback is off, the
+ * fence is unavailable, or a maintenance fence already covers them.
+ */
+CREATE FUNCTION connect_guard.reload_fence(p_mapping_ids integer[], p_reason text)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t record;
+BEGIN
+    IF NOT coalesce(current_setting('connect_guard.fence_on_rollback', true), 'on')::boolean
+       OR NOT connect_guard.fence_available()
+       OR EXISTS (SELECT 1 FROM connect_guard.fence_list() f WHERE f.scope = 'database') THEN
+        RETURN NULL;
+    END IF;
+    t := connect_guard.fence_targets(NULL, p_mapping_ids);
+    IF cardinality(t.relids) = 0 THEN
+        RETURN NULL;
+    END IF;
+    RETURN connect_guard.fence_raise('reload', NULL, NULL, p_reason, t.relids, t.relconnections);
+END;
+$$;
+
+/*
+ * connect_guard.reload_mappings puts mappings in RELOAD_TABLE and asks each
+ * one's sync service for the reload (a local consumer reads the state and
+ * acknowledges with connect_mapping_reloaded()); returns the request ids.
+ */
+CREATE FUNCTION connect_guard.reload_mappings(p_mapping_ids integer[], p_reason text, p_timeout interval)
+RETURNS bigint[]
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    m record;
+    v_ids bigint[] := '{}';
+BEGIN
+    FOR m IN
+        UPDATE connect_guard.mapping mp SET state = 'RELOAD_TABLE', state_since = clock_timestamp()
+          FROM connect_guard.connection c
+         WHERE mp.mapping_id = ANY (p_mapping_ids) AND c.connection_id = mp.connection_id
+        RETURNING mp.*, c.adapter
+    LOOP
+        IF m.adapter IN ('heroku', 'webhook')
+           AND NOT EXISTS (SELECT 1 FROM connect_guard.request r
+                            WHERE r.mapping_id = m.mapping_id AND r.action = 'reload' AND r.status = 'pending') THEN
+            v_ids := v_ids || connect_guard.request_enqueue(m.connection_id, 'reload', m.mapping_id,
+                jsonb_build_object('table', format('%I.%I', m.table_schema, m.table_name),
+                                   'object_name', m.object_name, 'reason', p_reason,
+                                   'timeout_s', extract(epoch FROM p_timeout)::double precision));
+        END IF;
+    END LOOP;
+    RETURN v_ids;
+END;
+$$;
+
+/*
+ * connect_guard.rollback_act does what a rollback calls for (see the top
+ * of this file) and records the incident.  A finding that names a
+ * connection affects that connection's mappings; one that names none (the
+ * whole database went back) affects every mapping.
+ */
+CREATE FUNCTION connect_guard.rollback_act(p_findings jsonb, p_witness jsonb, p_source text, p_first_cycle boolean)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_rollbacks jsonb;
+    v_mappings integer[];
+    v_head bigint := connect_guard.log_sequence_head();
+    v_seen bigint;
+    v_marks jsonb;
+    v_requests bigint[];
+    v_fence integer;
+    v_incident integer;
+BEGIN
+    SELECT jsonb_agg(f) INTO v_rollbacks FROM jsonb_array_elements(p_findings) f WHERE f ->> 'severity' = 'rollback';
+    IF v_rollbacks IS NULL THEN
+        RETURN NULL;
+    END IF;
+    SELECT coalesce(array_agg(m.mapping_id ORDER BY m.mapping_id), '{}') INTO v_mappings
+      FROM connect_guard.mapping m JOIN connect_guard.connection c USING (connection_id)
+     WHERE v_rollbacks @> '[{"connection": null}]'
+        OR v_rollbacks @> jsonb_build_array(jsonb_build_object('connection', c.name));
+
+    -- every id the sync service may have seen stays spent: new writes get new ids
+    SELECT greatest(max((w.value ->> 'hwm_id')::bigint), max((w.value ->> 'remote_hwm')::bigint),
+                    (p_witness ->> 'log_head')::bigint,
+                    (SELECT max(remote_hwm) FROM connect_guard.connection))
+      INTO v_seen
+      FROM jsonb_each(coalesce(p_witness -> 'connections', '{}')) w;
+    IF v_seen > v_head THEN
+        PERFORM setval('connect_guard.trigger_log_id_seq', v_seen);
+    END IF;
+
+    -- the marks are what this database holds: never past its own log and ticks
+    WITH held AS (
+        UPDATE connect_guard.connection c
+           SET hwm_id = least(c.hwm_id, v_head),
+               last_tick = least(c.last_tick, (SELECT max(t.tick_id) FROM connect_guard.tick t))
+         WHERE c.connection_id IN (SELECT m.connection_id FROM connect_guard.mapping m WHERE m.mapping_id = ANY (v_mappings))
+        RETURNING c.name, c.hwm_id, c.last_tick)
+    SELECT coalesce(jsonb_object_agg(h.name, jsonb_build_object(
+               'hwm_id', h.hwm_id, 'last_tick', h.last_tick,
+               'witnessed_hwm_id', p_witness #> ARRAY['connections', h.name, 'hwm_id'])), '{}')
+      INTO v_marks FROM held h;
+
+    v_requests := connect_guard.reload_mappings(v_mappings, 'rollback detected', interval '1 day');
+    v_fence := connect_guard.reload_fence(v_mappings,
+        'a rollback was detected; the sync service reloads the mapped tables (see connect_check_rollback)');
+    INSERT INTO connect_guard.rollback_incident (source, findings, mapping_ids, fence_id, reload_requests)
+    VALUES (p_source, v_rollbacks, v_mappings, v_fence, v_requests)
+    RETURNING incident_id INTO v_incident;
+    PERFORM connect_guard.log_event(NULL, 'rollback_detected', jsonb_build_object(
+        'incident_id', v_incident, 'source', p_source, 'first_cycle', p_first_cycle,
+        'findings', v_rollbacks,
+        'witness', jsonb_build_object('written_at', p_witness ->> 'written_at', 'lsn', p_witness ->> 'lsn',
+                                      'timeline', p_witness -> 'timeline', 'log_head', p_witness -> 'log_head'),
+        'mappings', cardinality(v_mappings), 'reload_requests', to_jsonb(v_requests), 'fence_id', v_fence,
+        'log_sequence', jsonb_build_object('was', v_head, 'now', greatest(v_head, v_seen)),
+        'high_water_marks', v_marks));
+    RAISE WARNING USING
+        MESSAGE = format('connect_guard: rollback detected in database %s: %s', current_database(),
+                         (SELECT string_agg(f ->> 'detail', '; ') FROM jsonb_array_elements(v_rollbacks) f)),
+        DETAIL = format('%s mapping(s) set to RELOAD_TABLE, %s reload request(s) queued%s.', cardinality(v_mappings),
+                        cardinality(v_requests), CASE WHEN v_fence IS NOT NULL
+                                                      THEN format(', fence %s up until they are acknowledged', v_fence)
+                                                      ELSE '' END),
+        HINT = 'See connect_rollback_incidents and connect_requests.';
+    RETURN v_incident;
+END;
+$$;
+
+/*
+ * connect_guard.rollback_release closes the incidents whose reloads are all
+ * acknowledged, and lowers their fences; an incident whose fence the DBA
+ * lowered by hand is closed too.  Called when a reload completes and on
+ * every worker cycle.
+ */
+CREATE FUNCTION connect_guard.rollback_release()
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    i connect_guard.rollback_incident;
+    v_fence_up boolean;
+    v_resolution text;
+BEGIN
+    FOR i IN SELECT * FROM connect_guard.rollback_incident WHERE resolved_at IS NULL ORDER BY incident_id FOR UPDATE LOOP
+        v_fence_up := i.fence_id IS NOT NULL
+                      AND EXISTS (SELECT 1 FROM connect_guard.fence_list() f WHERE f.fence_id = i.fence_id);
+        IF NOT EXISTS (SELECT 1 FROM connect_guard.mapping m
+                        WHERE m.mapping_id = ANY (i.mapping_ids) AND m.state = 'RELOAD_TABLE') THEN
+            v_resolution := 'every reload was acknowledged';
+            IF v_fence_up THEN
+                PERFORM connect_guard.fence_lower(i.fence_id);
+            END IF;
+        ELSIF i.fence_id IS NOT NULL AND NOT v_fence_up THEN
+            v_resolution := 'the fence was lowered by hand before every reload was acknowledged';
+        ELSE
+            CONTINUE;
+        END IF;
+        UPDATE connect_guard.rollback_incident SET resolved_at = clock_timestamp(), resolution = v_resolution
+         WHERE incident_id = i.incident_id;
+        PERFORM connect_guard.log_event(NULL, 'rollback_resolved', jsonb_build_object(
+            'incident_id', i.incident_id, 'resolution', v_resolution, 'fence_id', i.fence_id,
+            'took_ms', round(extract(epoch FROM clock_timestamp() - i.detected_at) * 1000)));
+    END LOOP;
+END;
+$$;
+
+/*
+ * connect_guard.witness_refresh writes the witness when what it records
+ * changed (the LSN and next xid alone do not count: only ever higher, they
+ * matter when the rest moves) or once a minute, so that written_at shows
+ * the worker is alive.  A write failure becomes a finding, not an error.
+ */
+CREATE FUNCTION connect_guard.witness_refresh(p_path text, p_old jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_new jsonb := connect_guard.database_state();
+    v_volatile text[] := ARRAY['lsn', 'next_xid', 'written_at'];
+    v_message text;
+BEGIN
+    IF p_old IS NOT NULL AND (p_old - v_volatile) = (v_new - v_volatile)
+       AND (p_old ->> 'written_at')::timestamptz > clock_timestamp() - interval '1 minute' THEN
+        RETURN NULL;
+    END IF;
+    v_new := v_new || jsonb_build_object('lsn', connect_guard.witness_flush_lsn()::text,
+                                         'written_at', clock_timestamp());
+    BEGIN
+        PERFORM connect_guard.witness_write(p_path, v_new);
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT;
+        RETURN jsonb_build_object('finding', 'witness_unwritable', 'severity', 'warning', 'connection', NULL,
+                                  'detail', v_message || '; rollbacks cannot be detected until it is written');
+    END;
+    IF NOT EXISTS (SELECT 1 FROM connect_guard.witness w WHERE w.path = p_path) THEN
+        INSERT INTO connect_guard.witness (path) VALUES (p_path);
+        PERFORM connect_guard.log_event(NULL, 'witness_created', jsonb_build_object('path', p_path));
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+/*
+ * connect_guard.rollback_cycle is the worker's step: check, act on a
+ * rollback, release what is acknowledged, write the witness, and report
+ * problems with the witness once each (event and server log) rather than on
+ * every cycle.  Returns the incident id, 0 when there was no rollback.
+ */
+CREATE FUNCTION connect_guard.rollback_cycle(p_first_cycle boolean)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k record;
+    v_incident integer;
+    v_problem jsonb;
+    v_report jsonb;
+    f jsonb;
+BEGIN
+    IF pg_is_in_recovery() THEN
+        RETURN 0;
+    END IF;
+    k := connect_guard.rollback_check();
+    v_incident := connect_guard.rollback_act(k.findings, k.witness, 'worker', p_first_cycle);
+    PERFORM connect_guard.rollback_release();
+    IF k.write THEN
+        v_problem := connect_guard.witness_refresh(k.path,
+                                                   CASE WHEN v_incident IS NULL THEN k.witness END);
+        IF v_problem IS NOT NULL THEN
+            k.findings := k.findings || v_problem;
+        END IF;
+    END IF;
+
+    IF k.path IS NOT NULL THEN
+        SELECT coalesce(jsonb_agg(jsonb_build_object('finding', x ->> 'finding', 'connection', x ->> 'connection')), '[]')
+          INTO v_report
+          FROM jsonb_array_elements(k.findings) x WHERE x ->> 'severity' = 'warning';
+        IF v_report IS DISTINCT FROM (SELECT w.reported FROM connect_guard.witness w WHERE w.path = k.path) THEN
+            FOR f IN SELECT x FROM jsonb_array_elements(k.findings) x WHERE x ->> 'severity' = 'warning' LOOP
+                PERFORM connect_guard.log_event(NULL, f ->> 'finding',
+                    jsonb_build_object('path', k.path, 'connection', f ->> 'connection', 'detail', f ->> 'detail'));
+                RAISE WARNING USING
+                    MESSAGE = format('connect_guard: %s', f ->> 'detail'),
+                    HINT = 'See connect_check_rollback() and the connect_guard.witness_directory setting.';
+            END LOOP;
+            UPDATE connect_guard.witness w SET reported = v_report WHERE w.path = k.path;
+        END IF;
+    END IF;
+    RETURN coalesce(v_incident, 0);
+END;
+$$;
+
+/*
+ * connect_check_rollback says what the database looks like against its
+ * witness, and why, without acting: the worker acts on the same findings.
+ */
+CREATE FUNCTION connect_check_rollback()
+RETURNS TABLE (finding text, rollback boolean, connection text, detail text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k record;
+BEGIN
+    IF pg_is_in_recovery() THEN
+        RETURN QUERY SELECT 'in_recovery', false, NULL::text,
+            'a server in recovery is not compared with the witness; its worker does so when it is promoted';
+        RETURN;
+    END IF;
+    k := connect_guard.rollback_check();
+    RETURN QUERY
+        SELECT f ->> 'finding', f ->> 'severity' = 'rollback', f ->> 'connection', f ->> 'detail'
+          FROM jsonb_array_elements(k.findings) f;
+    IF k.witness IS NOT NULL AND NOT k.findings @> '[{"severity": "rollback"}]'
+       AND NOT k.findings @> '[{"severity": "warning"}]' THEN
+        RETURN QUERY SELECT 'no_rollback', false, NULL::text,
+            format('the database is at or beyond the witness "%s" written at %s (WAL %s, timeline %s, log head %s)',
+                   k.path, k.witness ->> 'written_at', k.witness ->> 'lsn', k.witness ->> 'timeline',
+                   k.witness ->> 'log_head');
+    END IF;
+END;
+$$;
+
+/*
+ * connect_reload_mapping asks for one table to be reloaded, as a detected
+ * rollback does for every table: the mapping goes to RELOAD_TABLE, the
+ * sync service is asked (heroku, webhook) or the local consumer reads the
+ * state, and with fence_on_rollback the table is fenced until the reload
+ * is acknowledged.  Returns the request id (NULL for a local connection).
+ */
+CREATE FUNCTION connect_reload_mapping(connection text, tbl regclass, timeout interval DEFAULT '1 day')
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c connect_guard.connection;
+    m connect_guard.mapping;
+    v_requests bigint[];
+    v_fence integer;
+BEGIN
+    c := connect_guard.connection_for_update(connection);
+    m := connect_guard.mapping_of(c, tbl);
+    IF EXISTS (SELECT 1 FROM connect_guard.request r
+                WHERE r.mapping_id = m.mapping_id AND r.action = 'reload' AND r.status = 'pending') THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('table %s of connection "%s" is already being reloaded', tbl, c.name),
+            DETAIL = format('Its mapping has been %s since %s, and its reload request is pending.', m.state, m.state_since),
+            HINT = 'See connect_requests; a failed reload can be asked for again.';
+    END IF;
+    v_requests := connect_guard.reload_mappings(ARRAY[m.mapping_id], 'requested by hand', coalesce(timeout, '1 day'));
+    -- a table an open incident already fences keeps that one fence
+    IF NOT EXISTS (SELECT 1 FROM connect_guard.rollback_incident i
+                    WHERE i.resolved_at IS NULL AND i.fence_id IS NOT NULL AND m.mapping_id = ANY (i.mapping_ids)) THEN
+        v_fence := connect_guard.reload_fence(ARRAY[m.mapping_id],
+            format('connection "%s" reloads this table (connect_reload_mapping)', c.name));
+    END IF;
+    IF v_fence IS NOT NULL THEN
+        INSERT INTO connect_guard.rollback_incident (source, findings, mapping_ids, fence_id, reload_requests)
+        VALUES ('manual', '[]', ARRAY[m.mapping_id], v_fence, v_requests);
+    END IF;
+    PERFORM connect_guard.log_event(c.connection_id, 'reload_requested', jsonb_build_object(
+        'table', format('%I.%I', m.table_schema, m.table_name), 'object_name', m.object_name,
+        'request_id', v_requests[1], 'fence_id', v_fence));
+    RETURN v_requests[1];
+END;
+$$;
+
+/*
+ * connect_mapping_reloaded is how a local consumer acknowledges that it
+ * has reloaded a table: the mapping is DATA_SYNCED again, and the reload
+ * fence comes down once nothing else it covers is still being reloaded.
+ */
+CREATE FUNCTION connect_mapping_reloaded(connection text, tbl regclass)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c connect_guard.connection;
+    m connect_guard.mapping;
+BEGIN
+    c := connect_guard.connection_for_update(connection);
+    m := connect_guard.mapping_of(c, tbl);
+    IF m.state <> 'RELOAD_TABLE' THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('table %s of connection "%s" is not being reloaded', tbl, c.name),
+            DETAIL = format('Its mapping is %s.', m.state),
+            HINT = 'Only a mapping in RELOAD_TABLE (see connect_mappings) can be acknowledged.';
+    END IF;
+    UPDATE connect_guard.mapping SET state = 'DATA_SYNCED', state_since = clock_timestamp()
+     WHERE mapping_id = m.mapping_id;
+    PERFORM connect_guard.log_event(c.connection_id, 'table_reloaded', jsonb_build_object(
+        'table', format('%I.%I', m.table_schema, m.table_name), 'object_name', m.object_name,
+        'acknowledged_by', session_user));
+    PERFORM connect_guard.rollback_release();
+END;
+$$;
+
+CREATE VIEW connect_rollback_incidents AS
+SELECT i.incident_id,
+       i.detected_at,
+       i.source,
+       (SELECT array_agg(f ->> 'finding') FROM jsonb_array_elements(i.findings) f) AS findings,
+       (SELECT array_agg(to_regclass(format('%I.%I', m.table_schema, m.table_name)) ORDER BY m.mapping_id)
+          FROM connect_guard.mapping m WHERE m.mapping_id = ANY (i.mapping_ids)) AS tables,
+       (SELECT count(*) FROM connect_guard.mapping m
+         WHERE m.mapping_id = ANY (i.mapping_ids) AND m.state = 'RELOAD_TABLE') AS reloads_pending,
+       i.fence_id,
+       i.resolved_at,
+       i.resolution
+  FROM connect_guard.rollback_incident i;

@@ -20,9 +20,10 @@ tar -C "$CG_ROOT" --exclude=.git --exclude='*.o' --exclude='*.so' --exclude='*.b
     as_run_user tar -C "$work/src" -xf -
 
 port=$(free_port 5460)
-# The regression outputs count what is in the hot log: the worker must not
-# archive behind their back (test/t/006_worker.pl tests that it does).
-cluster_init "$work" "$port" "connect_guard.archive_chunks = 0"
+# The regression outputs count what is in the hot log and the event log:
+# the worker must not archive or write witness events behind their back
+# (test/t/006_worker.pl and 012_rollback.pl test that it does).
+cluster_init "$work" "$port" "connect_guard.archive_chunks = 0" "connect_guard.witness_directory = ''"
 cluster_start "$work"
 
 # Each suite runs even when an earlier one failed, so that one run shows

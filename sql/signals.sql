@@ -158,14 +158,16 @@ SELECT state, status, attempts, last_error FROM connect_requests JOIN connect_st
  WHERE request_id = 10;
 ROLLBACK;
 
--- reload and refresh; Connect's mapping ids
-SELECT connect_reload_table('loc', 'contact');
-SELECT connect_reload_table('hk', 'contact');
+-- reload and refresh; Connect's mapping ids (a local reload: sql/rollback.sql)
+SELECT connect_reload_mapping('hk', 'contact');
 SELECT connect_refresh('wh');
 SELECT connect_set_mapping_remote_id('hk', 'account', 'no spaces please');
 BEGIN;
-SELECT connect_reload_table('hk', 'account', timeout => '1 hour');
+SELECT connect_reload_mapping('hk', 'account', timeout => '1 hour');
 SELECT table_name, state FROM connect_mappings WHERE connection = 'hk';
+-- the table is fenced while Connect reloads it
+SELECT scope, fenced_tables FROM connect_fences;
+SELECT show_error($$SELECT connect_reload_mapping('hk', 'account')$$);
 -- no remote id yet: the worker looks it up first
 SELECT t_step, t_method, t_url FROM connect_guard.request_take(8, 60000);
 SELECT connect_guard.request_outcome(11, 'lookup', 200, NULL,
@@ -177,13 +179,18 @@ SELECT connect_guard.request_outcome(11, 'poll', 200, NULL,
     '{"state": "IDLE", "mappings": [{"id": "map-account", "object_name": "Account", "state": "DATA_SYNCED"}]}');
 SELECT table_name, state, remote_id FROM connect_mappings WHERE connection = 'hk';
 SELECT action, table_name, status, attempts, polls, remote_state FROM connect_requests;
+SELECT count(*) AS fences_left FROM connect_fences;
+SELECT source, reloads_pending, resolution FROM connect_rollback_incidents;
 ROLLBACK;
 BEGIN;
 SELECT connect_refresh('hk');
 SELECT t_step, t_method, t_url FROM connect_guard.request_take(8, 60000);
 SELECT connect_guard.request_outcome(12, 'lookup', 200, NULL,
-    '{"state": "IDLE", "mappings": [{"id": "map-account", "object_name": "account", "state": "DATA_SYNCED"}]}');
+    '{"state": "IDLE", "high_water_mark": 42, "mappings": [{"id": "map-account", "object_name": "account", "state": "DATA_SYNCED"}]}');
 SELECT status, remote_state FROM connect_requests;
+-- Connect's own high-water mark is kept (the rollback checks compare it with the log)
+SELECT connection, sync_service_hwm, sync_service_hwm_at IS NOT NULL AS dated FROM connect_high_water_marks
+ WHERE connection = 'hk';
 SELECT detail - 'request_id' AS detail FROM connect_guard.event WHERE kind = 'refreshed';
 ROLLBACK;
 SELECT connect_set_mapping_remote_id('hk', 'account', 'map-account');

@@ -271,7 +271,7 @@ connect_guard_witness_write(PG_FUNCTION_ARGS)
 	int			fd;
 
 	get_parent_directory(dir);
-	if (pg_mkdir_p(dir, pg_dir_create_mode) != 0)
+	if (dir[0] != '\0' && pg_mkdir_p(dir, pg_dir_create_mode) != 0)
 		ereport(ERROR,
 				(errcode_for_file_access(),
 				 errmsg("could not create witness directory \"%s\": %m", dir),

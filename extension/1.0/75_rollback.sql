@@ -54,6 +54,19 @@ CREATE FUNCTION connect_guard.timeline_switch_lsn(ancestor integer)
 RETURNS pg_lsn LANGUAGE C STRICT
 AS 'MODULE_PATHNAME', 'connect_guard_timeline_switch_lsn';
 
+/*
+ * Which installation of the extension this is: a witness written before a
+ * DROP EXTENSION describes a log and marks that are gone on purpose.  The
+ * row travels with pg_upgrade and pg_dump (a restore into a new
+ * installation keeps the oldest row), so an upgrade keeps its identity.
+ */
+CREATE TABLE connect_guard.installation (
+    installation_id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    installed_at    timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+INSERT INTO connect_guard.installation DEFAULT VALUES;
+SELECT pg_catalog.pg_extension_config_dump('connect_guard.installation', '');
+
 -- the witness files this database has written, and the findings last reported about each
 CREATE TABLE connect_guard.witness (
     path            text PRIMARY KEY,
@@ -99,6 +112,8 @@ AS $$
         'format', 1,
         'system_identifier', connect_guard.system_identifier()::text,
         'database', current_database(),
+        'installation', (SELECT i.installation_id FROM connect_guard.installation i
+                          ORDER BY i.installed_at LIMIT 1),
         'timeline', connect_guard.current_timeline(),
         'next_xid', pg_snapshot_xmax(pg_current_snapshot())::text::bigint,
         'log_head', connect_guard.log_sequence_head(),
@@ -324,6 +339,12 @@ BEGIN
         l := ROW(NULL::text, 'unusable', NULL::jsonb, v_message, NULL::integer);
     END;
     path := l.path;
+    IF l.status = 'ok' AND l.content ->> 'installation' IS DISTINCT FROM v_state ->> 'installation' THEN
+        l.status := 'reinstalled';
+        l.detail := format('"%s" was written by installation %s of connect_guard, which was dropped; this is installation %s',
+                           l.path, coalesce(l.content ->> 'installation', 'unknown'), v_state ->> 'installation');
+        l.content := NULL;
+    END IF;
     witness := l.content;
     SELECT coalesce(jsonb_agg(jsonb_build_object('finding', f.finding, 'severity', f.severity,
                                                  'connection', f.connection, 'detail', f.detail)), '[]')
@@ -336,11 +357,12 @@ BEGIN
                                                   THEN 'witness_missing' ELSE 'witness_new' END
                          WHEN 'unusable' THEN 'witness_unwritable'
                          ELSE 'witness_' || l.status END,
-            'severity', CASE WHEN l.status = 'disabled'
+            'severity', CASE WHEN l.status IN ('disabled', 'reinstalled')
                                OR (l.status = 'missing' AND NOT EXISTS (SELECT 1 FROM connect_guard.witness WHERE witness.path = l.path))
                              THEN 'info' ELSE 'warning' END,
             'connection', NULL,
             'detail', CASE l.status
+                        WHEN 'reinstalled' THEN l.detail || '; it is replaced'
                         WHEN 'disabled' THEN 'connect_guard.witness_directory is empty: rollbacks are detected only from what the sync service reports'
                         WHEN 'missing' THEN format('there is no witness at "%s"%s; a new one is written, and nothing is compared until then',
                                                    l.path, CASE WHEN EXISTS (SELECT 1 FROM connect_guard.witness WHERE witness.path = l.path)
@@ -733,8 +755,9 @@ SELECT i.incident_id,
        (SELECT array_agg(f ->> 'finding') FROM jsonb_array_elements(i.findings) f) AS findings,
        (SELECT array_agg(to_regclass(format('%I.%I', m.table_schema, m.table_name)) ORDER BY m.mapping_id)
           FROM connect_guard.mapping m WHERE m.mapping_id = ANY (i.mapping_ids)) AS tables,
-       (SELECT count(*) FROM connect_guard.mapping m
-         WHERE m.mapping_id = ANY (i.mapping_ids) AND m.state = 'RELOAD_TABLE') AS reloads_pending,
+       CASE WHEN i.resolved_at IS NULL
+            THEN (SELECT count(*) FROM connect_guard.mapping m
+                   WHERE m.mapping_id = ANY (i.mapping_ids) AND m.state = 'RELOAD_TABLE') END AS reloads_pending,
        i.fence_id,
        i.resolved_at,
        i.resolution

@@ -1,0 +1,373 @@
+# Rollback detection by witness.  Every node of this test descends from one
+# initdb (one system identifier) and shares one witness directory, kept
+# outside the data directories as a deployment keeps it out of reach of a
+# restore: so every node reads the witness its predecessor wrote.
+#
+#   1. a primary with archiving, a heroku connection 'sync' mapping account
+#      and contact (through the simulator) and a local connection 'archive'
+#      mapping account; its first witness
+#   2. no false positive after a plain restart, nor after a crash restart
+#   3. no false positive when a caught-up streaming follower is promoted; it
+#      becomes the primary of what follows and witnesses timeline 2
+#   4. a point-in-time restore to before the last consumed batch: found on
+#      the worker's first cycle, every mapping reloaded (one reload POST per
+#      heroku mapping), the mapped tables fenced until every reload is
+#      acknowledged, log ids never reused, the witness replaced
+#   5. a forged witness (fails its checksum) and a missing one: reported,
+#      not trusted, written anew
+use strict;
+use warnings;
+use File::Spec;
+use HTTP::Tiny;
+use JSON::PP;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(sleep);
+
+my $dir     = PostgreSQL::Test::Utils::tempdir;
+my $wdir    = PostgreSQL::Test::Utils::tempdir;    # the witness directory of every node
+my $token   = 'tok-' . join('', map { sprintf '%02x', int(rand(256)) } 1 .. 16);
+my $conn_id = '6a1b0f3e-0000-4000-8000-0000000012b0';
+my %remote  = (account => 'map-account', contact => 'map-contact');
+my $header_re = qr/^connect_guard witness 1 crc32c=[0-9a-f]{8} bytes=\d+$/;
+
+# -- the simulator: a reload stays RELOAD_TABLE until the test acknowledges it
+
+my $token_file = "$dir/connect.token";
+append_to_file($token_file, "$token\n");
+chmod 0600, $token_file or die "chmod: $!";
+my $config = "$dir/connect.json";
+append_to_file($config, encode_json({ connections => [ {
+	id => $conn_id, name => 'sync', schema_name => 'public',
+	mappings => [ map { { id => $remote{$_}, object_name => ucfirst $_ } } sort keys %remote ] } ] }));
+my ($sim_out, $sim_err) = ('', '');
+my $sim;
+{
+	local $ENV{CONNECT_SIM_TOKEN} = $token;
+	$sim = IPC::Run::start(
+		[ '/usr/bin/python3', File::Spec->rel2abs('test/simulator/connect_sim.py'),
+		  '--port', '0', '--config', $config, '--reload-seconds', '600' ],
+		'>', \$sim_out, '2>', \$sim_err);
+}
+foreach (1 .. 300) { last if $sim_out =~ /^LISTENING \d+$/m; $sim->pump_nb; sleep 0.1; }
+my ($port) = $sim_out =~ /^LISTENING (\d+)$/m or BAIL_OUT("the simulator did not start: $sim_err");
+my $base = "http://127.0.0.1:$port";
+my $http = HTTP::Tiny->new(timeout => 10);
+
+sub sim
+{
+	my ($method, $path, $body) = @_;
+	my $r = $http->request($method, "$base$path",
+		$body ? { content => encode_json($body), headers => { 'Content-Type' => 'application/json' } } : {});
+	die "simulator: $method $path: $r->{status} $r->{content}" unless $r->{success};
+	return decode_json($r->{content});
+}
+sub sim_posts { return grep { $_->{method} eq 'POST' } @{ sim('GET', '/_sim/requests')->{requests} }; }
+
+# -- helpers -------------------------------------------------------------------
+
+sub sql { my ($node, $query) = @_; return $node->safe_psql('postgres', $query); }
+
+# write_error returns the SQLSTATE a statement gets ('' when it works)
+sub write_error
+{
+	my ($node, $query) = @_;
+	my ($rc, $o, $e) = $node->psql('postgres', "\\set VERBOSITY sqlstate\n$query");
+	return $rc == 0 ? '' : ($e =~ /ERROR:\s+(\w{5})/ ? $1 : $e);
+}
+
+# write_rows writes $n rows into each mapped table: 2 * $n log entries
+sub write_rows
+{
+	my ($node, $n) = @_;
+	sql($node, "INSERT INTO account (name) SELECT 'a' || g FROM generate_series(1, $n) g;
+	            INSERT INTO contact (name) SELECT 'c' || g FROM generate_series(1, $n) g");
+}
+
+# consume drains both connections as a sync service does
+sub consume
+{
+	my ($node) = @_;
+	foreach my $c ('sync', 'archive')
+	{
+		while ((my $b = sql($node, "SELECT connect_next_batch('$c')")) ne '')
+		{ sql($node, "SELECT count(*) FROM connect_batch_events($b); SELECT connect_finish_batch($b)"); }
+	}
+}
+
+sub hwm { return sql($_[0], "SELECT hwm_id FROM connect_high_water_marks WHERE connection = 'sync'"); }
+sub events { return sql($_[0], "SELECT count(*) FROM connect_guard.event WHERE kind = '$_[1]'"); }
+
+my $sysid;    # every node's: they all descend from the primary's initdb
+sub witness_path { return "$wdir/connect_guard-$sysid-postgres.witness"; }
+
+# witness reads the witness file: its JSON body, with _header and _raw
+# added; undef when there is no file
+sub witness
+{
+	return undef unless -e witness_path();
+	my $raw = slurp_file(witness_path());
+	my ($header, $body) = split /\n/, $raw, 2;
+	my $json = eval { decode_json($body // '') } // {};
+	return { %$json, _header => $header, _raw => $raw };
+}
+
+# wait_witness returns the witness once $cond holds for it (undef on timeout)
+sub wait_witness
+{
+	my ($cond) = @_;
+	foreach (1 .. 10 * $PostgreSQL::Test::Utils::timeout_default)
+	{
+		my $w = witness();
+		return $w if $w && $cond->($w);
+		sleep 0.1;
+	}
+	return undef;
+}
+
+# settle makes a change and waits until the worker has witnessed it: by then
+# its start-up check has run; then it lets a few more cycles (200ms) pass
+sub settle
+{
+	my ($node) = @_;
+	write_rows($node, 1);
+	consume($node);
+	my $hwm = hwm($node);
+	my $w = wait_witness(sub { ($_[0]{connections}{sync}{hwm_id} // -1) == $hwm });
+	sleep 0.6;
+	return $w;
+}
+
+# no_rollback: nothing was detected, nothing acted upon, nothing found now
+sub no_rollback
+{
+	my ($node, $what) = @_;
+	is(events($node, 'rollback_detected'), '0', "$what: no rollback_detected event");
+	is(sql($node, 'SELECT count(*) FROM connect_guard.rollback_incident'), '0', "$what: no incident");
+	is(sql($node, 'SELECT count(*) FROM connect_check_rollback() WHERE rollback'), '0',
+		"$what: connect_check_rollback() finds no rollback");
+	is(sql($node, "SELECT string_agg(DISTINCT state, ',') FROM connect_mappings"), 'DATA_SYNCED',
+		"$what: no mapping is to be reloaded");
+	is(sql($node, 'SELECT count(*) FROM connect_fences'), '0', "$what: nothing is fenced");
+}
+
+# -- 1. the primary ------------------------------------------------------------
+
+my $primary = PostgreSQL::Test::Cluster->new('primary');
+$primary->init(has_archiving => 1, allows_streaming => 1);
+$primary->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'connect_guard'
+connect_guard.naptime = '200ms'
+connect_guard.witness_directory = '$wdir'
+});
+$primary->start;
+$sysid = sql($primary, 'SELECT system_identifier FROM pg_control_system()');
+sql($primary, qq{
+	CREATE EXTENSION connect_guard;
+	CREATE TABLE account (id bigserial PRIMARY KEY, name text);
+	CREATE TABLE contact (id bigserial PRIMARY KEY, name text);
+	CREATE TABLE note (id bigserial PRIMARY KEY, body text);
+	SELECT connect_create_connection('sync', 'heroku',
+		jsonb_build_object('region_url', '$base', 'connection_id', '$conn_id', 'token_file', '$token_file'));
+	SELECT connect_map_table('sync', 'account', 'Account');
+	SELECT connect_map_table('sync', 'contact', 'Contact');
+	SELECT connect_create_connection('archive');
+	SELECT connect_map_table('archive', 'account');
+	SELECT connect_refresh('sync');
+});
+ok($primary->poll_query_until('postgres', q{SELECT string_agg(table_relname || '=' || remote_id, ',' ORDER BY table_relname)
+	FROM connect_mappings WHERE connection = 'sync'}, 'account=map-account,contact=map-contact'),
+	'connect_refresh filled in the remote ids by object name');
+write_rows($primary, 5);
+consume($primary);
+is(sql($primary, "SELECT string_agg(DISTINCT state, ',') FROM connect_mappings"), 'DATA_SYNCED',
+	'every mapping is DATA_SYNCED once its connection finished a batch');
+
+my $w = settle($primary);
+ok($w, 'the worker writes the witness into connect_guard.witness_directory');
+like($w->{_header}, $header_re, 'its first line: format, checksum, length');
+is($w->{system_identifier}, $sysid, 'it names the system identifier, as text');
+is("$w->{database} $w->{timeline}", 'postgres 1', 'the database, and timeline 1');
+is($w->{connections}{archive}{hwm_id}, sql($primary, "SELECT hwm_id FROM connect_high_water_marks WHERE connection = 'archive'"),
+	'and the HWM of every connection');
+is(events($primary, 'witness_created'), '1', 'the first witness is in the event log');
+is(sql($primary, "SELECT finding || ' ' || rollback FROM connect_check_rollback()"), 'no_rollback false',
+	'connect_check_rollback(): one row, no_rollback');
+
+# -- 2. restarts are not rollbacks ----------------------------------------------
+
+$primary->restart;
+ok(settle($primary), 'plain restart: the worker witnessed a change since');
+no_rollback($primary, 'plain restart');
+
+# crash right after the worker witnessed a change: the witnessed LSN must
+# be one the crash recovery gets back to
+$primary->stop('immediate');
+$primary->start;
+ok(settle($primary), 'crash restart: the worker witnessed a change since');
+no_rollback($primary, 'crash restart');
+
+# -- 3. the promotion of a caught-up follower is not a rollback ---------------
+
+$primary->backup('for_standby');
+my $standby = PostgreSQL::Test::Cluster->new('standby');
+$standby->init_from_backup($primary, 'for_standby', has_streaming => 1);
+$standby->enable_archiving;    # once promoted, for the restore of part 4
+$standby->start;
+write_rows($primary, 10);
+consume($primary);
+settle($primary);
+$primary->wait_for_catchup($standby);
+$primary->stop;    # fast: the standby receives everything up to the shutdown checkpoint
+my $last = witness();
+ok($standby->poll_query_until('postgres', "SELECT pg_last_wal_replay_lsn() >= '$last->{lsn}'"),
+	"the standby replayed past the primary's last witnessed LSN $last->{lsn}");
+$standby->promote;
+ok($standby->poll_query_until('postgres', 'SELECT NOT pg_is_in_recovery()'), 'promoted');
+$w = settle($standby);
+ok($w, 'the promoted node witnessed a change');
+is($w->{timeline}, 2, 'its own witness, on timeline 2');
+no_rollback($standby, 'promotion of a caught-up follower');
+is(sql($standby, "SELECT count(*) FROM connect_check_rollback() WHERE finding NOT IN ('promoted', 'no_rollback')"), '0',
+	'connect_check_rollback() says promoted or no_rollback, nothing else');
+
+# -- 4. a point-in-time restore to before the last consumed batch ------------
+
+my $new_primary = $standby;
+$new_primary->backup('before_pitr');
+write_rows($new_primary, 10);
+consume($new_primary);
+write_rows($new_primary, 10);
+consume($new_primary);
+my $target = sql($new_primary, 'SELECT pg_current_wal_lsn()');
+my $hwm_at_target = hwm($new_primary);
+# 100 entries: more than a sequence logs ahead (32), so that a restored log
+# id sequence would hand out witnessed ids again unless it is advanced
+write_rows($new_primary, 50);
+consume($new_primary);
+my $hwm_last = hwm($new_primary);
+ok(wait_witness(sub { ($_[0]{connections}{sync}{hwm_id} // -1) == $hwm_last }),
+	"the witness records the last batch's HWM $hwm_last");
+my $walfile = sql($new_primary, 'SELECT pg_walfile_name(pg_switch_wal())');
+ok($new_primary->poll_query_until('postgres', "SELECT last_archived_wal >= '$walfile' FROM pg_stat_archiver"),
+	'the WAL up to there is archived');
+$new_primary->stop;
+my $before = witness();
+cmp_ok($before->{log_head}, '>=', $hwm_last, 'the witnessed log head');
+
+sim('POST', '/_sim/reset', {});
+my $restored = PostgreSQL::Test::Cluster->new('restored');
+$restored->init_from_backup($new_primary, 'before_pitr', has_restoring => 1, standby => 0);
+$restored->append_conf('postgresql.conf', qq{
+recovery_target_lsn = '$target'
+recovery_target_action = 'promote'
+archive_mode = off
+});
+$restored->start;
+ok($restored->poll_query_until('postgres', 'SELECT NOT pg_is_in_recovery()'), 'restored to before the last batch, promoted');
+is(hwm($restored), $hwm_at_target, "the HWM went back to $hwm_at_target");
+ok($restored->poll_query_until('postgres', "SELECT count(*) > 0 FROM connect_guard.event WHERE kind = 'rollback_detected'"),
+	'the worker detects the rollback');
+is(sql($restored, "SELECT detail->>'first_cycle' FROM connect_guard.event WHERE kind = 'rollback_detected'"), 'true',
+	"on its first cycle after start-up");
+my $findings = q{(SELECT f.* FROM connect_guard.event e, jsonb_array_elements(e.detail->'findings') f
+                  WHERE e.kind = 'rollback_detected') AS f(x)};
+my $found = sql($restored, "SELECT string_agg(DISTINCT x->>'finding', ',') FROM $findings");
+like($found, qr/\btimeline_forked_before_witness\b/, "findings ($found): forked before the witnessed LSN");
+like($found, qr/\bhwm_behind_witness\b/, 'the HWM is behind the witness');
+like($found, qr/\blog_head_behind_witness\b/, 'the log head is behind the witness');
+is(sql($restored, "SELECT string_agg(DISTINCT x->>'connection', ',' ORDER BY x->>'connection') FROM $findings WHERE x->>'finding' = 'hwm_behind_witness'"),
+	'archive,sync', 'for both connections');
+is(sql($restored, "SELECT string_agg(connection || '.' || table_relname || ':' || state, ',' ORDER BY connection, table_relname) FROM connect_mappings"),
+	'archive.account:RELOAD_TABLE,sync.account:RELOAD_TABLE,sync.contact:RELOAD_TABLE', 'every mapping is to be reloaded');
+
+my %reload = map { ("/api/v3/mappings/$remote{$_}/actions/reload" => $_) } keys %remote;
+my @posts;
+foreach (1 .. 10 * $PostgreSQL::Test::Utils::timeout_default) { last if (@posts = sim_posts()) >= 2; sleep 0.1; }
+foreach my $path (sort keys %reload)
+{
+	is(scalar(grep { $_->{path} eq $path && $_->{status} == 202 } @posts), 1, "Connect was asked once to reload $reload{$path}");
+}
+is(sql($restored, "SELECT count(*) || ' ' || count(DISTINCT table_name) FROM connect_requests WHERE connection = 'sync' AND action = 'reload'"),
+	sql($restored, "SELECT count(*) || ' ' || count(*) FROM connect_mappings WHERE connection = 'sync'"),
+	'a reload request for every mapping of sync, one per table');
+is(sql($restored, q{SELECT (SELECT string_agg(r, ',' ORDER BY r::bigint) FROM jsonb_array_elements_text(detail->'reload_requests') r)
+                    FROM connect_guard.event WHERE kind = 'rollback_detected'}),
+	sql($restored, "SELECT string_agg(request_id::text, ',' ORDER BY request_id) FROM connect_requests WHERE action = 'reload'"),
+	'the event names them');
+is(sql($restored, q{SELECT source || ' ' || cardinality(mapping_ids) || ' ' || cardinality(reload_requests) || ' '
+                    || (fence_id IS NOT NULL)::text || ' ' || (resolved_at IS NULL)::text FROM connect_guard.rollback_incident}),
+	'worker 3 2 true true', 'one incident: from the worker, 3 mappings, 2 reloads, a fence, unresolved');
+
+ok($restored->poll_query_until('postgres', "SELECT count(*) = 1 FROM connect_fences WHERE scope = 'reload'"),
+	'a reload fence is up');
+is(write_error($restored, "INSERT INTO account (name) VALUES ('x')"), '25006', 'account is fenced');
+is(write_error($restored, "UPDATE contact SET name = 'y'"), '25006', 'contact is fenced');
+is(write_error($restored, "INSERT INTO note (body) VALUES ('x')"), '', 'a table no connection maps is not');
+
+# Connect finishes both reloads; the local consumer has not reloaded yet
+sim('POST', '/_sim/state', { mappings => [ map { { id => $_, state => 'DATA_SYNCED' } } values %remote ] });
+ok($restored->poll_query_until('postgres',
+	"SELECT count(*) = 2 AND bool_and(status = 'succeeded') FROM connect_requests WHERE action = 'reload'"),
+	'both reload requests succeed once Connect reports DATA_SYNCED');
+is(sql($restored, "SELECT string_agg(connection || '.' || table_relname || ':' || state, ',' ORDER BY connection, table_relname) FROM connect_mappings"),
+	'archive.account:RELOAD_TABLE,sync.account:DATA_SYNCED,sync.contact:DATA_SYNCED', 'the heroku mappings are synced again');
+is(write_error($restored, "INSERT INTO account (name) VALUES ('x')"), '25006', 'account stays fenced: archive has not reloaded');
+is(events($restored, 'rollback_resolved'), '0', 'not resolved yet');
+
+sql($restored, "SELECT connect_mapping_reloaded('archive', 'account')");
+ok($restored->poll_query_until('postgres', q{SELECT (SELECT count(*) FROM connect_fences) = 0
+	AND (SELECT count(*) FROM connect_guard.event WHERE kind = 'rollback_resolved') = 1}),
+	'once every reload is acknowledged the fence goes down: rollback_resolved');
+is(write_error($restored, "INSERT INTO account (name) VALUES ('after')"), '', 'account is writable');
+is(write_error($restored, "UPDATE contact SET name = 'z'"), '', 'contact is writable');
+is(sql($restored, 'SELECT (resolved_at IS NOT NULL)::text FROM connect_guard.rollback_incident'), 'true', 'the incident is resolved');
+my $new_id = sql($restored, q{SELECT max(id) FROM connect_guard.trigger_log WHERE "values"->>'name' = 'after'});
+cmp_ok($new_id, '>', $before->{log_head}, "a new entry gets id $new_id, above the witnessed log head: no id is used twice");
+$w = wait_witness(sub { ($_[0]{timeline} // 0) == 3 });
+ok($w, 'the restored node replaced the witness (timeline 3)');
+is(sql($restored, 'SELECT count(*) FROM connect_check_rollback() WHERE rollback'), '0', 'connect_check_rollback() is clean again');
+is(events($restored, 'rollback_detected'), '1', 'the rollback was detected once, not again on later cycles');
+is(scalar(sim_posts()), 2, 'and Connect got no further reload');
+
+# -- 5. a forged, then a missing witness: reported, not trusted, replaced ------
+
+my $real = settle($restored);
+$restored->stop;
+# a longer log and higher HWMs than the database has, as many bytes: only
+# the checksum tells; trusted, it would be a rollback
+(my $forged = $real->{_raw}) =~ s/("(?:log_head|hwm_id)"\s*:\s*"?)(\d+)/$1 . ($2 =~ tr{0-8}{9}r)/ge;
+isnt($forged, $real->{_raw}, 'a forged witness');
+open my $fh, '>', witness_path() or die $!;
+print $fh $forged or die $!;
+close $fh or die $!;
+my $offset = -s $restored->logfile;
+$restored->start;
+ok($restored->poll_query_until('postgres', "SELECT count(*) = 1 FROM connect_guard.event WHERE kind = 'witness_corrupt'"),
+	'witness_corrupt is logged');
+like(sql($restored, "SELECT detail->>'detail' FROM connect_guard.event WHERE kind = 'witness_corrupt'"), qr/checksum/,
+	'its detail says it fails its checksum');
+is(sql($restored, "SELECT detail->>'path' FROM connect_guard.event WHERE kind = 'witness_corrupt'"), witness_path(), 'and names the file');
+$w = wait_witness(sub { $_[0]{_raw} ne $forged });
+ok($w, 'the witness is written anew');
+like($w->{_header}, $header_re, 'with a valid header');
+is($w->{log_head}, $real->{log_head}, 'and the real log head');
+ok($restored->log_contains(qr/WARNING: .*witness/, $offset), 'the server log has a WARNING');
+is(events($restored, 'rollback_detected'), '1', 'the forged witness was not trusted: no new rollback');
+is(sql($restored, 'SELECT count(*) FROM connect_guard.rollback_incident'), '1', 'no new incident');
+
+$restored->stop;
+unlink witness_path() or die "unlink: $!";
+$restored->start;
+ok($restored->poll_query_until('postgres', "SELECT count(*) = 1 FROM connect_guard.event WHERE kind = 'witness_missing'"),
+	'a missing witness is logged as witness_missing');
+$w = wait_witness(sub { 1 });
+ok($w, 'the witness is written anew');
+like($w->{_header}, $header_re, 'with a valid header');
+is(events($restored, 'rollback_detected'), '1', 'no rollback detected');
+is(sql($restored, 'SELECT count(*) FROM connect_check_rollback() WHERE rollback'), '0', 'connect_check_rollback() is clean');
+
+$sim->kill_kill;
+$restored->stop;
+done_testing();

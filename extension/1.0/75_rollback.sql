@@ -212,6 +212,7 @@ DECLARE
     v_dhead bigint := (d ->> 'log_head')::bigint;
     v_switch pg_lsn;
     v_protected pg_lsn;
+    v_old_primary_went_on boolean := false;
     p connect_guard.upgrade_plan;
     c record;
 BEGIN
@@ -243,6 +244,7 @@ BEGIN
                  ORDER BY u.plan_id DESC LIMIT 1;
                 IF FOUND AND p.fence_lsn < v_protected THEN
                     v_protected := p.fence_lsn;
+                    v_old_primary_went_on := true;
                 END IF;
                 IF v_switch < v_protected THEN
                     RETURN QUERY SELECT 'timeline_forked_before_witness', 'rollback', NULL::text,
@@ -261,12 +263,15 @@ BEGIN
             RETURN QUERY SELECT 'superseded', 'warning', NULL::text,
                 format('a server on timeline %s, a follower promoted after this server (timeline %s) fenced itself for a changeover, writes the witness now: this server leaves it alone',
                        v_wtli, v_dtli);
+            -- the new primary's log and marks have moved on; this server is not behind, it is retired
+            RETURN;
         ELSE
             RETURN QUERY SELECT 'timeline_behind_witness', 'rollback', NULL::text,
                 format('this server is on timeline %s, but the witness was written on timeline %s at %s: it is a copy from before a promotion',
                        v_dtli, v_wtli, w ->> 'written_at');
         END IF;
-        IF (d ->> 'next_xid')::bigint < (w ->> 'next_xid')::bigint THEN
+        -- (xids the fenced old primary used after its fence are no one's concern)
+        IF (d ->> 'next_xid')::bigint < (w ->> 'next_xid')::bigint AND NOT v_old_primary_went_on THEN
             RETURN QUERY SELECT 'txid_behind_witness', 'rollback', NULL::text,
                 format('the next transaction id is %s, below %s that the witness recorded: transaction ids will be handed out again',
                        d ->> 'next_xid', w ->> 'next_xid');
@@ -620,17 +625,23 @@ BEGIN
         END IF;
     END IF;
 
+    -- warnings, and the crossing of a promotion or an upgrade, go to the event log
     IF k.path IS NOT NULL THEN
         SELECT coalesce(jsonb_agg(jsonb_build_object('finding', x ->> 'finding', 'connection', x ->> 'connection')), '[]')
           INTO v_report
-          FROM jsonb_array_elements(k.findings) x WHERE x ->> 'severity' = 'warning';
+          FROM jsonb_array_elements(k.findings) x
+         WHERE x ->> 'severity' = 'warning' OR x ->> 'finding' IN ('promoted', 'upgraded');
         IF v_report IS DISTINCT FROM (SELECT w.reported FROM connect_guard.witness w WHERE w.path = k.path) THEN
-            FOR f IN SELECT x FROM jsonb_array_elements(k.findings) x WHERE x ->> 'severity' = 'warning' LOOP
-                PERFORM connect_guard.log_event(NULL, f ->> 'finding',
+            FOR f IN SELECT x FROM jsonb_array_elements(k.findings) x
+                      WHERE x ->> 'severity' = 'warning' OR x ->> 'finding' IN ('promoted', 'upgraded') LOOP
+                PERFORM connect_guard.log_event(NULL,
+                    CASE WHEN f ->> 'finding' LIKE 'witness\_%' THEN f ->> 'finding' ELSE 'witness_' || (f ->> 'finding') END,
                     jsonb_build_object('path', k.path, 'connection', f ->> 'connection', 'detail', f ->> 'detail'));
-                RAISE WARNING USING
-                    MESSAGE = format('connect_guard: %s', f ->> 'detail'),
-                    HINT = 'See connect_check_rollback() and the connect_guard.witness_directory setting.';
+                IF f ->> 'severity' = 'warning' THEN
+                    RAISE WARNING USING
+                        MESSAGE = format('connect_guard: %s', f ->> 'detail'),
+                        HINT = 'See connect_check_rollback() and the connect_guard.witness_directory setting.';
+                END IF;
             END LOOP;
             UPDATE connect_guard.witness w SET reported = v_report WHERE w.path = k.path;
         END IF;

@@ -14,9 +14,14 @@ use Time::HiRes qw(time);
 
 my $primary = PostgreSQL::Test::Cluster->new('old_primary');
 $primary->init(allows_streaming => 1);
+# both servers keep their rollback witness in one directory, as servers of
+# one lineage should: the promoted follower compares itself with what the
+# old primary recorded, and must not take the changeover for a rollback
+my $witness_dir = PostgreSQL::Test::Utils::tempdir;
 $primary->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'connect_guard'
 connect_guard.naptime = '200ms'
+connect_guard.witness_directory = '$witness_dir'
 });
 $primary->start;
 $primary->safe_psql('postgres', q{
@@ -107,6 +112,20 @@ my $log = '(SELECT id FROM connect_guard.trigger_log UNION ALL SELECT id FROM co
 is($follower->safe_psql('postgres', "SELECT count(*) FROM $log l"), $writes, "$writes committed writes, as many log entries");
 is($follower->safe_psql('postgres', 'SELECT count(DISTINCT entry_id) FROM consumed'), $writes, 'all delivered');
 is($follower->safe_psql('postgres', 'SELECT count(*) FROM consumed'), $writes, 'none twice');
+
+# no rollback seen on either side: the new primary crossed the promotion
+# (the plan's fence covers what the old primary wrote after it), the old
+# one leaves the witness to the newer timeline
+ok($follower->poll_query_until('postgres', "SELECT count(*) = 1 FROM connect_guard.event WHERE kind = 'witness_promoted'"),
+    'the new primary compared itself with the old primary\'s witness and saw a promotion');
+ok($primary->poll_query_until('postgres', "SELECT count(*) = 1 FROM connect_guard.event WHERE kind = 'witness_superseded'"),
+    'the old primary sees the newer timeline in the witness and stops writing it');
+is($follower->safe_psql('postgres', "SELECT count(*) FROM connect_guard.event WHERE kind = 'rollback_detected'"), '0',
+    'no rollback detected on the new primary');
+is($primary->safe_psql('postgres', "SELECT count(*) FROM connect_guard.event WHERE kind = 'rollback_detected'"), '0',
+    'nor on the old one');
+is($follower->safe_psql('postgres', "SELECT string_agg(finding, ',') FROM connect_check_rollback() WHERE rollback"), '',
+    'connect_check_rollback agrees');
 
 my $timeline = $follower->safe_psql('postgres',
     "SELECT string_agg(step || ' ' || coalesce(round(extract(epoch FROM duration) * 1000)::text || ' ms', '-'), ', ') FROM connect_upgrade_timeline($plan)");

@@ -17,9 +17,13 @@ use Test::More;
 use Time::HiRes qw(time);
 
 my $bindir = '/usr/lib/postgresql/15/bin';
+# one witness directory for both clusters: the new one finds the old one's
+# witness through the plan, which names the old system identifier
+my $witness_dir = PostgreSQL::Test::Utils::tempdir;
 my $conf = qq{
 shared_preload_libraries = 'connect_guard'
 connect_guard.naptime = '200ms'
+connect_guard.witness_directory = '$witness_dir'
 };
 
 my $old = PostgreSQL::Test::Cluster->new('old');
@@ -162,6 +166,11 @@ is($new->safe_psql('postgres', "SELECT detail->>'system_identifier' FROM connect
 is($new->safe_psql('postgres', 'SELECT count(*) FROM connect_fences'), '0', 'the fence carried over is lowered');
 is($new->safe_psql('postgres', 'SELECT state FROM connect_connections'), 'IDLE', 'the connection is resumed');
 is($new->safe_psql('postgres', 'SELECT count(*) FROM writes'), $old_writes, 'every write came through pg_upgrade');
+ok($new->poll_query_until('postgres', "SELECT count(*) = 1 FROM connect_guard.event WHERE kind = 'witness_upgraded'"),
+    'the new cluster compared itself with the old cluster\'s witness');
+is($new->safe_psql('postgres', "SELECT count(*) FROM connect_guard.event WHERE kind = 'rollback_detected'"), '0',
+    'a planned pg_upgrade is not taken for a rollback');
+ok(-f "$witness_dir/connect_guard-$new_sysid-postgres.witness", 'the new cluster writes its own witness');
 
 # the consumer goes on, on the new cluster, under new load
 ($out, $err) = ('', '');

@@ -52,8 +52,11 @@ SELECT * FROM findings(jsonb_set(jsonb_set(jsonb_set(jsonb_set(:'w', '{lsn}', '"
 -- an older timeline than the witness's, or one that does not descend from it
 SELECT * FROM findings(jsonb_set(:'w', '{timeline}', '9'));
 SELECT * FROM findings(jsonb_set(:'w', '{timeline}', '0'));
--- a connection the database does not have; the sync service ahead of the log
+-- a connection the database does not have, or has anew under its name: nothing to compare
 SELECT * FROM findings(jsonb_set(:'w', '{connections,gone}', '{"hwm_id": 1, "last_tick": 1}'));
+SELECT * FROM findings(jsonb_set(jsonb_set(:'w', '{connections,loc,hwm_id}', '999'),
+                                 '{connections,loc,created_at}', '"2001-01-01T00:00:00+00:00"'));
+-- the sync service ahead of the log
 SELECT * FROM findings(jsonb_set(:'w', '{connections,loc,remote_hwm}', '500'));
 -- the details say what was found and why
 SELECT detail FROM connect_guard.rollback_findings(jsonb_set(:'w', '{log_head}', '1000'),

@@ -12,7 +12,9 @@
  *
  *   phase 'send'     POST the action (heroku: expect 202; webhook: any 2xx),
  *                    retried with backoff (1 s doubling, at most 60 s) up to
- *                    connect_guard.http_max_attempts
+ *                    connect_guard.http_max_attempts.  A webhook answers a
+ *                    reload with 200 when it has reloaded, or 202 when it
+ *                    will, and then calls connect_mapping_reloaded()
  *   phase 'confirm'  heroku only: GET the connection (deep) until Connect
  *                    reports the state the action leads to, for at most
  *                    the request's timeout_s
@@ -965,7 +967,11 @@ BEGIN
         PERFORM connect_guard.log_event(c.connection_id, 'request_accepted',
             jsonb_build_object('request_id', r.request_id, 'action', r.action, 'attempt', r.attempts,
                                'http_status', p_http_status));
-        IF c.adapter = 'heroku' AND r.action IN ('pause', 'resume', 'reload') THEN
+        IF c.adapter = 'webhook' AND r.action = 'reload' AND p_http_status = 202 THEN
+            -- 202 Accepted: the receiver reloads later and acknowledges with connect_mapping_reloaded()
+            UPDATE connect_guard.request SET remote_state = 'RELOAD_TABLE' WHERE request_id = r.request_id;
+            PERFORM connect_guard.request_close(r.request_id, 'succeeded');
+        ELSIF c.adapter = 'heroku' AND r.action IN ('pause', 'resume', 'reload') THEN
             UPDATE connect_guard.request
                SET phase = 'confirm', next_attempt_at = clock_timestamp(),
                    deadline = clock_timestamp() + make_interval(secs => coalesce((params ->> 'timeout_s')::double precision, 300))

@@ -119,7 +119,7 @@ AS $$
         'log_head', connect_guard.log_sequence_head(),
         'connections', coalesce((
             SELECT jsonb_object_agg(c.name, jsonb_build_object(
-                       'last_tick', c.last_tick, 'hwm_id', c.hwm_id,
+                       'created_at', c.created_at, 'last_tick', c.last_tick, 'hwm_id', c.hwm_id,
                        'consumed_xid', t.xid_bound::text::bigint, 'remote_hwm', c.remote_hwm))
               FROM connect_guard.connection c LEFT JOIN connect_guard.tick t ON t.tick_id = c.last_tick), '{}'));
 $$;
@@ -290,9 +290,14 @@ BEGIN
               LEFT JOIN jsonb_each(d -> 'connections') dc ON dc.key = e.key
              ORDER BY e.key
         LOOP
-            IF c.now IS NULL THEN
-                RETURN QUERY SELECT 'connection_missing', 'warning', c.name,
-                    format('the witness knows connection "%s", which this database does not have (dropped, or created after the point it was restored to)', c.name);
+            -- a connection dropped, or dropped and created again under its name
+            -- (recreate_connection.sql), starts afresh: nothing of it to compare
+            IF c.now IS NULL OR c.now -> 'created_at' IS DISTINCT FROM c.was -> 'created_at' THEN
+                RETURN QUERY SELECT 'connection_replaced', 'info', c.name,
+                    format('the witness knows connection "%s" created at %s, which this database %s',
+                           c.name, c.was ->> 'created_at',
+                           CASE WHEN c.now IS NULL THEN 'does not have (dropped, or created after the point it was restored to)'
+                                ELSE format('has as one created at %s', c.now ->> 'created_at') END);
             ELSIF (c.now ->> 'hwm_id')::bigint < (c.was ->> 'hwm_id')::bigint
                   OR (c.now ->> 'last_tick')::bigint < (c.was ->> 'last_tick')::bigint THEN
                 RETURN QUERY SELECT 'hwm_behind_witness', 'rollback', c.name,
@@ -309,7 +314,9 @@ BEGIN
     -- the sync service's own mark needs no witness
     FOR c IN
         SELECT dc.key AS name,
-               greatest((dc.value ->> 'remote_hwm')::bigint, (w #>> ARRAY['connections', dc.key, 'remote_hwm'])::bigint) AS remote
+               greatest((dc.value ->> 'remote_hwm')::bigint,
+                        CASE WHEN w #> ARRAY['connections', dc.key, 'created_at'] = dc.value -> 'created_at'
+                             THEN (w #>> ARRAY['connections', dc.key, 'remote_hwm'])::bigint END) AS remote
           FROM jsonb_each(d -> 'connections') dc ORDER BY dc.key
     LOOP
         IF c.remote > v_dhead THEN

@@ -92,10 +92,11 @@ SELECT (SELECT count(*) FROM rb_incidents) > 0 OR (SELECT count(*) FROM rb_pendi
 
 \echo
 \if :acting
-    SELECT coalesce(string_agg(incident_id::text, ', '), 'none') AS incidents FROM rb_incidents \gset
-    \echo '== step 2: the reloads are under way already (open incidents:' :incidents'): nothing to ask for'
+    SELECT coalesce(string_agg(format('%s (%s)', incident_id, source), ', '), 'none') AS incidents FROM rb_incidents \gset
+    \echo '== step 2: the worker (or an earlier reload by hand) has acted already; open incidents:' :incidents
+    \echo '   the mappings are in RELOAD_TABLE and their reloads asked for: nothing to ask for again'
 \elif :detected
-    \echo '== step 2: a rollback was found (' :rollback_findings '); the worker acts on it within a cycle'
+    \echo '== step 2: a rollback was found:' :rollback_findings'; the worker acts on it within a cycle'
     SELECT pg_temp.runbook_require(:'worker_runs'::boolean OR :'force'::boolean,
         format('the connect_guard worker of database %s is not running: no one acts on the rollback', current_database()),
         'Start it (connect_guard in shared_preload_libraries; see connect_worker and the server log) and run again: it also moves the trigger log''s ids past those the sync service saw. -v force=on asks for the reloads by hand instead, without that.') \gset
@@ -115,8 +116,10 @@ SELECT (SELECT count(*) FROM rb_incidents) > 0 OR (SELECT count(*) FROM rb_pendi
 \if :acting
 \else
     SELECT pg_temp.runbook_require(:'force'::boolean,
-        format('nothing was detected for %s: connect_check_rollback() finds no rollback (%s) and no incident is open',
-               :'which', :'findings'),
+        format('nothing was detected for %s: connect_check_rollback() finds no rollback (%s) and no incident is open%s',
+               :'which', :'findings',
+               (SELECT format(' (the last one, %s, was resolved at %s: %s)', incident_id, resolved_at, resolution)
+                  FROM connect_rollback_incidents WHERE resolved_at IS NOT NULL ORDER BY incident_id DESC LIMIT 1)),
         'If this database was restored or rolled back and the witness could not tell (witness_missing, witness_new, witness_disabled, witness_corrupt: see the details above), run again with -v force=on to reload every mapping.') \gset
     SELECT pg_temp.runbook_require(count(*) > 0, format('%s has no mappings to reload', :'which'),
         'See connect_mappings.') FROM rb_mappings WHERE table_name IS NOT NULL \gset
@@ -125,15 +128,19 @@ SELECT (SELECT count(*) FROM rb_incidents) > 0 OR (SELECT count(*) FROM rb_pendi
     SELECT count(connect_reload_mapping(connection, table_name)) AS requests, count(*) AS reloads
       FROM rb_mappings WHERE table_name IS NOT NULL \gset
     \echo '   asked for' :reloads 'reload(s),' :requests 'of them from a sync service'
-    SELECT connection, format('%I.%I', table_schema, table_relname) AS dropped_table
-      FROM rb_mappings WHERE table_name IS NULL;
+    SELECT count(*) > 0 AS dropped FROM rb_mappings WHERE table_name IS NULL \gset
+    \if :dropped
+        \echo '   not reloaded: mapped tables that no longer exist (unmap them):'
+        SELECT connection, format('%I.%I', table_schema, table_relname) AS dropped_table
+          FROM rb_mappings WHERE table_name IS NULL;
+    \endif
 \endif
 
 \echo
 \echo '== step 3: waiting up to' :wait_timeout 'for the sync services to acknowledge the reloads'
 SELECT pg_temp.runbook_wait(
            'SELECT NOT EXISTS (SELECT 1 FROM rb_pending WHERE adapter <> ''local'' AND request = ''pending'')',
-           :'wait_timeout'::interval) AS acknowledged \gset
+           :'wait_timeout'::interval) AS waited \gset
 SELECT count(*) FILTER (WHERE adapter <> 'local') AS remote_left, count(*) FILTER (WHERE adapter = 'local') AS local_left,
        count(*) FILTER (WHERE adapter <> 'local' AND request = 'pending') AS remote_waiting
   FROM rb_pending \gset
@@ -178,12 +185,15 @@ SELECT incident_id, source, tables, reloads_pending, fence_id, resolved_at, reso
         format('%s reload request(s) failed or are missing: %s', :remote_left,
                (SELECT string_agg(format('%s %s (%s)', connection, tbl, coalesce(request, 'no request')), ', ') FROM rb_pending
                  WHERE adapter <> 'local')),
-        'Fix the cause (last_error above), then ask again for each: SELECT connect_reload_mapping(''CONNECTION'', ''TABLE''); and run this runbook again to wait.') \gset
+        (SELECT 'Fix the cause (last_error above), then ask again: '
+                || string_agg(format('SELECT connect_reload_mapping(%L, %L);', connection, tbl), ' ' ORDER BY connection, tbl)
+                || ' Then run this runbook again to wait.' FROM rb_pending WHERE adapter <> 'local')) \gset
 \endif
 \if :local_waiting
-    \echo '   Then run this runbook again: it shows the incident resolved and the fences down.'
+    \echo '   The last acknowledgement of an incident resolves it and lowers its fence (connect_rollback_incidents,'
+    \echo '   connect_fences); run this runbook again to see what is left.'
 \else
     \echo '== next: every reload is acknowledged: the mappings are DATA_SYNCED, the incident is resolved and its fence'
-    \echo '   is down: writes work again. The worker writes a new witness; SELECT * FROM connect_check_rollback()'
-    \echo '   should say no_rollback from its next cycle on.'
+    \echo '   is down: writes work again. Once the worker has written its witness again (every cycle after a'
+    \echo '   change), SELECT * FROM connect_check_rollback() says no_rollback.'
 \endif

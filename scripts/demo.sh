@@ -32,7 +32,11 @@ mirror="host=$work/salesforce port=$s_port dbname=salesforce user=postgres"
 psql_at() { local conninfo=$1; shift; as_run_user psql "$conninfo" -X -q -v ON_ERROR_STOP=1 "$@"; }
 
 log "1. a primary with the extension, a streaming follower, and the simulator's mirror"
-cluster_init "$work/primary" "$p_port" "connect_guard.naptime = '200ms'" "synchronous_commit = off"
+# the follower inherits the settings, and with them the rollback witness's
+# directory: after the promotion it compares itself with what the primary saw
+as_run_user mkdir "$work/witness"
+cluster_init "$work/primary" "$p_port" "connect_guard.naptime = '200ms'" "synchronous_commit = off" \
+    "connect_guard.witness_directory = '$work/witness'"
 cluster_start "$work/primary"
 as_run_user createdb -h "$work/primary" -p "$p_port" -U postgres app
 psql_at "$primary" <<'SQL'
@@ -128,6 +132,9 @@ echo "the old primary stays fenced:"
 psql_at "$primary" -c "SELECT plan, status, step FROM connect_upgrade_status" \
                    -c "SELECT scope, reason FROM connect_fences"
 psql_at "$primary" -c "INSERT INTO contact (name) VALUES ('stray write')" 2>&1 | head -1 || true
+echo "the new primary against the rollback witness the old one kept (a promotion past the fence, not a rollback):"
+psql_at "$follower" -c "SELECT kind, detail ->> 'detail' AS detail FROM connect_guard.event WHERE kind LIKE 'witness%' OR kind LIKE 'rollback%' ORDER BY event_id" \
+                    -c "SELECT finding, rollback FROM connect_check_rollback()"
 echo "counting on the new primary:"
 psql_at "$follower" -c "WITH log AS (SELECT id FROM connect_guard.trigger_log UNION ALL SELECT id FROM connect_guard.trigger_log_archive)
                         SELECT (SELECT count(*) FROM log) AS captured, connection, hwm_id, log_head, backlog

@@ -9,7 +9,8 @@
 # to the streaming standby (stopped at ready, then promoted by a second
 # run); a plan change from there to a new standby; a real pg_upgrade of that
 # server by the shell steps the runbook prints; a pg_copy of the upgraded
-# database into a new one.
+# database into a new one; a rollback recovery there (every mapping
+# reloaded by force, acknowledged by the local consumers).
 use strict;
 use warnings;
 use File::Temp qw(tempdir);
@@ -436,6 +437,47 @@ is(write_error($upgraded, 'INSERT INTO contact VALUES (101)'), '25006', 'pg_copy
 ($rc, $out, $err) = runbook($upgraded, 'pg_copy', phase => 'complete', -db => 'copydb');
 is($rc, 0, 'pg_copy: complete again is harmless');
 like($out, qr/was completed in this database already/, 'pg_copy: and says so');
+
+# ------------------------------------------------------------- rollback_recovery
+# in the copy: two local connections, sync (account) and crm3 (contact)
+wait_for_worker($upgraded, 'copydb');
+ok($upgraded->poll_query_until('copydb', "SELECT string_agg(finding, ',') FROM connect_check_rollback()", 'no_rollback'),
+    'rollback_recovery: the worker has witnessed copydb');
+($rc, $out, $err) = runbook($upgraded, 'rollback_recovery', -db => 'copydb');
+is($rc, 3, 'rollback_recovery: with no rollback found it stops');
+like($err, qr/runbook stopped: nothing was detected for every connection: connect_check_rollback\(\) finds no rollback \(no_rollback\) and no incident is open/,
+    'rollback_recovery: saying nothing was detected');
+like($err, qr/HINT:.*witness_missing.*-v force=on/, 'rollback_recovery: the hint says force=on');
+is(q1($upgraded, "SELECT count(*) FROM connect_mappings WHERE state <> 'DATA_SYNCED'", 'copydb'), '0',
+    'rollback_recovery: and reloads nothing');
+
+($rc, $out, $err) = runbook($upgraded, 'rollback_recovery', -db => 'copydb', force => 'on', wait_timeout => '10 s');
+is($rc, 0, 'rollback_recovery: force=on');
+like($out, qr/step 2 \(force=on\).*asked for 2 reload\(s\), 0 of them from a sync service.*only local connections are left/s,
+    'rollback_recovery: reloads every mapping, and does not wait for local consumers');
+is(q1($upgraded, "SELECT string_agg(connection || '.' || table_relname || ':' || state, ',' ORDER BY connection) FROM connect_mappings", 'copydb'),
+    'crm3.contact:RELOAD_TABLE,sync.account:RELOAD_TABLE', 'rollback_recovery: every mapping is in RELOAD_TABLE');
+is(write_error($upgraded, 'INSERT INTO account VALUES (102)', 'copydb'), '25006', 'rollback_recovery: account is fenced');
+is(write_error($upgraded, 'INSERT INTO contact VALUES (102)', 'copydb'), '25006', 'rollback_recovery: contact is fenced');
+like($out, qr/SELECT connect_mapping_reloaded\('crm3', 'public\.contact'\);\n.*SELECT connect_mapping_reloaded\('sync', 'public\.account'\);/,
+    'rollback_recovery: prints what the local consumers must do');
+
+($rc, $out, $err) = runbook($upgraded, 'rollback_recovery', -db => 'copydb', connection => 'crm3');
+is($rc, 0, 'rollback_recovery: a second run, for crm3');
+like($out, qr/has acted already; open incidents: \d+ \(manual\)/, 'rollback_recovery: finds the reload under way');
+like($out, qr/connect_mapping_reloaded\('crm3', 'public\.contact'\)/, "rollback_recovery: and prints crm3's instruction");
+unlike($out, qr/connect_mapping_reloaded\('sync'/, "rollback_recovery: not sync's");
+
+q1($upgraded, "SELECT connect_mapping_reloaded('crm3', 'public.contact')", 'copydb');
+is(write_error($upgraded, 'INSERT INTO contact VALUES (102)', 'copydb'), '', 'rollback_recovery: acknowledged, contact takes writes');
+is(write_error($upgraded, 'INSERT INTO account VALUES (102)', 'copydb'), '25006', 'rollback_recovery: account is still fenced');
+q1($upgraded, "SELECT connect_mapping_reloaded('sync', 'public.account')", 'copydb');
+is(write_error($upgraded, 'INSERT INTO account VALUES (102)', 'copydb'), '', 'rollback_recovery: acknowledged, account takes writes');
+is(q1($upgraded, "SELECT count(*) FILTER (WHERE resolved_at IS NULL) || ' ' || string_agg(DISTINCT resolution, ',') FROM connect_rollback_incidents WHERE source = 'manual'", 'copydb'),
+    '0 every reload was acknowledged', 'rollback_recovery: the incidents are resolved');
+($rc, $out, $err) = runbook($upgraded, 'rollback_recovery', -db => 'copydb');
+like($err, qr/no incident is open \(the last one, \d+, was resolved at .*every reload was acknowledged\)/,
+    'rollback_recovery: a run afterwards says so');
 
 $bigger->stop if defined $bigger->{_pid};
 $upgraded->stop;

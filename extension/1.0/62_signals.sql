@@ -21,7 +21,8 @@
  *   phase 'apply'    finish locally: a pause waits for the open batch, then
  *                    raises the fence and waits for the writers in flight
  *
- * Per connection, requests are sent one at a time, oldest first; a pause
+ * Per connection, requests are sent one at a time, oldest first (but
+ * reloads of different mappings together); a pause
  * or resume that a newer one replaced is not sent any more, and once done
  * it leaves the local state to the newer one.
  *
@@ -772,7 +773,10 @@ BEGIN
          WHERE q.status = 'pending' AND q.next_attempt_at <= clock_timestamp()
            AND NOT EXISTS (SELECT 1 FROM connect_guard.request o
                             WHERE o.connection_id = q.connection_id AND o.status = 'pending'
-                              AND o.request_id < q.request_id)
+                              AND o.request_id < q.request_id
+                              -- reloads of different mappings go out together: after a
+                              -- rollback, N tables must not take N reload times
+                              AND NOT (o.action = 'reload' AND q.action = 'reload'))
          ORDER BY q.request_id
          LIMIT p_limit
            FOR UPDATE SKIP LOCKED

@@ -81,8 +81,7 @@ sub write_error
 sub write_rows
 {
 	my ($node, $n) = @_;
-	sql($node, "INSERT INTO account (name) SELECT 'a' || g FROM generate_series(1, $n) g;
-	            INSERT INTO contact (name) SELECT 'c' || g FROM generate_series(1, $n) g");
+	sql($node, join(';', map { "INSERT INTO $_ (name) SELECT 'n' || g FROM generate_series(1, $n) g" } qw(account contact)));
 }
 
 # consume drains both connections as a sync service does
@@ -97,6 +96,9 @@ sub consume
 }
 
 sub hwm { return sql($_[0], "SELECT hwm_id FROM connect_high_water_marks WHERE connection = 'sync'"); }
+# hwms and witnessed_hwms: every connection's hwm_id, in the database and in a witness
+sub hwms { return sql($_[0], "SELECT string_agg(connection || '=' || hwm_id, ',' ORDER BY connection) FROM connect_high_water_marks"); }
+sub witnessed_hwms { my $c = $_[0]{connections} // {}; return join(',', map { "$_=" . ($c->{$_}{hwm_id} // '') } sort keys %$c); }
 sub events { return sql($_[0], "SELECT count(*) FROM connect_guard.event WHERE kind = '$_[1]'"); }
 
 my $sysid;    # every node's: they all descend from the primary's initdb
@@ -133,16 +135,19 @@ sub settle
 	my ($node) = @_;
 	write_rows($node, 1);
 	consume($node);
-	my $hwm = hwm($node);
-	my $w = wait_witness(sub { ($_[0]{connections}{sync}{hwm_id} // -1) == $hwm });
+	my $hwms = hwms($node);
+	my $w = wait_witness(sub { witnessed_hwms($_[0]) eq $hwms });
 	sleep 0.6;
 	return $w;
 }
 
-# no_rollback: nothing was detected, nothing acted upon, nothing found now
+# no_rollback settles, then checks that nothing was detected, nothing acted
+# upon, and nothing is found now; returns the witness
 sub no_rollback
 {
 	my ($node, $what) = @_;
+	my $w = settle($node);
+	ok($w, "$what: the worker witnessed a change since");
 	is(events($node, 'rollback_detected'), '0', "$what: no rollback_detected event");
 	is(sql($node, 'SELECT count(*) FROM connect_guard.rollback_incident'), '0', "$what: no incident");
 	is(sql($node, 'SELECT count(*) FROM connect_check_rollback() WHERE rollback'), '0',
@@ -150,6 +155,7 @@ sub no_rollback
 	is(sql($node, "SELECT string_agg(DISTINCT state, ',') FROM connect_mappings"), 'DATA_SYNCED',
 		"$what: no mapping is to be reloaded");
 	is(sql($node, 'SELECT count(*) FROM connect_fences'), '0', "$what: nothing is fenced");
+	return $w;
 }
 
 # -- 1. the primary ------------------------------------------------------------
@@ -181,16 +187,12 @@ ok($primary->poll_query_until('postgres', q{SELECT string_agg(table_relname || '
 	'connect_refresh filled in the remote ids by object name');
 write_rows($primary, 5);
 consume($primary);
-is(sql($primary, "SELECT string_agg(DISTINCT state, ',') FROM connect_mappings"), 'DATA_SYNCED',
-	'every mapping is DATA_SYNCED once its connection finished a batch');
 
 my $w = settle($primary);
-ok($w, 'the worker writes the witness into connect_guard.witness_directory');
+ok($w, 'the worker writes the witness, with the HWM of every connection, into connect_guard.witness_directory');
 like($w->{_header}, $header_re, 'its first line: format, checksum, length');
 is($w->{system_identifier}, $sysid, 'it names the system identifier, as text');
 is("$w->{database} $w->{timeline}", 'postgres 1', 'the database, and timeline 1');
-is($w->{connections}{archive}{hwm_id}, sql($primary, "SELECT hwm_id FROM connect_high_water_marks WHERE connection = 'archive'"),
-	'and the HWM of every connection');
 is(events($primary, 'witness_created'), '1', 'the first witness is in the event log');
 is(sql($primary, "SELECT finding || ' ' || rollback FROM connect_check_rollback()"), 'no_rollback false',
 	'connect_check_rollback(): one row, no_rollback');
@@ -198,14 +200,12 @@ is(sql($primary, "SELECT finding || ' ' || rollback FROM connect_check_rollback(
 # -- 2. restarts are not rollbacks ----------------------------------------------
 
 $primary->restart;
-ok(settle($primary), 'plain restart: the worker witnessed a change since');
 no_rollback($primary, 'plain restart');
 
 # crash right after the worker witnessed a change: the witnessed LSN must
 # be one the crash recovery gets back to
 $primary->stop('immediate');
 $primary->start;
-ok(settle($primary), 'crash restart: the worker witnessed a change since');
 no_rollback($primary, 'crash restart');
 
 # -- 3. the promotion of a caught-up follower is not a rollback ---------------
@@ -225,10 +225,8 @@ ok($standby->poll_query_until('postgres', "SELECT pg_last_wal_replay_lsn() >= '$
 	"the standby replayed past the primary's last witnessed LSN $last->{lsn}");
 $standby->promote;
 ok($standby->poll_query_until('postgres', 'SELECT NOT pg_is_in_recovery()'), 'promoted');
-$w = settle($standby);
-ok($w, 'the promoted node witnessed a change');
-is($w->{timeline}, 2, 'its own witness, on timeline 2');
-no_rollback($standby, 'promotion of a caught-up follower');
+$w = no_rollback($standby, 'promotion of a caught-up follower');
+is(($w // {})->{timeline}, 2, 'the promoted node writes its own witness, on timeline 2');
 is(sql($standby, "SELECT count(*) FROM connect_check_rollback() WHERE finding NOT IN ('promoted', 'no_rollback')"), '0',
 	'connect_check_rollback() says promoted or no_rollback, nothing else');
 
@@ -246,15 +244,14 @@ my $hwm_at_target = hwm($new_primary);
 # id sequence would hand out witnessed ids again unless it is advanced
 write_rows($new_primary, 50);
 consume($new_primary);
-my $hwm_last = hwm($new_primary);
-ok(wait_witness(sub { ($_[0]{connections}{sync}{hwm_id} // -1) == $hwm_last }),
-	"the witness records the last batch's HWM $hwm_last");
+my ($hwm_last, $hwms_last) = (hwm($new_primary), hwms($new_primary));
+ok(wait_witness(sub { witnessed_hwms($_[0]) eq $hwms_last }), "the witness records the last batch: $hwms_last");
 my $walfile = sql($new_primary, 'SELECT pg_walfile_name(pg_switch_wal())');
 ok($new_primary->poll_query_until('postgres', "SELECT last_archived_wal >= '$walfile' FROM pg_stat_archiver"),
 	'the WAL up to there is archived');
 $new_primary->stop;
 my $before = witness();
-cmp_ok($before->{log_head}, '>=', $hwm_last, 'the witnessed log head');
+is($before->{log_head}, $hwm_last, "the witnessed log head: $hwm_last");
 
 sim('POST', '/_sim/reset', {});
 my $restored = PostgreSQL::Test::Cluster->new('restored');
@@ -282,13 +279,6 @@ is(sql($restored, "SELECT string_agg(DISTINCT x->>'connection', ',' ORDER BY x->
 is(sql($restored, "SELECT string_agg(connection || '.' || table_relname || ':' || state, ',' ORDER BY connection, table_relname) FROM connect_mappings"),
 	'archive.account:RELOAD_TABLE,sync.account:RELOAD_TABLE,sync.contact:RELOAD_TABLE', 'every mapping is to be reloaded');
 
-my %reload = map { ("/api/v3/mappings/$remote{$_}/actions/reload" => $_) } keys %remote;
-my @posts;
-foreach (1 .. 10 * $PostgreSQL::Test::Utils::timeout_default) { last if (@posts = sim_posts()) >= 2; sleep 0.1; }
-foreach my $path (sort keys %reload)
-{
-	is(scalar(grep { $_->{path} eq $path && $_->{status} == 202 } @posts), 1, "Connect was asked once to reload $reload{$path}");
-}
 is(sql($restored, "SELECT count(*) || ' ' || count(DISTINCT table_name) FROM connect_requests WHERE connection = 'sync' AND action = 'reload'"),
 	sql($restored, "SELECT count(*) || ' ' || count(*) FROM connect_mappings WHERE connection = 'sync'"),
 	'a reload request for every mapping of sync, one per table');
@@ -306,14 +296,33 @@ is(write_error($restored, "INSERT INTO account (name) VALUES ('x')"), '25006', '
 is(write_error($restored, "UPDATE contact SET name = 'y'"), '25006', 'contact is fenced');
 is(write_error($restored, "INSERT INTO note (body) VALUES ('x')"), '', 'a table no connection maps is not');
 
-# Connect finishes both reloads; the local consumer has not reloaded yet
-sim('POST', '/_sim/state', { mappings => [ map { { id => $_, state => 'DATA_SYNCED' } } values %remote ] });
+# Connect is asked for every reload at once (reloads of different mappings
+# do not wait for each other: N tables must not take N reload times), and
+# none is done before Connect says so; the local consumer does not reload yet
+my @ids;
+foreach (1 .. 10 * $PostgreSQL::Test::Utils::timeout_default)
+{
+	@ids = map { $_->{path} =~ m{^/api/v3/mappings/([^/]+)/actions/reload$} ? ($1) : () } sim_posts();
+	last if @ids == 2;
+	sleep 0.1;
+}
+is(scalar(@ids), 2, 'both reloads reached Connect while neither was finished');
+is(sql($restored, "SELECT count(*) FROM connect_mappings WHERE connection = 'sync' AND state = 'RELOAD_TABLE'"), '2',
+	'and both mappings stay RELOAD_TABLE until Connect reports them done');
+sim('POST', '/_sim/state', { mappings => [ map { { id => $_, state => 'DATA_SYNCED' } } @ids ] });
 ok($restored->poll_query_until('postgres',
 	"SELECT count(*) = 2 AND bool_and(status = 'succeeded') FROM connect_requests WHERE action = 'reload'"),
 	'both reload requests succeed once Connect reports DATA_SYNCED');
+my @posts = sim_posts();
+foreach my $t (sort keys %remote)
+{
+	is(join(',', map { $_->{status} } grep { $_->{path} eq "/api/v3/mappings/$remote{$t}/actions/reload" } @posts), '202',
+		"Connect was asked once to reload $t ($remote{$t})");
+}
 is(sql($restored, "SELECT string_agg(connection || '.' || table_relname || ':' || state, ',' ORDER BY connection, table_relname) FROM connect_mappings"),
 	'archive.account:RELOAD_TABLE,sync.account:DATA_SYNCED,sync.contact:DATA_SYNCED', 'the heroku mappings are synced again');
 is(write_error($restored, "INSERT INTO account (name) VALUES ('x')"), '25006', 'account stays fenced: archive has not reloaded');
+is(write_error($restored, "UPDATE contact SET name = 'y'"), '25006', 'so does contact: one fence, until every reload is done');
 is(events($restored, 'rollback_resolved'), '0', 'not resolved yet');
 
 sql($restored, "SELECT connect_mapping_reloaded('archive', 'account')");
@@ -339,9 +348,8 @@ $restored->stop;
 # the checksum tells; trusted, it would be a rollback
 (my $forged = $real->{_raw}) =~ s/("(?:log_head|hwm_id)"\s*:\s*"?)(\d+)/$1 . ($2 =~ tr{0-8}{9}r)/ge;
 isnt($forged, $real->{_raw}, 'a forged witness');
-open my $fh, '>', witness_path() or die $!;
-print $fh $forged or die $!;
-close $fh or die $!;
+unlink witness_path() or die "unlink: $!";
+append_to_file(witness_path(), $forged);
 my $offset = -s $restored->logfile;
 $restored->start;
 ok($restored->poll_query_until('postgres', "SELECT count(*) = 1 FROM connect_guard.event WHERE kind = 'witness_corrupt'"),

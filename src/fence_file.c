@@ -19,10 +19,12 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "port/pg_crc32c.h"
 #include "storage/fd.h"
 
+#include "durable_file.h"
 #include "fence.h"
 
 #define FENCE_FILE		"connect_guard.fences"
@@ -37,21 +39,6 @@ typedef struct FenceFileHeader
 	int32		nrels;
 } FenceFileHeader;
 
-static void
-write_or_fail(int fd, const void *data, size_t len)
-{
-	errno = 0;
-	if (write(fd, data, len) != (ssize_t) len)
-	{
-		if (errno == 0)
-			errno = ENOSPC;
-		ereport(ERROR,
-				(errcode_for_file_access(),
-				 errmsg("could not write fence state file \"%s\": %m", FENCE_FILE_TMP),
-				 errhint("The fence was not saved; free disk space in the data directory and try again.")));
-	}
-}
-
 /*
  * fence_file_save writes the used fence slots and the fenced relations.
  */
@@ -59,8 +46,8 @@ void
 fence_file_save(FenceShared *state)
 {
 	FenceFileHeader header;
+	StringInfoData buf;
 	pg_crc32c	crc;
-	int			fd;
 
 	header.magic = FENCE_FILE_MAGIC;
 	header.next_fence_id = state->next_fence_id;
@@ -70,43 +57,21 @@ fence_file_save(FenceShared *state)
 			header.nfences++;
 	header.nrels = state->nrels;
 
-	fd = OpenTransientFile(FENCE_FILE_TMP, O_WRONLY | O_CREAT | O_TRUNC | PG_BINARY);
-	if (fd < 0)
-		ereport(ERROR,
-				(errcode_for_file_access(),
-				 errmsg("could not create fence state file \"%s\": %m", FENCE_FILE_TMP),
-				 errhint("Check the permissions of the data directory.")));
-
-	INIT_CRC32C(crc);
-	COMP_CRC32C(crc, &header, sizeof(header));
-	write_or_fail(fd, &header, sizeof(header));
+	initStringInfo(&buf);
+	appendBinaryStringInfo(&buf, (const char *) &header, sizeof(header));
 	for (int i = 0; i < FENCE_MAX_FENCES; i++)
-	{
-		if (state->fences[i].fence_id == 0)
-			continue;
-		COMP_CRC32C(crc, &state->fences[i], sizeof(FenceEntry));
-		write_or_fail(fd, &state->fences[i], sizeof(FenceEntry));
-	}
+		if (state->fences[i].fence_id != 0)
+			appendBinaryStringInfo(&buf, (const char *) &state->fences[i], sizeof(FenceEntry));
 	if (state->nrels > 0)
-	{
-		COMP_CRC32C(crc, state->rels, sizeof(FencedRelation) * state->nrels);
-		write_or_fail(fd, state->rels, sizeof(FencedRelation) * state->nrels);
-	}
+		appendBinaryStringInfo(&buf, (const char *) state->rels, sizeof(FencedRelation) * state->nrels);
+	INIT_CRC32C(crc);
+	COMP_CRC32C(crc, buf.data, buf.len);
 	FIN_CRC32C(crc);
-	write_or_fail(fd, &crc, sizeof(crc));
+	appendBinaryStringInfo(&buf, (const char *) &crc, sizeof(crc));
 
-	if (pg_fsync(fd) != 0)
-		ereport(ERROR,
-				(errcode_for_file_access(),
-				 errmsg("could not fsync fence state file \"%s\": %m", FENCE_FILE_TMP),
-				 errhint("The fence was not saved; check the storage of the data directory.")));
-	if (CloseTransientFile(fd) != 0)
-		ereport(ERROR,
-				(errcode_for_file_access(),
-				 errmsg("could not close fence state file \"%s\": %m", FENCE_FILE_TMP),
-				 errhint("The fence was not saved; check the storage of the data directory.")));
-
-	(void) durable_rename(FENCE_FILE_TMP, FENCE_FILE, ERROR);
+	durable_file_replace(FENCE_FILE, FENCE_FILE_TMP, buf.data, buf.len, "fence state file",
+						 "The fence was not saved; check the space and storage of the data directory.");
+	pfree(buf.data);
 }
 
 static bool

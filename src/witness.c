@@ -41,6 +41,7 @@
 #include "utils/jsonb.h"
 #include "utils/pg_lsn.h"
 
+#include "durable_file.h"
 #include "witness.h"
 
 PG_FUNCTION_INFO_V1(connect_guard_witness_path);
@@ -238,21 +239,6 @@ connect_guard_witness_read(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
 
-static void
-write_all(int fd, const char *path, const char *data, size_t len)
-{
-	errno = 0;
-	if (write(fd, data, len) != (ssize_t) len)
-	{
-		if (errno == 0)
-			errno = ENOSPC;
-		ereport(ERROR,
-				(errcode_for_file_access(),
-				 errmsg("could not write rollback witness \"%s\": %m", path),
-				 errhint("The previous witness is left in place; free space in connect_guard.witness_directory.")));
-	}
-}
-
 /*
  * connect_guard.witness_write(path, content) replaces the witness file
  * atomically: a crash leaves the old file or the new one, never a mix.
@@ -266,9 +252,8 @@ connect_guard_witness_write(PG_FUNCTION_ARGS)
 	size_t		len = strlen(body);
 	char	   *tmp = psprintf("%s.tmp", path);
 	char	   *dir = pstrdup(path);
-	char	   *header;
+	StringInfoData file;
 	pg_crc32c	crc;
-	int			fd;
 
 	get_parent_directory(dir);
 	if (dir[0] != '\0' && pg_mkdir_p(dir, pg_dir_create_mode) != 0)
@@ -281,27 +266,12 @@ connect_guard_witness_write(PG_FUNCTION_ARGS)
 	INIT_CRC32C(crc);
 	COMP_CRC32C(crc, body, len);
 	FIN_CRC32C(crc);
-	header = psprintf("connect_guard witness %d crc32c=%08x bytes=%zu\n", WITNESS_FORMAT, crc, len);
-
-	fd = OpenTransientFilePerm(tmp, O_WRONLY | O_CREAT | O_TRUNC | PG_BINARY, pg_file_create_mode);
-	if (fd < 0)
-		ereport(ERROR,
-				(errcode_for_file_access(),
-				 errmsg("could not create rollback witness \"%s\": %m", tmp),
-				 errhint("connect_guard.witness_directory must be writable by the server's operating-system user.")));
-	write_all(fd, tmp, header, strlen(header));
-	write_all(fd, tmp, body, len);
-	if (pg_fsync(fd) != 0)
-		ereport(ERROR,
-				(errcode_for_file_access(),
-				 errmsg("could not fsync rollback witness \"%s\": %m", tmp),
-				 errhint("Check the storage of connect_guard.witness_directory.")));
-	if (CloseTransientFile(fd) != 0)
-		ereport(ERROR,
-				(errcode_for_file_access(),
-				 errmsg("could not close rollback witness \"%s\": %m", tmp),
-				 errhint("Check the storage of connect_guard.witness_directory.")));
-	(void) durable_rename(tmp, path, ERROR);
+	initStringInfo(&file);
+	appendStringInfo(&file, "connect_guard witness %d crc32c=%08x bytes=%zu\n", WITNESS_FORMAT, crc, len);
+	appendBinaryStringInfo(&file, body, len);
+	durable_file_replace(path, tmp, file.data, file.len, "rollback witness",
+						 "The previous witness is left in place; connect_guard.witness_directory must be "
+						 "writable by the server's operating-system user, with space to spare.");
 	PG_RETURN_VOID();
 }
 

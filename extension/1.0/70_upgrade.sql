@@ -182,7 +182,6 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_history text;
     v_switch pg_lsn;
     v_marks jsonb := connect_guard.high_water_marks();
 BEGIN
@@ -192,10 +191,8 @@ BEGIN
                                'timeline', connect_guard.current_timeline()));
     END IF;
     IF p.method = 'follower' AND connect_guard.current_timeline() > 1 THEN
-        -- where this server's timeline forked from the old primary's
-        v_history := pg_read_file(format('pg_wal/%s.history',
-                                         lpad(upper(to_hex(connect_guard.current_timeline())), 8, '0')));
-        v_switch := (regexp_match(v_history, '(?:^|\n)' || p.timeline || E'\t([0-9A-F]+/[0-9A-F]+)'))[1]::pg_lsn;
+        -- where this server's timeline forked from the old primary's (the history files, 74_witness.sql)
+        v_switch := connect_guard.timeline_switch_lsn(p.timeline);
         IF v_switch IS NULL OR v_switch < p.fence_lsn THEN
             PERFORM connect_guard.upgrade_fail(p.plan_id,
                 format('this server was promoted at %s, before it had replayed the fence at %s: writes made before the fence may be missing',

@@ -28,13 +28,17 @@ ISOLATION_OPTS = --inputdir=test/isolation --outputdir=$(CURDIR)/results-isolati
 # TAP tests on PostgreSQL::Test::Cluster.
 TAP_TESTS    = 1
 PROVE_TESTS  = $(sort $(wildcard test/t/*.pl))
-PROVE_FLAGS  = -I test/perl
 
 EXTRA_CLEAN  = results-regress results-isolation tmp_check
 
 PG_CONFIG   ?= pg_config
 PGXS        := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# The TAP tests' shared modules (test/perl/ConnectGuard/).  Added after the
+# include: Makefile.global empties PROVE_FLAGS, which is left to the user
+# (e.g. PROVE_FLAGS=--verbose).
+PG_PROVE_FLAGS += -I $(srcdir)/test/perl
 
 $(OBJS): $(wildcard include/*.h)
 

@@ -329,7 +329,8 @@ README says): for a source database that a database-wide fence closes.
 
 =item C<< record => 0 >>
 
-record nothing (no C<consumed> table): the batch is only finished.
+record nothing (no C<consumed> table): the batch's entries are read and
+the batch finished.
 
 =item C<< stop_on_error => 1 >>
 
@@ -364,7 +365,8 @@ sub consume
 		last if $batch eq '';
 		if (!($opt{record} // 1))
 		{
-			sql($node, "SELECT connect_finish_batch($batch)", $db);
+			sql($node, "SELECT count(*) FROM connect_batch_events($batch); "
+				  . "SELECT connect_finish_batch($batch)", $db);
 		}
 		elsif (defined $opt{record_in})
 		{

@@ -31,6 +31,7 @@ connections of their own.  SimState.lock guards the shared counters; no
 database work is done while holding it.
 """
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -296,7 +297,8 @@ class ConnectLogDrainer:
         connection must not leave them PENDING for ever."""
         self.connect()
         if self.to_send or self.to_mark:
-            self.finish(self.to_send or self.to_mark)
+            with self.sending():
+                self.finish(self.to_send or self.to_mark)
             return "sent"
         if self.state.is_paused(self.name):
             self.archive()
@@ -307,26 +309,32 @@ class ConnectLogDrainer:
             self.update_high_water_mark()
             return "empty"
         self.to_send = entries
-        stall = self.state.connect_log_stall()
-        if stall > 0:
-            log.info("connect-log: holding %d entries PENDING for %.1fs (stall)", len(entries), stall)
-            self.stop.wait(stall)
-        self.finish(entries)
+        with self.sending():
+            stall = self.state.connect_log_stall()
+            if stall > 0:
+                log.info("connect-log: holding %d entries PENDING for %.1fs (stall)", len(entries), stall)
+                self.stop.wait(stall)
+            self.finish(entries)
         return "sent"
 
-    def finish(self, entries):
+    @contextlib.contextmanager
+    def sending(self):
+        """The connection shows POLLING_DB_CHANGES while entries are PENDING."""
         self.state.connect_log_sending(self.name, True)
         try:
-            if self.to_send:
-                self.send(entries)
-                self.to_send, self.to_mark = [], entries
-                if self.crash_after_mirror_commit:
-                    log.warning("connect-log test hook: exiting between the mirror commit and marking")
-                    os._exit(3)
-            self.mark(entries)
-            self.to_mark = []
+            yield
         finally:
             self.state.connect_log_sending(self.name, False)
+
+    def finish(self, entries):
+        if self.to_send:
+            self.send(entries)
+            self.to_send, self.to_mark = [], entries
+            if self.crash_after_mirror_commit:
+                log.warning("connect-log test hook: exiting between the mirror commit and marking")
+                os._exit(3)
+        self.mark(entries)
+        self.to_mark = []
         self.archive()
         self.update_high_water_mark()
 

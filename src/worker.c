@@ -597,6 +597,9 @@ worker_cycle_steps(const char *schema, bool *plan_active)
 	if (first_cycle ||
 		TimestampDifferenceExceeds(last_rollback_check, GetCurrentTimestamp(), worker_naptime_ms))
 	{
+		/* a tick of each adopted trigger log, for its processed mark (15_log_sources.sql) */
+		(void) run_int8("connect_guard: reading Heroku Connect's trigger logs",
+						"SELECT connect_guard.log_sources_cycle()");
 		(void) run_int8("connect_guard: checking for a rollback",
 						first_cycle ? "SELECT connect_guard.rollback_cycle(true)"
 						: "SELECT connect_guard.rollback_cycle(false)");

@@ -586,7 +586,10 @@ BEGIN
                    CASE WHEN r.last_error IS NOT NULL THEN '; last error: ' || r.last_error ELSE '' END));
     ELSE
         UPDATE connect_guard.request q
-           SET next_attempt_at = clock_timestamp() + make_interval(secs => least(10, 0.5 * power(1.5, r.polls))),
+           SET next_attempt_at = clock_timestamp()
+                                 + make_interval(secs => least(CASE WHEN r.action = 'reload' AND NOT r.params ? 'reload_seen_at'
+                                                                    THEN 2 ELSE 10 END,
+                                                               0.5 * power(1.5, r.polls))),
                updated_at = clock_timestamp()
          WHERE q.request_id = r.request_id;
     END IF;
@@ -610,8 +613,12 @@ BEGIN
         RETURN;
     END IF;
     FOR m IN
-        UPDATE connect_guard.mapping mp SET remote_id = rm.id
-          FROM (SELECT lower(e ->> 'object_name') AS object_name, min(e ->> 'id') AS id
+        -- an object name that is only the table's name (adopted schemas) takes Connect's spelling
+        UPDATE connect_guard.mapping mp
+           SET remote_id = rm.id,
+               object_name = CASE WHEN mp.object_name = mp.table_name THEN rm.spelling ELSE mp.object_name END
+          FROM (SELECT lower(e ->> 'object_name') AS object_name, min(e ->> 'id') AS id,
+                       min(e ->> 'object_name') AS spelling
                   FROM jsonb_array_elements(p_body -> 'mappings') e
                  WHERE e ->> 'id' ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$'
                  GROUP BY 1 HAVING count(*) = 1) rm
@@ -968,6 +975,13 @@ BEGIN
                 PERFORM connect_guard.note_remote_hwm(c.connection_id, v_json);
             END IF;
         END IF;
+        IF c.adapter = 'heroku' AND r.action = 'reload' AND p_http_status <> 202 THEN
+            -- only 202 Accepted says Connect queued the reload (63_reload_acknowledgement.sql)
+            PERFORM connect_guard.request_retry(r.request_id, p_http_status,
+                format('Connect answered HTTP %s to the reload, not 202 Accepted: it is not known to have queued it',
+                       p_http_status), true);
+            RETURN;
+        END IF;
         PERFORM connect_guard.log_event(c.connection_id, 'request_accepted',
             jsonb_build_object('request_id', r.request_id, 'action', r.action, 'attempt', r.attempts,
                                'http_status', p_http_status));
@@ -1034,13 +1048,15 @@ BEGIN
           FROM jsonb_array_elements(CASE WHEN jsonb_typeof(v_json -> 'mappings') = 'array'
                                          THEN v_json -> 'mappings' ELSE '[]' END) x
           JOIN connect_guard.mapping mp ON mp.mapping_id = r.mapping_id AND mp.remote_id = x ->> 'id';
-        v_expected := 'DATA_SYNCED';
+        v_expected := 'RELOAD_TABLE and then DATA_SYNCED';
     ELSE
         v_state := v_json ->> 'state';
         v_expected := CASE r.action WHEN 'pause' THEN 'PAUSED' ELSE 'IDLE' END;
     END IF;
     UPDATE connect_guard.request SET remote_state = v_state WHERE request_id = r.request_id;
-    IF v_state = v_expected OR (r.action = 'resume' AND v_state = 'POLLING_DB_CHANGES') THEN
+    -- a reload is done once Connect was seen working on it (63_reload_acknowledgement.sql)
+    IF (CASE WHEN r.action = 'reload' THEN connect_guard.reload_acknowledged(r.request_id, v_state)
+             ELSE v_state = v_expected OR (r.action = 'resume' AND v_state = 'POLLING_DB_CHANGES') END) THEN
         PERFORM connect_guard.request_apply(r.request_id);
     ELSE
         PERFORM connect_guard.request_poll_again(r.request_id, v_expected);

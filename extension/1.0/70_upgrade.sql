@@ -92,10 +92,11 @@ $$;
 
 CREATE FUNCTION connect_guard.high_water_marks()
 RETURNS jsonb
-LANGUAGE sql STABLE
+LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT coalesce(jsonb_object_agg(name, jsonb_build_object('last_tick', last_tick, 'hwm_id', hwm_id)), '{}')
+    -- each connection's position in its log, own or Connect's (15_log_sources.sql)
+    SELECT coalesce(jsonb_object_agg(name, connect_guard.log_position(connection_id)), '{}')
       FROM connect_guard.connection;
 $$;
 
@@ -340,6 +341,18 @@ BEGIN
         RETURN 2;
 
     WHEN 'fencing' THEN
+        -- a copy carries Connect's log as rows: Connect pauses first (77_connect_schema.sql)
+        IF p.method = 'copy' AND p.fence_id IS NULL THEN
+            v_waiting := connect_guard.plan_pause_adopted(p);
+            IF v_waiting IS NOT NULL THEN
+                IF v_overdue THEN
+                    PERFORM connect_guard.upgrade_fail(p.plan_id,
+                        format('not every adopted connection reached PAUSED within %s: %s', p.step_timeout, v_waiting));
+                    RETURN 2;
+                END IF;
+                RETURN 1;
+            END IF;
+        END IF;
         -- A fence is saved to the fence file when it is raised, not at commit, so a
         -- crash while this step waited for the writers in flight leaves the fence up
         -- (restored from the file) but not in the plan, whose update never
@@ -445,7 +458,8 @@ BEGIN
 
     WHEN 'draining' THEN
         SELECT string_agg(format('%s (%s entries)', connection, backlog), ', ') INTO v_waiting
-          FROM @extschema@.connect_high_water_marks WHERE backlog > 0 OR open_batch IS NOT NULL;
+          FROM @extschema@.connect_high_water_marks
+         WHERE (backlog > 0 OR open_batch IS NOT NULL) AND log_kind = 'own';     -- Connect's log goes with the copy
         IF v_waiting IS NOT NULL THEN
             IF v_overdue THEN
                 PERFORM connect_guard.upgrade_fail(p.plan_id,
@@ -715,6 +729,13 @@ BEGIN
             ERRCODE = 'data_corrupted',
             MESSAGE = format('the copied trigger log ends at entry %s, not at %s as when the copy began',
                              connect_guard.log_head(), p.log_head),
+            HINT = 'Copy again from the fenced database; nothing was resumed.';
+    END IF;
+    IF connect_guard.log_positions_differ(p.high_water_marks) IS NOT NULL THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'data_corrupted',
+            MESSAGE = 'the copied Heroku Connect trigger log differs from the one the copy began with',
+            DETAIL = connect_guard.log_positions_differ(p.high_water_marks) || '.',
             HINT = 'Copy again from the fenced database; nothing was resumed.';
     END IF;
     PERFORM connect_guard.upgrade_goto(p.plan_id, 'completing', 'ready');

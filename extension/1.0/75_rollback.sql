@@ -138,6 +138,11 @@ BEGIN
                 RETURN QUERY SELECT 'hwm_behind_witness', 'rollback', c.name,
                     format('connection "%s" has consumed up to entry %s (tick %s) here, but had consumed up to entry %s (tick %s)',
                            c.name, c.now ->> 'hwm_id', c.now ->> 'last_tick', c.was ->> 'hwm_id', c.was ->> 'last_tick');
+            ELSIF (c.now ->> 'log_head')::bigint < (c.was ->> 'log_head')::bigint THEN
+                -- an adopted log (15_log_sources.sql): Connect's sequence went back
+                RETURN QUERY SELECT 'log_head_behind_witness', 'rollback', c.name,
+                    format('Heroku Connect''s log %s hands out ids from %s here, but had reached %s',
+                           c.now ->> 'log', c.now ->> 'log_head', c.was ->> 'log_head');
             ELSIF p_predecessor IS NULL AND (d ->> 'next_xid')::bigint < (c.was ->> 'consumed_xid')::bigint THEN
                 RETURN QUERY SELECT 'txid_behind_witness', 'rollback', c.name,
                     format('connection "%s" had consumed transactions up to xid %s, beyond the next xid %s here',
@@ -149,15 +154,17 @@ BEGIN
     -- the sync service's own mark needs no witness
     FOR c IN
         SELECT dc.key AS name,
+               -- an adopted connection's service counts in the ids of Connect's log
+               coalesce((dc.value ->> 'log_head')::bigint, v_dhead) AS head,
                greatest((dc.value ->> 'remote_hwm')::bigint,
                         CASE WHEN w #> ARRAY['connections', dc.key, 'created_at'] = dc.value -> 'created_at'
                              THEN (w #>> ARRAY['connections', dc.key, 'remote_hwm'])::bigint END) AS remote
           FROM jsonb_each(d -> 'connections') dc ORDER BY dc.key
     LOOP
-        IF c.remote > v_dhead THEN
+        IF c.remote > c.head THEN
             RETURN QUERY SELECT 'sync_service_ahead', 'rollback', c.name,
                 format('the sync service of connection "%s" reports it has consumed up to entry %s, but the trigger log''s ids reach %s here',
-                       c.name, c.remote, v_dhead);
+                       c.name, c.remote, c.head);
         END IF;
     END LOOP;
 END;
@@ -253,9 +260,10 @@ BEGIN
         OR v_rollbacks @> jsonb_build_array(jsonb_build_object('connection', c.name));
 
     -- every id the sync service may have seen stays spent: new writes get new ids
-    SELECT greatest(max((w.value ->> 'hwm_id')::bigint), max((w.value ->> 'remote_hwm')::bigint),
+    -- (of connections with a log of their own: Connect's ids are its log's, whose sequence is Connect's)
+    SELECT greatest(max((w.value ->> 'hwm_id')::bigint), max((w.value ->> 'remote_hwm')::bigint) FILTER (WHERE NOT w.value ? 'log'),
                     (p_witness ->> 'log_head')::bigint,
-                    (SELECT max(remote_hwm) FROM connect_guard.connection))
+                    (SELECT max(remote_hwm) FROM connect_guard.connection WHERE log_schema IS NULL))
       INTO v_seen
       FROM jsonb_each(coalesce(p_witness -> 'connections', '{}')) w;
     IF v_seen > v_head THEN
@@ -280,6 +288,8 @@ BEGIN
     INSERT INTO connect_guard.rollback_incident (source, findings, mapping_ids, fence_id, reload_requests)
     VALUES (p_source, v_rollbacks, v_mappings, v_fence, v_requests)
     RETURNING incident_id INTO v_incident;
+    -- entries of Connect's logs the restore made unfinished again (77_connect_schema.sql)
+    PERFORM connect_guard.note_restored_entries(v_incident, v_mappings, p_witness);
     PERFORM connect_guard.log_event(NULL, 'rollback_detected', jsonb_build_object(
         'incident_id', v_incident, 'source', p_source, 'first_cycle', p_first_cycle,
         'findings', v_rollbacks,

@@ -364,6 +364,36 @@ END;
 $$;
 
 /*
+ * connect_guard.log_sends_in_flight: what the sync service is still
+ * sending of an adopted log (PENDING entries: Connect takes them, sends
+ * them, then marks them), or NULL when nothing; NULL for the own log, whose
+ * work in flight is the open batch.  A pause waits for it before the fence
+ * goes up, or Connect's marking of what it sent would be fenced.
+ */
+CREATE FUNCTION connect_guard.log_sends_in_flight(p_connection_id integer)
+RETURNS text
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c connect_guard.connection;
+    r record;
+BEGIN
+    SELECT * INTO c FROM connect_guard.connection WHERE connection_id = p_connection_id;
+    IF c.log_schema IS NULL THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE format('SELECT count(*) AS n, min(id) AS first_id, max(id) AS last_id FROM %I._trigger_log WHERE state = ''PENDING''',
+                   c.log_schema) INTO r;
+    IF r.n = 0 THEN
+        RETURN NULL;
+    END IF;
+    RETURN format('%s entries of %s are PENDING (ids %s to %s): Connect is still sending them',
+                  r.n, connect_guard.log_table(c.log_schema), r.first_id, r.last_id);
+END;
+$$;
+
+/*
  * connect_guard.require_own_log refuses what only the own log has
  * (batches) on a connection that reads Connect's log.
  */

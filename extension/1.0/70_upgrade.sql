@@ -316,10 +316,16 @@ BEGIN
         UPDATE connect_guard.upgrade_plan
            SET paused_connections = ARRAY(SELECT name FROM connect_guard.connection ORDER BY name)
          WHERE plan_id = p.plan_id AND paused_connections = '{}';
-        FOR c IN SELECT * FROM connect_guard.connection WHERE state NOT IN ('PAUSED', 'PAUSING') ORDER BY name LOOP
+        -- (a pause whose request to the sync service failed is asked again)
+        FOR c IN SELECT * FROM connect_guard.connection cn
+                  WHERE cn.state NOT IN ('PAUSED', 'PAUSING')
+                     OR (cn.state = 'PAUSING' AND (connect_guard.latest_state_request(cn.connection_id)).status = 'failed')
+                  ORDER BY cn.name LOOP
             BEGIN
-                -- the plan fences the whole database itself; a short wait per try
-                PERFORM @extschema@.connect_pause(c.name, block_writes => false, timeout => '100 ms',
+                -- the plan fences the whole database itself; a short wait per try here, while a
+                -- sync service has the step's time to pause (and finish what it is sending)
+                PERFORM @extschema@.connect_pause(c.name, block_writes => false,
+                                      timeout => CASE WHEN c.adapter = 'local' THEN interval '100 ms' ELSE p.step_timeout END,
                                       reason => format('upgrade plan %s', p.plan_id));
             EXCEPTION WHEN object_not_in_prerequisite_state THEN
                 NULL;           -- a batch is open: try again next time

@@ -332,10 +332,19 @@ BEGIN
     UPDATE connect_guard.upgrade_plan
        SET paused_connections = ARRAY(SELECT name FROM connect_guard.connection ORDER BY name)
      WHERE plan_id = p.plan_id AND paused_connections = '{}';
-    FOR c IN SELECT * FROM connect_guard.connection
-              WHERE log_schema IS NOT NULL AND state NOT IN ('PAUSED', 'PAUSING') ORDER BY name LOOP
-        PERFORM @extschema@.connect_pause(c.name, block_writes => false, timeout => '100 ms',
-                                          reason => format('upgrade plan %s', p.plan_id));
+    -- as the plan's pausing step does (70_upgrade.sql)
+    FOR c IN SELECT * FROM connect_guard.connection cn
+              WHERE cn.log_schema IS NOT NULL
+                AND (cn.state NOT IN ('PAUSED', 'PAUSING')
+                     OR (cn.state = 'PAUSING' AND (connect_guard.latest_state_request(cn.connection_id)).status = 'failed'))
+              ORDER BY cn.name LOOP
+        BEGIN
+            PERFORM @extschema@.connect_pause(c.name, block_writes => false,
+                                              timeout => CASE WHEN c.adapter = 'local' THEN interval '100 ms' ELSE p.step_timeout END,
+                                              reason => format('upgrade plan %s', p.plan_id));
+        EXCEPTION WHEN object_not_in_prerequisite_state THEN
+            NULL;
+        END;
     END LOOP;
     SELECT string_agg(format('%s (%s)', name, state), ', ' ORDER BY name) INTO v_waiting
       FROM connect_guard.connection WHERE log_schema IS NOT NULL AND state <> 'PAUSED';

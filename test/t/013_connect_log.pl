@@ -7,7 +7,8 @@
 #   2. an entry of a transaction still open is a gap the mark does not jump,
 #      whatever Connect did with the entries above it
 #   3. pause and resume through the API; the fence on the adopted tables;
-#      a write error Connect records shows in connect_write_errors
+#      a write error Connect records shows in connect_write_errors; a copy
+#      plan carries Connect's unfinished entries into the copy
 #   4. a follower changeover: every entry Connect had not processed when the
 #      plan fenced the database is still unfinished on the promoted follower,
 #      and Connect, moved there, sends each entry once: none lost or doubled
@@ -106,7 +107,7 @@ sub app_writes
 }
 my $whole_log = '(SELECT id, state FROM salesforce._trigger_log UNION ALL SELECT id, state FROM salesforce._trigger_log_archive) l';
 sub unfinished { return sql($_[0], "SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM $whole_log WHERE state IN ('NEW', 'PENDING')"); }
-sub states { return sql($_[0], "SELECT string_agg(id || ':' || state, ',' ORDER BY id) FROM $whole_log"); }
+sub states { return sql($_[0], "SELECT string_agg(id || ':' || state, ',' ORDER BY id) FROM $whole_log", $_[1]); }
 sub all_processed
 {
 	my ($node) = @_;
@@ -180,6 +181,30 @@ ok($primary->poll_query_until('postgres', q{SELECT archived FROM connect_write_e
 	'and still once Connect has archived it');
 ok(all_processed($primary), 'everything else is processed');
 
+# -- 3b. a copy plan: Connect's unfinished entries go with the copy ------------------------------------
+
+sql($primary, "SELECT connect_pause('hc', block_writes => false)");
+is(sql($primary, "SELECT connect_wait_state('hc', 'PAUSED', '30 s')"), 'PAUSED', 'Connect paused, so that entries wait');
+app_writes($primary, 3);
+my $copy_plan = sql($primary, "SELECT connect_prepare_upgrade('copy', timeout => '60 s')");
+is(sql($primary, "SELECT connect_wait_upgrade($copy_plan, 'ready', '60 s')"), 'ready',
+	'the copy plan is ready without waiting for Connect to drain: its log is rows the copy carries');
+my $at_copy = states($primary);
+is(scalar(split /,/, unfinished($primary)), 6, 'six entries unfinished at the fence');
+my $dump = $primary->basedir . '/copy.dump';
+$primary->command_ok([ 'pg_dump', '-Fc', '-f', $dump, '-d', $primary->connstr('postgres') ], 'pg_dump -Fc of the fenced database');
+sql($primary, 'CREATE DATABASE copy');
+# in one transaction: the copy's worker starts at CREATE EXTENSION's commit, and must find the data restored
+$primary->command_ok([ 'pg_restore', '--exit-on-error', '--single-transaction', '-d', $primary->connstr('copy'), $dump ],
+	'pg_restore into a new database');
+is(sql($primary, "SELECT connect_complete_upgrade($copy_plan)", 'copy'), 'completed',
+	'connect_complete_upgrade() on the copy: Connect\'s log came over as it was');
+is(states($primary, 'copy'), $at_copy, 'every entry of Connect\'s log is in the copy, in the state it had');
+sql($primary, 'DROP DATABASE copy WITH (FORCE)');
+is(sql($primary, "SELECT connect_abort_upgrade($copy_plan, 'the copy was a test')"), 'aborted', 'the source is given back');
+ok($primary->poll_query_until('postgres', "SELECT state = 'IDLE' FROM connect_connections"), 'Connect runs again');
+ok(all_processed($primary), 'and sends what waited');
+
 # -- 4. a follower changeover ---------------------------------------------------------------------
 
 my $follower = new_standby($primary, 'follower', start => 0);
@@ -202,7 +227,7 @@ $bench->finish;
 my $at_ready = states($primary);
 my $unfinished_at_ready = unfinished($primary);
 isnt($unfinished_at_ready, '', 'entries written after Connect paused are unfinished: ' . scalar(split /,/, $unfinished_at_ready));
-is(sql($primary, q{SELECT high_water_marks -> 'hc' ->> 'unfinished' FROM connect_guard.upgrade_plan}),
+is(sql($primary, "SELECT high_water_marks -> 'hc' ->> 'unfinished' FROM connect_guard.upgrade_plan WHERE plan_id = $plan"),
 	scalar(split /,/, $unfinished_at_ready), 'the plan recorded them');
 is(sql($primary, "SELECT connect_promote_follower($plan)"), 'promoted', 'promoted');
 ok($follower->poll_query_until('postgres', "SELECT status = 'completed' FROM connect_upgrade_status WHERE plan = $plan"),

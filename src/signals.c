@@ -6,8 +6,9 @@
  * Why from the worker: an HTTP call takes up to connect_guard.http_timeout,
  * and the sync service must not be told "pause" by a transaction that then
  * rolls back.  So the SQL functions only store a request in
- * connect_guard.request (62_signals.sql, which also holds the request's
- * state machine), and once per cycle the worker:
+ * connect_guard.request (50_requests.sql; its state machine is in
+ * 56_request_states.sql, what goes on the wire in 58_protocols.sql), and
+ * once per cycle the worker:
  *
  *   1. takes the due requests in a short transaction (request_take: each is
  *      locked, leased and counted as an attempt), and, while that

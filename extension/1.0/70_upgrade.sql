@@ -65,40 +65,6 @@ SELECT pg_catalog.pg_extension_config_dump('connect_guard.upgrade_plan', '');
 SELECT pg_catalog.pg_extension_config_dump('connect_guard.upgrade_plan_plan_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('connect_guard.upgrade_step', '');
 
-/* the timeline this server writes on, read from the WAL file name: pg_control lags after promotion */
-CREATE FUNCTION connect_guard.current_timeline()
-RETURNS integer
-LANGUAGE sql VOLATILE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::integer;
-$$;
-
-CREATE FUNCTION connect_guard.system_identifier()
-RETURNS bigint
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$ SELECT system_identifier FROM pg_control_system(); $$;
-
-/* the highest entry id the database holds, hot log or archive */
-CREATE FUNCTION connect_guard.log_head()
-RETURNS bigint
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT coalesce(greatest((SELECT max(id) FROM connect_guard.trigger_log),
-                             (SELECT max(id) FROM connect_guard.trigger_log_archive)), 0);
-$$;
-
-CREATE FUNCTION connect_guard.high_water_marks()
-RETURNS jsonb
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT coalesce(jsonb_object_agg(name, jsonb_build_object('last_tick', last_tick, 'hwm_id', hwm_id)), '{}')
-      FROM connect_guard.connection;
-$$;
-
 /*
  * connect_guard.upgrade_goto moves a plan to its next step (or ends it),
  * closing the current step of its timeline and opening the next.
@@ -191,7 +157,7 @@ BEGIN
                                'timeline', connect_guard.current_timeline()));
     END IF;
     IF p.method = 'follower' AND connect_guard.current_timeline() > 1 THEN
-        -- where this server's timeline forked from the old primary's (the history files, 74_witness.sql)
+        -- where this server's timeline forked from the old primary's (the history files, 68_database.sql)
         v_switch := connect_guard.timeline_switch_lsn(p.timeline);
         IF v_switch IS NULL OR v_switch < p.fence_lsn THEN
             PERFORM connect_guard.upgrade_fail(p.plan_id,

@@ -21,10 +21,10 @@ AS $$
 $$;
 
 /*
- * connect_guard.connection_for_update returns the connection row, locked so
- * that batches, pauses and drops of one connection happen one at a time.
+ * connect_guard.require_connection returns the connection named p_name
+ * (locked with p_lock), or raises the error that says it does not exist.
  */
-CREATE FUNCTION connect_guard.connection_for_update(p_name text)
+CREATE FUNCTION connect_guard.require_connection(p_name text, p_lock boolean DEFAULT false)
 RETURNS connect_guard.connection
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -32,7 +32,11 @@ AS $$
 DECLARE
     c connect_guard.connection;
 BEGIN
-    SELECT * INTO c FROM connect_guard.connection WHERE name = p_name FOR UPDATE;
+    IF p_lock THEN
+        SELECT * INTO c FROM connect_guard.connection WHERE name = p_name FOR UPDATE;
+    ELSE
+        SELECT * INTO c FROM connect_guard.connection WHERE name = p_name;
+    END IF;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING
             ERRCODE = 'undefined_object',
@@ -41,6 +45,18 @@ BEGIN
     END IF;
     RETURN c;
 END;
+$$;
+
+/*
+ * connect_guard.connection_for_update returns the connection row, locked so
+ * that batches, pauses and drops of one connection happen one at a time.
+ */
+CREATE FUNCTION connect_guard.connection_for_update(p_name text)
+RETURNS connect_guard.connection
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT * FROM connect_guard.require_connection(p_name, true);
 $$;
 
 /*

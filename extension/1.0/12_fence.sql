@@ -33,6 +33,27 @@ RETURNS SETOF record LANGUAGE C STRICT
 AS 'MODULE_PATHNAME', 'connect_guard_fence_relations';
 
 /*
+ * connect_guard.require_fence stops a call that would raise a fence where
+ * none can be raised, before it changes anything (fence.c raises the same
+ * error itself).
+ */
+CREATE FUNCTION connect_guard.require_fence()
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT connect_guard.fence_available() THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = 'the connect_guard write fence is not available',
+            DETAIL = 'connect_guard was not loaded through shared_preload_libraries.',
+            HINT = 'Add connect_guard to shared_preload_libraries in postgresql.conf and restart the server.';
+    END IF;
+END;
+$$;
+
+/*
  * connect_guard.fence_targets returns the tables a fence covers: the mapped
  * tables of one connection (or of every connection, for NULL; or of the
  * given mappings only) with all their partitions, each with the names of

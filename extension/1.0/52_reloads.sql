@@ -64,10 +64,9 @@ DECLARE
     v_ids bigint[] := '{}';
 BEGIN
     FOR m IN
-        UPDATE connect_guard.mapping mp SET state = 'RELOAD_TABLE', state_since = clock_timestamp()
-          FROM connect_guard.connection c
-         WHERE mp.mapping_id = ANY (p_mapping_ids) AND c.connection_id = mp.connection_id
-        RETURNING mp.*, c.adapter
+        SELECT mp.*, c.adapter
+          FROM connect_guard.mappings_goto(NULL, p_mapping_ids, 'RELOAD_TABLE') mp
+          JOIN connect_guard.connection c USING (connection_id)
     LOOP
         IF m.adapter IN ('heroku', 'webhook')
            AND NOT EXISTS (SELECT 1 FROM connect_guard.request r
@@ -190,11 +189,10 @@ BEGIN
             DETAIL = format('Its mapping is %s.', m.state),
             HINT = 'Only a mapping in RELOAD_TABLE (see connect_mappings) can be acknowledged.';
     END IF;
-    UPDATE connect_guard.mapping SET state = 'DATA_SYNCED', state_since = clock_timestamp()
-     WHERE mapping_id = m.mapping_id;
-    PERFORM connect_guard.log_event(c.connection_id, 'table_reloaded', jsonb_build_object(
-        'table', format('%I.%I', m.table_schema, m.table_name), 'object_name', m.object_name,
-        'acknowledged_by', session_user));
+    PERFORM connect_guard.mappings_goto(c.connection_id, ARRAY[m.mapping_id], 'DATA_SYNCED', NULL,
+        'table_reloaded', jsonb_build_object(
+            'table', format('%I.%I', m.table_schema, m.table_name), 'object_name', m.object_name,
+            'acknowledged_by', session_user));
     PERFORM connect_guard.rollback_release();
 END;
 $$;

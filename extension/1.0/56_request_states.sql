@@ -27,9 +27,8 @@ BEGIN
                                'polls', r.polls, 'http_status', r.last_http_status, 'error', p_error));
         IF r.action IN ('pause', 'resume')
            AND (connect_guard.latest_state_request(r.connection_id)).request_id = r.request_id THEN
-            UPDATE connect_guard.connection
-               SET state_reason = left(format('%s request %s failed: %s', r.action, r.request_id, p_error), 2000)
-             WHERE connection_id = r.connection_id;
+            PERFORM connect_guard.connection_note(r.connection_id,
+                format('%s request %s failed: %s', r.action, r.request_id, p_error));
         END IF;
     ELSE
         PERFORM connect_guard.log_event(r.connection_id, 'request_succeeded',
@@ -122,11 +121,8 @@ DECLARE
     r connect_guard.request;
     c connect_guard.connection;
     b connect_guard.batch;
-    t record;
     v_timeout interval;
     v_deadline timestamptz;
-    v_fence integer;
-    v_reason text;
     v_message text;
     v_detail text;
 BEGIN
@@ -142,8 +138,8 @@ BEGIN
 
     IF r.action = 'pause' THEN
         v_deadline := CASE WHEN r.phase = 'apply' THEN r.deadline ELSE clock_timestamp() + v_timeout END;
-        SELECT * INTO b FROM connect_guard.batch WHERE connection_id = c.connection_id AND finished_at IS NULL;
-        IF FOUND THEN
+        b := connect_guard.connection_open_batch(c.connection_id);
+        IF b.batch_id IS NOT NULL THEN
             IF clock_timestamp() > v_deadline THEN
                 PERFORM connect_guard.request_close(r.request_id, 'failed',
                     format('batch %s, taken by "%s", has been open for %s s: the connection pauses only when idle',
@@ -157,47 +153,26 @@ BEGIN
             RETURN;
         END IF;
 
-        IF (r.params ->> 'block_writes')::boolean AND c.fence_id IS NULL THEN
-            v_reason := coalesce(r.params ->> 'reason', format('connection "%s" paused for maintenance', c.name));
-            t := connect_guard.fence_targets(c.connection_id);
-            BEGIN
-                v_fence := connect_guard.fence_raise('connection', c.connection_id, c.name, v_reason,
-                                                     t.relids, t.relconnections);
-                UPDATE connect_guard.connection SET fence_id = v_fence WHERE connection_id = c.connection_id;
-                PERFORM connect_guard.wait_for_writers(t.relids, clock_timestamp() + v_timeout,
-                                                       coalesce((r.params ->> 'cancel_writers')::boolean, false));
-            EXCEPTION WHEN lock_not_available OR object_not_in_prerequisite_state THEN
-                GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT, v_detail = PG_EXCEPTION_DETAIL;
-                -- the fence is shared memory: a rolled back subtransaction does not lower it
-                IF v_fence IS NOT NULL THEN
-                    PERFORM connect_guard.fence_lower(v_fence);
-                END IF;
-                PERFORM connect_guard.request_close(r.request_id, 'failed',
-                    format('Connect is paused but the fence could not be raised: %s%s', v_message,
-                           CASE WHEN v_detail <> '' THEN ' (' || v_detail || ')' ELSE '' END));
-                RETURN;
-            END;
-            c.fence_id := v_fence;
-        END IF;
-        UPDATE connect_guard.connection SET state = 'PAUSED', state_since = clock_timestamp()
-         WHERE connection_id = c.connection_id;
-        PERFORM connect_guard.log_event(c.connection_id, 'paused',
-            jsonb_build_object('request_id', r.request_id, 'adapter', c.adapter,
-                               'block_writes', (r.params ->> 'block_writes')::boolean, 'fence_id', c.fence_id,
-                               'reason', r.params ->> 'reason',
-                               'waited_ms', round(extract(epoch FROM clock_timestamp() - r.created_at) * 1000)));
+        BEGIN
+            PERFORM connect_guard.pause_apply(c, (r.params ->> 'block_writes')::boolean, r.params ->> 'reason',
+                                              (r.params ->> 'cancel_writers')::boolean, clock_timestamp() + v_timeout,
+                                              r.created_at,
+                                              jsonb_build_object('request_id', r.request_id, 'adapter', c.adapter));
+        EXCEPTION WHEN lock_not_available OR object_not_in_prerequisite_state THEN
+            GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT, v_detail = PG_EXCEPTION_DETAIL;
+            PERFORM connect_guard.request_close(r.request_id, 'failed',
+                format('Connect is paused but the fence could not be raised: %s%s', v_message,
+                       CASE WHEN v_detail <> '' THEN ' (' || v_detail || ')' ELSE '' END));
+            RETURN;
+        END;
     ELSIF r.action = 'resume' THEN
-        UPDATE connect_guard.connection SET state = 'IDLE', state_since = clock_timestamp(), state_reason = NULL
-         WHERE connection_id = c.connection_id;
-        PERFORM connect_guard.log_event(c.connection_id, 'resumed',
+        PERFORM connect_guard.connection_goto(c.connection_id, 'IDLE', NULL, 'resumed',
             jsonb_build_object('request_id', r.request_id, 'adapter', c.adapter,
                                'waited_ms', round(extract(epoch FROM clock_timestamp() - r.created_at) * 1000)));
     ELSIF r.action = 'reload' AND r.mapping_id IS NOT NULL THEN
-        UPDATE connect_guard.mapping SET state = 'DATA_SYNCED', state_since = clock_timestamp()
-         WHERE mapping_id = r.mapping_id AND state = 'RELOAD_TABLE';
-        PERFORM connect_guard.log_event(c.connection_id, 'table_reloaded',
-            jsonb_build_object('request_id', r.request_id, 'table', r.params ->> 'table',
-                               'object_name', r.params ->> 'object_name'));
+        PERFORM connect_guard.mappings_goto(c.connection_id, ARRAY[r.mapping_id], 'DATA_SYNCED', ARRAY['RELOAD_TABLE'],
+            'table_reloaded', jsonb_build_object('request_id', r.request_id, 'table', r.params ->> 'table',
+                                                 'object_name', r.params ->> 'object_name'));
     END IF;
     PERFORM connect_guard.request_close(r.request_id, 'succeeded');
     IF r.action = 'reload' THEN

@@ -22,17 +22,11 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     c connect_guard.connection;
-    b connect_guard.batch;
-    t record;
     v_deadline timestamptz := clock_timestamp() + coalesce(timeout, '30 s');
     v_started timestamptz := clock_timestamp();
-    v_reason text;
 BEGIN
     PERFORM connect_guard.require_read_committed('connect_pause()');
-    SELECT * INTO c FROM connect_guard.connection WHERE name = connect_pause.connection;
-    IF NOT FOUND THEN
-        PERFORM connect_guard.connection_for_update(connection);   -- raises the error
-    END IF;
+    c := connect_guard.require_connection(connection);
     IF c.adapter <> 'local' THEN
         -- a remote sync service is asked by the worker; this returns PAUSING (request_pause below)
         RETURN connect_guard.request_pause(connection, block_writes, timeout, reason, cancel_writers);
@@ -44,54 +38,27 @@ BEGIN
             DETAIL = format('It has been %s since %s.', c.state, c.state_since),
             HINT = 'Resume it with connect_resume() first, or leave it paused.';
     END IF;
-    IF block_writes AND NOT connect_guard.fence_available() THEN
-        PERFORM connect_guard.fence_raise('connection', NULL, NULL, NULL, '{}', '{}');  -- raises the error
+    IF block_writes THEN
+        PERFORM connect_guard.require_fence();
     END IF;
 
     -- Wait for the open batch without holding the connection's lock (its
-    -- consumer needs the lock to finish it); each try locks the connection
-    -- inside a subtransaction that is rolled back while a batch is open.
+    -- consumer needs the lock to finish it): each try locks the connection
+    -- in a subtransaction, which require_no_open_batch's error rolls back.
     LOOP
         BEGIN
-            SELECT * INTO c FROM connect_guard.connection WHERE connection_id = c.connection_id FOR UPDATE;
-            SELECT * INTO b FROM connect_guard.batch
-             WHERE connection_id = c.connection_id AND finished_at IS NULL;
-            IF FOUND THEN
-                RAISE EXCEPTION USING ERRCODE = 'CGW01';
-            END IF;
-            UPDATE connect_guard.connection
-               SET state = 'PAUSED', state_since = clock_timestamp(),
-                   state_reason = coalesce(connect_pause.reason, 'paused for maintenance')
-             WHERE connection_id = c.connection_id;
+            c := connect_guard.connection_for_update(connection);
+            PERFORM connect_guard.require_no_open_batch(c.connection_id, connection);
             EXIT;
-        EXCEPTION WHEN SQLSTATE 'CGW01' THEN
+        EXCEPTION WHEN object_not_in_prerequisite_state THEN
             IF clock_timestamp() > v_deadline THEN
-                RAISE EXCEPTION USING
-                    ERRCODE = 'object_not_in_prerequisite_state',
-                    MESSAGE = format('cannot pause connection "%s": batch %s has been open for %s s',
-                                     connection, b.batch_id,
-                                     round(extract(epoch FROM clock_timestamp() - b.taken_at)::numeric, 1)),
-                    DETAIL = format('Connect pauses only when idle: the batch taken by "%s" at %s must be finished first.',
-                                    b.taken_by, b.taken_at),
-                    HINT = 'Let the consumer call connect_finish_batch(), or call connect_pause() with a longer timeout.';
+                RAISE;
             END IF;
             PERFORM pg_sleep(0.02);
         END;
     END LOOP;
 
-    IF block_writes THEN
-        v_reason := coalesce(connect_pause.reason, format('connection "%s" paused for maintenance', connection));
-        t := connect_guard.fence_targets(c.connection_id);
-        c.fence_id := connect_guard.fence_raise('connection', c.connection_id, connection, v_reason,
-                                                t.relids, t.relconnections);
-        UPDATE connect_guard.connection SET fence_id = c.fence_id WHERE connection_id = c.connection_id;
-        PERFORM connect_guard.wait_for_writers(t.relids, v_deadline, cancel_writers);
-    END IF;
-
-    PERFORM connect_guard.log_event(c.connection_id, 'paused',
-        jsonb_build_object('block_writes', block_writes, 'fence_id', c.fence_id,
-                           'reason', connect_pause.reason,
-                           'waited_ms', round(extract(epoch FROM clock_timestamp() - v_started) * 1000)));
+    PERFORM connect_guard.pause_apply(c, block_writes, reason, cancel_writers, v_deadline, v_started);
     RETURN 'PAUSED';
 END;
 $$;
@@ -119,10 +86,7 @@ BEGIN
     IF c.fence_id IS NOT NULL THEN
         PERFORM connect_guard.fence_lower(c.fence_id);
     END IF;
-    UPDATE connect_guard.connection
-       SET state = 'IDLE', state_since = clock_timestamp(), state_reason = NULL, fence_id = NULL
-     WHERE connection_id = c.connection_id;
-    PERFORM connect_guard.log_event(c.connection_id, 'resumed',
+    PERFORM connect_guard.connection_goto(c.connection_id, 'IDLE', NULL, 'resumed',
         jsonb_build_object('paused_for_ms', round(extract(epoch FROM clock_timestamp() - c.state_since) * 1000),
                            'fence_id', c.fence_id));
     RETURN 'IDLE';
@@ -157,21 +121,18 @@ BEGIN
                                  THEN format(' Pause request %s is on its way to the sync service.', r.request_id) ELSE '' END),
             HINT = 'Resume it with connect_resume() first, or leave it paused; connect_wait_state() waits for PAUSED.';
     END IF;
-    IF p_block_writes AND NOT connect_guard.fence_available() THEN
-        PERFORM connect_guard.fence_raise('connection', NULL, NULL, NULL, '{}', '{}');   -- raises the error
+    IF p_block_writes THEN
+        PERFORM connect_guard.require_fence();
     END IF;
     v_id := connect_guard.request_enqueue(c.connection_id, 'pause', NULL,
         jsonb_build_object('block_writes', coalesce(p_block_writes, false),
                            'cancel_writers', coalesce(p_cancel_writers, false),
                            'reason', p_reason,
                            'timeout_s', extract(epoch FROM coalesce(p_timeout, '30 s'))::double precision));
-    UPDATE connect_guard.connection
-       SET state = 'PAUSING', state_since = clock_timestamp(),
-           state_reason = coalesce(p_reason, 'paused for maintenance')
-     WHERE connection_id = c.connection_id;
-    PERFORM connect_guard.log_event(c.connection_id, 'pausing',
+    PERFORM connect_guard.connection_goto(c.connection_id, 'PAUSING', NULL, 'pausing',
         jsonb_build_object('request_id', v_id, 'adapter', c.adapter, 'block_writes', coalesce(p_block_writes, false),
-                           'reason', p_reason));
+                           'reason', p_reason),
+        coalesce(p_reason, 'paused for maintenance'));
     RETURN 'PAUSING';
 END;
 $$;
@@ -207,10 +168,7 @@ BEGIN
         PERFORM connect_guard.fence_lower(c.fence_id);
     END IF;
     v_id := connect_guard.request_enqueue(c.connection_id, 'resume', NULL, jsonb_build_object('timeout_s', 300));
-    UPDATE connect_guard.connection
-       SET state = 'RESUMING', state_since = clock_timestamp(), state_reason = NULL, fence_id = NULL
-     WHERE connection_id = c.connection_id;
-    PERFORM connect_guard.log_event(c.connection_id, 'resuming',
+    PERFORM connect_guard.connection_goto(c.connection_id, 'RESUMING', NULL, 'resuming',
         jsonb_build_object('request_id', v_id, 'adapter', c.adapter, 'fence_id', c.fence_id,
                            'paused_for_ms', round(extract(epoch FROM clock_timestamp() - c.state_since) * 1000)));
     RETURN 'RESUMING';
@@ -300,10 +258,7 @@ BEGIN
             HINT = 'Wait for PAUSED (after connect_pause) or IDLE (after connect_resume).';
     END IF;
     v_targets := CASE WHEN state = 'IDLE' THEN ARRAY['IDLE', 'POLLING_DB_CHANGES'] ELSE ARRAY[state] END;
-    SELECT * INTO c FROM connect_guard.connection WHERE name = connect_wait_state.connection;
-    IF NOT FOUND THEN
-        PERFORM connect_guard.connection_for_update(connection);   -- raises the error
-    END IF;
+    c := connect_guard.require_connection(connection);
     IF EXISTS (SELECT 1 FROM connect_guard.request q
                 WHERE q.connection_id = c.connection_id AND q.status = 'pending'
                   AND q.created_xid = pg_current_xact_id_if_assigned()) THEN
@@ -320,7 +275,8 @@ BEGIN
         IF NOT FOUND THEN
             RAISE EXCEPTION USING
                 ERRCODE = 'undefined_object',
-                MESSAGE = format('connection "%s" was dropped while waiting for it to be %s', connection, state);
+                MESSAGE = format('connection "%s" was dropped while waiting for it to be %s', connection, state),
+                HINT = 'The event log says who dropped it (kind connection_dropped); there is nothing left to wait for.';
         END IF;
         IF c.state = ANY (v_targets) THEN
             RETURN c.state;

@@ -506,7 +506,11 @@ BEGIN
 END;
 $$;
 
-CREATE FUNCTION connect_guard.plan_for_update(p_plan bigint)
+/*
+ * connect_guard.require_plan returns the upgrade plan p_plan (locked with
+ * p_lock), or raises the error that says it does not exist.
+ */
+CREATE FUNCTION connect_guard.require_plan(p_plan bigint, p_lock boolean DEFAULT false)
 RETURNS connect_guard.upgrade_plan
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -514,7 +518,11 @@ AS $$
 DECLARE
     p connect_guard.upgrade_plan;
 BEGIN
-    SELECT * INTO p FROM connect_guard.upgrade_plan WHERE plan_id = p_plan FOR UPDATE;
+    IF p_lock THEN
+        SELECT * INTO p FROM connect_guard.upgrade_plan WHERE plan_id = p_plan FOR UPDATE;
+    ELSE
+        SELECT * INTO p FROM connect_guard.upgrade_plan WHERE plan_id = p_plan;
+    END IF;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING
             ERRCODE = 'undefined_object',
@@ -523,6 +531,14 @@ BEGIN
     END IF;
     RETURN p;
 END;
+$$;
+
+CREATE FUNCTION connect_guard.plan_for_update(p_plan bigint)
+RETURNS connect_guard.upgrade_plan
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT * FROM connect_guard.require_plan(p_plan, true);
 $$;
 
 /*
@@ -541,10 +557,7 @@ DECLARE
 BEGIN
     PERFORM connect_guard.require_read_committed('connect_wait_upgrade()');
     LOOP
-        SELECT * INTO p FROM connect_guard.upgrade_plan WHERE plan_id = plan;
-        IF NOT FOUND THEN
-            PERFORM connect_guard.plan_for_update(plan);     -- raises the error
-        END IF;
+        p := connect_guard.require_plan(plan);
         IF p.step = connect_wait_upgrade.step OR p.status = connect_wait_upgrade.step
            OR EXISTS (SELECT 1 FROM connect_guard.upgrade_step s
                        WHERE s.plan_id = p.plan_id AND s.step = connect_wait_upgrade.step) THEN
@@ -623,10 +636,7 @@ DECLARE
     p connect_guard.upgrade_plan;
     v_result jsonb;
 BEGIN
-    SELECT * INTO p FROM connect_guard.upgrade_plan WHERE plan_id = plan;
-    IF NOT FOUND THEN
-        PERFORM connect_guard.plan_for_update(plan);
-    END IF;
+    p := connect_guard.require_plan(plan);
     IF p.method <> 'follower' OR p.status <> 'ready' THEN
         RAISE EXCEPTION USING
             ERRCODE = 'object_not_in_prerequisite_state',

@@ -36,8 +36,11 @@ AS $$
 DECLARE
     t record;
 BEGIN
-    IF NOT coalesce(current_setting('connect_guard.fence_on_rollback', true), 'on')::boolean
-       OR NOT connect_guard.fence_available()
+    -- fence_available() first: calling it loads the library, which registers fence_on_rollback (witness.c)
+    IF NOT connect_guard.fence_available() THEN
+        RETURN NULL;
+    END IF;
+    IF NOT current_setting('connect_guard.fence_on_rollback')::boolean
        OR EXISTS (SELECT 1 FROM connect_guard.fence_list() f WHERE f.scope = 'database') THEN
         RETURN NULL;
     END IF;

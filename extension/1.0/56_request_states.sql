@@ -53,7 +53,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     r connect_guard.request;
-    v_max integer := greatest(1, coalesce(nullif(current_setting('connect_guard.http_max_attempts', true), '')::integer, 8));
+    -- registered by signals.c; only the worker, which has the library loaded, records outcomes
+    v_max integer := current_setting('connect_guard.http_max_attempts')::integer;
     v_delay double precision;
 BEGIN
     UPDATE connect_guard.request q

@@ -1,8 +1,82 @@
 /* ------------------------------------------------------------------------
  * The protocols of the sync services: Heroku Connect's API (adapter
  * 'heroku') and signed webhooks (adapter 'webhook').  What each request
- * looks like on the wire and how each answer is read.
+ * looks like on the wire (request_wire) and how each answer is read; the
+ * options each adapter takes are validated in 18_options.sql.
+ *
+ * The worker's HTTP client (signals.c, http.c) adds nothing of its own but
+ * the transport: TLS (connect_guard.http_ca_file), the timeout
+ * (connect_guard.http_timeout), a User-Agent, Accept and Content-Type
+ * application/json for a body, and the credential by the auth scheme that
+ * request_wire names:
+ *   'bearer'  Authorization: Bearer <the API token>
+ *   'hmac'    X-Connect-Guard-Signature: sha256=<hex HMAC-SHA256 of the body, keyed with the webhook key>
  * ------------------------------------------------------------------------ */
+
+/*
+ * connect_guard.request_wire is what one step (p_step: 'send' or 'poll',
+ * as request_take() decided) of request r of connection c (for a reload,
+ * of mapping m) sends:
+ *
+ *   heroku   GET  {region_url}/api/v3/connections/{connection_id}?deep=true
+ *                 to poll, for a refresh, and to look up a mapping's id
+ *                 (step 'lookup') before its reload
+ *            POST {region_url}/api/v3/mappings/{remote_id}/actions/reload
+ *            POST {region_url}/api/v3/connections/{connection_id}/actions/{pause|resume}
+ *            no body; auth 'bearer' with the token
+ *   webhook  POST {url}, auth 'hmac' with the key, the body a JSON object:
+ *            connection, action, request_id, requested_at (UTC, ISO 8601),
+ *            requested_by, database, and when set reason, block_writes,
+ *            table, object_name
+ *
+ * secret_file is the file the options name for the secret (the worker
+ * uses it when no secret is stored).
+ */
+CREATE FUNCTION connect_guard.request_wire(r connect_guard.request, c connect_guard.connection,
+                                           m connect_guard.mapping, p_step text,
+                                           OUT step text, OUT method text, OUT url text, OUT body text,
+                                           OUT auth text, OUT secret_file text)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_api text;
+BEGIN
+    step := p_step;
+    IF c.adapter = 'heroku' THEN
+        v_api := (c.options ->> 'region_url') || '/api/v3';
+        auth := 'bearer';
+        secret_file := c.options ->> 'token_file';
+        IF p_step = 'poll' OR r.action = 'refresh' OR (r.action = 'reload' AND m.remote_id IS NULL) THEN
+            step := CASE WHEN p_step = 'poll' THEN 'poll' ELSE 'lookup' END;
+            method := 'GET';
+            url := format('%s/connections/%s?deep=true', v_api, c.options ->> 'connection_id');
+        ELSIF r.action = 'reload' THEN
+            method := 'POST';
+            url := format('%s/mappings/%s/actions/reload', v_api, m.remote_id);
+        ELSE
+            method := 'POST';
+            url := format('%s/connections/%s/actions/%s', v_api, c.options ->> 'connection_id', r.action);
+        END IF;
+    ELSE
+        auth := 'hmac';
+        secret_file := c.options ->> 'secret_file';
+        method := 'POST';
+        url := c.options ->> 'url';
+        body := jsonb_strip_nulls(jsonb_build_object(
+            'connection', c.name,
+            'action', r.action,
+            'request_id', r.request_id,
+            'requested_at', to_char(r.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+            'requested_by', r.requested_by,
+            'database', current_database(),
+            'reason', r.params ->> 'reason',
+            'block_writes', (r.params ->> 'block_writes')::boolean,
+            'table', r.params ->> 'table',
+            'object_name', r.params ->> 'object_name'))::text;
+    END IF;
+END;
+$$;
 
 /*
  * connect_guard.request_http_error describes an HTTP failure for

@@ -10,9 +10,10 @@
  * that dies in the middle does not leave it stuck, nor have it sent twice
  * at once.  Steps: 'send' (the action), 'lookup' (a deep GET to find
  * mapping ids, or for a refresh), 'poll' (a deep GET to see the effect),
- * 'apply' (nothing to send).  auth is 'bearer' (secret is the token) or
- * 'hmac' (secret is the key to sign body with); with secret NULL the worker
- * reads secret_file.
+ * 'apply' (nothing to send).  What is sent is the adapter's
+ * (request_wire, 58_protocols.sql); secret is the connection's stored
+ * token or key, and with secret NULL the worker reads secret_file.
+ * signals.c reads these columns by name.
  */
 CREATE FUNCTION connect_guard.request_take(p_limit integer, p_lease_ms integer)
 RETURNS TABLE (t_request_id bigint, t_step text, t_method text, t_url text, t_body text,
@@ -25,7 +26,7 @@ DECLARE
     c connect_guard.connection;
     m connect_guard.mapping;
     s record;
-    v_api text;
+    w record;
 BEGIN
     -- a pause or resume that a newer one replaced is not sent any more
     FOR s IN
@@ -73,38 +74,9 @@ BEGIN
         t_method := NULL; t_url := NULL; t_body := NULL; t_auth := NULL; t_secret := NULL; t_secret_file := NULL;
         t_description := format('connect_guard: %s request %s of connection "%s"', r.action, r.request_id, c.name);
         IF t_step <> 'apply' THEN
-            IF c.adapter = 'heroku' THEN
-                v_api := (c.options ->> 'region_url') || '/api/v3';
-                t_auth := 'bearer';
-                t_secret_file := c.options ->> 'token_file';
-                IF t_step = 'poll' OR r.action = 'refresh' OR (r.action = 'reload' AND m.remote_id IS NULL) THEN
-                    t_step := CASE WHEN t_step = 'poll' THEN 'poll' ELSE 'lookup' END;
-                    t_method := 'GET';
-                    t_url := format('%s/connections/%s?deep=true', v_api, c.options ->> 'connection_id');
-                ELSIF r.action = 'reload' THEN
-                    t_method := 'POST';
-                    t_url := format('%s/mappings/%s/actions/reload', v_api, m.remote_id);
-                ELSE
-                    t_method := 'POST';
-                    t_url := format('%s/connections/%s/actions/%s', v_api, c.options ->> 'connection_id', r.action);
-                END IF;
-            ELSE
-                t_auth := 'hmac';
-                t_secret_file := c.options ->> 'secret_file';
-                t_method := 'POST';
-                t_url := c.options ->> 'url';
-                t_body := jsonb_strip_nulls(jsonb_build_object(
-                    'connection', c.name,
-                    'action', r.action,
-                    'request_id', r.request_id,
-                    'requested_at', to_char(r.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
-                    'requested_by', r.requested_by,
-                    'database', current_database(),
-                    'reason', r.params ->> 'reason',
-                    'block_writes', (r.params ->> 'block_writes')::boolean,
-                    'table', r.params ->> 'table',
-                    'object_name', r.params ->> 'object_name'))::text;
-            END IF;
+            SELECT * INTO w FROM connect_guard.request_wire(r, c, m, t_step);
+            t_step := w.step; t_method := w.method; t_url := w.url; t_body := w.body;
+            t_auth := w.auth; t_secret_file := w.secret_file;
             SELECT cs.secret INTO t_secret FROM connect_guard.connection_secret cs
              WHERE cs.connection_id = c.connection_id;
             IF t_secret IS NOT NULL THEN

@@ -42,3 +42,8 @@ CREATE FUNCTION connect_guard.timeline_switch_lsn(ancestor integer)
 RETURNS pg_lsn LANGUAGE C STRICT
 AS 'MODULE_PATHNAME', 'connect_guard_timeline_switch_lsn';
 
+
+-- whether this server is one that pg_upgrade started (postgres -b)
+CREATE FUNCTION connect_guard.in_binary_upgrade()
+RETURNS boolean LANGUAGE C STRICT STABLE
+AS 'MODULE_PATHNAME', 'connect_guard_in_binary_upgrade';

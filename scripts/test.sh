@@ -50,6 +50,14 @@ else
     failed=$((failed + 1)); failures+=("simulator self-test")
 fi
 
+# each part of the install script uses only what the parts before it create
+log "install script parts in dependency order (scripts/check_sql_order.pl)"
+if perl "$CG_ROOT/scripts/check_sql_order.pl"; then
+    passed=$((passed + 1))
+else
+    failed=$((failed + 1)); failures+=("install script order")
+fi
+
 for f in "$work"/src/results-regress/regression.diffs "$work"/src/results-isolation/regression.diffs; do
     if [ -s "$f" ]; then log "$f"; cat "$f"; fi
 done

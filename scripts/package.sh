@@ -52,6 +52,16 @@ as_run_user lintian --fail-on error,warning --suppress-tags initial-upload-close
 exec 9>/var/lock/connect_guard-package.lock
 flock 9
 
+# A `make install` into /usr (scripts/test.sh's, with the default PG_BIN) is
+# put back after the purge, as it was.
+installed=(/usr/lib/postgresql/15/lib/connect_guard.so /usr/lib/postgresql/15/lib/bitcode/connect_guard*
+           /usr/share/postgresql/15/extension/connect_guard*)
+before=()
+for f in "${installed[@]}"; do [ -e "$f" ] && before+=("$f"); done
+if [ ${#before[@]} -gt 0 ] && ! dpkg-query -S "${before[0]}" >/dev/null 2>&1; then
+    tar -cf "$work/usr-before.tar" -P "${before[@]}"
+fi
+
 log "autopkgtest: install $(basename "$deb") and run debian/tests against it"
 started=$SECONDS
 as_root autopkgtest --user="$RUN_USER" --output-dir "$work/autopkgtest" "$deb" "$work/src/" -- null \
@@ -73,4 +83,8 @@ log "purge"
 as_root env DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq "$pkg" >/dev/null
 left=$(ls /usr/lib/postgresql/15/lib/connect_guard.so /usr/share/postgresql/15/extension/connect_guard* 2>/dev/null || true)
 [ -z "$left" ] || die "purging $pkg left $left"
+if [ -f "$work/usr-before.tar" ]; then
+    as_root tar -xpf "$work/usr-before.tar" -P
+    echo "put back the files of the earlier make install: ${before[*]}" >&2
+fi
 echo "package: $(basename "$deb") built, lintian-clean, installed, tested, purged" >&2

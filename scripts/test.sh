@@ -44,7 +44,7 @@ suite "isolation specs (test/isolation)" REGRESS= TAP_TESTS=
 suite "TAP tests (test/t)" REGRESS= ISOLATION= ${PROVE_TESTS:+PROVE_TESTS="$PROVE_TESTS"}
 
 log "Connect simulator self-test (test/simulator)"
-if bash "$work/src/test/simulator/selftest.sh"; then
+if PGBIN="$PG_BIN" bash "$work/src/test/simulator/selftest.sh"; then
     passed=$((passed + 1))
 else
     failed=$((failed + 1)); failures+=("simulator self-test")

@@ -305,6 +305,17 @@ my @unknown = grep { !$served{$_} } sort keys %named;
 is_deeply(\@unknown, [], 'every metric the alert rules name is one the exporter served ('
       . scalar(keys %named) . ' names)');
 
+# -- the README documents the metrics served and shows the rules as they are --------
+
+my $readme = slurp_file(File::Spec->rel2abs('README.md'));
+my @undocumented = grep { /^connect_guard_/ && $readme !~ /`\Q$_\E`/ } sort keys %served;
+is_deeply(\@undocumented, [], 'README.md (Monitoring) names every metric served');
+my %rules = slurp_file($alerts) =~ /^\s*- alert: (\w+)\n\s*expr: (.*)$/mg;
+my %shown = $readme =~ /^\s*- alert: (\w+)[^\n]*\n\s*expr: (.*)$/mg;
+is_deeply(\%shown, \%rules, 'README.md shows every alert rule of monitoring/alerts.yml, with its expression')
+  or diag(explain({ readme => \%shown, alerts => \%rules }));
+ok(scalar(keys %rules) >= 17, scalar(keys %rules) . ' alert rules');
+
 # -- the exporter's own log: no query failed ---------------------------------------
 
 $exporter->kill_kill;

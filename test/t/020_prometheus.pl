@@ -92,7 +92,7 @@ sql(q{SELECT connect_reload_mapping('sync', 'contact')});
 
 # the standby stops replaying, and falls behind
 $standby->safe_psql('postgres', 'SELECT pg_wal_replay_pause()');
-sql(q{CREATE TABLE filler AS SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 2000) g});
+sql(q{CREATE TABLE filler AS SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 5000) g});
 sql(q{SELECT count(*) FROM connect_check_followers()});
 
 # -- the exporter ----------------------------------------------------------------

@@ -295,6 +295,8 @@ is(scalar(grep { /^connect_guard_upgrade_plan/ } keys %$m), 0, 'an aborted plan 
 # -- the alert rules ---------------------------------------------------------------
 
 my ($out, $err) = ('', '');
+# promtool's rule tests keep their samples in a directory under TMPDIR
+local $ENV{TMPDIR} = PostgreSQL::Test::Utils::tempdir;
 ok(IPC::Run::run([ $promtool, 'check', 'rules', $alerts ], '>', \$out, '2>', \$err), 'promtool check rules')
   or diag("$out$err");
 ok(IPC::Run::run([ $promtool, 'test', 'rules', File::Spec->rel2abs('monitoring/alerts_test.yml') ], '>', \$out, '2>', \$err),

@@ -15,6 +15,7 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use ConnectGuard::Test;
 use Time::HiRes qw(sleep);
 
 my $exporter_bin = '/usr/bin/prometheus-postgres-exporter';
@@ -29,24 +30,14 @@ my $alerts  = File::Spec->rel2abs('monitoring/alerts.yml');
 
 # -- the servers -----------------------------------------------------------------
 
-my $primary = PostgreSQL::Test::Cluster->new('primary');
-$primary->init(allows_streaming => 1);
-$primary->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'connect_guard'
-connect_guard.http_max_attempts = 1
-connect_guard.http_timeout = 2000
-connect_guard.witness_directory = ''
-});
-$primary->start;
-$primary->backup('base');
-my $standby = PostgreSQL::Test::Cluster->new('standby');
-$standby->init_from_backup($primary, 'base', has_streaming => 1);
-$standby->start;
-
-sub sql { return $primary->safe_psql('postgres', $_[0]); }
+my $primary = cg_node('primary', init => [ allows_streaming => 1 ], conf => [
+    'connect_guard.http_max_attempts = 1',
+    'connect_guard.http_timeout = 2000',
+    "connect_guard.witness_directory = ''" ]);
+my $standby = new_standby($primary, 'standby');
 
 # the exporter's role: pg_monitor and nothing else
-sql(q{
+sql($primary, q{
     CREATE EXTENSION connect_guard;
     CREATE ROLE cg_prometheus LOGIN IN ROLE pg_monitor;
     CREATE TABLE account (id int PRIMARY KEY, name text);
@@ -59,41 +50,42 @@ sql(q{
     SELECT connect_map_table('ops', 'lead', 'Lead');
 });
 $primary->wait_for_catchup($standby);
-sql("SELECT connect_add_follower('f1', \$ci\$" . $standby->connstr('postgres') . "\$ci\$)");
+ok(wait_for_worker($primary), 'the worker runs');
+sql($primary, "SELECT connect_add_follower('f1', \$ci\$" . $standby->connstr('postgres') . "\$ci\$)");
 
 # sync: a first batch consumed, then 7 writes taken in a batch left open,
 # then 5 more; its backlog is the 12 entries past its mark
-sql(q{INSERT INTO account SELECT g, 'a' || g FROM generate_series(1, 4) g});
-my $batch = sql(q{SELECT connect_next_batch('sync')});
-is(sql("SELECT count(*) FROM connect_batch_events($batch)"), '4', 'the first batch has the 4 inserts');
-sql("SELECT connect_finish_batch($batch)");
-sql(q{INSERT INTO account SELECT g, 'a' || g FROM generate_series(5, 9) g});
-sql(q{INSERT INTO contact SELECT g, 'c' || g FROM generate_series(1, 2) g});
-$batch = sql(q{SELECT connect_next_batch('sync')});
+sql($primary, q{INSERT INTO account SELECT g, 'a' || g FROM generate_series(1, 4) g});
+my $batch = sql($primary, q{SELECT connect_next_batch('sync')});
+is(sql($primary, "SELECT count(*) FROM connect_batch_events($batch)"), '4', 'the first batch has the 4 inserts');
+sql($primary, "SELECT connect_finish_batch($batch)");
+sql($primary, q{INSERT INTO account SELECT g, 'a' || g FROM generate_series(5, 9) g});
+sql($primary, q{INSERT INTO contact SELECT g, 'c' || g FROM generate_series(1, 2) g});
+$batch = sql($primary, q{SELECT connect_next_batch('sync')});
 sleep 1.1;    # so that the oldest pending entry is measurably old
-sql(q{UPDATE account SET name = name || '!' WHERE id <= 5});
+sql($primary, q{UPDATE account SET name = name || '!' WHERE id <= 5});
 # ops: 3 writes, never consumed, then paused with its fence
-sql(q{INSERT INTO lead SELECT g, 'l' || g FROM generate_series(1, 3) g});
-is(sql(q{SELECT connect_pause('ops', reason => 'monitoring test')}), 'PAUSED', 'ops paused');
+sql($primary, q{INSERT INTO lead SELECT g, 'l' || g FROM generate_series(1, 3) g});
+is(sql($primary, q{SELECT connect_pause('ops', reason => 'monitoring test')}), 'PAUSED', 'ops paused');
 
 # hook: a webhook nobody answers; its pause request fails (one attempt)
 my $nowhere = PostgreSQL::Test::Cluster::get_free_port();
-sql(qq{SELECT connect_create_connection('hook', 'webhook',
+sql($primary, qq{SELECT connect_create_connection('hook', 'webhook',
         '{"url": "http://127.0.0.1:$nowhere/hook", "secret": "s3cret"}')});
-sql(q{SELECT connect_map_table('hook', 'lead', 'Lead')});
-sql(q{SELECT connect_pause('hook')});
+sql($primary, q{SELECT connect_map_table('hook', 'lead', 'Lead')});
+sql($primary, q{SELECT connect_pause('hook')});
 ok($primary->poll_query_until('postgres',
         q{SELECT count(*) FROM connect_requests WHERE connection = 'hook' AND status = 'failed'}, '1'),
     'the webhook pause request failed');
 
 # a reload by hand: contact goes to RELOAD_TABLE, behind a reload fence,
 # recorded as an open incident
-sql(q{SELECT connect_reload_mapping('sync', 'contact')});
+sql($primary, q{SELECT connect_reload_mapping('sync', 'contact')});
 
 # the standby stops replaying, and falls behind
 $standby->safe_psql('postgres', 'SELECT pg_wal_replay_pause()');
-sql(q{CREATE TABLE filler AS SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 5000) g});
-sql(q{SELECT count(*) FROM connect_check_followers()});
+sql($primary, q{CREATE TABLE filler AS SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 5000) g});
+sql($primary, q{SELECT count(*) FROM connect_check_followers()});
 
 # -- the exporter ----------------------------------------------------------------
 
@@ -227,14 +219,14 @@ sub check_scrape
 
 # connect_write_errors comes with adopted Connect schemas (a later version);
 # until then its query returns nothing, and the scrape does not fail
-my $has_write_errors = sql(q{SELECT to_regclass('connect_write_errors') IS NOT NULL});
+my $has_write_errors = sql($primary, q{SELECT to_regclass('connect_write_errors') IS NOT NULL});
 my $m = scrape();
 if ($has_write_errors eq 'f')
 {
     is(scalar(grep { /^connect_guard_write_errors/ } keys %$m), 0, 'without connect_write_errors: no write_errors series');
     is($m->{'pg_exporter_last_scrape_error{}'}, 0, 'without connect_write_errors: the scrape does not fail');
     # a stand-in with the view's connection column, for the query's other branch
-    sql(q{CREATE VIEW connect_write_errors AS
+    sql($primary, q{CREATE VIEW connect_write_errors AS
             SELECT 'sync'::text AS connection, g AS record_id FROM generate_series(1, 3) g;
           GRANT SELECT ON connect_write_errors TO pg_monitor});
 }
@@ -276,11 +268,11 @@ my %served = map { /^([^{]+)/; $1 => 1 } keys %$m;
 # -- 2. a failed upgrade plan ----------------------------------------------------
 
 # the plan pauses every connection; the webhook's never answers
-my $plan = sql(q{SELECT connect_prepare_upgrade('pg_upgrade', timeout => '3 s')});
+my $plan = sql($primary, q{SELECT connect_prepare_upgrade('pg_upgrade', timeout => '3 s')});
 ok($primary->poll_query_until('postgres',
         "SELECT status FROM connect_upgrade_status WHERE plan = $plan", 'failed'),
     'the plan failed (the webhook does not answer its pause)');
-my $step = sql("SELECT step FROM connect_upgrade_status WHERE plan = $plan");
+my $step = sql($primary, "SELECT step FROM connect_upgrade_status WHERE plan = $plan");
 $m = check_scrape('scrape 2');
 ok(defined $m->{"connect_guard_upgrade_plan_step_age_seconds{method=pg_upgrade,plan=$plan,status=failed,step=$step}"},
     "the failed plan is served, at its step ($step)");
@@ -288,7 +280,7 @@ $served{$_ =~ s/\{.*//r} = 1 foreach keys %$m;
 
 # -- 3. the plan aborted ---------------------------------------------------------
 
-sql("SELECT connect_abort_upgrade($plan, 'monitoring test')");
+sql($primary, "SELECT connect_abort_upgrade($plan, 'monitoring test')");
 $m = check_scrape('scrape 3');
 is(scalar(grep { /^connect_guard_upgrade_plan/ } keys %$m), 0, 'an aborted plan is no longer served');
 

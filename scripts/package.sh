@@ -29,6 +29,9 @@ deb_version=$(dpkg-parsechangelog -l "$CG_ROOT/debian/changelog" -S Version)
 
 work=$(scratch_dir package)
 trap '[ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
+# pg_virtualenv, autopkgtest and their tools make their files here: a TMPDIR
+# of the caller's might not be writable by the account the suites run as
+export TMPDIR=$work
 log "copying the tree to $work/src"
 as_run_user mkdir "$work/src"
 tar -C "$CG_ROOT" --exclude=.git --exclude='*.o' --exclude='*.so' --exclude='*.bc' \

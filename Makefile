@@ -12,7 +12,9 @@ DATA_built   = $(EXTENSION)--$(EXTVERSION).sql
 DATA         = $(sort $(wildcard extension/$(EXTENSION)--*--*.sql))
 INSTALL_PARTS = $(sort $(wildcard extension/$(EXTVERSION)/*.sql))
 
-PG_CPPFLAGS  = -I$(srcdir)/include -I$(libpq_srcdir)
+# CONNECT_GUARD_VERSION: the control file's default_version, for the C code
+# (the HTTP user agent), so that the version is written in one place.
+PG_CPPFLAGS  = -I$(srcdir)/include -I$(libpq_srcdir) -DCONNECT_GUARD_VERSION=\"$(EXTVERSION)\"
 PG_CFLAGS    = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
 SHLIB_LINK_INTERNAL = $(libpq)
 SHLIB_LINK   = -lcurl
@@ -40,7 +42,7 @@ include $(PGXS)
 # (e.g. PROVE_FLAGS=--verbose).
 PG_PROVE_FLAGS += -I $(srcdir)/test/perl
 
-$(OBJS): $(wildcard include/*.h)
+$(OBJS): $(wildcard include/*.h) $(EXTENSION).control
 
 $(EXTENSION)--$(EXTVERSION).sql: extension/$(EXTVERSION)/header.txt $(INSTALL_PARTS) $(EXTENSION).control
 	cat extension/$(EXTVERSION)/header.txt $(INSTALL_PARTS) > $@

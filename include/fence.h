@@ -32,8 +32,9 @@ typedef struct FenceEntry
 	int32		scope;			/* FenceScope */
 	int32		connection_id;	/* FENCE_SCOPE_CONNECTION: the connection;
 								 * FENCE_SCOPE_RELOAD: the role (an Oid) whose
-								 * sessions with xmlbinary = hex write through,
-								 * or 0 (fence.c, fence_blocking_relation) */
+								 * sessions with xmlbinary = hex write
+								 * through, or 0 (fence.c,
+								 * fence_blocking_relation) */
 	TimestampTz since;
 	NameData	raised_by;
 	NameData	connection;		/* connection name, or empty */

@@ -124,7 +124,7 @@ UPDATE salesforce.account SET name = 'a1 again' WHERE id = 1;
 SELECT id, state, action, table_name, record_id FROM salesforce._trigger_log ORDER BY id;
 SELECT wait_mark('hc', 0);
 SELECT connection, hwm_tick, hwm_id, hwm_txid, log_head, backlog, open_batch, log_kind, log_table,
-       backlog_since IS NOT NULL AS has_backlog_since, failed, ids_left, ids_used_pct
+       oldest_pending_at IS NOT NULL AS has_oldest_pending, failed, ids_left, ids_used_pct
   FROM connect_high_water_marks WHERE connection = 'hc';
 -- Connect sends 1-3 and fails 4; 5 is PENDING (being sent); 6-8 are NEW
 UPDATE salesforce._trigger_log SET state = 'SUCCESS', processed_at = now() WHERE id <= 3;

@@ -54,7 +54,7 @@
 #include "utils/timestamp.h"
 #include "utils/xml.h"
 
-#include "connect_guard.h"
+#include "catalog_names.h"
 #include "fence.h"
 
 PG_FUNCTION_INFO_V1(connect_guard_fence_raise);

@@ -50,7 +50,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-#include "connect_guard.h"
+#include "catalog_names.h"
 #include "lag.h"
 #include "signals.h"
 #include "worker.h"
@@ -59,6 +59,7 @@ PG_FUNCTION_INFO_V1(connect_guard_wake_worker);
 PG_FUNCTION_INFO_V1(connect_guard_wake_launcher);
 PG_FUNCTION_INFO_V1(connect_guard_worker_available);
 PG_FUNCTION_INFO_V1(connect_guard_worker_pid);
+PG_FUNCTION_INFO_V1(connect_guard_in_binary_upgrade);
 
 PGDLLEXPORT void connect_guard_launcher_main(Datum arg);
 PGDLLEXPORT void connect_guard_worker_main(Datum arg);
@@ -326,6 +327,17 @@ connect_guard_worker_pid(PG_FUNCTION_ARGS)
 	PG_RETURN_INT32(pid);
 }
 
+/*
+ * connect_guard.in_binary_upgrade(): whether this server is one that
+ * pg_upgrade started (postgres -b), where neither workers nor upgrade
+ * plans may write.
+ */
+Datum
+connect_guard_in_binary_upgrade(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(IsBinaryUpgrade);
+}
+
 /* ------------------------------------------------------------------------
  * The launcher
  * ------------------------------------------------------------------------ */
@@ -543,36 +555,92 @@ extension_schema(void)
 	return schema;
 }
 
-/*
- * run_int8 runs one statement in a transaction of its own and returns its
- * int8 result (0 for NULL); worker steps are small so that none holds locks
- * or a snapshot for long.
- */
-static int64
-run_int8(const char *activity, const char *sql)
+bool
+worker_run_step(const char *activity, void (*step) (void *), void *arg, char **failure)
 {
-	int64		result = 0;
+	MemoryContext cxt = CurrentMemoryContext;
+	volatile bool ok = true;
 
+	Assert(!IsTransactionState());
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
-	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, activity);
-	if (SPI_execute(sql, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "connect_guard worker: statement failed: %s", sql);
+	PG_TRY();
+	{
+		PushActiveSnapshot(GetTransactionSnapshot());
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		if (IsBackgroundWorker)
+			pgstat_report_activity(STATE_RUNNING, activity);
+		step(arg);
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		HOLD_INTERRUPTS();
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		RESUME_INTERRUPTS();
+		ereport(WARNING,
+				(errcode(edata->sqlerrcode),
+				 errmsg("%s failed: %s", activity, edata->message),
+				 edata->detail ? errdetail_internal("%s", edata->detail) : 0,
+				 errhint("The worker goes on, and tries again on a later cycle.")));
+		if (failure != NULL)
+			*failure = edata->detail
+				? psprintf("%s (%s)", edata->message, edata->detail)
+				: pstrdup(edata->message);
+		FreeErrorData(edata);
+		ok = false;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	pgstat_report_stat(false);
+	return ok;
+}
+
+/* One statement whose int8 result the worker wants (0 for NULL) */
+typedef struct Int8Step
+{
+	const char *sql;
+	int64		result;
+} Int8Step;
+
+static void
+int8_step(void *arg)
+{
+	Int8Step   *st = (Int8Step *) arg;
+
+	if (SPI_execute(st->sql, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "connect_guard worker: statement failed: %s", st->sql);
 	if (SPI_processed == 1)
 	{
 		bool		isnull;
 		Datum		value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 
 		if (!isnull)
-			result = DatumGetInt64(value);
+			st->result = DatumGetInt64(value);
 	}
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	pgstat_report_stat(false);
-	return result;
+}
+
+/*
+ * run_int8 runs one statement as a worker step (worker_run_step) and
+ * returns its int8 result, or failed_result after an error; worker steps
+ * are small so that none holds locks or a snapshot for long.
+ */
+static int64
+run_int8(const char *activity, const char *sql, int64 failed_result)
+{
+	Int8Step	st = {sql, 0};
+
+	if (!worker_run_step(activity, int8_step, &st, NULL))
+		return failed_result;
+	return st.result;
 }
 
 /*
@@ -599,10 +667,10 @@ worker_cycle_steps(const char *schema, bool *plan_active)
 	{
 		/* a tick of each adopted trigger log, for its processed mark (15_log_sources.sql) */
 		(void) run_int8("connect_guard: reading Heroku Connect's trigger logs",
-						"SELECT connect_guard.log_sources_cycle()");
+						"SELECT connect_guard.log_sources_cycle()", 0);
 		(void) run_int8("connect_guard: checking for a rollback",
 						first_cycle ? "SELECT connect_guard.rollback_cycle(true)"
-						: "SELECT connect_guard.rollback_cycle(false)");
+						: "SELECT connect_guard.rollback_cycle(false)", 0);
 		last_rollback_check = GetCurrentTimestamp();
 		first_cycle = false;
 	}
@@ -612,18 +680,23 @@ worker_cycle_steps(const char *schema, bool *plan_active)
 	pgstat_report_activity(STATE_RUNNING, "connect_guard: checking followers");
 	lag_check_followers();
 
-	/* an upgrade plan moves as far as it can now, then is polled closely */
+	/*
+	 * An upgrade plan moves as far as it can now, then is polled closely.  A
+	 * step that failed backs off: the plan is tried again after the naptime,
+	 * not at the close polling pace (UPGRADE_FAILED is no value of the enum).
+	 */
+#define UPGRADE_FAILED (-1)
 	for (int step = 0; step < 20; step++)
 	{
-		plan = run_int8("connect_guard: driving the upgrade plan", advance);
-		if (plan != 2)
+		plan = run_int8("connect_guard: driving the upgrade plan", advance, UPGRADE_FAILED);
+		if (plan != UPGRADE_MOVED)
 			break;
 	}
 	pfree(advance);
-	*plan_active = plan > 0;
+	*plan_active = plan != UPGRADE_NO_PLAN;
 
 	/* retries and polls of the sync service go out when they are due */
-	sleep_ms = plan > 0 ? UPGRADE_POLL_MS : worker_naptime_ms;
+	sleep_ms = plan == UPGRADE_WAITING || plan == UPGRADE_MOVED ? UPGRADE_POLL_MS : worker_naptime_ms;
 	due = signal_next_wakeup_ms();
 	if (due >= 0 && due < sleep_ms)
 		sleep_ms = (int) Max(due, UPGRADE_POLL_MS);
@@ -645,9 +718,9 @@ retention_step(const char *schema)
 	if (archive_chunks == 0)
 		return;
 	for (int chunk = 0; chunk < archive_chunks; chunk++)
-		if (run_int8("connect_guard: archiving consumed entries", archive) == 0)
+		if (run_int8("connect_guard: archiving consumed entries", archive, 0) == 0)
 			break;
-	(void) run_int8("connect_guard: purging the archive", purge);
+	(void) run_int8("connect_guard: purging the archive", purge, 0);
 	pfree(archive);
 	pfree(purge);
 }

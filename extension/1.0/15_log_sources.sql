@@ -277,14 +277,19 @@ $$;
  *   hwm_id       own: the consumed high-water mark; connect: Connect's processed mark
  *   backlog      own: entries of the connection's tables not consumed yet;
  *                connect: NEW and PENDING entries
- *   backlog_since  when the first entry of the backlog (the lowest id) was logged
+ *   oldest_pending_at  own: when the oldest entry of the backlog was logged;
+ *                connect: when the first entry of the backlog (the lowest id) was
+ *   hwm_at       since when the mark has not moved: own: the time of the tick the
+ *                connection stands on; connect: with a backlog, oldest_pending_at
+ *                (the mark waits below it), else the newest settled log tick
  *   failed       connect: FAILED entries in the log (the archive's are in connect_write_errors)
  */
 CREATE FUNCTION connect_guard.log_status(p_connection_id integer,
                                          OUT log_kind text, OUT log_table text,
                                          OUT hwm_tick bigint, OUT hwm_id bigint, OUT hwm_txid xid8,
-                                         OUT log_head bigint, OUT backlog bigint, OUT backlog_since timestamptz,
-                                         OUT failed bigint, OUT ids_left bigint, OUT ids_used_pct numeric)
+                                         OUT log_head bigint, OUT backlog bigint, OUT oldest_pending_at timestamptz,
+                                         OUT hwm_at timestamptz, OUT failed bigint, OUT ids_left bigint,
+                                         OUT ids_used_pct numeric)
 LANGUAGE plpgsql VOLATILE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -308,9 +313,10 @@ BEGIN
         hwm_tick := c.last_tick;
         hwm_id := c.hwm_id;
         hwm_txid := pg_snapshot_xmin(t.snapshot);
+        hwm_at := t.created_at;
         log_head := greatest((SELECT max(l.id) FROM connect_guard.trigger_log l),
                              (SELECT max(a.id) FROM connect_guard.trigger_log_archive a));
-        SELECT count(*), min(l.created_at) INTO backlog, backlog_since
+        SELECT count(*), min(l.created_at) INTO backlog, oldest_pending_at
           FROM connect_guard.trigger_log l
          WHERE l.id > t.scan_from
            AND NOT pg_visible_in_snapshot(l.txid, t.snapshot)
@@ -332,8 +338,13 @@ BEGIN
        INTO v_first;
     IF v_first IS NOT NULL THEN
         EXECUTE format('SELECT created_at FROM %I._trigger_log WHERE id = $1', c.log_schema)
-           INTO backlog_since USING v_first;
+           INTO oldest_pending_at USING v_first;
     END IF;
+    hwm_at := coalesce(oldest_pending_at,
+                       (SELECT t.taken_at FROM connect_guard.log_tick t
+                         WHERE t.connection_id = p_connection_id
+                           AND t.xid_bound <= pg_snapshot_xmin(pg_current_snapshot())
+                         ORDER BY t.log_tick_id DESC LIMIT 1));
     EXECUTE format('SELECT count(*) FROM %I._trigger_log WHERE state = ''FAILED''', c.log_schema) INTO failed;
 END;
 $$;
@@ -391,6 +402,25 @@ BEGIN
     RETURN format('%s entries of %s are PENDING (ids %s to %s): Connect is still sending them',
                   r.n, connect_guard.log_table(c.log_schema), r.first_id, r.last_id);
 END;
+$$;
+
+/*
+ * connect_guard.log_positions_differ compares the adopted logs with the
+ * positions a plan recorded (log_position), for a copy: NULL when each is
+ * as it was, else what differs.
+ */
+CREATE FUNCTION connect_guard.log_positions_differ(p_recorded jsonb)
+RETURNS text
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT string_agg(format('connection "%s": %s here, %s then', r.key,
+                             coalesce(connect_guard.log_position(c.connection_id)::text, 'nothing'), r.value), '; '
+                      ORDER BY r.key)
+      FROM jsonb_each(coalesce(p_recorded, '{}')) r
+      LEFT JOIN connect_guard.connection c ON c.name = r.key
+     WHERE r.value ? 'log'
+       AND connect_guard.log_position(c.connection_id) IS DISTINCT FROM r.value;
 $$;
 
 /*

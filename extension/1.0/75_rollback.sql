@@ -4,7 +4,7 @@
  * earlier point forgets writes the sync service already copied, and hands
  * out the same log ids again for new writes, which the service then skips
  * as already seen.  On every cycle the worker compares the database with
- * its witness (74_witness.sql), acts on a rollback (76_reloads.sql), and
+ * its witness (74_witness.sql), acts on a rollback (52_reloads.sql), and
  * writes the witness anew.
  *
  *   rollback:  same system, same timeline, LSN below the witnessed one

@@ -17,7 +17,9 @@ use Test::More;
 use Time::HiRes qw(time);
 use ConnectGuard::Test;
 
-my $bindir = '/usr/lib/postgresql/15/bin';
+# the installation under test: make installcheck puts its bindir first on PATH
+my $bindir = `pg_config --bindir`;
+chomp $bindir;
 # one witness directory for both clusters: the new one finds the old one's
 # witness through the plan, which names the old system identifier
 my $witness_dir = PostgreSQL::Test::Utils::tempdir;

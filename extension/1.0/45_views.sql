@@ -36,9 +36,12 @@ SELECT c.name AS connection,
        c.last_batch_at,
        c.remote_hwm AS sync_service_hwm,
        c.remote_hwm_at AS sync_service_hwm_at,
+       -- for monitoring: how long the oldest entry of the backlog has waited,
+       -- and since when the mark has not moved (a consumer that stopped polling)
+       s.oldest_pending_at,
+       s.hwm_at,
        s.log_kind,
        s.log_table,
-       s.backlog_since,
        s.failed,
        s.ids_left,
        s.ids_used_pct
@@ -72,7 +75,7 @@ SELECT c.name AS connection,
        h.open_batch,
        h.last_batch_at,
        h.log_table,
-       h.backlog_since,
+       h.oldest_pending_at,
        h.failed,
        h.ids_used_pct
   FROM connect_guard.connection c

@@ -149,6 +149,7 @@ SELECT (connect_guard.database_state() -> 'connections' -> 'hc') - 'created_at' 
 -- a monitoring role reads the marks, not the log
 SET ROLE pg_monitor;
 SELECT connection, hwm_id, backlog, failed FROM connect_high_water_marks WHERE connection = 'hc';
+SELECT connection, table_name, record_id, action FROM connect_write_errors;
 SELECT show_error($$SELECT count(*) FROM salesforce._trigger_log$$);
 RESET ROLE;
 

@@ -341,10 +341,10 @@ BEGIN
            INTO oldest_pending_at USING v_first;
     END IF;
     hwm_at := coalesce(oldest_pending_at,
-                       (SELECT t.taken_at FROM connect_guard.log_tick t
-                         WHERE t.connection_id = p_connection_id
-                           AND t.xid_bound <= pg_snapshot_xmin(pg_current_snapshot())
-                         ORDER BY t.log_tick_id DESC LIMIT 1));
+                       (SELECT lt.taken_at FROM connect_guard.log_tick lt
+                         WHERE lt.connection_id = p_connection_id
+                           AND lt.xid_bound <= pg_snapshot_xmin(pg_current_snapshot())
+                         ORDER BY lt.log_tick_id DESC LIMIT 1));
     EXECUTE format('SELECT count(*) FROM %I._trigger_log WHERE state = ''FAILED''', c.log_schema) INTO failed;
 END;
 $$;

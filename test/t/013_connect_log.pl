@@ -172,6 +172,20 @@ is(write_error($primary, "SET ROLE connect_sync; SET xmlbinary = 'hex'; UPDATE s
 is(write_error($primary, "SET ROLE app; CREATE TEMP TABLE t (i int); INSERT INTO t VALUES (1)"), '', 'other writes work');
 is(sql($primary, "SELECT connect_resume('hc')"), 'RESUMING', 'resume');
 is(sql($primary, "SELECT connect_wait_state('hc', 'IDLE', '30 s')"), 'IDLE', 'Connect runs again');
+# the runbook does the same, unaware of which log the connection reads
+sub runbook
+{
+	my ($name, %vars) = @_;
+	my ($stdout, $stderr) = ('', '');
+	IPC::Run::run([ 'psql', '-X', '-v', 'ON_ERROR_STOP=1', (map { ('-v', "$_=$vars{$_}") } sort keys %vars),
+			'-f', "runbooks/$name.sql", '-d', $primary->connstr('postgres') ], '>', \$stdout, '2>', \$stderr);
+	note "runbook $name exited with " . ($? >> 8) . ($? ? ":\n$stderr" : '');
+	return $? >> 8;
+}
+is(runbook('pause_resume', connection => 'hc', action => 'pause', reason => 'runbook'), 0, 'runbooks/pause_resume.sql pauses hc');
+is(sql($primary, "SELECT state || ' ' || fenced FROM connect_status"), 'PAUSED true', 'paused and fenced');
+is(runbook('pause_resume', connection => 'hc', action => 'resume'), 0, 'and resumes it');
+is(sql($primary, "SELECT state || ' ' || fenced FROM connect_status"), 'IDLE false', 'running, not fenced');
 sim('POST', '/_sim/connect_log/fail', { count => 1, table => 'contact', message => 'REQUIRED_FIELD_MISSING: LastName' });
 app_writes($primary, 1);
 ok($primary->poll_query_until('postgres', q{SELECT failed = 1 FROM connect_high_water_marks}), 'the FAILED entry is counted');

@@ -72,6 +72,8 @@ RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    v_detail text;
 BEGIN
     IF p_promote_with IS NULL OR p_promote_with NOT IN ('connect_guard', 'patroni', 'pg_auto_failover') THEN
         RAISE EXCEPTION USING
@@ -109,7 +111,16 @@ BEGIN
             HINT = 'For example ''http://127.0.0.1:8008'' (http:// or https://, a host and port, no path; user:password@ for restapi.authentication).';
     END IF;
     IF p_promote_with = 'pg_auto_failover' THEN
-        PERFORM connect_guard.conninfo_masked(p_endpoint);      -- rejects a malformed conninfo
+        BEGIN
+            PERFORM connect_guard.conninfo_masked(p_endpoint);
+        EXCEPTION WHEN invalid_parameter_value THEN
+            GET STACKED DIAGNOSTICS v_detail = PG_EXCEPTION_DETAIL;
+            RAISE EXCEPTION USING
+                ERRCODE = 'invalid_parameter_value',
+                MESSAGE = 'ha_endpoint must be the pg_auto_failover monitor''s conninfo',
+                DETAIL = v_detail,
+                HINT = 'Use libpq''s key=value form or a URI, e.g. ''postgres://autoctl_node@monitor:5432/pg_auto_failover''.';
+        END;
     END IF;
     IF p_member IS NOT NULL AND p_member !~ '^[^\s]{1,200}$' THEN
         RAISE EXCEPTION USING

@@ -466,7 +466,7 @@ BEGIN
     RETURN format('timeline %s, on which the witness was written at %s, left this server''s timeline %s at %s: another server was promoted without an upgrade plan (a failover), and this one is a former primary. Its mapped tables are fenced (its writes would reach no sync service), it requests no reloads and leaves the witness to the new timeline%s',
                   w ->> 'timeline', w ->> 'written_at', d ->> 'timeline', v_switch,
                   CASE WHEN v_here > v_switch
-                       THEN format('; the %s bytes of WAL it wrote after %s are on no timeline the sync service follows',
+                       THEN format('; the %s bytes of WAL it holds past %s are on no timeline the sync service follows (a transaction committed there is lost to it)',
                                    pg_wal_lsn_diff(v_here, v_switch), v_switch)
                        ELSE '' END);
 END;
@@ -475,9 +475,12 @@ $$;
 /*
  * connect_guard.failover_fence is the worker's act on a 'failed_over'
  * finding: a maintenance fence over the mapped tables, unless one is up
- * already.  On a server that the witness shows current again (it rejoined
- * as a replica and was promoted since), a former primary's fence from an
- * older timeline comes down.
+ * already.  On a server that the witness shows current again (an old
+ * primary that an HA manager brought back as a replica, then promoted),
+ * the fences it kept as a former primary come down: its own failover
+ * fence, and the database fence of a changeover it was the old primary of
+ * (the plan completed on the server that took over, and this server now
+ * writes on a later timeline than the plan's).
  */
 CREATE FUNCTION connect_guard.failover_fence(p_findings jsonb)
 RETURNS void
@@ -490,6 +493,12 @@ DECLARE
     v_fence integer;
     v_tli integer := connect_guard.current_timeline();
 BEGIN
+    IF p_findings @> '[{"finding": "failed_over"}]' THEN
+        -- its standbys follow the new primary now: under synchronous replication the
+        -- worker's commits (this one records the finding) would wait for them for
+        -- ever.  For the session: a SET LOCAL would end with this function.
+        PERFORM set_config('synchronous_commit', 'local', false);
+    END IF;
     IF NOT connect_guard.fence_available() THEN
         RETURN;
     END IF;
@@ -512,14 +521,18 @@ BEGIN
     IF p_findings @> '[{"severity": "rollback"}]' OR p_findings @> '[{"finding": "superseded"}]' THEN
         RETURN;
     END IF;
-    FOR f IN SELECT * FROM connect_guard.fence_list() l
-              WHERE l.scope = 'mapped' AND l.reason ~ '^former primary of timeline [0-9]+:' LOOP
-        IF substring(f.reason FROM '^former primary of timeline ([0-9]+):')::integer < v_tli THEN
-            PERFORM connect_guard.fence_lower(f.fence_id);
-            PERFORM connect_guard.log_event(NULL, 'fence_lowered',
-                jsonb_build_object('fence_id', f.fence_id, 'scope', f.scope, 'reason', 'failed_over',
-                                   'note', format('this server leads again, on timeline %s', v_tli)));
-        END IF;
+    FOR f IN SELECT l.fence_id, l.scope, 'failed_over' AS why FROM connect_guard.fence_list() l
+              WHERE l.scope = 'mapped' AND l.reason ~ '^former primary of timeline [0-9]+:'
+                AND substring(l.reason FROM '^former primary of timeline ([0-9]+):')::integer < v_tli
+             UNION ALL
+             SELECT l.fence_id, l.scope, format('upgrade plan %s', u.plan_id) FROM connect_guard.fence_list() l
+               JOIN connect_guard.upgrade_plan u ON l.reason = format('upgrade plan %s (%s)', u.plan_id, u.method)
+              WHERE l.scope = 'database' AND u.method = 'follower' AND u.status = 'completed' AND u.timeline < v_tli
+    LOOP
+        PERFORM connect_guard.fence_lower(f.fence_id);
+        PERFORM connect_guard.log_event(NULL, 'fence_lowered',
+            jsonb_build_object('fence_id', f.fence_id, 'scope', f.scope, 'reason', f.why,
+                               'note', format('this former primary leads again, on timeline %s', v_tli)));
     END LOOP;
 END;
 $$;

@@ -262,7 +262,7 @@ sub first_write
 	my ($conninfo, $file) = @_;
 	return IPC::Run::start([ 'bash', '-c', q{
 		until psql -XAtq -d "$0" -c "UPDATE account SET balance = balance + 1 WHERE id = 1; INSERT INTO writes (account_id) VALUES (1) RETURNING clock_timestamp()" >"$1" 2>/dev/null
-		do sleep 0.005; done}, $conninfo, $file ]);
+		do sleep 0.005; done}, $conninfo, $file ], IPC::Run::timeout(120));
 }
 
 # -- 2. the changeover, promoted by Patroni --------------------------------------------

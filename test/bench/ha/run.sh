@@ -159,7 +159,8 @@ patroni_round() {
     changeover "host=$sock port=${pat_port[$from]} dbname=postgres user=postgres" \
                "host=$sock port=${pat_port[$to]} dbname=postgres user=postgres" patroni "http://127.0.0.1:${pat_api[$from]}"
     pat_leader=$to
-    wait_for 120 patroni_is "node$from=replica/running node$to=leader/running"
+    wait_for 120 patroni_is "$(if [ $to = 1 ]; then echo "node1=leader/running node2=replica/running"; \
+                               else echo "node1=replica/running node2=leader/running"; fi)"
 }
 
 # -- pg_auto_failover: a monitor, two nodes ---------------------------------------------

@@ -15,7 +15,8 @@ export PATH="$PG_BIN:$PATH"
 if [ "$(id -u)" = 0 ]; then RUN_USER=postgres; else RUN_USER=$(id -un); fi
 
 CG_APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-contrib libpq-dev
-                 libcurl4-openssl-dev libipc-run-perl python3-psycopg2 curl make gcc)
+                 libcurl4-openssl-dev libipc-run-perl python3-psycopg2 curl make gcc
+                 prometheus-postgres-exporter prometheus)
 # the HA managers the changeover hands promotions to (test/t/021, 022; test/bench/ha):
 # optional, their tests skip when these cannot be installed
 CG_APT_HA_PACKAGES=(patroni etcd-server postgresql-15-auto-failover)

@@ -193,7 +193,19 @@ http_perform(const HttpRequest *req, HttpResponse *resp)
 	}
 
 	errbuf[0] = '\0';
+
+	/*
+	 * The headers the Heroku CLI's connect plugin sends on every request,
+	 * GETs and bodiless POSTs included: JSON both ways, and a client header
+	 * naming the caller (the plugin says "cli"; the version is in the
+	 * User-Agent).  Connect may refuse requests without them, so the
+	 * simulator refuses them too.
+	 */
 	headers = curl_slist_append(headers, "Accept: application/json");
+	if (headers != NULL)
+		headers = curl_slist_append(headers, type_line != NULL ? type_line : "Content-Type: application/json");
+	if (headers != NULL && auth_line != NULL)
+		headers = curl_slist_append(headers, "Heroku-Client: connect_guard");
 	/* no "Expect: 100-continue" round trip for larger bodies */
 	if (headers != NULL)
 		headers = curl_slist_append(headers, "Expect:");
@@ -201,9 +213,6 @@ http_perform(const HttpRequest *req, HttpResponse *resp)
 		headers = curl_slist_append(headers, auth_line);
 	if (headers != NULL && signature_line != NULL)
 		headers = curl_slist_append(headers, signature_line);
-	/* without a body, no Content-Type (libcurl would claim a form) */
-	if (headers != NULL)
-		headers = curl_slist_append(headers, type_line != NULL ? type_line : "Content-Type:");
 	if (headers == NULL)
 	{
 		snprintf(resp->error, sizeof(resp->error), "out of memory building the request headers");
@@ -225,7 +234,7 @@ http_perform(const HttpRequest *req, HttpResponse *resp)
 		curl_easy_setopt(curl, CURLOPT_CAINFO, req->ca_file);
 	curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, (long) req->timeout_ms);
 	curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, (long) req->timeout_ms);
-	curl_easy_setopt(curl, CURLOPT_USERAGENT, "connect_guard/1.0");
+	curl_easy_setopt(curl, CURLOPT_USERAGENT, "connect_guard/" CONNECT_GUARD_VERSION);
 	curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
 	curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, errbuf);
 	curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, http_write);

@@ -40,13 +40,18 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
+import connect_config
+
 try:
     import psycopg2
     import psycopg2.extensions
     import psycopg2.extras
     from psycopg2 import sql
+
+    import connect_log
 except ImportError:  # the HTTP server alone does not need a database driver
     psycopg2 = None
+    connect_log = None
 
 log = logging.getLogger("connect_sim")
 
@@ -56,7 +61,10 @@ ID_NAMESPACE = uuid.UUID("6f1c3b52-5d0e-4a8e-9a57-2f1c0d3c9e11")
 
 STATE_NAME = re.compile(r"^[A-Z][A-Z_]{0,62}$")
 SIGNATURE_HEADER = "X-Connect-Guard-Signature"
-FAULT_MODES = ("500", "401", "timeout", "hang", "none")
+# Fault modes: any HTTP error status ("500", "409", "503", ...) answers it;
+# the rest are described in set_fault.
+FAULT_MODES = ("timeout", "hang", "slow", "echo_token", "none")
+FAULT_STATUS = re.compile(r"^[45][0-9][0-9]$")
 
 # Entries fetched from the source per round trip, and applied to the mirror
 # per duplicate check.
@@ -91,14 +99,22 @@ class Mapping:
     origin: str = "config"          # config | consumer | control: what /_sim/reset keeps
     counts: dict = dataclasses.field(default_factory=lambda: {
         "inserts": 0, "updates": 0, "deletes": 0, "truncates": 0, "applied": 0, "errors": 0})
-    # bumped on every state change, so that a reload timer started before a
-    # later change does not overwrite it
+    # bumped on every state change, and on every reload request, so that a
+    # reload thread started before a later change does not overwrite it
     generation: int = 0
+    # the export file's config of this mapping; None until imported or set
+    # (then the export derives it from the table)
+    config: object = None
+    initial_config: object = None
+
+    @property
+    def access(self):
+        return (self.config or {}).get("access", "read_write")
 
     def to_json(self):
         return {"id": self.id, "object_name": self.object_name, "state": self.state,
                 "table_schema": self.table_schema, "table_name": self.table_name,
-                "counts": dict(self.counts)}
+                "access": self.access, "counts": dict(self.counts)}
 
 
 @dataclasses.dataclass
@@ -112,10 +128,21 @@ class Connection:
     high_water_mark: int = 0
     origin: str = "config"
     mappings: list = dataclasses.field(default_factory=list)
+    # "connect_guard": the consumer takes connect_guard's batches;
+    # "connect": the connection's log is Connect's own SCHEMA._trigger_log
+    log_mode: str = "connect_guard"
+    # what the export file tells about the connection
+    app_name: str = "connect-sim-app"
+    organization_id: str = "00D000000000001EAA"
+    api_version: str = "52.0"
+    features: dict = dataclasses.field(default_factory=dict)
+    logplex_log_enabled: bool = False
 
     def to_json(self, deep):
         out = {"id": self.id, "name": self.name, "state": self.state, "db_key": self.db_key,
-               "schema_name": self.schema_name, "high_water_mark": self.high_water_mark}
+               "schema_name": self.schema_name, "high_water_mark": self.high_water_mark,
+               "app_name": self.app_name, "organization_id": self.organization_id,
+               "log_mode": self.log_mode}
         if deep:
             out["mappings"] = [m.to_json() for m in self.mappings]
         return out
@@ -126,11 +153,22 @@ class FaultRule:
     mode: str
     remaining: object               # int, or None for every matching request
     path_prefix: object             # str, or None for every request outside /_sim/
+    method: object = None           # "GET", "POST", or None for any
+    path_pattern: object = None     # a regex the whole path must match, or None
+    status: object = None           # echo_token: the status to answer with
+    seconds: object = None          # slow: the delay before the real answer
 
-    def matches(self, path):
+    def matches(self, method, path):
         if path.startswith("/_sim/"):
             return False            # the control API must stay usable to undo a fault
+        if self.method is not None and self.method != method:
+            return False
+        if self.path_pattern is not None and re.fullmatch(self.path_pattern, path) is None:
+            return False
         return self.path_prefix is None or path.startswith(self.path_prefix)
+
+    def to_json(self):
+        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass
@@ -157,17 +195,29 @@ class ConsumerStats:
 class SimState:
     """Everything the HTTP side and the consumer share, behind one lock."""
 
-    def __init__(self, config, reload_seconds=1.0, request_log=None, record_control=False):
+    def __init__(self, config, reload_seconds=1.0, request_log=None, record_control=False,
+                 reload_delay=0.0, source_dsn=None, reload_rewriter=None):
         self.lock = threading.RLock()
         self.config = config or {}
         self.reload_seconds = reload_seconds
+        self.reload_delay = reload_delay
         self.request_log = request_log
         self.record_control = record_control
         self.connections = []
         self.requests = []
         self.webhooks = []
-        self.fault = None
+        self.imports = []           # accepted POST .../actions/import files
+        self.faults = []            # FaultRules, the first matching one applies
         self.consumer = None        # ConsumerStats when this process consumes
+        # --connect-log: the drainer's progress, the entry faults it takes
+        # (dicts, see set_entry_fault) and its stall
+        self.connect_log = None
+        self.entry_faults = []
+        self.stall_seconds = 0.0
+        # where the export reads table columns from, and what rewrites a
+        # table on a reload (--connect-log only)
+        self.source_dsn = source_dsn
+        self.reload_rewriter = reload_rewriter
         # hung requests watch this; a reset bumps it to let them go
         self.hang_generation = 0
         self.shutting_down = threading.Event()
@@ -177,6 +227,7 @@ class SimState:
             conn.initial_state = conn.state
             for m in conn.mappings:
                 m.initial_state = m.state
+                m.initial_config = m.config
 
     # -- lookups ----------------------------------------------------------
 
@@ -221,9 +272,15 @@ class SimState:
             conn = Connection(id=spec.get("id") or str(uuid.uuid5(ID_NAMESPACE, "connection/" + name)),
                               name=name, origin=origin)
             self.connections.append(conn)
-        for key in ("db_key", "schema_name"):
+        for key in ("db_key", "schema_name", "app_name", "organization_id", "api_version"):
             if key in spec:
                 setattr(conn, key, str(spec[key]))
+        if "features" in spec:
+            if not isinstance(spec["features"], dict):
+                raise ClientError(400, "features must be an object")
+            conn.features = dict(spec["features"])
+        if "logplex_log_enabled" in spec:
+            conn.logplex_log_enabled = bool(spec["logplex_log_enabled"])
         if "state" in spec:
             conn.state = check_state_name(spec["state"])
         if "high_water_mark" in spec:
@@ -251,7 +308,27 @@ class SimState:
             conn.mappings.append(mapping)
         if "state" in spec:
             self._set_mapping_state(mapping, check_state_name(spec["state"]))
+        self._set_mapping_config(mapping, spec)
         return mapping
+
+    def _set_mapping_config(self, mapping, spec):
+        """A mapping's export config ("config", checked as an import would
+        check it) or just its "access"."""
+        if "config" in spec:
+            if spec["config"] is None:
+                mapping.config = None
+            else:
+                try:
+                    mapping.config = connect_config.validate_import(
+                        {"version": 1, "mappings": [{"object_name": mapping.object_name,
+                                                     "config": spec["config"]}]})[0][1]
+                except connect_config.ConfigError as e:
+                    raise ClientError(400, str(e).replace("mappings[0].", "", 1))
+        if "access" in spec:
+            if spec["access"] not in connect_config.ACCESS:
+                raise ClientError(400, "access must be read_only or read_write")
+            mapping.config = dict(mapping.config or connect_config.default_mapping_config(),
+                                  access=spec["access"])
 
     def _set_mapping_state(self, mapping, state):
         mapping.state = state
@@ -268,6 +345,7 @@ class SimState:
                 mapping = self.mapping_or_404(spec.get("id"))
                 if "state" in spec:
                     self._set_mapping_state(mapping, check_state_name(spec["state"]))
+                self._set_mapping_config(mapping, spec)
             return self.snapshot()
 
     def snapshot(self):
@@ -285,9 +363,13 @@ class SimState:
                 conn.mappings = [m for m in conn.mappings if m.origin != "control"]
                 for m in conn.mappings:
                     self._set_mapping_state(m, m.initial_state)
+                    m.config = m.initial_config
             self.requests.clear()
             self.webhooks.clear()
-            self.fault = None
+            self.imports.clear()
+            self.faults = []
+            self.entry_faults = []
+            self.stall_seconds = 0.0
             self.hang_generation += 1
 
     # -- Connect actions ---------------------------------------------------
@@ -297,48 +379,312 @@ class SimState:
             self.connection_or_404(conn_id).state = state
 
     def reload_mapping(self, mapping_id):
-        """RELOAD_TABLE now, DATA_SYNCED after reload_seconds, as Connect
-        shows a reload in progress and then its end."""
+        """Answers at once; the reload starts reload_delay seconds later, as
+        Connect's does: until then the mapping keeps the state it had (a
+        client must not take that DATA_SYNCED for the end of its reload).
+        Then RELOAD_TABLE; in --connect-log mode the table is rewritten from
+        the mirror; DATA_SYNCED once reload_seconds have passed since the
+        start and the rewrite is done."""
         with self.lock:
-            mapping = self.mapping_or_404(mapping_id)
-            self._set_mapping_state(mapping, "RELOAD_TABLE")
+            conn, mapping = self._mapping_by_id(mapping_id)
+            if mapping is None:
+                raise ClientError(404, "mapping %s not found" % mapping_id, "not_found")
+            if self.reload_delay <= 0:
+                self._set_mapping_state(mapping, "RELOAD_TABLE")
+            else:
+                mapping.generation += 1     # a reload still running for it gives way
             generation = mapping.generation
-        timer = threading.Timer(self.reload_seconds, self._reload_done, (mapping, generation))
-        timer.daemon = True
-        timer.start()
+            rewrite = self.reload_rewriter is not None and conn.log_mode == "connect"
+        thread = threading.Thread(target=self._run_reload, args=(mapping, generation, rewrite),
+                                  name="reload", daemon=True)
+        thread.start()
 
-    def _reload_done(self, mapping, generation):
+    def _run_reload(self, mapping, generation, rewrite):
+        if self.reload_delay > 0:
+            self.shutting_down.wait(self.reload_delay)
+            with self.lock:
+                if mapping.generation != generation:
+                    return
+                self._set_mapping_state(mapping, "RELOAD_TABLE")
+                generation = mapping.generation
+        started = time.monotonic()
+        while rewrite and not self.shutting_down.is_set():
+            with self.lock:
+                if mapping.generation != generation:
+                    return
+            try:
+                rows = self.reload_rewriter.rewrite(mapping.table_schema, mapping.table_name)
+                with self.lock:
+                    if self.connect_log is not None:
+                        self.connect_log.reloads += 1
+                        self.connect_log.reload_rows += rows
+                log.info("reload of %s.%s: %d rows rewritten from the mirror",
+                         mapping.table_schema, mapping.table_name, rows)
+                break
+            except (psycopg2.Error, LookupError) as error:
+                # e.g. refused by a fence: Connect keeps trying, and the
+                # mapping stays RELOAD_TABLE meanwhile
+                with self.lock:
+                    if self.connect_log is not None:
+                        self.connect_log.reload_errors += 1
+                        self.connect_log.last_error = one_line(error)
+                log.warning("reload of %s.%s failed: %s; retrying", mapping.table_schema,
+                            mapping.table_name, one_line(error))
+                self.shutting_down.wait(0.5)
+        self.shutting_down.wait(max(0.0, self.reload_seconds - (time.monotonic() - started)))
         with self.lock:
             if mapping.generation == generation:
                 self._set_mapping_state(mapping, "DATA_SYNCED")
 
+    # -- export and import ---------------------------------------------------
+
+    def source_columns(self, schema, table):
+        """The table's columns on the source, or None when there is no
+        source to ask."""
+        if self.source_dsn is None or psycopg2 is None:
+            return None
+        try:
+            conn = psycopg2.connect(self.source_dsn, connect_timeout=5,
+                                    application_name="connect_sim export")
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(connect_log.COLUMNS_SQL, (schema, table))
+                    return [name for name, _ in cur.fetchall()] or None
+            finally:
+                conn.close()
+        except psycopg2.Error as error:
+            log.warning("export: cannot read %s.%s from the source: %s", schema, table, one_line(error))
+            return None
+
+    def export_config(self, conn_id):
+        with self.lock:
+            conn = self.connection_or_404(conn_id)
+            mappings = [(m.object_name, m.table_schema, m.table_name, m.config) for m in conn.mappings]
+        configs = []
+        for object_name, schema, table, config in mappings:
+            if config is None:
+                config = connect_config.default_mapping_config(self.source_columns(schema, table))
+            configs.append((object_name, json.loads(json.dumps(config))))
+        return connect_config.export_file(conn, configs, utc_now())
+
+    def import_config(self, conn_id, doc):
+        """Checks the file (400 naming the bad key) and applies it: the
+        mappings it names get its config, those it adds are created; those
+        it does not name stay, as with Connect's import."""
+        try:
+            mappings = connect_config.validate_import(doc)
+        except connect_config.ConfigError as e:
+            raise ClientError(400, "invalid import file: %s" % e, "invalid_params")
+        with self.lock:
+            conn = self.connection_or_404(conn_id)
+            created, updated = [], []
+            for object_name, config in mappings:
+                mapping = next((m for m in conn.mappings if m.object_name.lower() == object_name.lower()), None)
+                if mapping is None:
+                    mapping = self._upsert_mapping(conn, {"object_name": object_name}, origin="control")
+                    created.append(object_name)
+                else:
+                    updated.append(mapping.object_name)
+                mapping.config = json.loads(json.dumps(config))
+            record = {"seq": len(self.imports) + 1, "time": utc_now(), "connection": conn.id,
+                      "created": created, "updated": updated, "file": doc}
+            self.imports.append(record)
+            return {"imported": len(mappings), "created": created, "updated": updated}
+
     # -- faults -------------------------------------------------------------
 
     def set_fault(self, body):
-        if not isinstance(body, dict) or str(body.get("mode")) not in FAULT_MODES:
-            raise ClientError(400, "mode must be one of %s" % ", ".join(FAULT_MODES))
-        mode = str(body["mode"])
+        """POST /_sim/fail.  mode: an HTTP error status ("500", "409", ...)
+        answers it; "timeout" waits --hang-seconds and answers 504; "hang"
+        never answers; "slow" answers normally after "seconds"; "echo_token"
+        answers "status" (400) with the request's bearer token in the error
+        message, JSON-escaped as \\uXXXX, as a careless service might;
+        "none" clears every rule and releases hung requests.  The rule
+        matches path_prefix, path_pattern (a regex for the whole path) and
+        method, each when given.  It replaces the rules so far, or is added
+        after them with "add": true."""
+        if not isinstance(body, dict):
+            raise ClientError(400, "expected a JSON object")
+        mode = str(body.get("mode"))
+        if mode not in FAULT_MODES and not FAULT_STATUS.match(mode):
+            raise ClientError(400, "mode must be an HTTP error status (400-599) or one of %s"
+                              % ", ".join(FAULT_MODES))
         count = body.get("count")
         if count is not None and (not isinstance(count, int) or count < 1):
             raise ClientError(400, "count must be a positive integer or null")
-        prefix = body.get("path_prefix")
+        method = body.get("method")
+        if method is not None and method not in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+            raise ClientError(400, "method must be GET, POST, PUT, PATCH or DELETE")
+        pattern = body.get("path_pattern")
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except (re.error, TypeError):
+                raise ClientError(400, "path_pattern is not a valid regular expression")
+        status = body.get("status", 400 if mode == "echo_token" else None)
+        if status is not None and (not isinstance(status, int) or not 400 <= status <= 599):
+            raise ClientError(400, "status must be an HTTP error status (400-599)")
+        seconds = body.get("seconds")
+        if seconds is not None and (not isinstance(seconds, (int, float)) or seconds < 0):
+            raise ClientError(400, "seconds must be a number >= 0")
         with self.lock:
-            self.fault = None if mode == "none" else FaultRule(mode, count, prefix)
             if mode == "none":
+                self.faults = []
                 self.hang_generation += 1   # let requests hung so far go
-            return {"fault": dataclasses.asdict(self.fault) if self.fault else None}
+            else:
+                rule = FaultRule(mode, count, body.get("path_prefix"), method, pattern, status, seconds)
+                self.faults = (self.faults if body.get("add") else []) + [rule]
+            return self.faults_json()
 
-    def take_fault(self, path):
-        """The fault to inject into this request, if any, counting it down."""
+    def faults_json(self):
         with self.lock:
-            rule = self.fault
-            if rule is None or not rule.matches(path):
-                return None
-            if rule.remaining is not None:
-                rule.remaining -= 1
-                if rule.remaining <= 0:
-                    self.fault = None
-            return rule.mode
+            rules = [r.to_json() for r in self.faults]
+            # "fault": the first rule, as this API answered before rules were a list
+            return {"fault": rules[0] if rules else None, "faults": rules}
+
+    def take_fault(self, method, path):
+        """The fault rule to inject into this request, if any, counting it
+        down (a copy: the rule may be gone by the time it is used)."""
+        with self.lock:
+            for rule in self.faults:
+                if not rule.matches(method, path):
+                    continue
+                if rule.remaining is not None:
+                    rule.remaining -= 1
+                    if rule.remaining <= 0:
+                        self.faults.remove(rule)
+                return dataclasses.replace(rule)
+            return None
+
+    # -- Connect's side of an adopted log (--connect-log) -------------------
+
+    def set_entry_fault(self, body):
+        """POST /_sim/connect_log/fail: the next "count" entries (null: all)
+        matching "table", "action" and "record_id" (each when given) are
+        FAILED with sf_result (400) and "message", as Salesforce refusing
+        them.  {"clear": true} drops the rules."""
+        if not isinstance(body, dict):
+            raise ClientError(400, "expected a JSON object")
+        with self.lock:
+            if body.get("clear"):
+                self.entry_faults = []
+                return {"entry_faults": []}
+            count = body.get("count", 1)
+            if count is not None and (not isinstance(count, int) or count < 1):
+                raise ClientError(400, "count must be a positive integer or null")
+            action = body.get("action")
+            if action is not None and action not in ("INSERT", "UPDATE", "DELETE"):
+                raise ClientError(400, "action must be INSERT, UPDATE or DELETE")
+            record_id = body.get("record_id")
+            if record_id is not None and not isinstance(record_id, int):
+                raise ClientError(400, "record_id must be an integer")
+            sf_result = body.get("sf_result", 400)
+            if not isinstance(sf_result, int):
+                raise ClientError(400, "sf_result must be an integer")
+            self.entry_faults.append({
+                "count": count, "table": body.get("table"), "action": action, "record_id": record_id,
+                "sf_result": sf_result,
+                "message": str(body.get("message") or "REQUIRED_FIELD_MISSING: injected by the simulator")})
+            return {"entry_faults": list(self.entry_faults)}
+
+    def take_entry_fault(self, entry):
+        with self.lock:
+            for rule in self.entry_faults:
+                if (rule["table"] is None or rule["table"] == entry.table) and \
+                   (rule["action"] is None or rule["action"] == entry.action) and \
+                   (rule["record_id"] is None or rule["record_id"] == entry.record_id):
+                    if rule["count"] is not None:
+                        rule["count"] -= 1
+                        if rule["count"] <= 0:
+                            self.entry_faults.remove(rule)
+                    return rule["sf_result"], rule["message"]
+            return None
+
+    def set_stall(self, body):
+        if not isinstance(body, dict) or not isinstance(body.get("seconds"), (int, float)) \
+                or body["seconds"] < 0:
+            raise ClientError(400, "expected {\"seconds\": a number >= 0}")
+        with self.lock:
+            self.stall_seconds = float(body["seconds"])
+            return {"stall_seconds": self.stall_seconds}
+
+    def connect_log_stall(self):
+        with self.lock:
+            return self.stall_seconds
+
+    def ensure_connect_log(self, name, schema):
+        with self.lock:
+            conn = self._connection_by(name=name)
+            if conn is None:
+                conn = self._upsert_connection({"name": name, "schema_name": schema}, origin="consumer")
+            elif conn.origin == "control":
+                conn.origin = "consumer"
+            conn.schema_name = schema
+            conn.log_mode = "connect"
+            self.connect_log = connect_log.ConnectLogStats(connection=name, schema=schema)
+            return self.connect_log
+
+    def adopt_connect_tables(self, name, schema, tables):
+        """Maps the logged tables that no mapping names yet."""
+        with self.lock:
+            conn = self._connection_by(name=name)
+            for table in tables:
+                if any(m.table_schema == schema and m.table_name == table for m in conn.mappings):
+                    continue
+                object_name = connect_log.object_name_of(table)
+                conn.mappings.append(Mapping(
+                    id=str(uuid.uuid5(ID_NAMESPACE, "mapping/%s/%s.%s" % (conn.id, schema, table))),
+                    object_name=object_name, table_schema=schema, table_name=table, origin="consumer"))
+
+    def mapping_access(self, name, schema, table):
+        """read_write or read_only, or None when no mapping names the table."""
+        with self.lock:
+            conn = self._connection_by(name=name)
+            mapping = next((m for m in conn.mappings if m.table_schema == schema and m.table_name == table),
+                           None) if conn else None
+            return mapping.access if mapping else None
+
+    def connect_log_sending(self, name, sending):
+        with self.lock:
+            conn = self._connection_by(name=name)
+            if sending:
+                if conn is not None and conn.state == "IDLE":
+                    conn.state = "POLLING_DB_CHANGES"
+                self.connect_log.status = "sending"
+            else:
+                if conn is not None and conn.state == "POLLING_DB_CHANGES":
+                    conn.state = "IDLE"
+                self.connect_log.status = "idle"
+
+    def count_connect_entries(self, name, schema, entries):
+        keys = {"INSERT": "inserts", "UPDATE": "updates", "DELETE": "deletes"}
+        with self.lock:
+            conn = self._connection_by(name=name)
+            for entry in entries:
+                mapping = next((m for m in conn.mappings
+                                if m.table_schema == schema and m.table_name == entry.table), None)
+                if mapping is None:
+                    continue
+                if entry.state == "SUCCESS":
+                    mapping.counts[keys.get(entry.action, "applied")] += 1
+                    mapping.counts["applied"] += 1
+                elif entry.state == "FAILED":
+                    mapping.counts["errors"] += 1
+
+    def set_connect_high_water_mark(self, name, mark):
+        """Not max(): Connect's mark is what it sees now (see connect_log)."""
+        with self.lock:
+            self.connect_log.high_water_mark = mark
+            conn = self._connection_by(name=name)
+            if conn is not None:
+                conn.high_water_mark = mark
+
+    def connect_log_json(self):
+        with self.lock:
+            if self.connect_log is None:
+                return {"running": False}
+            return dict(self.connect_log.to_json(), running=self.connect_log.status != "stopped",
+                        stall_seconds=self.stall_seconds, entry_faults=list(self.entry_faults))
 
     # -- recording ----------------------------------------------------------
 
@@ -448,9 +794,10 @@ def check_state_name(state):
 # ---------------------------------------------------------------------------
 
 class Response:
-    def __init__(self, status, body=None):
+    def __init__(self, status, body=None, raw=None):
         self.status = status
         self.body = body
+        self.raw = raw              # bytes sent as they are (JSON a test wrote by hand)
 
 
 HANG = object()                     # a handler's answer meaning: do not answer
@@ -459,11 +806,12 @@ HANG = object()                     # a handler's answer meaning: do not answer
 class SimServer(ThreadingHTTPServer):
     daemon_threads = True           # a hung request must not keep the process alive
 
-    def __init__(self, address, state, token, webhook_secret, hang_seconds):
+    def __init__(self, address, state, token, webhook_secret, hang_seconds, lenient_headers=False):
         self.state = state
         self.token = token
         self.webhook_secret = webhook_secret
         self.hang_seconds = hang_seconds
+        self.lenient_headers = lenient_headers
         super().__init__(address, Handler)
 
 
@@ -478,12 +826,21 @@ class Handler(BaseHTTPRequestHandler):
         ("GET", r"/api/v3/connections/(?P<cid>[^/]+)", "api_get_connection"),
         ("POST", r"/api/v3/connections/(?P<cid>[^/]+)/actions/pause", "api_pause"),
         ("POST", r"/api/v3/connections/(?P<cid>[^/]+)/actions/resume", "api_resume"),
+        ("GET", r"/api/v3/connections/(?P<cid>[^/]+)/actions/export", "api_export"),
+        ("POST", r"/api/v3/connections/(?P<cid>[^/]+)/actions/import", "api_import"),
+        ("GET", r"/api/v3/connections/(?P<cid>[^/]+)/errors", "api_connection_errors"),
         ("GET", r"/api/v3/mappings/(?P<mid>[^/]+)", "api_get_mapping"),
         ("POST", r"/api/v3/mappings/(?P<mid>[^/]+)/actions/reload", "api_reload"),
+        ("GET", r"/api/v3/mappings/(?P<mid>[^/]+)/errors", "api_mapping_errors"),
         ("POST", r"/webhook", "webhook"),
         ("GET", r"/_sim/requests", "sim_requests"),
         ("GET", r"/_sim/webhooks", "sim_webhooks"),
+        ("GET", r"/_sim/fail", "sim_get_fail"),
         ("POST", r"/_sim/fail", "sim_fail"),
+        ("GET", r"/_sim/imports", "sim_imports"),
+        ("GET", r"/_sim/connect_log", "sim_connect_log"),
+        ("POST", r"/_sim/connect_log/fail", "sim_connect_log_fail"),
+        ("POST", r"/_sim/connect_log/stall", "sim_connect_log_stall"),
         ("GET", r"/_sim/state", "sim_get_state"),
         ("POST", r"/_sim/state", "sim_post_state"),
         ("POST", r"/_sim/reset", "sim_reset"),
@@ -517,9 +874,11 @@ class Handler(BaseHTTPRequestHandler):
         self.query = parse_qs(url.query)
         self.raw_body = self.read_body()
         state = self.server.state
-        fault = state.take_fault(url.path)
+        fault = state.take_fault(method, url.path)
         try:
-            result = self.injected(fault) if fault else self.dispatch(method, url.path)
+            result = self.injected(fault) if fault else None
+            if result is None:
+                result = self.dispatch(method, url.path)
         except ClientError as e:
             result = Response(e.status, {"id": e.error_id, "message": str(e)})
         if result is HANG:
@@ -532,7 +891,7 @@ class Handler(BaseHTTPRequestHandler):
             state.record_request({
                 "time": utc_now(), "method": method, "path": self.path,
                 "headers": redact_headers(self.headers), "body": self.raw_body.decode("utf-8", "replace"),
-                "status": status, "outcome": outcome, "fault": fault,
+                "status": status, "outcome": outcome, "fault": fault.mode if fault else None,
                 "duration_ms": round((time.monotonic() - started) * 1000, 1)})
 
     def read_body(self):
@@ -544,6 +903,8 @@ class Handler(BaseHTTPRequestHandler):
         # is told, not even which ids exist
         if path.startswith("/api/"):
             self.check_token()
+            if not self.server.lenient_headers:
+                self.check_client_headers()
         allowed = False
         for route_method, pattern, handler_name in self.ROUTES:
             match = re.fullmatch(pattern, path)
@@ -563,14 +924,41 @@ class Handler(BaseHTTPRequestHandler):
         if not hmac.compare_digest(given.encode(), expected.encode()):
             raise ClientError(401, "invalid or missing bearer token", "unauthorized")
 
-    def injected(self, mode):
-        if mode == "500":
-            return Response(500, {"id": "internal_error", "message": "injected failure"})
-        if mode == "401":
-            return Response(401, {"id": "unauthorized", "message": "injected failure"})
+    def check_client_headers(self):
+        """What the Heroku CLI's connect plugin sends on every request: a
+        client header naming the caller, JSON accepted, JSON sent.  A
+        client that forgets them is refused, so the omission is caught here
+        and not by Connect."""
+        if not (self.headers.get("Heroku-Client") or "").strip():
+            raise ClientError(400, "missing Heroku-Client header", "bad_request")
+        accept = self.headers.get("Accept")
+        if not accept:
+            raise ClientError(400, "missing Accept header", "bad_request")
+        accepted = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+        if not any(a in ("application/json", "application/*", "*/*") for a in accepted):
+            raise ClientError(406, "Accept must allow application/json, not %s" % accept, "not_acceptable")
+        content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            raise ClientError(415, "Content-Type must be application/json, not %s"
+                              % (self.headers.get("Content-Type") or "missing"), "unsupported_media_type")
+
+    def injected(self, rule):
+        """The injected answer, HANG, or None to answer normally."""
+        mode = rule.mode
+        if FAULT_STATUS.match(mode):
+            status = int(mode)
+            error_id = {401: "unauthorized", 403: "forbidden", 404: "not_found", 409: "conflict",
+                        429: "rate_limited", 503: "service_unavailable"}.get(status, "internal_error")
+            return Response(status, {"id": error_id, "message": "injected failure"})
         if mode == "timeout":
             self.server.state.shutting_down.wait(self.server.hang_seconds)
             return Response(504, {"id": "gateway_timeout", "message": "injected timeout"})
+        if mode == "slow":
+            self.server.state.shutting_down.wait(
+                rule.seconds if rule.seconds is not None else self.server.hang_seconds)
+            return None
+        if mode == "echo_token":
+            return Response(rule.status, raw=echo_token_body(self.headers.get("Authorization") or ""))
         return HANG
 
     def hang_until_client_leaves(self):
@@ -594,10 +982,13 @@ class Handler(BaseHTTPRequestHandler):
         return "released"
 
     def send_json(self, response):
-        payload = b"" if response.body is None else json.dumps(response.body).encode()
+        if response.raw is not None:
+            payload = response.raw
+        else:
+            payload = b"" if response.body is None else json.dumps(response.body).encode()
         try:
             self.send_response(response.status)
-            if response.body is not None:
+            if response.body is not None or response.raw is not None:
                 self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
@@ -625,6 +1016,8 @@ class Handler(BaseHTTPRequestHandler):
             body = conn.to_json(deep=self.deep())
             if state.consumer is not None and state.consumer.connection == conn.name:
                 body["consumer"] = state.consumer.to_json()
+            if state.connect_log is not None and state.connect_log.connection == conn.name:
+                body["consumer"] = state.connect_log.to_json()
             return Response(200, body)
 
     def deep(self):
@@ -646,6 +1039,44 @@ class Handler(BaseHTTPRequestHandler):
     def api_reload(self, mid):
         self.server.state.reload_mapping(mid)
         return Response(202)
+
+    def api_export(self, cid):
+        return Response(200, self.server.state.export_config(cid))
+
+    def api_import(self, cid):
+        try:
+            doc = json.loads(self.raw_body or b"null")
+        except ValueError:
+            raise ClientError(400, "invalid import file: the body is not valid JSON", "invalid_params")
+        return Response(202, self.server.state.import_config(cid, doc))
+
+    def api_connection_errors(self, cid):
+        state = self.server.state
+        with state.lock:
+            conn = state.connection_or_404(cid)
+            schema, mode = conn.schema_name, conn.log_mode
+        return Response(200, self.errors_of(mode, schema, None))
+
+    def api_mapping_errors(self, mid):
+        state = self.server.state
+        with state.lock:
+            conn, mapping = state._mapping_by_id(mid)
+            if mapping is None:
+                raise ClientError(404, "mapping %s not found" % mid, "not_found")
+            schema, mode, table = mapping.table_schema, conn.log_mode, mapping.table_name
+        return Response(200, self.errors_of(mode, schema, table))
+
+    def errors_of(self, mode, schema, table):
+        """Write errors of the last 24 hours, as the CLI shows them; only a
+        connect-log connection has a log the simulator can read them from."""
+        state = self.server.state
+        if mode != "connect" or state.source_dsn is None:
+            return {"count": 0, "results": []}
+        try:
+            results = connect_log.write_errors(state.source_dsn, schema, table)
+        except psycopg2.Error as error:
+            raise ClientError(503, "cannot read the trigger log: %s" % one_line(error), "service_unavailable")
+        return {"count": len(results), "results": results}
 
     # -- webhook receiver -----------------------------------------------------
 
@@ -678,6 +1109,23 @@ class Handler(BaseHTTPRequestHandler):
     def sim_fail(self):
         return Response(200, self.server.state.set_fault(self.json_body()))
 
+    def sim_get_fail(self):
+        return Response(200, self.server.state.faults_json())
+
+    def sim_imports(self):
+        state = self.server.state
+        with state.lock:
+            return Response(200, {"imports": list(state.imports)})
+
+    def sim_connect_log(self):
+        return Response(200, self.server.state.connect_log_json())
+
+    def sim_connect_log_fail(self):
+        return Response(200, self.server.state.set_entry_fault(self.json_body()))
+
+    def sim_connect_log_stall(self):
+        return Response(200, self.server.state.set_stall(self.json_body()))
+
     def sim_get_state(self):
         return Response(200, self.server.state.snapshot())
 
@@ -693,6 +1141,16 @@ class Handler(BaseHTTPRequestHandler):
 
     def sim_health(self):
         return Response(200, {"ok": True})
+
+
+def echo_token_body(authorization):
+    """An error body that quotes the bearer token back, every character but
+    letters and digits escaped as JSON \\uXXXX: valid JSON whose decoded
+    message holds the token, while the raw body does not hold it verbatim."""
+    token = authorization.split(" ", 1)[1] if " " in authorization else authorization
+    escaped = "".join(c if c.isascii() and c.isalnum() else "\\u%04x" % ord(c) for c in token)
+    return ('{"id": "unauthorized", "message": "token %s is not valid for this connection"}'
+            % escaped).encode()
 
 
 def redact_headers(headers):
@@ -1226,12 +1684,12 @@ def first_differences(src_cur, mir_cur, rows_query, limit=10):
     return out
 
 
-def verify_table(src, mir, schema, table):
+def verify_table(src, mir, schema, table, leave_out=()):
     ident = sql.Identifier(schema, table)
     result = {"table": "%s.%s" % (schema, table)}
     with src.cursor() as src_cur, mir.cursor() as mir_cur:
         src_cur.execute(VERIFY_COLUMNS_SQL, (ident.as_string(src),))
-        columns = src_cur.fetchall()
+        columns = [c for c in src_cur.fetchall() if c[0] not in leave_out]
         digest, rows_query = digest_queries(ident, columns)
         src_cur.execute(digest)
         result["source_rows"], result["source_md5"] = src_cur.fetchone()
@@ -1251,13 +1709,25 @@ def verify_table(src, mir, schema, table):
     return result
 
 
-def verify(source_dsn, mirror_dsn, connection):
+def verify(source_dsn, mirror_dsn, connection, connect_schema=None):
     src = open_db(source_dsn, "verify")
     mir = open_db(mirror_dsn, "verify")
     try:
         for conn in (src, mir):
             with conn.cursor() as cur:
                 cur.execute(VERIFY_SETTINGS)
+        if connect_schema is not None:
+            # Connect's log: the logged tables, without Connect's status
+            # columns, which Salesforce does not have
+            with src.cursor() as cur:
+                tables, leave_out = connect_log.verify_tables(cur, connect_schema)
+            if not tables:
+                return {"mode": "verify", "connection": connection, "ok": False,
+                        "error": "schema %s has no table with a Connect logger trigger" % connect_schema,
+                        "tables": []}
+            results = [verify_table(src, mir, connect_schema, t, leave_out) for t in tables]
+            return {"mode": "verify", "connection": connection,
+                    "ok": all(r["ok"] for r in results), "tables": results}
         with src.cursor() as cur:
             cur.execute("SELECT count(*) FROM connect_connections WHERE connection = %s", (connection,))
             if cur.fetchone()[0] == 0:
@@ -1287,6 +1757,12 @@ def parse_args(argv):
     http.add_argument("--config", help="JSON file declaring connections and mappings")
     http.add_argument("--reload-seconds", type=float, default=1.0,
                       help="how long a mapping stays RELOAD_TABLE (default 1)")
+    http.add_argument("--reload-delay", type=float, default=0.0,
+                      help="seconds between a reload's 202 and its start (RELOAD_TABLE); the mapping "
+                           "keeps its state meanwhile, as with Connect (default 0)")
+    http.add_argument("--lenient-headers", action="store_true",
+                      help="accept API requests without the CLI's headers (Heroku-Client, Accept, "
+                           "Content-Type); by default they get 400/406/415")
     http.add_argument("--hang-seconds", type=float, default=30.0,
                       help="delay of the injected 'timeout' fault before its 504 (default 30)")
     http.add_argument("--webhook-secret", default=os.environ.get("CONNECT_SIM_WEBHOOK_SECRET"),
@@ -1308,6 +1784,17 @@ def parse_args(argv):
                     help="--drain: give up after this many seconds of connection errors (default 30)")
     db.add_argument("--crash-after-mirror-commit", action="store_true",
                     help="test hook: exit with status 3 between the mirror commit and finishing the batch")
+    cl = p.add_argument_group("Connect's own log (with --consume, --drain or --verify)")
+    cl.add_argument("--connect-log", metavar="SCHEMA",
+                    help="play Connect on a Connect-managed schema: drain SCHEMA._trigger_log into the "
+                         "mirror instead of taking connect_guard's batches")
+    cl.add_argument("--connect-batch", type=int, default=200,
+                    help="entries taken NEW -> PENDING per pass (default 200)")
+    cl.add_argument("--archive-after", type=float, default=86400.0,
+                    help="seconds after processing when entries move to _trigger_log_archive "
+                         "(default 86400, Connect's day; negative: never)")
+    cl.add_argument("--no-writeback", action="store_true",
+                    help="do not write sfid, _hc_lastop and _hc_err back to the source rows")
     p.add_argument("-v", "--verbose", action="store_true", help="log every HTTP request to stderr")
     args = p.parse_args(argv)
 
@@ -1326,6 +1813,13 @@ def parse_args(argv):
             p.error("needs " + ", ".join("--" + f for f in missing))
         if psycopg2 is None:
             p.error("psycopg2 is not installed: run with /usr/bin/python3 (Debian's python3-psycopg2)")
+    if args.connect_log is not None:
+        if not (args.consume or one_shot):
+            p.error("--connect-log needs --consume, --drain or --verify")
+        if args.connect_batch < 1:
+            p.error("--connect-batch must be at least 1")
+    if args.reload_delay < 0 or args.reload_seconds < 0:
+        p.error("--reload-delay and --reload-seconds must be >= 0")
     return args
 
 
@@ -1350,7 +1844,7 @@ def install_stop_handlers(stop):
 def run_one_shot(args, state, stop):
     if args.verify:
         try:
-            result = verify(args.source, args.mirror, args.connection)
+            result = verify(args.source, args.mirror, args.connection, args.connect_log)
         except psycopg2.Error as error:
             # not a mismatch: nothing could be compared
             print(json.dumps({"mode": "verify", "connection": args.connection, "ok": False,
@@ -1358,7 +1852,10 @@ def run_one_shot(args, state, stop):
             return 2
         print(json.dumps(result, default=str), flush=True)
         return 0 if result["ok"] else 1
-    summary = Consumer(args, state, stop).drain(args.timeout)
+    if args.connect_log is not None:
+        summary = connect_log.ConnectLogDrainer(args, state, stop).drain(args.timeout)
+    else:
+        summary = Consumer(args, state, stop).drain(args.timeout)
     print(json.dumps(summary, default=str), flush=True)
     return 0 if summary["complete"] and "error" not in summary else 1
 
@@ -1369,10 +1866,13 @@ def run_service(args, state, stop):
     threads = []
     if args.port is not None:
         server = SimServer(("127.0.0.1", args.port), state, args.token, args.webhook_secret,
-                           args.hang_seconds)
+                           args.hang_seconds, args.lenient_headers)
         print("LISTENING %d" % server.server_address[1], flush=True)
         threads.append(threading.Thread(target=server.serve_forever, args=(0.1,), name="http", daemon=True))
-    consumer = Consumer(args, state, stop) if args.consume else None
+    consumer = None
+    if args.consume:
+        consumer = connect_log.ConnectLogDrainer(args, state, stop) if args.connect_log is not None \
+            else Consumer(args, state, stop)
     if consumer is not None:
         threads.append(threading.Thread(target=consumer.run_forever, name="consumer"))
     for t in threads:
@@ -1393,8 +1893,12 @@ def main(argv=None):
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s connect_sim %(levelname)s %(message)s")
     try:
+        connect_mode = args.connect_log is not None and args.consume
         state = SimState(load_config(args.config), args.reload_seconds, args.request_log,
-                         args.record_control)
+                         args.record_control, reload_delay=args.reload_delay,
+                         source_dsn=args.source,
+                         reload_rewriter=connect_log.ReloadRewriter(args.source, args.mirror)
+                         if connect_mode else None)
     except ClientError as e:
         raise SystemExit("%s: %s" % (args.config, e))
     stop = threading.Event()

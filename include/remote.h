@@ -14,7 +14,7 @@ typedef struct RemoteAnswer
 	char	   *error;			/* what went wrong, when result is NULL */
 } RemoteAnswer;
 
-extern void remote_query(const char *conninfo, const char *sql, int timeout_ms,
-						 RemoteAnswer *answer);
+extern void remote_query(const char *conninfo, const char *first, const char *sql,
+						 int timeout_ms, RemoteAnswer *answer);
 
 #endif							/* CONNECT_GUARD_REMOTE_H */

@@ -13,6 +13,9 @@ extern void worker_init(void);
 /* Wakes this database's worker when the current transaction commits. */
 extern void worker_wake_at_commit(void);
 
+/* Wakes this database's worker now (for what needs no commit: a promotion). */
+extern void worker_wake_now(void);
+
 /* Whether the library was preloaded, so that workers can run at all. */
 extern bool worker_available(void);
 

@@ -119,6 +119,13 @@ int			lag_follower_timeout_ms = 5000;
 #define FOLLOWER_QUERY_NATTS 7
 
 /*
+ * Asked first, on the same connection, when the follower is to answer once
+ * it has replayed up to an LSN (or waited so many ms for it): a procedure
+ * (standby.c) that holds no snapshot while it waits.
+ */
+#define FOLLOWER_WAIT_CALL "CALL connect_guard.wait_for_replay('%X/%X', %d)"
+
+/*
  * The write: only for a follower that still exists with the conninfo that
  * was checked, and never over a newer result (see the header comment).
  */
@@ -144,6 +151,7 @@ typedef struct FollowerCheck
 {
 	char	   *name;
 	char	   *conninfo;
+	XLogRecPtr	wait_for;		/* the follower waits to replay this first, if valid */
 
 	TimestampTz checked_at;
 	bool		reachable;		/* a connection was established */
@@ -358,6 +366,12 @@ append_json_text(StringInfo buf, const char *key, const char *value)
  * lag_bytes (from this primary's position when the answer arrived).
  * Bounded by connect_guard.follower_timeout; never raises for the
  * follower's problems, only for an interrupt.
+ *
+ * With replayed, the follower first waits (up to half the timeout) until it
+ * has replayed that far, and answers then: one query instead of a poll.
+ * What it must replay is this primary's to send, so WAL is flushed up to
+ * there first (an asynchronous commit would otherwise wait for the WAL
+ * writer: walsenders send only flushed WAL).
  */
 Datum
 connect_guard_follower_probe(PG_FUNCTION_ARGS)
@@ -365,9 +379,14 @@ connect_guard_follower_probe(PG_FUNCTION_ARGS)
 	FollowerCheck check;
 	StringInfoData buf;
 
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
 	memset(&check, 0, sizeof(check));
 	check.name = "upgrade plan follower";
 	check.conninfo = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	check.wait_for = PG_ARGISNULL(1) ? InvalidXLogRecPtr : PG_GETARG_LSN(1);
+	if (!XLogRecPtrIsInvalid(check.wait_for))
+		XLogFlush(Min(check.wait_for, GetXLogInsertRecPtr()));
 	check_follower(&check);
 
 	initStringInfo(&buf);
@@ -660,8 +679,12 @@ check_follower(FollowerCheck *check)
 {
 	RemoteAnswer answer;
 	PrimaryPosition primary;
+	char	   *wait = NULL;
 
-	remote_query(check->conninfo, FOLLOWER_QUERY, lag_follower_timeout_ms, &answer);
+	if (!XLogRecPtrIsInvalid(check->wait_for))
+		wait = psprintf(FOLLOWER_WAIT_CALL, LSN_FORMAT_ARGS(check->wait_for),
+						Min(1000, lag_follower_timeout_ms / 2));
+	remote_query(check->conninfo, wait, FOLLOWER_QUERY, lag_follower_timeout_ms, &answer);
 	check->reachable = answer.connected;
 	if (answer.result == NULL)
 		check->error = answer.error;

@@ -60,15 +60,80 @@ conn_error(PGconn *conn, const char *otherwise)
 	return (msg != NULL && msg[0] != '\0') ? pchomp(msg) : pstrdup(otherwise);
 }
 
+/*
+ * run_query sends one query string and reads every result of it; returns
+ * the first (caller PQclears it), which must be a success (rows, or a
+ * command's completion), or NULL with *error set.
+ */
 static PGresult *
-remote_exchange(PGconn *conn, const char *sql, TimestampTz deadline, int timeout_ms,
-				bool *latch_was_set, RemoteAnswer *answer)
+run_query(PGconn *conn, const char *sql, TimestampTz deadline, int timeout_ms,
+		  bool *latch_was_set, char **error)
+{
+	PGresult   *result = NULL;
+	PGresult   *next;
+	int			rc;
+
+	if (!PQsendQuery(conn, sql))
+	{
+		*error = conn_error(conn, "could not send the query");
+		return NULL;
+	}
+	while ((rc = PQflush(conn)) != 0)
+	{
+		if (rc < 0)
+		{
+			*error = conn_error(conn, "could not send the query");
+			return NULL;
+		}
+		if (!wait_socket(conn, true, deadline, latch_was_set))
+			goto timeout;
+	}
+	for (;;)
+	{
+		while (PQisBusy(conn))
+		{
+			if (!wait_socket(conn, false, deadline, latch_was_set))
+				goto timeout;
+			if (!PQconsumeInput(conn))
+			{
+				*error = conn_error(conn, "lost the connection");
+				PQclear(result);
+				return NULL;
+			}
+		}
+		if ((next = PQgetResult(conn)) == NULL)
+			break;
+		if (result == NULL)
+			result = next;
+		else
+			PQclear(next);
+	}
+	if (PQresultStatus(result) != PGRES_TUPLES_OK && PQresultStatus(result) != PGRES_COMMAND_OK)
+	{
+		*error = result != NULL && PQresultErrorMessage(result)[0] != '\0'
+			? pchomp(PQresultErrorMessage(result))
+			: conn_error(conn, "the query failed");
+		PQclear(result);
+		return NULL;
+	}
+	return result;
+
+timeout:
+	*error = psprintf("timed out after %d ms waiting for the answer", timeout_ms);
+	PQclear(result);
+	return NULL;
+}
+
+/*
+ * remote_exchange connects, runs first (when not NULL) and then sql, and
+ * returns sql's result, or NULL with answer->error set.
+ */
+static PGresult *
+remote_exchange(PGconn *conn, const char *first, const char *sql, TimestampTz deadline,
+				int timeout_ms, bool *latch_was_set, RemoteAnswer *answer)
 {
 	char	  **error = &answer->error;
 	PostgresPollingStatusType status = PGRES_POLLING_WRITING;
-	PGresult   *result;
-	PGresult   *extra;
-	int			rc;
 
 	if (PQstatus(conn) == CONNECTION_BAD)
 	{
@@ -92,58 +157,34 @@ remote_exchange(PGconn *conn, const char *sql, TimestampTz deadline, int timeout
 	}
 	answer->connected = true;
 
-	if (PQsetnonblocking(conn, 1) != 0 || !PQsendQuery(conn, sql))
+	if (PQsetnonblocking(conn, 1) != 0)
 	{
 		*error = conn_error(conn, "could not send the query");
 		return NULL;
 	}
-	while ((rc = PQflush(conn)) != 0)
+	if (first != NULL)
 	{
-		if (rc < 0)
-		{
-			*error = conn_error(conn, "could not send the query");
-			return NULL;
-		}
-		if (!wait_socket(conn, true, deadline, latch_was_set))
-			goto timeout;
-	}
-	while (PQisBusy(conn))
-	{
-		if (!wait_socket(conn, false, deadline, latch_was_set))
-			goto timeout;
-		if (!PQconsumeInput(conn))
-		{
-			*error = conn_error(conn, "lost the connection");
-			return NULL;
-		}
-	}
-	result = PQgetResult(conn);
-	if (PQresultStatus(result) != PGRES_TUPLES_OK)
-	{
-		*error = result != NULL && PQresultErrorMessage(result)[0] != '\0'
-			? pchomp(PQresultErrorMessage(result))
-			: conn_error(conn, "the query failed");
-		PQclear(result);
-		return NULL;
-	}
-	while (!PQisBusy(conn) && (extra = PQgetResult(conn)) != NULL)
-		PQclear(extra);
-	return result;
+		PGresult   *result = run_query(conn, first, deadline, timeout_ms, latch_was_set, error);
 
-timeout:
-	*error = psprintf("timed out after %d ms waiting for the answer", timeout_ms);
-	return NULL;
+		if (result == NULL)
+			return NULL;
+		PQclear(result);
+	}
+	return run_query(conn, sql, deadline, timeout_ms, latch_was_set, error);
 }
 
 /*
  * remote_query runs sql on the server conninfo names and fills *answer: the
  * result (caller PQclears it), or an error, and whether the connection was
- * made at all.  Never raises an error for the remote side's problems:
+ * made at all.  first, when not NULL, is run before sql on the same
+ * connection, as a statement of its own (a CALL that commits must be one),
+ * and must succeed; its result is dropped.  Never raises an error for the remote side's problems:
  * callers decide what they mean.  An interrupt (cancel, shutdown) is raised
  * after the connection is closed.
  */
 void
-remote_query(const char *conninfo, const char *sql, int timeout_ms, RemoteAnswer *answer)
+remote_query(const char *conninfo, const char *first, const char *sql, int timeout_ms,
+			 RemoteAnswer *answer)
 {
 	/* expand_dbname: the whole conninfo goes in as dbname and is parsed by libpq */
 	static const char *const keywords[] = {"dbname", "fallback_application_name", NULL};
@@ -165,7 +206,7 @@ remote_query(const char *conninfo, const char *sql, int timeout_ms, RemoteAnswer
 		if (conn == NULL)
 			answer->error = pstrdup("out of memory");
 		else
-			answer->result = remote_exchange(conn, sql, deadline, timeout_ms,
+			answer->result = remote_exchange(conn, first, sql, deadline, timeout_ms,
 											 (bool *) &latch_was_set, answer);
 	}
 	PG_FINALLY();
@@ -196,7 +237,7 @@ connect_guard_remote_query(PG_FUNCTION_ARGS)
 	JsonbParseState *state = NULL;
 	JsonbValue *object;
 
-	remote_query(conninfo, sql, timeout_ms, &answer);
+	remote_query(conninfo, NULL, sql, timeout_ms, &answer);
 	result = answer.result;
 	if (result == NULL)
 		ereport(ERROR,

@@ -10,8 +10,15 @@
  * CREATE EXTENSION wakes it (the install script calls
  * connect_guard.wake_launcher()).  A worker that dies for any other reason is
  * started again on the launcher's next cycle; a worker whose extension was
- * dropped exits on its next cycle.  Both start when recovery finishes, so a
- * promoted follower gets its workers.
+ * dropped exits on its next cycle.
+ *
+ * On a hot standby both run too, from the moment it is consistent, but a
+ * worker there only waits for the promotion: nothing of ours may be written
+ * in recovery.  It looks every STANDBY_POLL_MS (RecoveryInProgress() is a
+ * read of shared memory), and connect_promote_follower()'s promotion
+ * (standby.c) wakes it at once; so the new primary of a changeover completes
+ * the plan as soon as it is out of recovery, without waiting for a worker
+ * to start or for a naptime.
  *
  * A worker's cycle runs each module's step in transactions of its own and
  * does network I/O (libpq to followers, HTTP to the sync service) outside
@@ -21,7 +28,9 @@
  *
  * Locking: WorkerShared is guarded by its LWLock; latches are found through
  * the registered pid, never through a stored pointer, so a stale slot can at
- * worst wake nobody.
+ * worst wake nobody.  The plan generation is an atomic counter, moved (and
+ * its condition variable broadcast) by every transaction that moved an
+ * upgrade plan, once it has committed; connect_wait_upgrade() sleeps on it.
  */
 #include "postgres.h"
 
@@ -30,6 +39,7 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/pg_database.h"
 #include "catalog/pg_extension.h"
 #include "commands/extension.h"
@@ -39,6 +49,7 @@
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
+#include "storage/condition_variable.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/lmgr.h"
@@ -63,6 +74,9 @@ PG_FUNCTION_INFO_V1(connect_guard_wake_launcher);
 PG_FUNCTION_INFO_V1(connect_guard_worker_available);
 PG_FUNCTION_INFO_V1(connect_guard_worker_pid);
 PG_FUNCTION_INFO_V1(connect_guard_in_binary_upgrade);
+PG_FUNCTION_INFO_V1(connect_guard_plan_changed);
+PG_FUNCTION_INFO_V1(connect_guard_plan_generation);
+PG_FUNCTION_INFO_V1(connect_guard_wait_plan_change);
 
 PGDLLEXPORT void connect_guard_launcher_main(Datum arg);
 PGDLLEXPORT void connect_guard_worker_main(Datum arg);
@@ -74,6 +88,8 @@ PGDLLEXPORT void connect_guard_worker_main(Datum arg);
 #define WORKER_RESTART_DELAY_MS		1000
 /* how often a worker looks at an upgrade plan that is waiting for something */
 #define UPGRADE_POLL_MS				50
+/* how often the launcher and workers of a hot standby look whether it was promoted */
+#define STANDBY_POLL_MS				10
 
 /* GUC variables */
 int			worker_naptime_ms = 1000;
@@ -94,15 +110,18 @@ typedef struct WorkerShared
 	LWLock	   *lock;
 	pid_t		launcher_pid;
 	WorkerSlot	slots[WORKER_MAX_DATABASES];
+	pg_atomic_uint64 plan_generation;	/* moves when a plan moved (committed) */
+	ConditionVariable plan_changed; /* broadcast when it does */
 } WorkerShared;
 
 static WorkerShared *worker_shared = NULL;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
-/* set by connect_guard.wake_worker() and wake_launcher(); acted on at commit */
+/* set by connect_guard.wake_worker(), wake_launcher() and plan_changed(); acted on at commit */
 static bool wake_pending = false;
 static bool launcher_wake_pending = false;
+static bool plan_change_pending = false;
 
 static void worker_shmem_request(void);
 static void worker_shmem_startup(void);
@@ -156,7 +175,7 @@ worker_init(void)
 
 	memset(&launcher, 0, sizeof(launcher));
 	launcher.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	launcher.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	launcher.bgw_start_time = BgWorkerStart_ConsistentState;
 	launcher.bgw_restart_time = 5;
 	snprintf(launcher.bgw_library_name, BGW_MAXLEN, "connect_guard");
 	snprintf(launcher.bgw_function_name, BGW_MAXLEN, "connect_guard_launcher_main");
@@ -193,6 +212,8 @@ worker_shmem_startup(void)
 	{
 		memset(worker_shared, 0, sizeof(WorkerShared));
 		worker_shared->lock = &(GetNamedLWLockTranche("connect_guard_worker"))->lock;
+		pg_atomic_init_u64(&worker_shared->plan_generation, 0);
+		ConditionVariableInit(&worker_shared->plan_changed);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -239,9 +260,16 @@ set_latch_of(pid_t pid)
 static void
 worker_xact_callback(XactEvent event, void *arg)
 {
-	if (!wake_pending && !launcher_wake_pending)
+	if (!wake_pending && !launcher_wake_pending && !plan_change_pending)
 		return;
-	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT)
+	if ((event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT) && plan_change_pending)
+	{
+		/* committed, so visible: whoever the broadcast wakes sees the plan's new step */
+		pg_atomic_fetch_add_u64(&worker_shared->plan_generation, 1);
+		ConditionVariableBroadcast(&worker_shared->plan_changed);
+	}
+	if ((event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT) &&
+		(wake_pending || launcher_wake_pending))
 	{
 		pid_t		pid = 0;
 		pid_t		launcher = 0;
@@ -271,7 +299,7 @@ worker_xact_callback(XactEvent event, void *arg)
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT ||
 		event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT ||
 		event == XACT_EVENT_PREPARE)
-		wake_pending = launcher_wake_pending = false;
+		wake_pending = launcher_wake_pending = plan_change_pending = false;
 }
 
 void
@@ -279,6 +307,28 @@ worker_wake_at_commit(void)
 {
 	if (worker_shared != NULL)
 		wake_pending = true;
+}
+
+/*
+ * worker_wake_now wakes this database's worker at once, for what it can see
+ * without waiting for a commit (a promotion: standby.c).
+ */
+void
+worker_wake_now(void)
+{
+	pid_t		pid = 0;
+
+	if (worker_shared == NULL)
+		return;
+	LWLockAcquire(worker_shared->lock, LW_SHARED);
+	{
+		WorkerSlot *slot = slot_for(MyDatabaseId, false);
+
+		if (slot != NULL)
+			pid = slot->pid;
+	}
+	LWLockRelease(worker_shared->lock);
+	set_latch_of(pid);
 }
 
 /* connect_guard.wake_worker(): wake this database's worker at commit. */
@@ -341,6 +391,62 @@ connect_guard_in_binary_upgrade(PG_FUNCTION_ARGS)
 	PG_RETURN_BOOL(IsBinaryUpgrade);
 }
 
+/*
+ * connect_guard.plan_changed(): the calling transaction moves an upgrade
+ * plan; once it commits, those waiting in connect_wait_upgrade() look again.
+ */
+Datum
+connect_guard_plan_changed(PG_FUNCTION_ARGS)
+{
+	if (worker_shared != NULL)
+		plan_change_pending = true;
+	PG_RETURN_VOID();
+}
+
+/* connect_guard.plan_generation(): how many committed plan moves this server has seen */
+Datum
+connect_guard_plan_generation(PG_FUNCTION_ARGS)
+{
+	if (worker_shared == NULL)
+		PG_RETURN_INT64(0);
+	PG_RETURN_INT64((int64) pg_atomic_read_u64(&worker_shared->plan_generation));
+}
+
+/*
+ * connect_guard.wait_plan_change(seen bigint, timeout_ms integer) sleeps
+ * until the plan generation is no longer seen (a plan moved and committed
+ * since the caller read it), or timeout_ms have passed; returns the
+ * generation.  A plan that moves without a commit here (WAL replayed on a
+ * standby) is seen at the timeout.
+ */
+Datum
+connect_guard_wait_plan_change(PG_FUNCTION_ARGS)
+{
+	uint64		seen = (uint64) PG_GETARG_INT64(0);
+	int			timeout_ms = PG_GETARG_INT32(1);
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), Max(timeout_ms, 0));
+
+	if (worker_shared == NULL)
+	{
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 Max(timeout_ms, 0), PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		PG_RETURN_INT64(0);
+	}
+	ConditionVariablePrepareToSleep(&worker_shared->plan_changed);
+	while (pg_atomic_read_u64(&worker_shared->plan_generation) == seen)
+	{
+		long		left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+
+		if (left <= 0 ||
+			ConditionVariableTimedSleep(&worker_shared->plan_changed, left, PG_WAIT_EXTENSION))
+			break;
+	}
+	ConditionVariableCancelSleep();
+	PG_RETURN_INT64((int64) pg_atomic_read_u64(&worker_shared->plan_generation));
+}
+
 /* ------------------------------------------------------------------------
  * The launcher
  * ------------------------------------------------------------------------ */
@@ -393,7 +499,7 @@ start_worker(LauncherEntry *entry)
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_start_time = BgWorkerStart_ConsistentState;
 	worker.bgw_restart_time = BGW_NEVER_RESTART;
 	worker.bgw_main_arg = ObjectIdGetDatum(entry->dbid);
 	worker.bgw_notify_pid = MyProcPid;
@@ -479,6 +585,25 @@ launcher_cycle(void)
 	list_free(dbids);
 }
 
+/* whether the launcher's last cycle ran in recovery */
+static bool launcher_in_recovery = false;
+
+/*
+ * want_every_database: this server was promoted.  A database whose worker
+ * found no extension while it was a standby may have got it since (CREATE
+ * EXTENSION replayed, which wakes no launcher): look again now rather than
+ * at the absent recheck, in case a changeover's plan waits there.
+ */
+static void
+want_every_database(void)
+{
+	LWLockAcquire(worker_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < WORKER_MAX_DATABASES; i++)
+		if (worker_shared->slots[i].dbid != InvalidOid && worker_shared->slots[i].absent)
+			worker_shared->slots[i].wanted = true;
+	LWLockRelease(worker_shared->lock);
+}
+
 void
 connect_guard_launcher_main(Datum arg)
 {
@@ -499,15 +624,21 @@ connect_guard_launcher_main(Datum arg)
 
 	for (;;)
 	{
+		bool		in_recovery = RecoveryInProgress();
+
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
+		if (launcher_in_recovery && !in_recovery)
+			want_every_database();
+		launcher_in_recovery = in_recovery;
 		launcher_cycle();
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 worker_naptime_ms, PG_WAIT_EXTENSION);
+						 in_recovery ? Min(worker_naptime_ms, STANDBY_POLL_MS) : worker_naptime_ms,
+						 PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 	}
 }
@@ -515,6 +646,30 @@ connect_guard_launcher_main(Datum arg)
 /* ------------------------------------------------------------------------
  * The per-database worker
  * ------------------------------------------------------------------------ */
+
+/*
+ * await_promotion: a worker on a hot standby waits for the end of recovery,
+ * looking every STANDBY_POLL_MS and woken at once by a promotion that
+ * connect_guard asked for (standby.c).  It holds no transaction, snapshot
+ * or lock meanwhile, so it never holds up the replay.
+ */
+static void
+await_promotion(void)
+{
+	pgstat_report_activity(STATE_IDLE, "connect_guard: waiting for this standby's promotion");
+	while (RecoveryInProgress())
+	{
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 STANDBY_POLL_MS, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+	}
+}
 
 static void
 worker_detach(int code, Datum arg)
@@ -678,19 +833,48 @@ run_int8(const char *activity, const char *sql, int64 failed_result)
 }
 
 /*
+ * drive_upgrade_plan moves the upgrade plan as far as it can now, a step
+ * per transaction, and returns what its last step returned: UPGRADE_FAILED
+ * (no value of the enum) after an error.
+ */
+#define UPGRADE_FAILED (-1)
+static int64
+drive_upgrade_plan(void)
+{
+	int64		plan = UPGRADE_NO_PLAN;
+
+	for (int step = 0; step < 20; step++)
+	{
+		plan = run_int8("connect_guard: driving the upgrade plan",
+						"SELECT connect_guard.upgrade_advance()", UPGRADE_FAILED);
+		if (plan != UPGRADE_MOVED)
+			break;
+	}
+	return plan;
+}
+
+/*
  * worker_cycle_steps runs the modules' steps, in order.  Each one starts
  * and commits its own transactions and keeps network I/O outside them.
+ * promoted: the first cycle since this server left recovery.
  */
 static int
-worker_cycle_steps(const char *schema, bool *plan_active)
+worker_cycle_steps(const char *schema, bool *plan_active, bool promoted)
 {
 	static bool first_cycle = true;
 	static TimestampTz last_rollback_check = 0;
-	char	   *advance = psprintf("SELECT connect_guard.upgrade_advance()");
 	int64		plan = 0;
 
 	int			sleep_ms;
 	long		due;
+
+	/*
+	 * A changeover's new primary completes the plan before anything else: its
+	 * fence blocks every write until then, and completing checks for itself
+	 * where the timeline forked (the rollback check below finds the same).
+	 */
+	if (promoted)
+		(void) drive_upgrade_plan();
 
 	/*
 	 * First, so that the reloads a rollback calls for go out in this cycle;
@@ -717,16 +901,9 @@ worker_cycle_steps(const char *schema, bool *plan_active)
 	/*
 	 * An upgrade plan moves as far as it can now, then is polled closely.  A
 	 * step that failed backs off: the plan is tried again after the naptime,
-	 * not at the close polling pace (UPGRADE_FAILED is no value of the enum).
+	 * not at the close polling pace.
 	 */
-#define UPGRADE_FAILED (-1)
-	for (int step = 0; step < 20; step++)
-	{
-		plan = run_int8("connect_guard: driving the upgrade plan", advance, UPGRADE_FAILED);
-		if (plan != UPGRADE_MOVED)
-			break;
-	}
-	pfree(advance);
+	plan = drive_upgrade_plan();
 	*plan_active = plan != UPGRADE_NO_PLAN;
 
 	/* retries and polls of the sync service go out when they are due */
@@ -763,6 +940,7 @@ void
 connect_guard_worker_main(Datum arg)
 {
 	Oid			dbid = DatumGetObjectId(arg);
+	bool		promoted = false;	/* this standby was promoted: the next cycle is the first since */
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -819,6 +997,15 @@ connect_guard_worker_main(Datum arg)
 			proc_exit(0);
 		}
 
+		if (RecoveryInProgress())
+		{
+			/* a standby: nothing of ours may be written until it is promoted */
+			pfree(schema);
+			await_promotion();
+			promoted = true;
+			continue;
+		}
+
 		if (restoring)
 		{
 			/* nothing of ours may be written until the restore has loaded */
@@ -830,7 +1017,8 @@ connect_guard_worker_main(Datum arg)
 			continue;
 		}
 
-		sleep_ms = worker_cycle_steps(schema, &plan_active);
+		sleep_ms = worker_cycle_steps(schema, &plan_active, promoted);
+		promoted = false;
 		/* archiving can take seconds under load: not while a plan is timed */
 		if (!plan_active)
 			retention_step(schema);

@@ -12,6 +12,20 @@ CREATE FUNCTION connect_guard.wake_launcher()
 RETURNS boolean LANGUAGE C VOLATILE
 AS 'MODULE_PATHNAME', 'connect_guard_wake_launcher';
 
+-- the calling transaction moves an upgrade plan: wake connect_wait_upgrade() at commit
+CREATE FUNCTION connect_guard.plan_changed()
+RETURNS void LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'connect_guard_plan_changed';
+
+-- how many plan moves have committed on this server; waiting for the next one
+CREATE FUNCTION connect_guard.plan_generation()
+RETURNS bigint LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'connect_guard_plan_generation';
+
+CREATE FUNCTION connect_guard.wait_plan_change(seen bigint, timeout_ms integer)
+RETURNS bigint LANGUAGE C STRICT VOLATILE
+AS 'MODULE_PATHNAME', 'connect_guard_wait_plan_change';
+
 CREATE FUNCTION connect_guard.worker_available()
 RETURNS boolean LANGUAGE C STABLE
 AS 'MODULE_PATHNAME', 'connect_guard_worker_available';

@@ -21,7 +21,16 @@
  * talks to its follower through libpq (remote.c) from within a step, in
  * the steps checking, fencing_follower, catching_up and ready
  * (follower_probe, and remote_query to fence the follower), and from
- * connect_abort_upgrade() and connect_promote_follower().  Why: the step
+ * connect_abort_upgrade() and connect_promote_follower().
+ *
+ * The write-blocked window (the fence up here to the first write accepted
+ * on the new primary) waits for events, not for polls: the fence on the
+ * follower is raised in the fencing step's transaction; the catch-up is one
+ * query that waits on the follower until its replay reaches the fence
+ * (follower_probe's wait, standby.c); the promotion is one query that
+ * returns, and wakes the follower's worker (which waits on a standby for
+ * its promotion: worker.c), once the follower is out of recovery; and every
+ * step that commits wakes connect_wait_upgrade() (plan_changed()).  Why: the step
  * must act on the answer atomically with the plan row it holds locked (a
  * fence raised on the follower is recorded in the same commit that moves
  * the plan on; an answer that is lost leaves the step to run again, which
@@ -112,6 +121,7 @@ BEGIN
             CASE WHEN p_status IN ('completed', 'failed', 'aborted', 'handed_over') THEN clock_timestamp() END);
     PERFORM connect_guard.log_event(NULL, 'upgrade_' || p_step,
         p_detail || jsonb_build_object('plan_id', p_plan, 'status', p_status, 'error', p_error));
+    PERFORM connect_guard.plan_changed();      -- connect_wait_upgrade() looks again at commit
 END;
 $$;
 
@@ -130,11 +140,27 @@ $$;
  * it replayed), and returns what it found as jsonb (answered, reachable,
  * error, in_recovery, system_identifier_matches, database, timeline,
  * replay_lsn, lag_bytes); the plan only adds what is its own (the database,
- * the fence position).  Never raises for the follower's problems.
+ * the fence position).  Never raises for the follower's problems.  With
+ * p_replayed, the follower answers once it has replayed that far (or after
+ * up to a second: follower_timeout / 2 at most), rather than at once.
  */
-CREATE FUNCTION connect_guard.follower_probe(p_conninfo text)
-RETURNS jsonb LANGUAGE C STRICT VOLATILE
+CREATE FUNCTION connect_guard.follower_probe(p_conninfo text, p_replayed pg_lsn DEFAULT NULL)
+RETURNS jsonb LANGUAGE C VOLATILE
 AS 'MODULE_PATHNAME', 'connect_guard_follower_probe';
+
+/*
+ * What the old primary asks of its follower (standby.c), there, with CALL:
+ * wait until the replay reaches an LSN; promote, wait for the end of the
+ * promotion and wake the worker that completes the plan.  Each looks every
+ * millisecond, holds no snapshot meanwhile, and gives up after timeout_ms.
+ */
+CREATE PROCEDURE connect_guard.wait_for_replay(target pg_lsn, timeout_ms integer)
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'connect_guard_wait_for_replay';
+
+CREATE PROCEDURE connect_guard.promote_standby(timeout_ms integer, OUT promoted boolean)
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'connect_guard_promote_standby';
 
 /*
  * connect_guard.resume_plan_connections resumes the connections a plan
@@ -261,6 +287,47 @@ END;
 $$;
 
 /*
+ * connect_guard.plan_fence_follower is the fencing_follower step (p at that
+ * step, its row locked): it raises a database-wide fence on the follower,
+ * still a standby, so that it comes up fenced however it is promoted, and
+ * moves the plan to catching_up.  Returns what upgrade_advance() returns.
+ */
+CREATE FUNCTION connect_guard.plan_fence_follower(p connect_guard.upgrade_plan, p_overdue boolean)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c_waiting CONSTANT integer := 1;
+    c_moved CONSTANT integer := 2;
+    v_probe jsonb;
+BEGIN
+    BEGIN
+        -- the follower's fence commits there before this transaction does: a try
+        -- whose answer was lost (a timeout, a crash here) left it up, so reuse
+        -- it rather than raise a second one that completion would not lower
+        v_probe := connect_guard.remote_query(p.follower,
+            format('SELECT coalesce((SELECT max(fence_id) FROM connect_guard.fence_list() WHERE scope = %L AND reason = %L),
+                                    connect_guard.fence_raise(%L, NULL, NULL, %L, %L, %L)) AS fence_id',
+                   'database', format('upgrade plan %s: fenced until the plan completes on this server', p.plan_id),
+                   'database', format('upgrade plan %s: fenced until the plan completes on this server', p.plan_id),
+                   '{}', '{}'));
+    EXCEPTION WHEN connection_failure THEN
+        IF p_overdue THEN
+            PERFORM connect_guard.upgrade_fail(p.plan_id, 'could not fence the follower: ' || SQLERRM);
+            RETURN c_moved;
+        END IF;
+        RETURN c_waiting;
+    END;
+    UPDATE connect_guard.upgrade_plan SET follower_fence_id = (v_probe->>'fence_id')::integer
+     WHERE plan_id = p.plan_id;
+    PERFORM connect_guard.upgrade_goto(p.plan_id, 'catching_up', 'running',
+        jsonb_build_object('follower_fence_id', (v_probe->>'fence_id')::integer));
+    RETURN c_moved;
+END;
+$$;
+
+/*
  * connect_guard.upgrade_advance runs one step of the active plan, if there
  * is one, and returns 0 when there is no plan to drive, 1 when the plan
  * waits (poll again soon), 2 when it moved (run again at once).  The worker
@@ -284,6 +351,7 @@ DECLARE
     v_waiting text;
     v_fid integer;
     v_overdue boolean;
+    v_target pg_lsn;
 BEGIN
     SELECT * INTO p FROM connect_guard.upgrade_plan
      WHERE status IN ('running', 'ready') FOR UPDATE SKIP LOCKED;
@@ -436,41 +504,23 @@ BEGIN
             CASE p.method WHEN 'pg_upgrade' THEN 'ready' ELSE 'running' END,
             jsonb_build_object('fence_id', v_fid, 'fence_lsn', pg_current_wal_insert_lsn(),
                                'log_head', connect_guard.log_head()));
+        IF p.method = 'follower' THEN
+            -- the follower's fence in the same transaction: one commit fewer while writes are blocked
+            RETURN connect_guard.plan_fence_follower(connect_guard.require_plan(p.plan_id), false);
+        END IF;
         RETURN c_moved;
 
     WHEN 'fencing_follower' THEN
-        -- fenced while still a standby, so that it comes up fenced however it is promoted
-        BEGIN
-            -- the follower's fence commits there before this transaction does: a try
-            -- whose answer was lost (a timeout, a crash here) left it up, so reuse
-            -- it rather than raise a second one that completion would not lower
-            v_probe := connect_guard.remote_query(p.follower,
-                format('SELECT coalesce((SELECT max(fence_id) FROM connect_guard.fence_list() WHERE scope = %L AND reason = %L),
-                                        connect_guard.fence_raise(%L, NULL, NULL, %L, %L, %L)) AS fence_id',
-                       'database', format('upgrade plan %s: fenced until the plan completes on this server', p.plan_id),
-                       'database', format('upgrade plan %s: fenced until the plan completes on this server', p.plan_id),
-                       '{}', '{}'));
-        EXCEPTION WHEN connection_failure THEN
-            IF v_overdue THEN
-                PERFORM connect_guard.upgrade_fail(p.plan_id, 'could not fence the follower: ' || SQLERRM);
-                RETURN c_moved;
-            END IF;
-            RETURN c_waiting;
-        END;
-        UPDATE connect_guard.upgrade_plan SET follower_fence_id = (v_probe->>'fence_id')::integer
-         WHERE plan_id = p.plan_id;
-        PERFORM connect_guard.upgrade_goto(p.plan_id, 'catching_up', 'running',
-            jsonb_build_object('follower_fence_id', (v_probe->>'fence_id')::integer));
-        RETURN c_moved;
+        RETURN connect_guard.plan_fence_follower(p, v_overdue);
 
     WHEN 'catching_up' THEN
-        IF p.target_lsn IS NULL THEN
-            -- everything up to here, the plan's own rows included, must be on the follower
-            UPDATE connect_guard.upgrade_plan SET target_lsn = pg_current_wal_insert_lsn()
-             WHERE plan_id = p.plan_id;
-            RETURN c_moved;
-        END IF;
-        v_probe := connect_guard.follower_probe(p.follower);
+        -- Everything up to here, the plan's own rows included, must be on the follower:
+        -- the steps before committed, so the insert position is past them.  The
+        -- follower waits for its replay to get there, and answers then (or after a
+        -- second: the worker asks again).  A try that ends without the answer leaves
+        -- the step to run again, with a later target.
+        v_target := pg_current_wal_insert_lsn();
+        v_probe := connect_guard.follower_probe(p.follower, v_target);
         IF NOT (v_probe->>'answered')::boolean THEN
             IF v_overdue THEN
                 PERFORM connect_guard.upgrade_fail(p.plan_id,
@@ -480,9 +530,10 @@ BEGIN
             RETURN c_waiting;
         END IF;
         -- replay_lsn is NULL when the lag check found another cluster's server: never caught up
-        v_lag := CASE WHEN v_probe->>'replay_lsn' IS NULL THEN pg_wal_lsn_diff(p.target_lsn, '0/0')
-                      ELSE greatest(pg_wal_lsn_diff(p.target_lsn, (v_probe->>'replay_lsn')::pg_lsn), 0) END;
-        UPDATE connect_guard.upgrade_plan SET follower_lag_bytes = v_lag WHERE plan_id = p.plan_id;
+        v_lag := CASE WHEN v_probe->>'replay_lsn' IS NULL THEN pg_wal_lsn_diff(v_target, '0/0')
+                      ELSE greatest(pg_wal_lsn_diff(v_target, (v_probe->>'replay_lsn')::pg_lsn), 0) END;
+        UPDATE connect_guard.upgrade_plan SET follower_lag_bytes = v_lag, target_lsn = v_target
+         WHERE plan_id = p.plan_id;
         IF v_lag > 0 THEN
             IF NOT (v_probe->>'in_recovery')::boolean THEN
                 PERFORM connect_guard.upgrade_fail(p.plan_id,
@@ -497,7 +548,7 @@ BEGIN
             RETURN c_waiting;
         END IF;
         PERFORM connect_guard.upgrade_goto(p.plan_id, 'ready', 'ready',
-            jsonb_build_object('replay_lsn', v_probe->>'replay_lsn'));
+            jsonb_build_object('replay_lsn', v_probe->>'replay_lsn', 'target_lsn', v_target));
         RETURN c_moved;
 
     WHEN 'draining' THEN
@@ -686,9 +737,12 @@ AS $$
 DECLARE
     p connect_guard.upgrade_plan;
     v_deadline timestamptz := clock_timestamp() + coalesce(timeout, '10 min');
+    v_generation bigint;
 BEGIN
     PERFORM connect_guard.require_read_committed('connect_wait_upgrade()');
     LOOP
+        -- read before the plan: a step that commits after this read wakes the wait below
+        v_generation := connect_guard.plan_generation();
         p := connect_guard.require_plan(plan);
         IF p.step = connect_wait_upgrade.step OR p.status = connect_wait_upgrade.step
            OR EXISTS (SELECT 1 FROM connect_guard.upgrade_step s
@@ -709,7 +763,9 @@ BEGIN
                 DETAIL = format('It is %s at step %s since %s.', p.status, p.step, p.step_since),
                 HINT = 'The plan goes on; wait again, or end it with connect_abort_upgrade().';
         END IF;
-        PERFORM pg_sleep(0.05);
+        -- woken when a step commits here; a plan that moves by WAL replay (on a standby) is looked at every 50 ms
+        PERFORM connect_guard.wait_plan_change(v_generation,
+            least(50, ceil(extract(epoch FROM v_deadline - clock_timestamp()) * 1000))::integer);
     END LOOP;
 END;
 $$;
@@ -756,8 +812,10 @@ $$;
 
 /*
  * connect_promote_follower promotes the follower of a ready changeover
- * through libpq (pg_promote waits until it is done); its own worker then
- * completes the plan there.  A plan whose promotion belongs to an HA
+ * through libpq, and returns once it is out of recovery (its
+ * promote_standby() looks every millisecond, where pg_promote(wait =>
+ * true) would look every 100) and its own worker, woken then, completes the
+ * plan there.  A plan whose promotion belongs to an HA
  * manager moves to switching_over instead: the worker asks the HA manager
  * (over HTTP, which a user's transaction never does), and the HA manager
  * stops this server.
@@ -793,7 +851,7 @@ BEGIN
         PERFORM connect_guard.wake_worker();
         RETURN 'switchover requested';
     END IF;
-    v_result := connect_guard.remote_query(p.follower, 'SELECT pg_promote(true, 60) AS promoted', 65000);
+    v_result := connect_guard.remote_query(p.follower, 'CALL connect_guard.promote_standby(60000, NULL)', 65000);
     IF NOT (v_result->>'promoted')::boolean THEN
         RAISE EXCEPTION USING
             ERRCODE = 'object_not_in_prerequisite_state',
@@ -801,6 +859,7 @@ BEGIN
             HINT = 'Check the follower''s log; the plan stays ready and this server stays fenced.';
     END IF;
     PERFORM connect_guard.log_event(NULL, 'upgrade_follower_promoted', jsonb_build_object('plan_id', p.plan_id));
+    PERFORM connect_guard.wake_worker();       -- this server's worker sees the hand-over at once
     RETURN 'promoted';
 END;
 $$;

@@ -17,4 +17,10 @@ typedef struct RemoteAnswer
 extern void remote_query(const char *conninfo, const char *first, const char *sql,
 						 int timeout_ms, RemoteAnswer *answer);
 
+/* From now on this process keeps its connections between queries (the worker only). */
+extern void remote_keep_connections(void);
+
+/* Closes the connections kept so far. */
+extern void remote_close_kept(void);
+
 #endif							/* CONNECT_GUARD_REMOTE_H */

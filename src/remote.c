@@ -9,6 +9,19 @@
  * death, and the whole exchange is bounded by a deadline.  A latch set
  * while we waited is set again afterwards, so that whoever waits on it next
  * does not lose the wake-up.
+ *
+ * Kept connections: the worker keeps its connections open between its
+ * queries (remote_keep_connections()), because a changeover asks its
+ * follower at every step, and a new connection costs the follower a
+ * backend start, milliseconds that would count in the write-blocked
+ * window.  The worker closes them (remote_close_kept()) at the end of every
+ * cycle in which no upgrade plan is in progress.  A connection is kept only
+ * after a query on it succeeded, and one that is not idle, or whose query
+ * failed in any way, is closed, never reused.  Any other process opens a
+ * connection per query and closes it.
+ *
+ * State: the kept connections are this process's own (static); each holds
+ * one of the process's external file descriptors (AcquireExternalFD).
  */
 #include "postgres.h"
 
@@ -19,6 +32,7 @@
 #include "storage/latch.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 #include "utils/wait_event.h"
 
@@ -26,6 +40,81 @@
 #include "remote.h"
 
 PG_FUNCTION_INFO_V1(connect_guard_remote_query);
+
+/* how many connections the worker keeps at most (the follower, an HA manager's monitor) */
+#define REMOTE_KEPT_MAX 4
+
+typedef struct KeptConnection
+{
+	char	   *conninfo;		/* in TopMemoryContext; NULL: a free slot */
+	PGconn	   *conn;
+} KeptConnection;
+
+static bool keep_connections = false;
+static KeptConnection kept[REMOTE_KEPT_MAX];
+
+void
+remote_keep_connections(void)
+{
+	keep_connections = true;
+}
+
+static void
+close_connection(PGconn *conn)
+{
+	PQfinish(conn);
+	ReleaseExternalFD();
+}
+
+/* take_kept removes the connection kept for conninfo and returns it, if it is usable */
+static PGconn *
+take_kept(const char *conninfo)
+{
+	for (int i = 0; i < REMOTE_KEPT_MAX; i++)
+	{
+		PGconn	   *conn = kept[i].conn;
+
+		if (kept[i].conninfo == NULL || strcmp(kept[i].conninfo, conninfo) != 0)
+			continue;
+		pfree(kept[i].conninfo);
+		kept[i].conninfo = NULL;
+		kept[i].conn = NULL;
+		if (PQstatus(conn) == CONNECTION_OK && PQtransactionStatus(conn) == PQTRANS_IDLE)
+			return conn;
+		close_connection(conn);
+		return NULL;
+	}
+	return NULL;
+}
+
+/* keep keeps conn for conninfo, or closes it when every slot is taken */
+static void
+keep(const char *conninfo, PGconn *conn)
+{
+	for (int i = 0; i < REMOTE_KEPT_MAX; i++)
+	{
+		if (kept[i].conninfo != NULL)
+			continue;
+		kept[i].conninfo = MemoryContextStrdup(TopMemoryContext, conninfo);
+		kept[i].conn = conn;
+		return;
+	}
+	close_connection(conn);
+}
+
+void
+remote_close_kept(void)
+{
+	for (int i = 0; i < REMOTE_KEPT_MAX; i++)
+	{
+		if (kept[i].conninfo == NULL)
+			continue;
+		close_connection(kept[i].conn);
+		pfree(kept[i].conninfo);
+		kept[i].conninfo = NULL;
+		kept[i].conn = NULL;
+	}
+}
 
 static bool
 wait_socket(PGconn *conn, bool for_write, TimestampTz deadline, bool *latch_was_set)
@@ -125,15 +214,16 @@ timeout:
 }
 
 /*
- * remote_exchange connects, runs first (when not NULL) and then sql, and
- * returns sql's result, or NULL with answer->error set.
+ * remote_exchange connects (unless conn is a kept connection), runs first
+ * (when not NULL) and then sql, and returns sql's result, or NULL with
+ * answer->error set.
  */
 static PGresult *
 remote_exchange(PGconn *conn, const char *first, const char *sql, TimestampTz deadline,
 				int timeout_ms, bool *latch_was_set, RemoteAnswer *answer)
 {
 	char	  **error = &answer->error;
-	PostgresPollingStatusType status = PGRES_POLLING_WRITING;
+	PostgresPollingStatusType status = PQstatus(conn) == CONNECTION_OK ? PGRES_POLLING_OK : PGRES_POLLING_WRITING;
 
 	if (PQstatus(conn) == CONNECTION_BAD)
 	{
@@ -178,9 +268,10 @@ remote_exchange(PGconn *conn, const char *first, const char *sql, TimestampTz de
  * result (caller PQclears it), or an error, and whether the connection was
  * made at all.  first, when not NULL, is run before sql on the same
  * connection, as a statement of its own (a CALL that commits must be one),
- * and must succeed; its result is dropped.  Never raises an error for the remote side's problems:
- * callers decide what they mean.  An interrupt (cancel, shutdown) is raised
- * after the connection is closed.
+ * and must succeed; its result is dropped.  Never raises an error for the
+ * remote side's problems: callers decide what they mean.  An interrupt
+ * (cancel, shutdown) is raised after the connection is closed.  In the
+ * worker, the connection is kept for the next query (header comment).
  */
 void
 remote_query(const char *conninfo, const char *first, const char *sql, int timeout_ms,
@@ -194,30 +285,44 @@ remote_query(const char *conninfo, const char *first, const char *sql, int timeo
 	PGconn	   *volatile conn = NULL;
 
 	memset(answer, 0, sizeof(*answer));
+	if (keep_connections)
+		conn = take_kept(conninfo);
 	/* libpq's socket counts against the backend's file descriptors, as in postgres_fdw */
-	if (!AcquireExternalFD())
+	if (conn == NULL && !AcquireExternalFD())
 	{
 		answer->error = pstrdup("could not connect: too many open files on this server");
 		return;
 	}
 	PG_TRY();
 	{
-		conn = PQconnectStartParams(keywords, values, true);
+		if (conn == NULL)
+			conn = PQconnectStartParams(keywords, values, true);
 		if (conn == NULL)
 			answer->error = pstrdup("out of memory");
 		else
 			answer->result = remote_exchange(conn, first, sql, deadline, timeout_ms,
 											 (bool *) &latch_was_set, answer);
 	}
-	PG_FINALLY();
+	PG_CATCH();
 	{
 		if (conn != NULL)
 			PQfinish(conn);
 		ReleaseExternalFD();
 		if (latch_was_set)
 			SetLatch(MyLatch);
+		PG_RE_THROW();
 	}
 	PG_END_TRY();
+	if (conn != NULL && answer->result != NULL && keep_connections)
+		keep(conninfo, conn);
+	else
+	{
+		if (conn != NULL)
+			PQfinish(conn);
+		ReleaseExternalFD();
+	}
+	if (latch_was_set)
+		SetLatch(MyLatch);
 }
 
 /*

@@ -66,6 +66,7 @@
 
 #include "catalog_names.h"
 #include "lag.h"
+#include "remote.h"
 #include "signals.h"
 #include "worker.h"
 
@@ -647,6 +648,14 @@ connect_guard_launcher_main(Datum arg)
  * The per-database worker
  * ------------------------------------------------------------------------ */
 
+/* One statement run for its side effects (warm caches), its result dropped */
+static void
+statement_step(void *arg)
+{
+	if (SPI_execute((const char *) arg, true, 0) < 0)
+		elog(ERROR, "connect_guard worker: statement failed: %s", (const char *) arg);
+}
+
 /*
  * await_promotion: a worker on a hot standby waits for the end of recovery,
  * looking every STANDBY_POLL_MS and woken at once by a promotion that
@@ -656,6 +665,18 @@ connect_guard_launcher_main(Datum arg)
 static void
 await_promotion(void)
 {
+	/*
+	 * First, what completing a changeover here reads (the plan, the log head,
+	 * the marks), read-only: its catalog entries and functions are then in
+	 * this process's caches when the promotion comes, which saves the write-
+	 * blocked window some milliseconds.
+	 */
+	(void) worker_run_step("connect_guard: preparing to complete a changeover here", statement_step,
+						   "SELECT connect_guard.high_water_marks(), connect_guard.log_head(), "
+						   "connect_guard.system_identifier(), "
+						   "(SELECT count(*) FROM connect_guard.upgrade_plan), "
+						   "(SELECT count(*) FROM connect_guard.upgrade_step)", NULL);
+
 	pgstat_report_activity(STATE_IDLE, "connect_guard: waiting for this standby's promotion");
 	while (RecoveryInProgress())
 	{
@@ -964,6 +985,8 @@ connect_guard_worker_main(Datum arg)
 	}
 	LWLockRelease(worker_shared->lock);
 	before_shmem_exit(worker_detach, (Datum) 0);
+	/* a changeover asks its follower at every step: one connection, not one per step */
+	remote_keep_connections();
 
 	for (;;)
 	{
@@ -1021,7 +1044,10 @@ connect_guard_worker_main(Datum arg)
 		promoted = false;
 		/* archiving can take seconds under load: not while a plan is timed */
 		if (!plan_active)
+		{
+			remote_close_kept();
 			retention_step(schema);
+		}
 		pfree(schema);
 
 		pgstat_report_activity(STATE_IDLE, NULL);

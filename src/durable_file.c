@@ -2,10 +2,13 @@
  * durable_file.c
  *		Replacing a small file atomically and durably.
  *
- * Write a temporary file beside it, fsync it, then durable_rename() it over
- * the old one (which fsyncs the file and its directory): after a crash the
- * path holds the old content or the new, whole.  Errors are ERRORs that say
- * which file (what) and what to do (hint); the old file is left in place.
+ * Write a temporary file beside it, fsync it, rename() it over the old
+ * one, and fsync the directory: after a crash the path holds the old content
+ * or the new, whole.  One fsync of the content, not three: durable_rename()
+ * would fsync the file again before and after the rename, and a fence change
+ * is made (on the old primary, on the follower, on the new primary) while a
+ * changeover blocks writes.  Errors are ERRORs that say which file (what)
+ * and what to do (hint); the old file is left in place.
  */
 #include "postgres.h"
 
@@ -13,6 +16,7 @@
 #include <unistd.h>
 
 #include "common/file_perm.h"
+#include "port.h"
 #include "storage/fd.h"
 
 #include "durable_file.h"
@@ -49,5 +53,16 @@ durable_file_replace(const char *path, const char *tmp, const char *data, size_t
 				(errcode_for_file_access(),
 				 errmsg("could not close %s \"%s\": %m", what, tmp),
 				 errhint("%s", hint)));
-	(void) durable_rename(tmp, path, ERROR);
+	if (rename(tmp, path) != 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not rename %s \"%s\" to \"%s\": %m", what, tmp, path),
+				 errhint("%s", hint)));
+	{
+		char		dir[MAXPGPATH];
+
+		strlcpy(dir, path, sizeof(dir));
+		get_parent_directory(dir);
+		fsync_fname(dir[0] != '\0' ? dir : ".", true);
+	}
 }

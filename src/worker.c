@@ -89,7 +89,7 @@ PGDLLEXPORT void connect_guard_worker_main(Datum arg);
 #define WORKER_RESTART_DELAY_MS		1000
 /* how often a worker looks at an upgrade plan that is waiting for something */
 #define UPGRADE_POLL_MS				50
-/* how often the launcher and workers of a hot standby look whether it was promoted */
+/* how often the workers of a hot standby look whether it was promoted */
 #define STANDBY_POLL_MS				10
 
 /* GUC variables */
@@ -637,9 +637,9 @@ connect_guard_launcher_main(Datum arg)
 			want_every_database();
 		launcher_in_recovery = in_recovery;
 		launcher_cycle();
+		/* a worker that sees its standby promoted wakes us (await_promotion) */
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 in_recovery ? Min(worker_naptime_ms, STANDBY_POLL_MS) : worker_naptime_ms,
-						 PG_WAIT_EXTENSION);
+						 worker_naptime_ms, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 	}
 }
@@ -690,6 +690,8 @@ await_promotion(void)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 	}
+	/* the launcher looks for databases whose extension came while this was a standby */
+	set_latch_of(worker_shared->launcher_pid);
 }
 
 static void

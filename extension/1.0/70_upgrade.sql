@@ -505,7 +505,11 @@ BEGIN
             jsonb_build_object('fence_id', v_fid, 'fence_lsn', pg_current_wal_insert_lsn(),
                                'log_head', connect_guard.log_head()));
         IF p.method = 'follower' THEN
-            -- the follower's fence in the same transaction: one commit fewer while writes are blocked
+            -- The follower's fence in the same transaction: one commit fewer while writes
+            -- are blocked.  Nor does this commit wait for its own flush: catching_up
+            -- flushes past it before it asks the follower (follower_probe), and a crash
+            -- before then only runs this step again (it adopts both fences).
+            PERFORM set_config('synchronous_commit', 'off', true);
             RETURN connect_guard.plan_fence_follower(connect_guard.require_plan(p.plan_id), false);
         END IF;
         RETURN c_moved;

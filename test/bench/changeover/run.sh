@@ -6,8 +6,8 @@
 # begins), runs pgbench on the primary, and changes over as the README's
 # runbook does: connect_prepare_upgrade('follower'), connect_wait_upgrade(
 # plan, 'ready'), connect_promote_follower(plan), in one session.  A writer
-# connected to the follower retries its UPDATE every 2 ms, each in a
-# transaction of its own, until one is accepted.
+# connected to the follower retries its UPDATE every 2 ms once the follower
+# is fenced, each in a transaction of its own, until one is accepted.
 #
 # Rounds alternate connect_guard.naptime = 1 s and 10 s in one run: the
 # steps are woken by what they wait for (the follower's replay, the
@@ -105,14 +105,22 @@ SQL
     cluster_stop "$dir/primary" immediate; cluster_stop "$dir/follower" immediate
 }
 
-# the application's writer on the follower: one try every 2 ms, each in a
+# the application's writer on the follower: from the moment the follower is
+# fenced (before that, a look every 20 ms), one try every 2 ms, each in a
 # transaction of its own (one begun in recovery stays read-only), holding no
-# snapshot between tries (a standby's replay would wait for it)
+# snapshot between tries (a standby's replay would wait for it); its refused
+# tries are not logged (a log line each would load the server)
 cat >"$work/writer.py" <<'PY'
 import sys, time, psycopg2
 conn = psycopg2.connect(sys.argv[1])
 conn.autocommit = True
 cur = conn.cursor()
+cur.execute("SET log_min_messages = fatal")
+while True:
+    cur.execute("SELECT count(*) FROM connect_guard.fence_list()")
+    if cur.fetchone()[0] > 0:
+        break
+    time.sleep(0.02)
 while True:
     try:
         cur.execute("UPDATE account SET balance = balance + 1 WHERE id = 1 RETURNING clock_timestamp()")

@@ -1,10 +1,11 @@
 # A follower changeover under pgbench load, with a consumer draining the
 # trigger log all along: connect_prepare_upgrade('follower') pauses, fences,
 # waits for the follower to replay past the fence, promotes it through
-# connect_promote_follower(), and the promoted follower's own worker lifts
-# its fence and resumes.  The old primary stays fenced.  Counting: every
-# committed write reached the log once and was delivered once, before or
-# after the changeover.
+# connect_promote_follower(), and the promoted follower's own worker (there
+# already, waiting on the standby) lifts its fence and resumes.  The old
+# primary stays fenced, asking its follower over one kept connection.
+# Counting: every committed write reached the log once and was delivered
+# once, before or after the changeover.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -44,6 +45,18 @@ is($primary->safe_psql('postgres', "SELECT state FROM connect_connections"), 'PA
 ($rc, $o, $e) = $follower->psql('postgres', 'SELECT 1');
 is($follower->safe_psql('postgres', 'SELECT count(*) FROM connect_fences'), '1',
     'the follower was fenced while still a standby');
+is($follower->safe_psql('postgres', 'SELECT activity FROM connect_worker'),
+    "connect_guard: waiting for this standby's promotion",
+    'the follower\'s worker runs on the standby, waiting for its promotion');
+
+# while ready, the old primary's worker asks the follower every 50 ms whether
+# it was promoted: over one connection it keeps, not one per question
+my $asker = q{SELECT string_agg(pid::text, ',') FROM pg_stat_activity
+               WHERE backend_type = 'client backend' AND application_name = 'connect_guard'};
+my $first_asker = $follower->safe_psql('postgres', $asker);
+like($first_asker, qr/^\d+$/, 'the old primary\'s worker has one connection to the follower');
+Time::HiRes::sleep(0.3);
+is($follower->safe_psql('postgres', $asker), $first_asker, 'and keeps it between its questions');
 
 is($primary->safe_psql('postgres', "SELECT connect_promote_follower($plan)"), 'promoted', 'promoted');
 ok($follower->poll_query_until('postgres',

@@ -3,8 +3,9 @@
 # (a) connect_abort_upgrade() at each step: an unreachable follower fails
 #     the plan at checking with nothing paused; a plan held at pausing (an
 #     open batch), at fencing (a writer in flight), at catching_up (the
-#     follower's replay paused) and at ready is aborted: the fences on the
-#     primary and on the follower are lowered, the connection resumed.
+#     follower's replay paused: its wait holds no snapshot) and at ready is
+#     aborted: the fences on the primary and on the follower are lowered,
+#     the connection resumed.
 # (b) one changeover survives a kill -9 of the worker (a crash restart of
 #     the postmaster) at pausing, at fencing and at ready, and a kill -9 of
 #     the postmaster at catching_up and at ready: the plan resumes after
@@ -175,6 +176,18 @@ ok($primary->poll_query_until('postgres',
 is(state(), 'PAUSED', 'the connection is paused');
 is(fences($primary) . fences($follower), '11', 'the primary and the follower are fenced');
 is(write_error($primary, 'INSERT INTO account VALUES (1000)'), '25006', 'the primary refuses writes');
+# the catch-up is a wait on the follower (a second at a time here): it must
+# hold no snapshot, or the replay it waits for could wait for it in turn
+my $waiting = '';
+for (1 .. 100)
+{
+    $waiting = $follower->safe_psql('postgres',
+        q{SELECT string_agg(CASE WHEN backend_xmin IS NULL THEN 'no snapshot' ELSE 'snapshot' END, ',')
+            FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'CALL connect_guard.wait_for_replay(%'});
+    last if $waiting ne '';
+    sleep(0.05);
+}
+is($waiting, 'no snapshot', 'the follower waits for its replay in a call that holds no snapshot');
 is($primary->safe_psql('postgres', "SELECT connect_abort_upgrade($plan, 'abort at catching_up')"), 'aborted', 'aborted at catching_up');
 is(plan_is($plan), 'aborted aborted', 'the plan is aborted');
 is(state(), 'IDLE', 'the connection is resumed');

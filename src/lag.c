@@ -151,7 +151,7 @@ typedef struct FollowerCheck
 {
 	char	   *name;
 	char	   *conninfo;
-	XLogRecPtr	wait_for;		/* the follower waits to replay this first, if valid */
+	XLogRecPtr	wait_for;		/* if valid, the follower replays this first */
 
 	TimestampTz checked_at;
 	bool		reachable;		/* a connection was established */

@@ -287,7 +287,11 @@ remote_query(const char *conninfo, const char *first, const char *sql, int timeo
 	memset(answer, 0, sizeof(*answer));
 	if (keep_connections)
 		conn = take_kept(conninfo);
-	/* libpq's socket counts against the backend's file descriptors, as in postgres_fdw */
+
+	/*
+	 * libpq's socket counts against the backend's file descriptors, as in
+	 * postgres_fdw
+	 */
 	if (conn == NULL && !AcquireExternalFD())
 	{
 		answer->error = pstrdup("could not connect: too many open files on this server");

@@ -124,7 +124,7 @@ connect_guard_wait_for_replay(PG_FUNCTION_ARGS)
 	if (nonatomic_call(fcinfo))
 	{
 		SPI_connect_ext(SPI_OPT_NONATOMIC);
-		SPI_commit();			/* the statement's snapshot goes (header comment) */
+		SPI_commit();			/* its snapshot goes (header comment) */
 		SPI_finish();
 	}
 	(void) wait_until(replay_reached, &target, timeout_ms);
@@ -158,7 +158,7 @@ connect_guard_promote_standby(PG_FUNCTION_ARGS)
 	if (!isnull && DatumGetBool(value))
 	{
 		if (nonatomic)
-			SPI_commit();		/* the statement's snapshot goes (header comment) */
+			SPI_commit();		/* its snapshot goes (header comment) */
 		promoted = wait_until(out_of_recovery, NULL, timeout_ms);
 	}
 	SPI_finish();

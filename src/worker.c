@@ -265,7 +265,7 @@ worker_xact_callback(XactEvent event, void *arg)
 		return;
 	if ((event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT) && plan_change_pending)
 	{
-		/* committed, so visible: whoever the broadcast wakes sees the plan's new step */
+		/* committed, so visible: those woken see the plan's new step */
 		pg_atomic_fetch_add_u64(&worker_shared->plan_generation, 1);
 		ConditionVariableBroadcast(&worker_shared->plan_changed);
 	}
@@ -690,7 +690,7 @@ await_promotion(void)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 	}
-	/* the launcher looks for databases whose extension came while this was a standby */
+	/* the launcher looks for extensions that came while this was a standby */
 	set_latch_of(worker_shared->launcher_pid);
 }
 
@@ -963,7 +963,8 @@ void
 connect_guard_worker_main(Datum arg)
 {
 	Oid			dbid = DatumGetObjectId(arg);
-	bool		promoted = false;	/* this standby was promoted: the next cycle is the first since */
+	bool		promoted = false;	/* the next cycle is the first since a
+									 * promotion */
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -987,7 +988,7 @@ connect_guard_worker_main(Datum arg)
 	}
 	LWLockRelease(worker_shared->lock);
 	before_shmem_exit(worker_detach, (Datum) 0);
-	/* a changeover asks its follower at every step: one connection, not one per step */
+	/* a changeover asks its follower at every step: one connection for all */
 	remote_keep_connections();
 
 	for (;;)

@@ -52,6 +52,7 @@
 
 #include "catalog_names.h"
 #include "lag.h"
+#include "scrub.h"
 #include "signals.h"
 #include "worker.h"
 
@@ -586,6 +587,9 @@ worker_run_step(const char *activity, void (*step) (void *), void *arg, char **f
 		FlushErrorState();
 		AbortOutOfAnyTransaction();
 		RESUME_INTERRUPTS();
+		/* an error while recording an answer may quote it: scrub.c takes the secrets out */
+		edata->message = scrub_registered(edata->message);
+		edata->detail = scrub_registered(edata->detail);
 		ereport(WARNING,
 				(errcode(edata->sqlerrcode),
 				 errmsg("%s failed: %s", activity, edata->message),

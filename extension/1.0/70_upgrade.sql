@@ -485,6 +485,10 @@ DECLARE
     v_active connect_guard.upgrade_plan;
 BEGIN
     PERFORM connect_guard.require_worker('connect_prepare_upgrade()');
+    PERFORM connect_guard.require_not_null(method, 'method',
+        'Use ''pg_upgrade'' (in place), ''follower'' (changeover to a promoted follower) or ''copy'' (pg_dump into a new database).');
+    PERFORM connect_guard.require_not_null(max_lag_bytes, 'max_lag_bytes', 'For example max_lag_bytes => 16 * 1024 * 1024.');
+    PERFORM connect_guard.require_timeout(timeout, 'timeout', '''10 min''');
     IF method IS NULL OR method NOT IN ('pg_upgrade', 'follower', 'copy') THEN
         RAISE EXCEPTION USING
             ERRCODE = 'invalid_parameter_value',
@@ -540,6 +544,7 @@ AS $$
 DECLARE
     p connect_guard.upgrade_plan;
 BEGIN
+    PERFORM connect_guard.require_not_null(p_plan, 'plan', 'Pass the plan id connect_prepare_upgrade() returned; see connect_upgrade_status.');
     IF p_lock THEN
         SELECT * INTO p FROM connect_guard.upgrade_plan WHERE plan_id = p_plan FOR UPDATE;
     ELSE
@@ -548,7 +553,7 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION USING
             ERRCODE = 'undefined_object',
-            MESSAGE = format('upgrade plan %s does not exist', coalesce(p_plan::text, 'NULL')),
+            MESSAGE = format('upgrade plan %s does not exist', p_plan),
             HINT = 'See connect_upgrade_status for the plans.';
     END IF;
     RETURN p;
@@ -575,9 +580,12 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     p connect_guard.upgrade_plan;
-    v_deadline timestamptz := clock_timestamp() + coalesce(timeout, '10 min');
+    v_deadline timestamptz;
 BEGIN
     PERFORM connect_guard.require_read_committed('connect_wait_upgrade()');
+    PERFORM connect_guard.require_not_null(step, 'step', 'Pass a step or status of the plan, for example ''ready''.');
+    PERFORM connect_guard.require_timeout(timeout, 'timeout', '''10 min''');
+    v_deadline := clock_timestamp() + timeout;
     LOOP
         p := connect_guard.require_plan(plan);
         IF p.step = connect_wait_upgrade.step OR p.status = connect_wait_upgrade.step
@@ -753,7 +761,7 @@ SELECT p.plan_id AS plan,
 
 CREATE FUNCTION connect_upgrade_timeline(plan bigint)
 RETURNS TABLE (step text, started_at timestamptz, finished_at timestamptz, duration interval, detail jsonb)
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT s.step, s.started_at, s.finished_at, s.finished_at - s.started_at, s.detail

@@ -83,7 +83,8 @@ typedef struct Needle
 	const char *secret;
 	int			len;
 	int			min;			/* the shortest piece that counts */
-	int			first[256];		/* by lower-case character: the first k where a piece may start, or -1 */
+	int			first[256];		/* by lower-case character: the first k where
+								 * a piece may start, or -1 */
 	int		   *next;			/* the next such k after k, or -1 */
 } Needle;
 
@@ -330,7 +331,11 @@ mark_encoded(const Reading *r, const Needle *nd, bool *mask, int bits)
 					{
 						nbits -= 8;
 						reading_add(bytes, (acc >> nbits) & 0xFF, r->from[first], r->to[i]);
-						/* the next byte starts in this digit unless it was used up */
+
+						/*
+						 * the next byte starts in this digit unless it was
+						 * used up
+						 */
 						first = nbits > 0 ? i : i + 1;
 					}
 				}
@@ -432,8 +437,10 @@ scrub_register(const char *secret)
 	if (secret == NULL || secret[0] == '\0')
 		return;
 	foreach(lc, registered)
+	{
 		if (strcmp((char *) lfirst(lc), secret) == 0)
 			return;
+	}
 	if (registered_context == NULL)
 		registered_context = AllocSetContextCreate(TopMemoryContext, "connect_guard scrub",
 												   ALLOCSET_SMALL_SIZES);

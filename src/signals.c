@@ -488,7 +488,10 @@ make_job(HeapTuple tuple, TupleDesc tupdesc)
 	old = MemoryContextSwitchTo(signal_context);
 	if (url_transport_problem(job->url) != NULL)
 	{
-		/* checked again here: the setting may have changed, or the connection come from a dump */
+		/*
+		 * checked again here: the setting may have changed, or the connection
+		 * come from a dump
+		 */
 		const char *problem = url_transport_problem(job->url);
 
 		job->problem = psprintf("refusing to send the %s to %s: %c%s",

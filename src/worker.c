@@ -587,7 +587,11 @@ worker_run_step(const char *activity, void (*step) (void *), void *arg, char **f
 		FlushErrorState();
 		AbortOutOfAnyTransaction();
 		RESUME_INTERRUPTS();
-		/* an error while recording an answer may quote it: scrub.c takes the secrets out */
+
+		/*
+		 * an error while recording an answer may quote it: scrub.c takes the
+		 * secrets out
+		 */
 		edata->message = scrub_registered(edata->message);
 		edata->detail = scrub_registered(edata->detail);
 		ereport(WARNING,

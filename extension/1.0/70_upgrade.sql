@@ -310,8 +310,8 @@ BEGIN
                 -- the plan fences the whole database itself; a short wait per try
                 PERFORM @extschema@.connect_pause(c.name, block_writes => false, timeout => '100 ms',
                                       reason => format('upgrade plan %s', p.plan_id));
-            EXCEPTION WHEN object_not_in_prerequisite_state THEN
-                NULL;           -- a batch is open: try again next time
+            EXCEPTION WHEN object_not_in_prerequisite_state OR lock_not_available THEN
+                NULL;           -- a batch is open, or a consumer holds the connection: try again next time
             END;
         END LOOP;
         SELECT string_agg(format('%s (%s)', name, state), ', ' ORDER BY name) INTO v_waiting

@@ -154,7 +154,7 @@ The postgresql.conf line a server needs to send requests to the simulator:
 it listens on plain http:// at 127.0.0.1, and connect_guard refuses to
 send a token or a signature over http:// unless
 C<connect_guard.http_allow_insecure_loopback> allows it for loopback
-addresses.  Only tests (and the demo) set it.
+addresses.  Only tests set it (the demo uses the simulator as a consumer, not over HTTP).
 
 =cut
 

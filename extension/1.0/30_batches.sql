@@ -16,12 +16,13 @@ DECLARE
     t connect_guard.tick;
     v_batch bigint;
 BEGIN
-    -- The tick comes first, before this transaction takes an xid by locking
+    -- Only a consumer of the connection gets further (reading takes no xid).
+    -- The tick comes next, before this transaction takes an xid by locking
     -- the connection: a snapshot held back by our own xid would give the
     -- next tick a lower scan_from, and retention would lag one tick more.
-    t := connect_guard.new_tick();
     c := connect_guard.require_connection(connection);
     PERFORM connect_guard.require_consumer(c.connection_id);
+    t := connect_guard.new_tick();
     c := connect_guard.connection_for_update(connection);
 
     -- an unfinished batch is handed out again: delivery is at least once; its

@@ -55,6 +55,7 @@
 
 #include "catalog_names.h"
 #include "lag.h"
+#include "scrub.h"
 #include "signals.h"
 #include "worker.h"
 
@@ -620,6 +621,13 @@ worker_run_step(const char *activity, void (*step) (void *), void *arg, char **f
 		FlushErrorState();
 		AbortOutOfAnyTransaction();
 		RESUME_INTERRUPTS();
+
+		/*
+		 * an error while recording an answer may quote it: scrub.c takes the
+		 * secrets out
+		 */
+		edata->message = scrub_registered(edata->message);
+		edata->detail = scrub_registered(edata->detail);
 		ereport(WARNING,
 				(errcode(edata->sqlerrcode),
 				 errmsg("%s failed: %s", activity, edata->message),

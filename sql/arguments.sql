@@ -106,6 +106,12 @@ INSERT INTO matrix (call) VALUES
     ($$SELECT connect_purge_archive('7 days', 0)$$),
     ($$SELECT connect_purge_archive('-1 day')$$),
     ($$SELECT connect_purge_archive('1000000 years')$$),                -- older than the calendar: nothing
+    -- adopting a Connect-managed schema
+    ($$SELECT connect_adopt_schema(NULL)$$),
+    ($$SELECT connect_adopt_schema('a', NULL)$$),
+    ($$SELECT connect_adopt_schema('a', 'salesforce', NULL)$$),
+    ($$SELECT connect_adopt_schema('a', 'salesforce', 'local', NULL)$$),
+    ($$SELECT connect_adopt_schema('a', 'no_such_schema', 'local')$$),
     -- followers
     ($$SELECT connect_add_follower(NULL, 'host=f1')$$),
     ($$SELECT connect_add_follower('f1', NULL)$$),
@@ -117,6 +123,8 @@ INSERT INTO matrix (call) VALUES
     ($$SELECT connect_prepare_upgrade('pg_upgrade', timeout => '1000000 years')$$),
     ($$SELECT connect_prepare_upgrade('pg_upgrade', max_lag_bytes => -1)$$),
     ($$SELECT connect_prepare_upgrade('copy', follower => 'host=f1')$$),
+    ($$SELECT connect_prepare_upgrade('follower', follower => 'host=f1', promote_with => NULL)$$),
+    ($$SELECT connect_prepare_upgrade('follower', follower => 'host=f1', promote_with => 'patroni', ha_endpoint => NULL)$$),
     ($$SELECT connect_wait_upgrade(NULL, 'ready')$$),
     ($$SELECT connect_wait_upgrade(1, NULL)$$),
     ($$SELECT connect_wait_upgrade(1, 'ready', NULL)$$),

@@ -51,6 +51,7 @@
 #include "utils/timestamp.h"
 
 #include "connect_guard.h"
+#include "fence.h"
 #include "lag.h"
 #include "signals.h"
 #include "worker.h"
@@ -597,9 +598,12 @@ worker_cycle_steps(const char *schema, bool *plan_active)
 	if (first_cycle ||
 		TimestampDifferenceExceeds(last_rollback_check, GetCurrentTimestamp(), worker_naptime_ms))
 	{
+		bool		as_primary = !RecoveryInProgress();	/* in recovery the check is skipped */
+
 		(void) run_int8("connect_guard: checking for a rollback",
 						first_cycle ? "SELECT connect_guard.rollback_cycle(true)"
 						: "SELECT connect_guard.rollback_cycle(false)");
+		fence_rollback_checked(as_primary); /* writes to mapped tables may go (fence_gate.c) */
 		last_rollback_check = GetCurrentTimestamp();
 		first_cycle = false;
 	}

@@ -539,12 +539,13 @@ fence_resolve_orphans(void)
 		if (committed < 0)
 			continue;
 		ereport(LOG,
-				(errmsg("connect_guard: fence %d: the %s of transaction %llu %s before the server stopped",
+				(errmsg("connect_guard: fence %d: the %s by transaction %llu %s",
 						fence_id,
 						(entry->change & FENCE_CHANGE_RAISE) ? "raise" :
 						(entry->change & FENCE_CHANGE_LOWER) ? "lowering" : "change of tables",
 						(unsigned long long) U64FromFullTransactionId(entry->change_xid),
-						committed ? "had committed: it stays" : "had not committed: it is undone")));
+						committed ? "had committed when the server stopped: kept"
+						: "had not committed when the server stopped: undone")));
 		settle_entry(entry, committed == 1);
 		resolved++;
 	}

@@ -477,34 +477,39 @@ operation_name(CmdType operation)
 	}
 }
 
+/* check_result_relations: the checks of a plan's result relations */
+static pg_noinline void
+check_result_relations(QueryDesc *queryDesc)
+{
+	PlannedStmt *pstmt = queryDesc->plannedstmt;
+	const char *operation = operation_name(queryDesc->operation);
+	ListCell   *lc;
+
+	foreach(lc, pstmt->resultRelations)
+	{
+		Oid			relid = rt_fetch(lfirst_int(lc), pstmt->rtable)->relid;
+		FenceHit	hit;
+
+		if (!fence_gate_passed)
+			fence_gate_check(relid, operation);
+		if (pg_atomic_read_u32(&fence_state->nactive) > 0 && write_hit(relid, &hit))
+			fence_report(relid, operation, &hit);
+	}
+}
+
 /*
  * fence_ExecutorStart checks every result relation of the plan: this is
  * where plain, prepared, PL/pgSQL, trigger and foreign-key-action writes all
- * pass.
+ * pass.  pg_upgrade's restore must pass, and a copied fence file must
+ * survive it.
  */
 static void
 fence_ExecutorStart(QueryDesc *queryDesc, int eflags)
 {
-	PlannedStmt *pstmt = queryDesc->plannedstmt;
-
-	/* pg_upgrade's restore must pass, and a copied fence file must survive it */
 	if (unlikely(!fence_gate_passed || pg_atomic_read_u32(&fence_state->nactive) > 0) &&
-		pstmt->resultRelations != NIL && !IsBinaryUpgrade && !(eflags & EXEC_FLAG_EXPLAIN_ONLY))
-	{
-		const char *operation = operation_name(queryDesc->operation);
-		ListCell   *lc;
-
-		foreach(lc, pstmt->resultRelations)
-		{
-			Oid			relid = rt_fetch(lfirst_int(lc), pstmt->rtable)->relid;
-			FenceHit	hit;
-
-			if (!fence_gate_passed)
-				fence_gate_check(relid, operation);
-			if (pg_atomic_read_u32(&fence_state->nactive) > 0 && write_hit(relid, &hit))
-				fence_report(relid, operation, &hit);
-		}
-	}
+		queryDesc->plannedstmt->resultRelations != NIL && !IsBinaryUpgrade &&
+		!(eflags & EXEC_FLAG_EXPLAIN_ONLY))
+		check_result_relations(queryDesc);
 
 	if (prev_ExecutorStart)
 		prev_ExecutorStart(queryDesc, eflags);

@@ -508,13 +508,10 @@ fence_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
  * once per function per plan start): the large-object writers
  * (fence_check.c).  With no fence up, one atomic read.
  */
-static void
-fence_object_access(ObjectAccessType access, Oid classId, Oid objectId, int subId, void *arg)
+static pg_noinline void
+object_access_fenced(ObjectAccessType access, Oid classId, Oid objectId, int subId, void *arg)
 {
-	if (prev_object_access_hook)
-		prev_object_access_hook(access, classId, objectId, subId, arg);
-
-	if (IsBinaryUpgrade || fence_state == NULL || pg_atomic_read_u32(&fence_state->nactive) == 0)
+	if (IsBinaryUpgrade)
 		return;
 	if (access == OAT_FUNCTION_EXECUTE)
 	{
@@ -533,4 +530,19 @@ fence_object_access(ObjectAccessType access, Oid classId, Oid objectId, int subI
 	}
 	else if (classId == LargeObjectRelationId)
 		fence_check_large_object_drop();
+}
+
+/* called for every function a plan starts: the common case costs a few instructions */
+static void
+fence_object_access(ObjectAccessType access, Oid classId, Oid objectId, int subId, void *arg)
+{
+	if (likely(pg_atomic_read_u32(&fence_state->nactive) == 0))
+	{
+		if (prev_object_access_hook)
+			prev_object_access_hook(access, classId, objectId, subId, arg);
+		return;
+	}
+	if (prev_object_access_hook)
+		prev_object_access_hook(access, classId, objectId, subId, arg);
+	object_access_fenced(access, classId, objectId, subId, arg);
 }

@@ -35,7 +35,7 @@ install_packages valgrind
 build_and_install
 
 work=$(scratch_dir bench-fence)
-trap 'cluster_stop "$work"; rm -rf "$work"' EXIT
+trap 'cluster_stop "$work"; rm -rf "$work"' EXIT   # (the runs leave no server behind)
 port=$(free_port 5480)
 cluster_init "$work" "$port" "fsync = on" "synchronous_commit = off" "connect_guard.naptime = '1h'"
 data="$work/data"
@@ -53,6 +53,7 @@ psql_run -c "CREATE EXTENSION connect_guard" \
     -c "VACUUM ANALYZE"
 psql_run -c "DO \$\$ BEGIN FOR i IN 1..$fenced_tables LOOP
                  EXECUTE format('CREATE TABLE fenced_%s (id int PRIMARY KEY)', i);
+                 IF i % 500 = 0 THEN COMMIT; END IF;   -- max_locks_per_transaction
              END LOOP; END \$\$"
 # the fence of a maintenance window over 10,000 tables (fence_raise is what
 # connect_fence('mapped') calls once it knows the mapped tables)
@@ -65,6 +66,7 @@ psql_run -c "SELECT connect_guard.fence_raise('mapped', NULL, NULL, 'benchmark',
 cluster_stop "$work"
 as_run_user cp "$fence_file" "$work/fences.10000"
 as_run_user rm -f "$fence_file"
+as_run_user cp -a "$data" "$work/pristine"
 
 # workload NAME N: N statements of the workload, one per line, for postgres --single
 workload() {
@@ -77,9 +79,13 @@ workload() {
     esac
 }
 
-# setup NAME: put the data directory in that state; prints the extra options
+# setup NAME: a data directory as it was prepared (every run starts from
+# the same files: a workload's row versions and index entries would
+# otherwise make the next run's statements cost more), in that set-up;
+# prints the extra options
 setup() {
-    as_run_user rm -f "$fence_file"
+    as_run_user rm -rf "$data"
+    as_run_user cp -a "$work/pristine" "$data"
     case $1 in
         plain) echo "-c shared_preload_libraries=" ;;
         preloaded) echo "-c shared_preload_libraries=connect_guard" ;;
@@ -102,9 +108,7 @@ instructions() {
 }
 
 log "counting instructions (callgrind, postgres --single, $n1 and $n2 statements per run)"
-# Each workload leaves the tables a little different (row versions, index
-# entries), so the runs go in the order plain, preloaded, fenced and then
-# back: averaging the two passes cancels a drift that grows with the runs.
+# Two passes, the second in the reverse order, averaged.
 printf '\n%-9s %-10s %14s\n' workload setup "instr/stmt"
 declare -A per count
 for w in select update insert plpgsql; do
@@ -132,6 +136,7 @@ done
 
 if [ "$loop_statements" -gt 0 ]; then
     log "timing $loop_statements UPDATEs in one backend, $rounds rounds, order alternating"
+    setup preloaded >/dev/null
     conf="$data/postgresql.conf"
     preload() {   # restart with (on) or without (off) the library
         cluster_stop "$work"

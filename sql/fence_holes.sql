@@ -111,6 +111,8 @@ SELECT a.* FROM (VALUES
     ('UPDATE a child', $$UPDATE child_before SET name = 'x'$$),
     ('MERGE into a child', $$MERGE INTO child_before c USING (VALUES (10)) v(id) ON c.id = v.id WHEN MATCHED THEN DELETE$$),
     ('writable CTE on a child', $$WITH w AS (DELETE FROM child_before RETURNING 1) SELECT count(*) FROM w$$),
+    ('INSERT ... ON CONFLICT into a child', $$INSERT INTO child_before VALUES (10, 'y', 1) ON CONFLICT DO NOTHING$$),
+    ('COPY into a child', $$COPY child_before FROM PROGRAM 'printf "13\tcopy\t1\n"'$$),
     ('CREATE TABLE ... INHERITS (fenced)', $$CREATE TABLE child_new () INHERITS (contact)$$),
     ('CREATE TEMP TABLE ... INHERITS (fenced)', $$CREATE TEMP TABLE child_temp () INHERITS (contact)$$),
     ('CREATE TABLE ... PARTITION OF fenced', $$CREATE TABLE deal_us PARTITION OF deal FOR VALUES IN ('us')$$),

@@ -708,7 +708,22 @@ connect_guard_fence_raise(PG_FUNCTION_ARGS)
 	touch(entry.fence_id);
 	*slot = entry;
 	add_relations(rels, nrels, FENCED_RELATION_SETTLED);
-	publish(ERROR);
+	PG_TRY();
+	{
+		publish(ERROR);
+	}
+	PG_CATCH();
+	{
+		/*
+		 * Not saved: not raised, even if a caller's exception block lets
+		 * the transaction commit (its caller would not know the id).
+		 */
+		remove_entry(slot);
+		pg_atomic_write_u32(&fence_state->nactive, count_in_force());
+		pg_atomic_fetch_add_u64(&fence_state->generation, 1);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 	LWLockRelease(fence_lock);
 
 	PG_RETURN_INT32(entry.fence_id);

@@ -9,7 +9,8 @@
  * that a restart or a crash keeps it.
  *
  * The module is split by concern:
- *   fence.c        shared state, raising and lowering (transactional), SQL functions
+ *   fence.c        shared state, raising and lowering (transactional)
+ *   fence_sql.c    the SQL functions over it
  *   fence_file.c   the state file
  *   fence_check.c  which relations a write reaches, the executor and
  *                  large-object checks, the error
@@ -100,6 +101,10 @@ extern FenceShared *fence_state;
 extern LWLock *fence_lock;
 
 extern void fence_init(void);
+extern void fence_require_shmem(void);
+extern int32 fence_raise(FenceEntry *entry, FencedRelation *rels, int nrels);
+extern bool fence_lower(int32 fence_id);
+extern bool fence_set_relations(int32 fence_id, FencedRelation *rels, int nrels);
 extern bool fence_entry_in_force(const FenceEntry *entry);
 extern bool fence_relation_in_force(const FencedRelation *rel, const FenceEntry *entry);
 extern void fence_resolve_orphans(void);

@@ -236,7 +236,7 @@ is(plan_is($plan), 'running fencing', 'at fencing');
 kill_worker();
 eval { $writer->quit };    # its session died with the crash
 # the fencing step had not committed: its fence went with the crash, as a
-# fence whose raise did not commit must (013_fence_holes.pl), and the plan
+# fence whose raise did not commit must (017_fence_holes.pl), and the plan
 # raises it again (a write in between comes before the fence LSN the plan
 # records, so the follower has it)
 ok($primary->poll_query_until('postgres', 'SELECT count(*) = 1 FROM connect_fences'),

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 #
 # Capture-trigger overhead: how much a row change costs with no trigger,
-# with a Heroku-Connect-style PL/pgSQL hstore trigger, with PgQ's C trigger
-# (pgq.logutriga) and with connect_guard's C capture trigger.
+# with a Heroku-Connect-style PL/pgSQL hstore row trigger, with PgQ's C
+# trigger (pgq.logutriga), with PL/pgSQL statement-level triggers reading
+# transition tables (jsonb, one INSERT ... SELECT per statement: the best a
+# user can do without C) and with connect_guard's C capture trigger.
 #
 #   test/bench/capture/run.sh            # about 7 minutes
 #   BENCH_SECONDS=2 BENCH_ROUNDS=1 test/bench/capture/run.sh   # smoke test
@@ -42,7 +44,7 @@ PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 # none first in every round: each variant is compared with the baseline of
 # its own round, measured moments before it, never with one from a quieter
 # or busier minute of this noisy machine
-VARIANTS="none plpgsql pgq connect_guard"
+VARIANTS="none plpgsql pgq plpgsql_stmt connect_guard"
 
 die() { echo "run.sh: $*" >&2; exit 1; }
 
@@ -134,11 +136,12 @@ psql_q -v extras="$EXTRAS" -v nrows="$NROWS" -f "$WORK/setup.sql" >/dev/null
 pg_value() { pg "$PG_BIN/psql" -X -Atc "$1"; }
 # the logs' index counts explain much of the per-row cost: keep them in sight
 LOG_INDEXES=$(pg_value "
-    SELECT format('plpgsql %s (Connect''s), pgq %s, connect_guard %s',
+    SELECT format('plpgsql %s (Connect''s), pgq %s, plpgsql_stmt %s, connect_guard %s',
                   (SELECT count(*) FROM pg_index WHERE indrelid = 'salesforce._trigger_log'::regclass),
                   (SELECT count(*) FROM pg_index i, pgq.queue q
                     WHERE q.queue_name = 'bench'
                       AND i.indrelid = (q.queue_data_pfx || '_' || q.queue_cur_table)::regclass),
+                  (SELECT count(*) FROM pg_index WHERE indrelid = 'stmt.trigger_log'::regclass),
                   (SELECT count(*) FROM pg_index WHERE indrelid = 'connect_guard.trigger_log'::regclass))")
 if [ "$EXTRAS" = 1 ]; then
     PLPGSQL_NOTE="Connect's hstore logger + its get_xmlbinary() guard + NOTIFY per log row"

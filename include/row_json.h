@@ -26,6 +26,7 @@ typedef enum RowJsonKind
 	ROW_JSON_JSONB,				/* embedded, or its text as a string (see row_json.c) */
 	ROW_JSON_JSON,				/* the same, from the json text */
 	ROW_JSON_DATETIME,			/* ISO 8601, independent of DateStyle */
+	ROW_JSON_STRING,			/* text, varchar, char: their bytes, as a string */
 	ROW_JSON_TEXT				/* the type's output function, as a string */
 } RowJsonKind;
 
@@ -71,6 +72,7 @@ extern Jsonb *row_json_changed_columns(const RowJsonLayout *layout,
 									   const Datum *oldvalues, const bool *oldnulls,
 									   const Datum *newvalues, const bool *newnulls);
 extern char *row_json_column_text(const RowJsonColumn *column, Datum value);
+extern Datum row_json_column_as_text(const RowJsonColumn *column, Datum value);
 extern void row_json_fix_output(RowJsonOutputSettings *saved);
 extern void row_json_restore_output(const RowJsonOutputSettings *saved);
 

@@ -263,7 +263,7 @@ record_id_text(CapturedTable *table, Datum *values, bool *nulls)
 
 		if (nulls[column->attnum - 1])
 			return (Datum) 0;
-		return CStringGetTextDatum(row_json_column_text(column, values[column->attnum - 1]));
+		return row_json_column_as_text(column, values[column->attnum - 1]);
 	}
 
 	initStringInfo(&buf);
@@ -336,8 +336,7 @@ capture_row(TriggerData *trigdata, CapturedTable *table,
 
 		if (!nulls[column->attnum - 1])
 		{
-			logvalues[LOG_SFID] = CStringGetTextDatum(row_json_column_text(column,
-																		   values[column->attnum - 1]));
+			logvalues[LOG_SFID] = row_json_column_as_text(column, values[column->attnum - 1]);
 			lognulls[LOG_SFID] = false;
 		}
 	}

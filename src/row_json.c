@@ -105,6 +105,10 @@ row_json_kind_for_type(Oid typid)
 		case TIMESTAMPOID:
 		case TIMESTAMPTZOID:
 			return ROW_JSON_DATETIME;
+		case TEXTOID:
+		case VARCHAROID:
+		case BPCHAROID:
+			return ROW_JSON_STRING;
 		default:
 			return ROW_JSON_TEXT;
 	}
@@ -165,6 +169,19 @@ char *
 row_json_column_text(const RowJsonColumn *column, Datum value)
 {
 	return OutputFunctionCall((FmgrInfo *) &column->output, value);
+}
+
+/*
+ * row_json_column_as_text returns one non-null value as a text datum: text,
+ * varchar and char values as they are (their output function would only
+ * copy them), others printed by their output function.
+ */
+Datum
+row_json_column_as_text(const RowJsonColumn *column, Datum value)
+{
+	if (column->kind == ROW_JSON_STRING)
+		return PointerGetDatum(PG_DETOAST_DATUM_PACKED(value));
+	return CStringGetTextDatum(row_json_column_text(column, value));
 }
 
 /*
@@ -424,6 +441,13 @@ write_value(StringInfo buf, const RowJsonColumn *column, Datum value)
 
 		case ROW_JSON_DATETIME:
 			return write_cstring(buf, JsonEncodeDateTime(NULL, value, column->typid, NULL));
+
+		case ROW_JSON_STRING:
+			{
+				text	   *t = DatumGetTextPP(value);
+
+				return write_string(buf, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+			}
 
 		case ROW_JSON_TEXT:
 			return write_cstring(buf, row_json_column_text(column, value));

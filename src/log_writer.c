@@ -179,8 +179,6 @@ static int	buffer_tail_start(SubTransactionId subid);
 void
 log_writer_init(void)
 {
-	MemoryContext oldcxt;
-
 	buffer.flush_at = LOG_BUFFER_ENTRIES;
 	buffer.cxt = AllocSetContextCreate(TopMemoryContext,
 									   "connect_guard log buffer",
@@ -188,13 +186,6 @@ log_writer_init(void)
 	buffer.flush_cxt = AllocSetContextCreate(TopMemoryContext,
 											 "connect_guard log flush",
 											 ALLOCSET_DEFAULT_SIZES);
-	oldcxt = MemoryContextSwitchTo(buffer.cxt);
-	buffer.desc = CreateTemplateTupleDesc(LOG_NCOLUMNS);
-	for (int i = 0; i < LOG_NCOLUMNS; i++)
-		TupleDescInitEntry(buffer.desc, i + 1, log_columns[i].name,
-						   log_columns[i].type, -1, 0);
-	MemoryContextSwitchTo(oldcxt);
-
 	if (!process_shared_preload_libraries_in_progress)
 		loaded_in_statement = GetCurrentStatementStartTimestamp();
 
@@ -380,6 +371,20 @@ log_writer_append(Datum *values, bool *nulls)
 	values[LOG_TXID] = FullTransactionIdGetDatum(GetTopFullTransactionId());
 	values[LOG_ID] = Int64GetDatum(nextval_internal(trigger_log.seqid, false));
 	nulls[LOG_TXID] = nulls[LOG_ID] = false;
+
+	/* built at first use: it looks the types up, which _PG_init cannot */
+	if (buffer.desc == NULL)
+	{
+		TupleDesc	desc;
+
+		oldcxt = MemoryContextSwitchTo(buffer.cxt);
+		desc = CreateTemplateTupleDesc(LOG_NCOLUMNS);
+		for (int i = 0; i < LOG_NCOLUMNS; i++)
+			TupleDescInitEntry(desc, i + 1, log_columns[i].name,
+							   log_columns[i].type, -1, 0);
+		MemoryContextSwitchTo(oldcxt);
+		buffer.desc = desc;
+	}
 
 	if (buffer.n == buffer.nslots)
 	{

@@ -19,6 +19,10 @@
  * output settings that change them (DateStyle, IntervalStyle,
  * extra_float_digits) are pinned while an entry is built (row_json.c).
  *
+ * Locking: building a table's recipe opens its primary key index with
+ * AccessShareLock (the table itself is locked by the statement that fired
+ * the trigger); the log is locked by log_writer.c.
+ *
  * Security: only a role allowed to set connect_guard.capture (superuser, or
  * GRANT SET ON PARAMETER) can switch capture off for its own session, which
  * is how the sync service keeps its own writes out of the log.  The log

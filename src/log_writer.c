@@ -570,8 +570,10 @@ log_writer_xact_callback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PREPARE:
+			/* cannot happen: entries made after PRE_COMMIT are written at once */
 			if (buffer.n > 0)
-				elog(WARNING, "connect_guard log buffer not empty at commit");
+				elog(WARNING, "connect_guard: %d captured entries were not written before commit",
+					 buffer.n);
 			/* FALLTHROUGH */
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:

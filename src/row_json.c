@@ -28,6 +28,9 @@
  * JSON_EMBED_MAX_BYTES).  So a JSON string is never the embedded form of a
  * json or jsonb column, and (values->>'col')::json gives back every value,
  * exactly; the capture never refuses a write that json accepted.
+ *
+ * Locking: none.  Building a layout reads the type catalogs through the
+ * syscache; the per-row functions only read the datums they are given.
  */
 #include "postgres.h"
 

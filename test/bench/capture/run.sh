@@ -5,6 +5,9 @@
 # trigger (pgq.logutriga), with PL/pgSQL statement-level triggers reading
 # transition tables (jsonb, one INSERT ... SELECT per statement: the best a
 # user can do without C) and with connect_guard's C capture trigger.
+# Each run is measured twice: throughput (wall clock) and the CPU time its
+# backend used (steadier on a shared machine); report.sql prints both, each
+# against the no-trigger run of the same round.
 #
 #   test/bench/capture/run.sh            # about 7 minutes
 #   BENCH_SECONDS=2 BENCH_ROUNDS=1 test/bench/capture/run.sh   # smoke test
@@ -161,6 +164,27 @@ connect_guard capture benchmark
 
 EOF
 
+# CPU time of the run's backends: the postmaster's cutime + cstime
+# (/proc/PID/stat fields 16 and 17, in clock ticks), which grow by a
+# backend's CPU time when it exits and is reaped.  On a shared machine this
+# is much steadier than throughput, which also counts the time the backend
+# waited for a CPU.  Read only once no client backend is left.
+POSTMASTER_PID=$(head -1 "$WORK/data/postmaster.pid")
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+backends_gone() {
+    local i pid
+    for i in $(seq 1 500); do
+        local busy=0
+        for pid in $(pgrep -P "$POSTMASTER_PID"); do
+            if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q '\[local\]'; then busy=1; break; fi
+        done
+        [ $busy = 0 ] && return 0
+        sleep 0.01
+    done
+    die "client backends did not exit"
+}
+children_cpu_ticks() { awk '{ print $16 + $17 }' "/proc/$POSTMASTER_PID/stat"; }
+
 RESULTS=$WORK/results.tsv
 : >"$RESULTS"
 [ ${#AS_PG[@]} -eq 0 ] || chown postgres: "$RESULTS"
@@ -171,6 +195,8 @@ for round in $(seq 1 "$ROUNDS"); do
         for v in $VARIANTS; do
             psql_q -v tbl="bench_$v" -v nrows="$NROWS" -f "$WORK/reset.sql" >/dev/null
             log=$WORK/pgbench.$round.$w.$v.log
+            backends_gone
+            ticks_before=$(children_cpu_ticks)
             # simple protocol: the only one in which :tbl may name a table
             if ! pg "$PG_BIN/pgbench" -n -M simple -c "$CLIENTS" -j "$CLIENTS" -T "$RUN_SECONDS" \
                     -D tbl="bench_$v" -D nrows="$NROWS" -D rows="$rows" \
@@ -178,6 +204,8 @@ for round in $(seq 1 "$ROUNDS"); do
                 cat "$log" >&2
                 die "pgbench failed: round $round, $w, $v"
             fi
+            backends_gone
+            cpu_us=$((($(children_cpu_ticks) - ticks_before) * TICK_US))
             tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$log")
             tx=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$log")
             if [ -z "$tps" ] || [ -z "$tx" ] || [ "$tx" -eq 0 ]; then
@@ -185,9 +213,10 @@ for round in $(seq 1 "$ROUNDS"); do
                 die "no result from pgbench: round $round, $w, $v"
             fi
             captured=$(pg_value "SELECT bench_captured('$v')")
-            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$w" "$v" "$rows" "$tps" "$tx" "$captured" >>"$RESULTS"
-            printf 'round %d/%d  %-12s %-14s %10.1f tps  %9d rows changed, %9d captured\n' \
-                "$round" "$ROUNDS" "$w" "$v" "$tps" $((tx * rows)) "$captured"
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$w" "$v" "$rows" "$tps" "$tx" "$captured" "$cpu_us" >>"$RESULTS"
+            printf 'round %d/%d  %-12s %-14s %10.1f tps  %7.2f CPU µs/row  %9d rows changed, %9d captured\n' \
+                "$round" "$ROUNDS" "$w" "$v" "$tps" "$(awk -v us="$cpu_us" -v n=$((tx * rows)) 'BEGIN { print us / n }')" \
+                $((tx * rows)) "$captured"
         done
     done
 done

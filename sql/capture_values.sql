@@ -41,7 +41,8 @@ INSERT INTO thing (id, raw) VALUES
     (9, 'true'),
     (10, NULL),
     (11, '"\u00e9\ud83d\ude00"'),
-    (12, '{}');
+    (12, '{}'),
+    (13, '{"k": "\ud83dX", "l": "\ude00"}');   -- unpaired surrogates: json takes them, jsonb does not
 INSERT INTO thing (id, doc) VALUES
     (21, '"a string"'), (22, 'null'), (23, '5.0'), (24, 'false'),
     (25, '{"n": 1.10, "deep": [{"x": 12345678901234567890.5}]}');
@@ -107,7 +108,7 @@ SELECT t.id,
 -- json text that jsonb cannot hold comes back character for character
 SELECT t.id, (l."values"->>'raw') = t.raw::text AS same_text
   FROM thing t JOIN connect_guard.trigger_log l ON l.record_id = t.id::text AND l.action = 'INSERT'
- WHERE t.id IN (1, 3, 4, 5, 6, 11) ORDER BY t.id;
+ WHERE t.id IN (1, 3, 4, 5, 6, 11, 13) ORDER BY t.id;
 -- an UPDATE's changed json column and the old row of a DELETE too
 SELECT (l."values"->>'raw')::json::text = t.raw::text AS updated_raw
   FROM thing t JOIN connect_guard.trigger_log l ON l.record_id = t.id::text AND l.action = 'UPDATE';
@@ -136,3 +137,25 @@ SELECT record_id FROM connect_guard.trigger_log WHERE table_name = 'daily';
 DROP TABLE thing, holder, daily;
 DROP TYPE wrapped;
 DROP EXTENSION connect_guard;
+
+-- in a database whose encoding is not UTF8, jsonb converts \u escapes above
+-- 007F to that encoding and fails when it cannot; such json is kept as text
+\set regress_db :DBNAME
+CREATE DATABASE capture_latin1 ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0;
+\c capture_latin1
+CREATE EXTENSION connect_guard;
+CREATE TABLE j (id int PRIMARY KEY, raw json);
+SELECT connect_create_connection('sync') AS connection_id;
+SELECT connect_map_table('sync', 'j') AS mapping_id;
+INSERT INTO j VALUES (1, '{"a": "\u20ac"}'),   -- the euro sign: not in LATIN1
+                     (2, '{"a": "\u00e9"}'),   -- in LATIN1, kept as text all the same
+                     (3, '{"a": "\u0041", "b": "\\u20ac"}');   -- no escape above 007F
+SELECT l.record_id, jsonb_typeof(l."values"->'raw') AS raw_type,
+       CASE jsonb_typeof(l."values"->'raw')
+           WHEN 'string' THEN (l."values"->>'raw') = j.raw::text
+           ELSE l."values"->'raw' = j.raw::jsonb
+       END AS same_value
+  FROM connect_guard.trigger_log l JOIN j ON j.id::text = l.record_id ORDER BY l.id;
+-- (FORCE: the worker a preloaded connect_guard started for this database)
+\c :regress_db
+DROP DATABASE capture_latin1 WITH (FORCE);

@@ -70,6 +70,7 @@ static uint32 write_string(StringInfo buf, const char *str, int len);
 static uint32 write_jsonb(StringInfo buf, Jsonb *jb);
 static uint32 write_json(StringInfo buf, text *json);
 static bool json_fits_jsonb(char *str, int len);
+static bool json_has_high_escape(const char *str, int len);
 static void json_fits_scalar(void *state, char *token, JsonTokenType tokentype);
 static bool numeric_can_hold(const char *number);
 
@@ -518,10 +519,13 @@ write_json(StringInfo buf, text *json)
 /*
  * json_fits_jsonb tells whether jsonb_in() would accept a json text, so that
  * it can be converted without an error to catch.  json_in has checked the
- * syntax already; what jsonb adds is the de-escaping of strings (\u0000,
- * and escapes above 007F in other encodings than UTF8: the lexer reports
- * both as errors rather than throwing them) and numeric conversion of
- * numbers (checked by numeric_can_hold), within jsonb's size limits.
+ * syntax already; what jsonb adds is the de-escaping of strings and the
+ * numeric conversion of numbers (checked by numeric_can_hold), within
+ * jsonb's size limits.  De-escaping fails on \u0000 and on unpaired
+ * surrogates, which json accepts; the lexer reports those as errors rather
+ * than throwing them.  In a database whose encoding is not UTF8 it also
+ * converts escapes above 007F to that encoding, and throws when it cannot,
+ * so such text is not given to it (json_has_high_escape).
  */
 static bool
 json_fits_jsonb(char *str, int len)
@@ -532,6 +536,9 @@ json_fits_jsonb(char *str, int len)
 
 	if (len > JSON_EMBED_MAX_BYTES)
 		return false;
+	/* the lexer would throw converting these: see json_has_high_escape */
+	if (GetDatabaseEncoding() != PG_UTF8 && json_has_high_escape(str, len))
+		return false;
 	lex = makeJsonLexContextCstringLen(str, len, GetDatabaseEncoding(), true);
 	memset(&sem, 0, sizeof(sem));
 	sem.semstate = &fits;
@@ -539,6 +546,44 @@ json_fits_jsonb(char *str, int len)
 	if (pg_parse_json(lex, &sem) != JSON_SUCCESS)
 		return false;
 	return fits;
+}
+
+/*
+ * json_has_high_escape tells whether a (valid) json text has a \u escape
+ * above 007F.  Backslashes occur only inside strings in valid json, and
+ * every one starts an escape, so a plain scan finds them all.
+ */
+static bool
+json_has_high_escape(const char *str, int len)
+{
+	for (int i = 0; i < len; i++)
+	{
+		if (str[i] != '\\')
+			continue;
+		if (i + 5 < len && str[i + 1] == 'u')
+		{
+			unsigned int code = 0;
+
+			for (int k = 2; k < 6; k++)
+			{
+				char		c = str[i + k];
+
+				code <<= 4;
+				if (c >= '0' && c <= '9')
+					code += c - '0';
+				else if (c >= 'a' && c <= 'f')
+					code += c - 'a' + 10;
+				else if (c >= 'A' && c <= 'F')
+					code += c - 'A' + 10;
+			}
+			if (code > 0x7F)
+				return true;
+			i += 5;
+		}
+		else
+			i++;				/* the escaped character */
+	}
+	return false;
 }
 
 static void

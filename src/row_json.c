@@ -23,9 +23,9 @@
  * a number or a boolean that jsonb can hold.  Otherwise the value is written
  * as a JSON string holding its json text: a top-level string or null (which
  * ->> would turn into a bare word or SQL NULL), or json text that jsonb
- * refuses (a \u0000 escape, a number beyond numeric's range, a \u escape
- * above 007F in a database that is not UTF8, a text over
- * JSON_EMBED_MAX_BYTES).  So a JSON string is never the embedded form of a
+ * refuses (a \u0000 escape, an unpaired surrogate, a number beyond
+ * numeric's range, a \u escape above 007F in a database that is not UTF8,
+ * a text over JSON_EMBED_MAX_BYTES).  So a JSON string is never the embedded form of a
  * json or jsonb column, and (values->>'col')::json gives back every value,
  * exactly; the capture never refuses a write that json accepted.
  *

@@ -37,8 +37,6 @@ typedef struct RowJsonColumn
 	bool		typbyval;
 	int16		typlen;
 	RowJsonKind kind;
-	/* the type's text form depends on DateStyle, IntervalStyle or extra_float_digits */
-	bool		text_needs_fixed_output;
 	char	   *name;
 	int			namelen;
 	FmgrInfo	output;
@@ -52,8 +50,10 @@ typedef struct RowJsonLayout
 {
 	int			ncolumns;
 	RowJsonColumn *columns;
-	/* a ROW_JSON_TEXT column needs row_json_fix_output() */
-	bool		needs_fixed_output;
+	/* the header and keys of a whole row's object, the same for every row */
+	char	   *row_keys;
+	int			row_keys_len;
+	uint32		row_keys_totallen;
 } RowJsonLayout;
 
 /* The settings row_json_fix_output() pins, to be put back after. */

@@ -134,6 +134,30 @@ INSERT INTO daily VALUES ('2024-03-01', 1);
 RESET DateStyle;
 SELECT record_id FROM connect_guard.trigger_log WHERE table_name = 'daily';
 
+-- the jsonb is written directly (row_json.c): it equals its own text parsed
+-- again, byte for byte in size, and every key is found, in a row wider than
+-- jsonb's offset stride (32) with nested and aligned values
+SELECT format('CREATE TABLE wide (id int PRIMARY KEY, %s, j jsonb, n numeric, t text, b bool)',
+              string_agg(format('c%s int', g), ', ' ORDER BY g)) FROM generate_series(1, 40) g \gexec
+SELECT connect_map_table('sync', 'wide') AS mapping_id;
+INSERT INTO wide (id, c1, c17, c33, c40, j, n, t, b)
+SELECT g, g, -g, g * 1000, NULL, jsonb_build_object('a', 1.5, 'b', jsonb_build_array(1, 2.25, 'x', null, true),
+                                                   'c', jsonb_build_object('d', 12345678901234567890.5)),
+       g / 7.0, repeat('t', g), g % 2 = 0
+  FROM generate_series(1, 20) g;
+UPDATE wide SET c33 = c33 + 1, j = j || '{"e": 3.75}' WHERE id <= 5;
+DELETE FROM wide WHERE id = 20;
+SELECT count(*) AS entries,
+       count(*) FILTER (WHERE v::text::jsonb = v AND pg_column_size(v) = pg_column_size(v::text::jsonb)) AS well_formed
+  FROM (SELECT coalesce("values", old) AS v FROM connect_guard.trigger_log WHERE table_name = 'wide'
+        UNION ALL
+        SELECT old FROM connect_guard.trigger_log WHERE table_name = 'wide' AND action = 'UPDATE') l;
+SELECT count(*) AS keys, count(*) FILTER (WHERE l.v -> k IS NOT DISTINCT FROM l.v::text::jsonb -> k) AS found
+  FROM (SELECT coalesce("values", old) AS v FROM connect_guard.trigger_log WHERE table_name = 'wide') l,
+       jsonb_object_keys(l.v) k;
+SELECT "values" FROM connect_guard.trigger_log WHERE table_name = 'wide' AND action = 'UPDATE' ORDER BY id LIMIT 1;
+DROP TABLE wide;
+
 DROP TABLE thing, holder, daily;
 DROP TYPE wrapped;
 DROP EXTENSION connect_guard;

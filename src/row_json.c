@@ -61,6 +61,10 @@
 
 static RowJsonKind row_json_kind_for_type(Oid typid);
 static int	row_json_key_cmp(const void *a, const void *b);
+static void set_jentry(StringInfo buf, int jentries, int index, uint32 type,
+					   int len, uint32 *totallen);
+static void write_object_keys(StringInfo buf, const RowJsonLayout *layout,
+							  const int *cols, int n, uint32 *totallen);
 static Jsonb *write_object(const RowJsonLayout *layout, const int *cols, int n,
 						   const Datum *values, const bool *nulls);
 static uint32 write_value(StringInfo buf, const RowJsonColumn *column,
@@ -140,6 +144,7 @@ row_json_build_layout(RowJsonLayout *layout, TupleDesc desc, MemoryContext cxt)
 {
 	MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
 	int			n = 0;
+	StringInfoData keys;
 
 	layout->columns = palloc0(sizeof(RowJsonColumn) * Max(desc->natts, 1));
 	for (int i = 0; i < desc->natts; i++)
@@ -165,6 +170,12 @@ row_json_build_layout(RowJsonLayout *layout, TupleDesc desc, MemoryContext cxt)
 	layout->ncolumns = n;
 	/* column names are unique, so this order is total */
 	qsort(layout->columns, n, sizeof(RowJsonColumn), row_json_key_cmp);
+
+	initStringInfo(&keys);
+	layout->row_keys_totallen = 0;
+	write_object_keys(&keys, layout, NULL, n, &layout->row_keys_totallen);
+	layout->row_keys = keys.data;
+	layout->row_keys_len = keys.len;
 	MemoryContextSwitchTo(oldcxt);
 }
 
@@ -283,35 +294,60 @@ set_jentry(StringInfo buf, int jentries, int index, uint32 type, int len,
 }
 
 /*
- * write_object writes an object of n columns of the layout (cols lists
- * their indexes, in layout order; NULL means all columns) as a Jsonb datum:
- * the header, the keys' and then the values' JEntries, the keys' bytes, the
- * values' bytes.
+ * write_object_keys appends the header and the keys of an object of n
+ * columns of the layout (cols lists their indexes, in layout order; NULL
+ * means all columns), with room for the values' JEntries, and counts the
+ * keys' bytes in *totallen.
+ */
+static void
+write_object_keys(StringInfo buf, const RowJsonLayout *layout, const int *cols,
+				  int n, uint32 *totallen)
+{
+	uint32		header = n | JB_FOBJECT;
+	int			jentries;
+
+	appendBinaryStringInfo(buf, (char *) &header, sizeof(uint32));
+	jentries = buf->len;
+	enlargeStringInfo(buf, sizeof(JEntry) * 2 * n);
+	memset(buf->data + buf->len, 0, sizeof(JEntry) * 2 * n);
+	buf->len += sizeof(JEntry) * 2 * n;
+
+	for (int i = 0; i < n; i++)
+	{
+		const RowJsonColumn *column = &layout->columns[cols ? cols[i] : i];
+
+		appendBinaryStringInfo(buf, column->name, column->namelen);
+		set_jentry(buf, jentries, i, JENTRY_ISSTRING, column->namelen, totallen);
+	}
+}
+
+/*
+ * write_object writes an object of n columns of the layout (cols as for
+ * write_object_keys) as a Jsonb datum: the header, the keys' and then the
+ * values' JEntries, the keys' bytes, the values' bytes.  The part before the
+ * values of a whole row is the same for every row, and copied from the
+ * layout.
  */
 static Jsonb *
 write_object(const RowJsonLayout *layout, const int *cols, int n,
 			 const Datum *values, const bool *nulls)
 {
 	StringInfoData buf;
-	uint32		header = n | JB_FOBJECT;
 	uint32		totallen = 0;
 	int			jentries;
 
 	initStringInfo(&buf);
 	/* the varlena header, set at the end */
 	buf.len = VARHDRSZ;
-	appendBinaryStringInfo(&buf, (char *) &header, sizeof(uint32));
-	jentries = buf.len;
-	enlargeStringInfo(&buf, sizeof(JEntry) * 2 * n);
-	buf.len += sizeof(JEntry) * 2 * n;
-
-	for (int i = 0; i < n; i++)
+	jentries = buf.len + sizeof(uint32);
+	if (cols == NULL)
 	{
-		const RowJsonColumn *column = &layout->columns[cols ? cols[i] : i];
-
-		appendBinaryStringInfo(&buf, column->name, column->namelen);
-		set_jentry(&buf, jentries, i, JENTRY_ISSTRING, column->namelen, &totallen);
+		appendBinaryStringInfo(&buf, layout->row_keys, layout->row_keys_len);
+		totallen = layout->row_keys_totallen;
 	}
+	else
+		write_object_keys(&buf, layout, cols, n, &totallen);
+
 	for (int i = 0; i < n; i++)
 	{
 		const RowJsonColumn *column = &layout->columns[cols ? cols[i] : i];

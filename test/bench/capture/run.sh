@@ -24,6 +24,8 @@
 #   BENCH_PRELOAD=1 load connect_guard through shared_preload_libraries: its
 #                   write-fence hooks then run in every variant's statements
 #   BENCH_PORT      port of the throwaway cluster (default 5491; unix socket only)
+#   BENCH_INSTRUCTIONS=1  then count instructions per row with valgrind
+#                   (instructions.sh: single-user mode, about 10 more minutes)
 #   BENCH_KEEP=1    keep the cluster's directory (for a look at the logs)
 #   PG_BIN          PostgreSQL binaries (default /usr/lib/postgresql/15/bin)
 #
@@ -43,6 +45,7 @@ WORKLOADS=${BENCH_WORKLOADS:-update_1row insert_1row update_bulk insert_bulk}
 EXTRAS=${BENCH_CONNECT_EXTRAS:-0}
 PRELOAD=${BENCH_PRELOAD:-0}
 PORT=${BENCH_PORT:-5491}
+INSTRUCTIONS=${BENCH_INSTRUCTIONS:-0}
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 # none first in every round: each variant is compared with the baseline of
 # its own round, measured moments before it, never with one from a quieter
@@ -62,7 +65,7 @@ fi
 pg() { "${AS_PG[@]}" "$@"; }
 
 missing=()
-for pkg in postgresql-15-pgq3 postgresql-contrib; do
+for pkg in postgresql-15-pgq3 postgresql-contrib $([ "$INSTRUCTIONS" = 1 ] && echo valgrind); do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -224,3 +227,11 @@ done
 # ---------------------------------------------------------------- report
 
 psql_q -f "$WORK/report.sql" <"$RESULTS"
+
+if [ "$INSTRUCTIONS" = 1 ]; then
+    echo
+    echo "Instructions per row (valgrind --tool=callgrind, single-user mode: the machine's load does not change them)"
+    pg "$PG_BIN/pg_ctl" -D "$WORK/data" -w stop >/dev/null
+    AS_PG_USER=$([ ${#AS_PG[@]} -eq 0 ] || echo postgres) PG_BIN=$PG_BIN \
+        bash "$HERE/instructions.sh" "$WORK/data" "$NROWS" "$BULK" "$WORKLOADS" "$VARIANTS"
+fi

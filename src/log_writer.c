@@ -70,7 +70,7 @@
 #include "utils/timestamp.h"
 #include "utils/xid8.h"
 
-#include "connect_guard.h"
+#include "catalog_names.h"
 #include "log_writer.h"
 
 /* The bounds of the buffer: about what COPY buffers per table. */

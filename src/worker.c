@@ -65,8 +65,10 @@
 #include "utils/timestamp.h"
 
 #include "catalog_names.h"
+#include "fence.h"
 #include "lag.h"
 #include "remote.h"
+#include "scrub.h"
 #include "signals.h"
 #include "worker.h"
 
@@ -666,14 +668,16 @@ static void
 await_promotion(void)
 {
 	/*
-	 * First, what completing a changeover here reads (the plan, the log head,
-	 * the marks), read-only: its catalog entries and functions are then in
-	 * this process's caches when the promotion comes, which saves the write-
-	 * blocked window some milliseconds.
+	 * First, what the first cycle after a promotion reads (the rollback
+	 * check's witness and log head, a changeover's plan and the marks it
+	 * compares), read-only: their catalog entries and functions are then in
+	 * this process's caches when the promotion comes, which saves the
+	 * write-blocked window some milliseconds.
 	 */
 	(void) worker_run_step("connect_guard: preparing to complete a changeover here", statement_step,
 						   "SELECT connect_guard.high_water_marks(), connect_guard.log_head(), "
-						   "connect_guard.system_identifier(), "
+						   "connect_guard.system_identifier(), connect_guard.log_sequence_head(), "
+						   "(SELECT w.status FROM connect_guard.witness_load() w), "
 						   "(SELECT count(*) FROM connect_guard.upgrade_plan), "
 						   "(SELECT count(*) FROM connect_guard.upgrade_step)", NULL);
 
@@ -798,6 +802,13 @@ worker_run_step(const char *activity, void (*step) (void *), void *arg, char **f
 		FlushErrorState();
 		AbortOutOfAnyTransaction();
 		RESUME_INTERRUPTS();
+
+		/*
+		 * an error while recording an answer may quote it: scrub.c takes the
+		 * secrets out
+		 */
+		edata->message = scrub_registered(edata->message);
+		edata->detail = scrub_registered(edata->detail);
 		ereport(WARNING,
 				(errcode(edata->sqlerrcode),
 				 errmsg("%s failed: %s", activity, edata->message),
@@ -892,29 +903,33 @@ worker_cycle_steps(const char *schema, bool *plan_active, bool promoted)
 	long		due;
 
 	/*
-	 * A changeover's new primary completes the plan before anything else: its
-	 * fence blocks every write until then, and completing checks for itself
-	 * where the timeline forked (the rollback check below finds the same).
-	 */
-	if (promoted)
-		(void) drive_upgrade_plan();
-
-	/*
 	 * First, so that the reloads a rollback calls for go out in this cycle;
 	 * at the naptime's pace even while a plan is polled every few ms.
 	 */
 	if (first_cycle ||
 		TimestampDifferenceExceeds(last_rollback_check, GetCurrentTimestamp(), worker_naptime_ms))
 	{
+		bool		as_primary = !RecoveryInProgress();	/* in recovery the check is skipped */
+
 		/* a tick of each adopted trigger log, for its processed mark (15_log_sources.sql) */
 		(void) run_int8("connect_guard: reading Heroku Connect's trigger logs",
 						"SELECT connect_guard.log_sources_cycle()", 0);
 		(void) run_int8("connect_guard: checking for a rollback",
 						first_cycle ? "SELECT connect_guard.rollback_cycle(true)"
 						: "SELECT connect_guard.rollback_cycle(false)", 0);
+		fence_rollback_checked(as_primary); /* writes to mapped tables may go (fence_gate.c) */
 		last_rollback_check = GetCurrentTimestamp();
 		first_cycle = false;
 	}
+
+	/*
+	 * A changeover's new primary completes the plan right after that check
+	 * (its fence and the write gate hold every write until both are done),
+	 * before the sync service's requests and the follower checks, which may
+	 * wait on the network.
+	 */
+	if (promoted)
+		(void) drive_upgrade_plan();
 
 	pgstat_report_activity(STATE_RUNNING, "connect_guard: signalling the sync service");
 	signal_process_requests();

@@ -21,22 +21,14 @@
  * talks to its follower through libpq (remote.c) from within a step, in
  * the steps checking, fencing_follower, catching_up and ready
  * (follower_probe, and remote_query to fence the follower), and from
- * connect_abort_upgrade() and connect_promote_follower().
- *
- * The write-blocked window (the fence up here to the first write accepted
- * on the new primary) waits for events, not for polls: the fence on the
- * follower is raised in the fencing step's transaction; the catch-up is one
- * query that waits on the follower until its replay reaches the fence
- * (follower_probe's wait, standby.c); the promotion is one query that
- * returns, and wakes the follower's worker (which waits on a standby for
- * its promotion: worker.c), once the follower is out of recovery; and every
- * step that commits wakes connect_wait_upgrade() (plan_changed()).  Why: the step
+ * connect_abort_upgrade() and connect_promote_follower().  Why: the step
  * must act on the answer atomically with the plan row it holds locked (a
  * fence raised on the follower is recorded in the same commit that moves
  * the plan on; an answer that is lost leaves the step to run again, which
  * finds and reuses that fence).  Bounded: each call waits at most
- * connect_guard.follower_timeout (pg_promote: 65 s, its own 60 s and a
- * margin), on the latch, so a cancel or a shutdown ends the wait.  The same
+ * connect_guard.follower_timeout (the catch-up's wait on the follower: a
+ * second at most; the promotion: 65 s, its own 60 s and a margin), on the
+ * latch, so a cancel or a shutdown ends the wait.  The same
  * holds for the HA manager of a changeover that has one, asked in the steps
  * checking and switching_over (69_ha_managers.sql: libpq to the
  * pg_auto_failover monitor, or HTTP to Patroni, at most 30 s for a
@@ -44,6 +36,16 @@
  * waits the worker holds only the plan row (taken SKIP LOCKED, so no other
  * session waits for it) and a snapshot, and this happens only while a
  * changeover is in progress, with the database fenced.
+ *
+ * The write-blocked window (the fence up here to the first write accepted
+ * on the new primary) waits for events, not for polls: the fence on the
+ * follower is raised in the fencing step's transaction; the catch-up is one
+ * call that waits on the follower until its replay reaches the fence
+ * (follower_probe's wait, standby.c); the promotion is one call that
+ * returns, and wakes the follower's worker (which waits on a standby for
+ * its promotion: worker.c), once the follower is out of recovery; every
+ * step that commits wakes connect_wait_upgrade() (plan_changed()); and the
+ * worker keeps its connection to the follower between the steps (remote.c).
  * ------------------------------------------------------------------------ */
 
 CREATE TABLE connect_guard.upgrade_plan (
@@ -276,8 +278,8 @@ BEGIN
             PERFORM @extschema@.connect_pause(c.name, block_writes => false,
                                               timeout => CASE WHEN c.adapter = 'local' THEN interval '100 ms' ELSE p.step_timeout END,
                                               reason => format('upgrade plan %s', p.plan_id));
-        EXCEPTION WHEN object_not_in_prerequisite_state THEN
-            NULL;           -- a batch is open: try again next time
+        EXCEPTION WHEN object_not_in_prerequisite_state OR lock_not_available THEN
+            NULL;           -- a batch is open, or a consumer holds the connection: try again next time
         END;
     END LOOP;
     SELECT string_agg(format('%s (%s)', name, state), ', ' ORDER BY name) INTO v_waiting
@@ -646,6 +648,10 @@ DECLARE
     v_active connect_guard.upgrade_plan;
 BEGIN
     PERFORM connect_guard.require_worker('connect_prepare_upgrade()');
+    PERFORM connect_guard.require_not_null(method, 'method',
+        'Use ''pg_upgrade'' (in place), ''follower'' (changeover to a promoted follower) or ''copy'' (pg_dump into a new database).');
+    PERFORM connect_guard.require_not_null(max_lag_bytes, 'max_lag_bytes', 'For example max_lag_bytes => 16 * 1024 * 1024.');
+    PERFORM connect_guard.require_timeout(timeout, 'timeout', '''10 min''');
     IF method IS NULL OR method NOT IN ('pg_upgrade', 'follower', 'copy') THEN
         RAISE EXCEPTION USING
             ERRCODE = 'invalid_parameter_value',
@@ -705,6 +711,7 @@ AS $$
 DECLARE
     p connect_guard.upgrade_plan;
 BEGIN
+    PERFORM connect_guard.require_not_null(p_plan, 'plan', 'Pass the plan id connect_prepare_upgrade() returned; see connect_upgrade_status.');
     IF p_lock THEN
         SELECT * INTO p FROM connect_guard.upgrade_plan WHERE plan_id = p_plan FOR UPDATE;
     ELSE
@@ -713,7 +720,7 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION USING
             ERRCODE = 'undefined_object',
-            MESSAGE = format('upgrade plan %s does not exist', coalesce(p_plan::text, 'NULL')),
+            MESSAGE = format('upgrade plan %s does not exist', p_plan),
             HINT = 'See connect_upgrade_status for the plans.';
     END IF;
     RETURN p;
@@ -740,10 +747,13 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     p connect_guard.upgrade_plan;
-    v_deadline timestamptz := clock_timestamp() + coalesce(timeout, '10 min');
+    v_deadline timestamptz;
     v_generation bigint;
 BEGIN
     PERFORM connect_guard.require_read_committed('connect_wait_upgrade()');
+    PERFORM connect_guard.require_not_null(step, 'step', 'Pass a step or status of the plan, for example ''ready''.');
+    PERFORM connect_guard.require_timeout(timeout, 'timeout', '''10 min''');
+    v_deadline := clock_timestamp() + timeout;
     LOOP
         -- read before the plan: a step that commits after this read wakes the wait below
         v_generation := connect_guard.plan_generation();
@@ -956,7 +966,7 @@ SELECT p.plan_id AS plan,
 
 CREATE FUNCTION connect_upgrade_timeline(plan bigint)
 RETURNS TABLE (step text, started_at timestamptz, finished_at timestamptz, duration interval, detail jsonb)
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT s.step, s.started_at, s.finished_at, s.finished_at - s.started_at, s.detail

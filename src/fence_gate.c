@@ -129,6 +129,15 @@ fence_gate_check(Oid relid, const char *operation)
 	}
 	if (IsBinaryUpgrade || fence_bypass || !OidIsValid(relid))
 		return;
+
+	/*
+	 * In recovery the write fails as read-only anyway.  Waiting here would
+	 * hold the statement's snapshot, which the replay may wait for (a
+	 * changeover's follower then stops catching up until
+	 * max_standby_streaming_delay cancels the writer).
+	 */
+	if (RecoveryInProgress())
+		return;
 	if (database_checked() || !OidIsValid(get_namespace_oid(CONNECT_GUARD_SCHEMA, true)))
 	{
 		fence_gate_passed = true;

@@ -13,7 +13,7 @@
 # steps are woken by what they wait for (the follower's replay, the
 # promotion), so the window must not depend on the naptime.
 #
-#   bash test/bench/changeover/run.sh    # BENCH_ROUNDS=3 (per naptime) BENCH_CLIENTS=4
+#   bash test/bench/changeover/run.sh    # BENCH_ROUNDS=5 (per naptime) BENCH_CLIENTS=4
 # Target: median under 150 ms (aim 50 ms) at either naptime.
 #
 # The parts of each round, in ms, end to end:
@@ -30,7 +30,7 @@
 #   window     fence .. first write, the sum of the parts after pause
 source "$(dirname "$0")/../../../scripts/lib.sh"
 
-rounds=${BENCH_ROUNDS:-3}
+rounds=${BENCH_ROUNDS:-5}
 clients=${BENCH_CLIENTS:-4}
 
 install_packages

@@ -24,6 +24,12 @@ my $primary = cg_node('old_primary', init => [ allows_streaming => 1 ], conf => 
 setup_accounts($primary);
 my $follower = new_standby($primary, 'follower', backup => 'base');
 
+# a write tried on the standby fails at once as read-only: it does not wait
+# in the start-up write gate (fence_gate.c) for a rollback check that only a
+# primary runs, holding a snapshot the replay could wait for
+my ($rc, $o, $e) = $follower->psql('postgres', 'UPDATE account SET balance = balance WHERE id = 1');
+like($e, qr/cannot execute UPDATE in a read-only transaction/, 'a write on the standby is refused as read-only, not held');
+
 # writers keep going through the changeover; the fenced ones fail and are counted out
 my $bench = start_pgbench($primary, [ '-c', '2', '-T', '6', '--max-tries', '1' ]);
 
@@ -39,7 +45,7 @@ is($primary->safe_psql('postgres', "SELECT connect_wait_upgrade($plan, 'ready', 
 $bench->pump_nb while $bench->pumpable;
 $bench->finish;
 
-my ($rc, $o, $e) = $primary->psql('postgres', 'INSERT INTO account VALUES (1000)');
+($rc, $o, $e) = $primary->psql('postgres', 'INSERT INTO account VALUES (1000)');
 like($e, qr/fenced for maintenance/, 'the old primary refuses writes');
 is($primary->safe_psql('postgres', "SELECT state FROM connect_connections"), 'PAUSED', 'the connection is paused');
 ($rc, $o, $e) = $follower->psql('postgres', 'SELECT 1');

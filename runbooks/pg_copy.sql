@@ -15,7 +15,7 @@
 --   prepare phase, for the command it prints:
 --   source            conninfo of this database for pg_dump [this session's host, port, dbname, user]
 --   target            conninfo of the new, empty database for pg_restore [host=NEW-HOST dbname=NEW-DB]
---   restore_options   more pg_restore options, e.g. '--no-owner --jobs 4' ['']
+--   restore_options   more pg_restore options, e.g. '--no-owner' (not --jobs: pg_restore reads a pipe) ['']
 --   complete phase:
 --   plan              the plan to complete [the newest ready copy plan]
 --

@@ -74,6 +74,9 @@ AS $$
         'installation', (SELECT i.installation_id FROM connect_guard.installation i
                           ORDER BY i.installed_at LIMIT 1),
         'timeline', connect_guard.current_timeline(),
+        -- where this timeline's history left each ancestor: a former primary on one of them
+        -- learns that it was failed over, not rolled back (72_failovers.sql)
+        'history', connect_guard.timeline_ancestry(),
         'next_xid', pg_snapshot_xmax(pg_current_snapshot())::text::bigint,
         'log_head', connect_guard.log_sequence_head(),
         -- each connection's position in its log, own or Connect's (15_log_sources.sql)

@@ -19,6 +19,8 @@
  *              a new system identifier announced by an upgrade plan that came
  *              with the data (pg_upgrade, copy): compared with the witness of
  *              the old system, marks and log head only
+ *              a former primary whose timeline the witness's descends from
+ *              (failed over by an HA manager: 72_failovers.sql)
  *
  * Acting: the affected mappings go to RELOAD_TABLE and their reloads are
  * requested through the connection's adapter; the log's id sequence moves
@@ -89,7 +91,8 @@ BEGIN
                     RETURN QUERY SELECT 'promoted', 'info', NULL::text,
                         format('timeline %s left timeline %s at %s, at or after %s that the witness recorded%s',
                                v_dtli, v_wtli, v_switch, v_protected,
-                               CASE WHEN p.plan_id IS NOT NULL THEN format(' (the fence of plan %s)', p.plan_id) ELSE '' END);
+                               CASE WHEN p.plan_id IS NOT NULL THEN format(' (the fence of plan %s)', p.plan_id)
+                                    ELSE ' (no upgrade plan: a failover, by an HA manager or by hand)' END);
                 END IF;
             END IF;
         ELSIF EXISTS (SELECT 1 FROM connect_guard.upgrade_plan u
@@ -99,6 +102,10 @@ BEGIN
                 format('a server on timeline %s, a follower promoted after this server (timeline %s) fenced itself for a changeover, writes the witness now: this server leaves it alone',
                        v_wtli, v_dtli);
             -- the new primary's log and marks have moved on; this server is not behind, it is retired
+            RETURN;
+        ELSIF connect_guard.failed_over_detail(w, d) IS NOT NULL THEN
+            RETURN QUERY SELECT 'failed_over', 'warning', NULL::text, connect_guard.failed_over_detail(w, d);
+            -- as for a superseded primary: the new timeline's log and marks have moved on
             RETURN;
         ELSE
             RETURN QUERY SELECT 'timeline_behind_witness', 'rollback', NULL::text,
@@ -228,7 +235,8 @@ BEGIN
                         ELSE format('%s; it is not trusted and is replaced', l.detail) END)) || findings;
     END IF;
     write := l.status NOT IN ('disabled', 'unusable')
-             AND NOT findings @> '[{"finding": "superseded"}]';
+             AND NOT findings @> '[{"finding": "superseded"}]'
+             AND NOT findings @> '[{"finding": "failed_over"}]';
 END;
 $$;
 
@@ -336,6 +344,7 @@ BEGIN
     END IF;
     k := connect_guard.rollback_check();
     v_incident := connect_guard.rollback_act(k.findings, k.witness, 'worker', p_first_cycle);
+    PERFORM connect_guard.failover_fence(k.findings);
     PERFORM connect_guard.rollback_release();
     IF k.write THEN
         v_problem := connect_guard.witness_refresh(k.path,

@@ -45,7 +45,7 @@ my $token_file = secret_file('connect.token', $token);
 my $conn_id    = '6a1b0f3e-0000-4000-8000-0000000014c0';
 my $fixture    = File::Spec->rel2abs('test/fixtures/connect_schema.sql');
 my $sim_port   = PostgreSQL::Test::Cluster::get_free_port();
-my $conf       = [ "connect_guard.naptime = '200ms'", "connect_guard.witness_directory = '$wdir'" ];
+my $conf       = [ "connect_guard.naptime = '200ms'", "connect_guard.witness_directory = '$wdir'", simulator_conf() ];
 
 # "Salesforce": the simulator's mirror, on a cluster of its own (a restore of the app's database must not rewind it)
 my $sf = PostgreSQL::Test::Cluster->new('salesforce');

@@ -347,6 +347,15 @@ restore_session_end(int code, Datum arg)
 	set_latch_of(worker);
 }
 
+/* set once this session's CREATE EXTENSION recorded it as loading a dump */
+static bool this_session_restores = false;
+
+bool
+worker_session_restores(void)
+{
+	return this_session_restores;
+}
+
 /*
  * connect_guard.hold_worker_for_restore(): called by the install script;
  * returns whether this session loads a dump, and then records it (above).
@@ -387,6 +396,8 @@ connect_guard_hold_worker_for_restore(PG_FUNCTION_ARGS)
 		before_shmem_exit(restore_session_end, (Datum) 0);
 		exit_callback = true;
 	}
+	/* its writes pass the start-up write gate, which waits for the worker (fence_gate.c) */
+	this_session_restores = true;
 	ereport(LOG,
 			(errmsg("connect_guard: CREATE EXTENSION in a session that loads a dump (pid %d): the worker of database \"%s\" writes nothing until this session ends",
 					MyProcPid, get_database_name(MyDatabaseId))));

@@ -9,9 +9,13 @@
 #
 # A loop of restores, bounded in time, each with the window widened (the
 # dump has 300 tables to create between CREATE EXTENSION and the first
-# data): custom format through pg_restore, plain format through psql, and
-# a --clean restore over a database whose worker runs.  Counting: every
-# event of the source arrives, the worker writes its own only afterwards.
+# data): custom format through pg_restore into a new database, and into
+# one that existed before the server started (its writes to mapped tables
+# wait at the start-up write gate for the worker's first check, which
+# waits for the restore: the restoring session passes the gate), plain
+# format through psql, and a --clean restore over a database whose worker
+# runs.  Counting: every event of the source arrives, the worker writes its
+# own only afterwards.
 use strict;
 use warnings;
 use IPC::Run;
@@ -66,14 +70,18 @@ sub restored_intact
 	  && $node->poll_query_until($db, "SELECT count(*) > 0 FROM connect_guard.event WHERE event_id > $source_max AND kind = 'witness_created'");
 }
 
+# databases that exist before the server (re)starts, so that the write gate applies to them
+sql($node, "CREATE DATABASE g$_") for 0 .. 2;
+$node->restart;
+
 my ($runs, $failures, @errors) = (0, 0);
 my %by_kind;
 my $until = time + 40;
 while (time < $until && $runs < 12)
 {
-	my $how = (qw(custom custom plain clean))[ $runs % 4 ];
-	my $db = "r$runs";
-	sql($node, "CREATE DATABASE $db");
+	my $how = (qw(custom gated plain clean))[ $runs % 4 ];
+	my $db = $how eq 'gated' ? 'g' . int($runs / 4) : "r$runs";
+	sql($node, "CREATE DATABASE $db") unless $how eq 'gated';
 	if ($how eq 'clean')
 	{
 		# a database where the extension and its worker run already, restored over with --clean

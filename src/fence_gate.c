@@ -132,7 +132,11 @@ fence_gate_check(Oid relid, const char *operation)
 	}
 	if (IsBinaryUpgrade || fence_bypass || !OidIsValid(relid))
 		return;
-	/* the session loading a dump here: the worker waits for it (worker.c), it cannot wait for the worker */
+
+	/*
+	 * The session loading a dump here: the worker waits for it (worker.c),
+	 * so it cannot wait for the worker.
+	 */
 	if (worker_session_restores())
 		return;
 	if (database_checked() || !OidIsValid(get_namespace_oid(CONNECT_GUARD_SCHEMA, true)))

@@ -396,7 +396,11 @@ connect_guard_hold_worker_for_restore(PG_FUNCTION_ARGS)
 		before_shmem_exit(restore_session_end, (Datum) 0);
 		exit_callback = true;
 	}
-	/* its writes pass the start-up write gate, which waits for the worker (fence_gate.c) */
+
+	/*
+	 * Its writes pass the start-up write gate, which waits for the worker
+	 * (fence_gate.c).
+	 */
 	this_session_restores = true;
 	ereport(LOG,
 			(errmsg("connect_guard: CREATE EXTENSION in a session that loads a dump (pid %d): the worker of database \"%s\" writes nothing until this session ends",

@@ -134,8 +134,8 @@ fence_gate_check(Oid relid, const char *operation)
 		return;
 
 	/*
-	 * The session loading a dump here: the worker waits for it (worker.c),
-	 * so it cannot wait for the worker.
+	 * The session loading a dump here: the worker waits for it (worker.c), so
+	 * it cannot wait for the worker.
 	 */
 	if (worker_session_restores())
 		return;

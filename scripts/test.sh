@@ -22,8 +22,10 @@ tar -C "$CG_ROOT" --exclude=.git --exclude='*.o' --exclude='*.so' --exclude='*.b
 port=$(free_port 5460)
 # The regression outputs count what is in the hot log and the event log:
 # the worker must not archive or write witness events behind their back
-# (test/t/006_worker.pl and 012_rollback.pl test that it does).
-cluster_init "$work" "$port" "connect_guard.archive_chunks = 0" "connect_guard.witness_directory = ''"
+# (test/t/006_worker.pl and 012_rollback.pl test that it does).  sql/preflight.sql
+# prepares a transaction.
+cluster_init "$work" "$port" "connect_guard.archive_chunks = 0" "connect_guard.witness_directory = ''" \
+    "max_prepared_transactions = 2"
 cluster_start "$work"
 
 # Each suite runs even when an earlier one failed, so that one run shows

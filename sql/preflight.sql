@@ -199,5 +199,6 @@ SELECT show_error($$SELECT * FROM connect_preflight('pause', connection => 'nope
 SELECT has_function_privilege('public', 'connect_preflight(text, text, bigint, text)', 'EXECUTE') AS public_may_run;
 
 DROP FUNCTION preflight(text, text, text);
+DROP FUNCTION show_error(text);
 DROP TABLE account, note;
 DROP EXTENSION connect_guard;

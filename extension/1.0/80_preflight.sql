@@ -196,7 +196,13 @@ BEGIN
     FOR c IN SELECT * FROM connect_guard.connection
               WHERE adapter <> 'local' AND (p_connection_id IS NULL OR connection_id = p_connection_id) ORDER BY name LOOP
         v_file := c.options ->> CASE c.adapter WHEN 'heroku' THEN 'token_file' ELSE 'secret_file' END;
-        v_problem := CASE WHEN v_file IS NOT NULL THEN connect_guard.secret_file_problem(v_file) END;
+        BEGIN
+            v_problem := CASE WHEN v_file IS NOT NULL THEN connect_guard.secret_file_problem(v_file) END;
+        EXCEPTION WHEN insufficient_privilege THEN
+            RETURN NEXT connect_guard.preflight_row('token_file:' || c.name, NULL,
+                format('not checked: looking at %s needs the rights of pg_read_server_files', v_file));
+            CONTINUE;
+        END;
         RETURN NEXT connect_guard.preflight_row('token_file:' || c.name, v_problem IS NULL,
             CASE WHEN v_file IS NULL THEN 'the secret is stored in the database (connect_guard.connection_secret)'
                  WHEN v_problem IS NULL THEN format('the server reads %s', v_file)

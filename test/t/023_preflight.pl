@@ -2,7 +2,8 @@
 # against real servers: a caught-up standby sharing the witness passes every
 # check; a standby that keeps its witness elsewhere, one whose replay is
 # paused behind the limit, one that is down, and a standby of another
-# cluster each fail exactly the check that says so, and nothing else.  The
+# cluster each fail exactly the check that says so, and nothing else; so
+# does a sync service whose last request the worker could not deliver.  The
 # follower_changeover runbook stops on a failed check with nothing changed,
 # and goes ahead when the DBA accepts it (-v accept).  The checks one
 # cluster can set up are in sql/preflight.sql.
@@ -166,6 +167,32 @@ $strangers_standby->stop;
 $stranger->stop;
 
 is(failed($conninfo), '', 'the real follower passes again');
+
+# ------------------- 6. a sync service the worker could not reach: sync_service:NAME
+# Connect's API where nothing listens; the token in a file only the server's user reads
+my $token = PostgreSQL::Test::Utils::tempdir . '/connect.token';
+append_to_file($token, "t0ken-for-the-test\n");
+chmod 0600, $token;
+my $nowhere = PostgreSQL::Test::Cluster::get_free_port();
+sql($primary, "SELECT connect_create_connection('remote', 'heroku', jsonb_build_object("
+      . "'region_url', 'http://127.0.0.1:$nowhere', 'connection_id', 'c-1', 'token_file', '$token'))");
+my $upgrade_failed = q{SELECT coalesce(string_agg("check" || '=' || coalesce(ok::text, 'null'), ','), '')
+                         FROM connect_preflight('pg_upgrade') WHERE ok IS NOT TRUE};
+is(sql($primary, $upgrade_failed), '', 'a heroku connection never asked anything passes');
+like(sql($primary, q{SELECT detail FROM connect_preflight('pg_upgrade') WHERE "check" = 'sync_service:remote'}),
+    qr/^IDLE for \d+ s; as the worker last saw it \(no HTTP call is made here\): no request was ever sent to it/,
+    'and says that nothing is known of it yet');
+is(sql($primary, q{SELECT ok FROM connect_preflight('pg_upgrade') WHERE "check" = 'token_file:remote'}), 't',
+    'its token file is readable by the server');
+sql($primary, "SELECT connect_refresh('remote')");
+ok($primary->poll_query_until('postgres', "SELECT last_error IS NOT NULL FROM connect_requests WHERE connection = 'remote'"),
+    "the worker's refresh failed its first attempt");
+is(sql($primary, $upgrade_failed), 'sync_service:remote=false', 'now sync_service:remote fails, alone');
+like(sql($primary, q{SELECT detail || ' / ' || hint FROM connect_preflight('pg_upgrade') WHERE "check" = 'sync_service:remote'}),
+    qr/as the worker last saw it \(no HTTP call is made here\): its request \d+ \(refresh\) is pending after \d attempt\(s\); last error: .+ \/ Fix what the error says .*SELECT connect_refresh\('remote'\)/,
+    "with the worker's last error, and what to do");
+sql($primary, "SELECT connect_drop_connection('remote')");
+is(sql($primary, $upgrade_failed), '', 'without it, all clear again');
 $follower->stop;
 $primary->stop;
 done_testing();

@@ -163,7 +163,7 @@ BEGIN
         v_hint := CASE
             WHEN c.state = 'RESUMING' THEN format('Wait until it runs again: SELECT connect_wait_state(%L, ''IDLE'').', c.name)
             WHEN NOT v_ok AND p_method = 'pause' THEN format('It is paused already: leave it so, or resume it first (SELECT connect_resume(%L)).', c.name)
-            WHEN NOT v_ok THEN format('The plan pauses every connection and resumes them all at its end, this one too: resume it first (SELECT connect_resume(%L)), or let its pause finish and leave the plan for later.', c.name)
+            WHEN NOT v_ok THEN format('The plan pauses every connection and resumes them all at its end, this one too: resume it first (SELECT connect_resume(%L)), or leave the plan until it runs again.', c.name)
             END;
         IF c.adapter = 'local' THEN
             v_seen := 'local adapter: its consumer reads the state here';

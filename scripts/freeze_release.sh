@@ -104,6 +104,7 @@ tree=$(git -C "$root" rev-parse -q --verify "$commit:extension/parts" ||
 out="$root/extension/$ext--$version.sql"
 [ ! -e "$out" ] || [ -n "$replace" ] ||
     die "$out exists: a released version is never made again (--replace redoes a freeze not yet released)"
+trap 'rm -f "$out.tmp"' EXIT
 render "$version" "$tree" "${left_out[@]}" > "$out.tmp"
 mv "$out.tmp" "$out"
 echo "freeze_release.sh: wrote $out from extension/parts at $revision (git tree $tree), parts left out: ${left_out[*]:-none}"

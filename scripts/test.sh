@@ -81,6 +81,18 @@ else
     failed=$((failed + 1)); failures+=("install script order")
 fi
 
+# the released install script is the freeze of its parts, not edited by hand
+if git -C "$CG_ROOT" rev-parse --git-dir >/dev/null 2>&1; then
+    log "the frozen install script of $base (scripts/freeze_release.sh --check)"
+    if bash "$CG_ROOT/scripts/freeze_release.sh" --check "$base"; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1)); failures+=("frozen $base install script")
+    fi
+else
+    log "the frozen install script of $base is not checked: the tree is not a git checkout"
+fi
+
 # The Debian package is installed into /usr, tested there and purged: only
 # when this run's PostgreSQL is /usr's (CI), not a private copy beside it.
 if [ "$PG_BIN" = /usr/lib/postgresql/15/bin ]; then

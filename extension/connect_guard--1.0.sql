@@ -1,5 +1,5 @@
 /* connect_guard--1.0.sql: connect_guard 1.0 as released.  Frozen: never edit this file.
- * Made by scripts/freeze_release.sh from extension/parts at git tree 0a193fcdba49f16382c2d33a5b820a6cd24f5fb4,
+ * Made by scripts/freeze_release.sh from extension/parts at git tree 000c48675d2f51808b44b12754332cecb6cf2032,
  * parts left out: 80_preflight.sql.
  * Later changes ship as upgrade scripts (connect_guard--1.0--NEXT.sql). */
 
@@ -160,7 +160,73 @@ AS 'MODULE_PATHNAME', 'connect_guard_capture';
  * Common helpers: the event log, the connection lock, redaction, and the
  * require_* checks that stop a call with a clear error.  Every later part
  * may use them; they use nothing but the catalog.
+ *
+ * Arguments: every connect_* function either says what NULL means for an
+ * argument (README, Reference), or refuses it with null_value_not_allowed
+ * through require_not_null() and its siblings here, before it changes
+ * anything.  Timeouts are checked by require_timeout().
  * ------------------------------------------------------------------------ */
+
+/*
+ * connect_guard.require_not_null stops a call whose argument p_name is
+ * NULL, with a hint that says what to pass instead.
+ */
+CREATE FUNCTION connect_guard.require_not_null(p_value anyelement, p_name text, p_hint text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF p_value IS NULL THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'null_value_not_allowed',
+            MESSAGE = format('%s must not be NULL', p_name),
+            HINT = p_hint;
+    END IF;
+END;
+$$;
+
+/*
+ * connect_guard.require_timeout stops a call whose timeout p_name is NULL,
+ * negative or longer than 24 days: a deadline that far is no deadline, and
+ * the waits are bounded through lock_timeout, whose limit (2^31 - 1 ms) is
+ * just above it.
+ */
+CREATE FUNCTION connect_guard.require_timeout(p_value interval, p_name text, p_example text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM connect_guard.require_not_null(p_value, p_name, format('Pass how long to wait, for example %s.', p_example));
+    IF p_value < interval '0' OR p_value > interval '24 days' THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('%s must be from 0 to 24 days, not %s', p_name, p_value),
+            HINT = format('Pass how long to wait, for example %s.', p_example);
+    END IF;
+END;
+$$;
+
+/*
+ * connect_guard.require_table stops a call whose table argument is NULL or
+ * names no relation (an OID such as 0 casts to regclass without a check).
+ */
+CREATE FUNCTION connect_guard.require_table(p_table regclass)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM connect_guard.require_not_null(p_table, 'table', 'Pass the table as a regclass, for example ''public.contact''.');
+    IF NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = p_table) THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'undefined_table',
+            MESSAGE = format('table with OID %s does not exist', p_table::oid),
+            HINT = 'Pass the table by name, for example ''public.contact''.';
+    END IF;
+END;
+$$;
 
 /*
  * connect_guard.log_event appends to the event log; every state change goes
@@ -190,6 +256,8 @@ AS $$
 DECLARE
     c connect_guard.connection;
 BEGIN
+    PERFORM connect_guard.require_not_null(p_name, 'connection name',
+                                           'Pass the name of a connection; see SELECT connection FROM connect_connections.');
     IF p_lock THEN
         SELECT * INTO c FROM connect_guard.connection WHERE name = p_name FOR UPDATE;
     ELSE
@@ -199,7 +267,7 @@ BEGIN
         RAISE EXCEPTION USING
             ERRCODE = 'undefined_object',
             MESSAGE = format('connection "%s" does not exist', p_name),
-            HINT = 'See SELECT name FROM connect_connections, or create it with connect_create_connection().';
+            HINT = 'See SELECT connection FROM connect_connections, or create it with connect_create_connection().';
     END IF;
     RETURN c;
 END;
@@ -215,6 +283,69 @@ LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT * FROM connect_guard.require_connection(p_name, true);
+$$;
+
+/*
+ * connect_guard.connection_lockers describes the transaction that holds
+ * the row lock of a connection (whose id is in its xmax), for errors.
+ */
+CREATE FUNCTION connect_guard.connection_lockers(p_connection_id integer)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT string_agg(format('pid %s (role %s, transaction open for %s%s)', a.pid, a.usename,
+                             date_trunc('second', clock_timestamp() - a.xact_start),
+                             CASE WHEN a.state = 'idle in transaction' THEN ', idle' ELSE '' END), ', ')
+      FROM connect_guard.connection c
+      JOIN pg_locks l ON l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted
+                     AND l.transactionid = c.xmax
+      JOIN pg_stat_activity a ON a.pid = l.pid
+     WHERE c.connection_id = p_connection_id;
+$$;
+
+/*
+ * connect_guard.lock_connection locks connection p_connection_id, waiting
+ * for the lock until p_deadline at most: a consumer keeps the connection's
+ * row locked until it commits, and must not make a pause (or the worker)
+ * wait past its timeout.  Past the deadline it fails with
+ * lock_not_available, naming the transaction that holds the lock.
+ */
+CREATE FUNCTION connect_guard.lock_connection(p_connection_id integer, p_deadline timestamptz)
+RETURNS connect_guard.connection
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c connect_guard.connection;
+    v_lock_timeout text := current_setting('lock_timeout');
+    v_name text;
+BEGIN
+    PERFORM set_config('lock_timeout',
+                       least(2147483647,
+                             greatest(1, ceil(extract(epoch FROM p_deadline - clock_timestamp()) * 1000)))::bigint::text,
+                       true);
+    BEGIN
+        SELECT * INTO c FROM connect_guard.connection WHERE connection_id = p_connection_id FOR UPDATE;
+    EXCEPTION WHEN lock_not_available THEN
+        SELECT cn.name INTO v_name FROM connect_guard.connection cn WHERE cn.connection_id = p_connection_id;
+        RAISE EXCEPTION USING
+            ERRCODE = 'lock_not_available',
+            MESSAGE = format('timed out waiting for the lock on connection "%s"', v_name),
+            DETAIL = format('It is held by %s.', coalesce(connect_guard.connection_lockers(p_connection_id),
+                                                           'a transaction that has ended since, or several (see pg_locks)')),
+            HINT = 'A consumer must commit right after connect_next_batch() and connect_finish_batch(); end that '
+                   'transaction (pg_terminate_backend), or try again with a longer timeout.';
+    END;
+    PERFORM set_config('lock_timeout', v_lock_timeout, true);
+    IF c.connection_id IS NULL THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'undefined_object',
+            MESSAGE = format('connection %s was dropped', p_connection_id),
+            HINT = 'The event log says who dropped it (kind connection_dropped).';
+    END IF;
+    RETURN c;
+END;
 $$;
 
 /*
@@ -568,10 +699,15 @@ DECLARE
     v_fence integer;
 BEGIN
     PERFORM connect_guard.require_read_committed('connect_fence()');
-    IF scope IS NULL OR scope NOT IN ('mapped', 'database') THEN
+    PERFORM connect_guard.require_timeout(timeout, 'timeout', '''30 s''');
+    PERFORM connect_guard.require_not_null(cancel_writers, 'cancel_writers',
+        'Pass false (the default) to wait for the writers in flight, or true to terminate them.');
+    PERFORM connect_guard.require_not_null(scope, 'scope',
+        'Use ''mapped'' (the tables of every connection) or ''database'' (every table of this database).');
+    IF scope NOT IN ('mapped', 'database') THEN
         RAISE EXCEPTION USING
             ERRCODE = 'invalid_parameter_value',
-            MESSAGE = format('unknown fence scope %s', coalesce(quote_literal(scope), 'NULL')),
+            MESSAGE = format('unknown fence scope %s', quote_literal(scope)),
             HINT = 'Use ''mapped'' (the tables of every connection) or ''database'' (every table of this database).';
     END IF;
     SELECT * INTO f FROM connect_guard.fence_list() l WHERE l.scope IN ('mapped', 'database');
@@ -589,7 +725,7 @@ BEGIN
     v_fence := connect_guard.fence_raise(scope, NULL, NULL, coalesce(reason, 'maintenance window'),
                                          coalesce(v_relids, '{}'), v_connections);
     PERFORM connect_guard.wait_for_writers(coalesce(v_relids, connect_guard.database_tables()),
-                                           clock_timestamp() + coalesce(timeout, '30 s'), cancel_writers);
+                                           clock_timestamp() + timeout, cancel_writers);
     PERFORM connect_guard.log_event(NULL, 'fence_raised',
         jsonb_build_object('fence_id', v_fence, 'scope', scope, 'reason', reason));
     RETURN v_fence;
@@ -681,7 +817,9 @@ $$;
 
 /*
  * connect_guard.connection_note says why a connection stays where it is
- * (a failed pause or resume request), without a transition.
+ * (a failed pause or resume request), without a transition.  It never
+ * waits: when another transaction (a consumer) holds the connection's lock
+ * the note is left out; the request and the event log say it all the same.
  */
 CREATE FUNCTION connect_guard.connection_note(p_connection_id integer, p_reason text)
 RETURNS void
@@ -689,7 +827,46 @@ LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 AS $$
     UPDATE connect_guard.connection SET state_reason = left(p_reason, 2000)
-     WHERE connection_id = p_connection_id;
+     WHERE connection_id = (SELECT c.connection_id FROM connect_guard.connection c
+                             WHERE c.connection_id = p_connection_id FOR UPDATE SKIP LOCKED);
+$$;
+
+/*
+ * A local connect_pause() waits for the open batch in its own transaction,
+ * so its PAUSING could not be seen before it commits.  Instead it holds a
+ * transaction-scoped advisory lock, (pause_lock_class(), connection id),
+ * while it waits, and connect_next_batch() opens no new batch while that
+ * lock is held: a consumer that finishes a batch and takes the next at
+ * once cannot keep a pause from ever finding the connection idle.
+ */
+CREATE FUNCTION connect_guard.pause_lock_class()
+RETURNS integer
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT 1128747091 $$;     -- 'CGPS'
+
+-- connect_guard.pause_announce: takes the lock, unless another pause of the connection holds it
+CREATE FUNCTION connect_guard.pause_announce(p_connection_id integer)
+RETURNS boolean
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT pg_try_advisory_xact_lock(connect_guard.pause_lock_class(), p_connection_id);
+$$;
+
+-- connect_guard.pause_announced: whether a pause of the connection waits (the lock is held)
+CREATE FUNCTION connect_guard.pause_announced(p_connection_id integer)
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF pg_try_advisory_lock_shared(connect_guard.pause_lock_class(), p_connection_id) THEN
+        PERFORM pg_advisory_unlock_shared(connect_guard.pause_lock_class(), p_connection_id);
+        RETURN false;
+    END IF;
+    RETURN true;
+END;
 $$;
 
 /*
@@ -718,12 +895,515 @@ BEGIN
 END;
 $$;
 /* ------------------------------------------------------------------------
+ * Log sources: the one place that knows how to read a connection's trigger
+ * log.  A connection reads one of two kinds:
+ *
+ *   own      connect_guard.trigger_log, written by the capture trigger and
+ *            consumed in batches (connect_next_batch); its mark is the
+ *            connection's high-water mark (tick, entry id)
+ *   connect  <log_schema>._trigger_log of a schema Heroku Connect manages
+ *            (connect_adopt_schema, 77_connect_schema.sql), written by
+ *            Connect's own logger triggers and read and updated by Connect
+ *            itself; its mark is Connect's processed mark (below)
+ *
+ * Views, the witness, the rollback checks, upgrade plans and retention ask
+ * these functions and never read a log table themselves.  Nothing here
+ * writes to Connect's objects: it reads them, by Connect's own indexes.
+ *
+ * Connect's processed mark is the highest id at or below which every entry
+ * is final (SUCCESS, FAILED, IGNORED, MERGED, READONLY, REQUEUED: Connect
+ * will not send it again) or archived.  Ids commit out of order: an entry
+ * whose transaction is still open is invisible, and the gap it leaves must
+ * not be jumped.  So each worker cycle records a log tick (Connect's id
+ * sequence read first, then the next xid to be assigned), as the own log's
+ * ticks do (10_ticks.sql, tick.c): Connect's logger triggers run after the
+ * row they log is written, so the writer holds its xid before it takes a
+ * log id, and every id at or below a tick's last_id belongs to a
+ * transaction below its xid_bound.  A snapshot whose xmin is at or past
+ * that bound sees every one of those ids settled.  The mark is then
+ *   least(last_id of the newest settled tick, first unfinished id - 1)
+ * where the first unfinished id is the lowest id in any state but the
+ * final ones (NEW, PENDING, REQUEUE, NULL, and any state Connect may add:
+ * unknown means not done).
+ * ------------------------------------------------------------------------ */
+
+-- which log a connection reads; NULL log_schema: connect_guard's own
+ALTER TABLE connect_guard.connection
+    ADD COLUMN log_schema text,
+    -- adopted schemas: the role Connect's sessions run as (the reload fence lets it through)
+    ADD COLUMN sync_role text,
+    -- when the id headroom warning was given (cleared when the ids are back below the threshold)
+    ADD COLUMN log_ids_warned_at timestamptz,
+    ADD CONSTRAINT connection_sync_role_with_log CHECK (sync_role IS NULL OR log_schema IS NOT NULL);
+-- a schema is adopted by one connection
+CREATE UNIQUE INDEX connection_log_schema ON connect_guard.connection (log_schema);
+
+/*
+ * Log ticks of the adopted logs.  Not dumped: a copy has other xids, and a
+ * fresh tick on the next cycle is all it needs.
+ */
+CREATE TABLE connect_guard.log_tick (
+    log_tick_id     bigserial PRIMARY KEY,
+    connection_id   integer NOT NULL REFERENCES connect_guard.connection ON DELETE CASCADE,
+    last_id         bigint NOT NULL,
+    xid_bound       xid8 NOT NULL,
+    taken_at        timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX ON connect_guard.log_tick (connection_id, log_tick_id);
+
+-- the states after which Connect never sends an entry again
+CREATE FUNCTION connect_guard.connect_final_states()
+RETURNS text[]
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT ARRAY['SUCCESS', 'FAILED', 'IGNORED', 'IGNORE', 'MERGED', 'READONLY', 'REQUEUED'] $$;
+
+-- 'own' or 'connect'
+CREATE FUNCTION connect_guard.log_kind(p_log_schema text)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT CASE WHEN p_log_schema IS NULL THEN 'own' ELSE 'connect' END $$;
+
+-- the log table a connection reads, as text
+CREATE FUNCTION connect_guard.log_table(p_log_schema text)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN p_log_schema IS NULL THEN 'connect_guard.trigger_log'
+                ELSE format('%I._trigger_log', p_log_schema) END
+$$;
+
+-- the id sequence of a log (Connect's: the serial of _trigger_log.id)
+CREATE FUNCTION connect_guard.log_sequence(p_log_schema text)
+RETURNS regclass
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN p_log_schema IS NULL THEN 'connect_guard.trigger_log_id_seq'::regclass
+                ELSE pg_get_serial_sequence(format('%I._trigger_log', p_log_schema), 'id')::regclass END
+$$;
+
+/*
+ * connect_guard.log_sequence_head: the last id a log's sequence handed out
+ * (0 before the first); unlike max(id), archiving cannot lower it.  Not
+ * transactional: it sees ids of transactions still open.
+ */
+CREATE FUNCTION connect_guard.log_sequence_head(p_log_schema text)
+RETURNS bigint
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(pg_sequence_last_value(connect_guard.log_sequence(p_log_schema)), 0)
+$$;
+
+-- how many ids the sequence has left, and the share used (the own log's is bigint, Connect's int4)
+CREATE FUNCTION connect_guard.log_id_headroom(p_log_schema text, OUT ids_left bigint, OUT ids_used_pct numeric)
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT s.seqmax - h.head, round(100.0 * h.head / s.seqmax, 2)
+      FROM pg_sequence s, connect_guard.log_sequence_head(p_log_schema) h(head)
+     WHERE s.seqrelid = connect_guard.log_sequence(p_log_schema)
+$$;
+
+/*
+ * connect_guard.log_tick records a tick of an adopted log: the sequence
+ * first, then the next xid (see the top of this file), and forgets the
+ * ticks older than the newest settled one.
+ */
+CREATE FUNCTION connect_guard.log_tick(p_connection_id integer, p_log_schema text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_last bigint;
+    v_bound xid8;
+BEGIN
+    -- in this order, two statements
+    v_last := connect_guard.log_sequence_head(p_log_schema);
+    v_bound := connect_guard.next_xid();
+    INSERT INTO connect_guard.log_tick (connection_id, last_id, xid_bound)
+    VALUES (p_connection_id, v_last, v_bound);
+    DELETE FROM connect_guard.log_tick t
+     WHERE t.connection_id = p_connection_id
+       AND t.log_tick_id < (SELECT max(s.log_tick_id) FROM connect_guard.log_tick s
+                             WHERE s.connection_id = p_connection_id
+                               AND s.xid_bound <= pg_snapshot_xmin(pg_current_snapshot()));
+END;
+$$;
+
+/* the highest id every entry at or below which has settled (committed or gone), NULL before the first tick settles */
+CREATE FUNCTION connect_guard.log_settled_id(p_connection_id integer)
+RETURNS bigint
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT t.last_id FROM connect_guard.log_tick t
+     WHERE t.connection_id = p_connection_id
+       AND t.xid_bound <= pg_snapshot_xmin(pg_current_snapshot())
+     ORDER BY t.log_tick_id DESC LIMIT 1
+$$;
+
+/*
+ * connect_guard.connect_log_unfinished gives, per state that is not final,
+ * the lowest id of an adopted log in it: the distinct states come from a
+ * skip scan of Connect's (state, id) index, a few index probes however
+ * long the log is.
+ */
+CREATE FUNCTION connect_guard.connect_log_unfinished(p_log_schema text, OUT state text, OUT first_id bigint)
+RETURNS SETOF record
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN QUERY EXECUTE format(
+        'WITH RECURSIVE states(state) AS (
+             (SELECT l.state::text FROM %1$I._trigger_log l WHERE l.state IS NOT NULL ORDER BY l.state LIMIT 1)
+             UNION ALL
+             SELECT (SELECT l.state::text FROM %1$I._trigger_log l WHERE l.state > s.state ORDER BY l.state LIMIT 1)
+               FROM states s WHERE s.state IS NOT NULL)
+         SELECT s.state, (SELECT min(l.id) FROM %1$I._trigger_log l WHERE l.state = s.state)::bigint
+           FROM states s
+          WHERE s.state IS NOT NULL AND s.state <> ALL (connect_guard.connect_final_states())
+         UNION ALL
+         SELECT NULL, (SELECT min(l.id) FROM %1$I._trigger_log l WHERE l.state IS NULL)::bigint',
+        p_log_schema);
+END;
+$$;
+
+/*
+ * connect_guard.log_marks: a connection's log head and mark, cheaply (a
+ * few index probes): what the witness records every cycle.
+ *   own:     head = the sequence; mark = the connection's hwm_id
+ *   connect: head = Connect's sequence; mark = Connect's processed mark
+ */
+CREATE FUNCTION connect_guard.log_marks(p_connection_id integer,
+                                        OUT log_kind text, OUT log_table text,
+                                        OUT log_head bigint, OUT mark bigint)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c connect_guard.connection;
+BEGIN
+    SELECT * INTO c FROM connect_guard.connection WHERE connection_id = p_connection_id;
+    log_kind := connect_guard.log_kind(c.log_schema);
+    log_table := connect_guard.log_table(c.log_schema);
+    log_head := connect_guard.log_sequence_head(c.log_schema);
+    IF c.log_schema IS NULL THEN
+        mark := c.hwm_id;
+    ELSE
+        -- no mark before the first tick has settled (least() would skip the NULL)
+        SELECT CASE WHEN s.settled IS NOT NULL THEN least(s.settled, min(u.first_id) - 1) END INTO mark
+          FROM connect_guard.log_settled_id(p_connection_id) s(settled),
+               connect_guard.connect_log_unfinished(c.log_schema) u
+         GROUP BY s.settled;
+    END IF;
+END;
+$$;
+
+/*
+ * connect_guard.log_witness_marks: what the witness keeps of a
+ * connection's position (74_witness.sql).  An own-log connection's
+ * consumed position (last_tick, hwm_id, consumed_xid) is compared with
+ * the database after a restore; an adopted log's head is, and its
+ * processed mark tells which entries a restore brought back (Connect's
+ * mark may go back on its own when a failed entry is retried, so it is
+ * not compared).
+ */
+CREATE FUNCTION connect_guard.log_witness_marks(p_connection_id integer)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c connect_guard.connection;
+    m record;
+BEGIN
+    SELECT * INTO c FROM connect_guard.connection WHERE connection_id = p_connection_id;
+    IF c.log_schema IS NULL THEN
+        RETURN jsonb_build_object('last_tick', c.last_tick, 'hwm_id', c.hwm_id,
+                                  'consumed_xid', (SELECT t.xid_bound::text::bigint FROM connect_guard.tick t
+                                                    WHERE t.tick_id = c.last_tick));
+    END IF;
+    m := connect_guard.log_marks(p_connection_id);
+    RETURN jsonb_build_object('log', m.log_table, 'log_head', m.log_head, 'processed_mark', m.mark);
+END;
+$$;
+
+/*
+ * connect_guard.log_position: what an upgrade plan records with its fence
+ * up and checks on the database that takes over (70_upgrade.sql): values
+ * that hold still while the connection is paused and its tables fenced.
+ *   own:     the high-water mark (tick and entry id)
+ *   connect: the highest id the log and its archive hold (not the
+ *            sequence, which a standby sees up to 32 ids ahead), the
+ *            first unfinished id and how many entries are unfinished
+ */
+CREATE FUNCTION connect_guard.log_position(p_connection_id integer)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c connect_guard.connection;
+    v_max bigint;
+    v_first bigint;
+    v_unfinished bigint;
+BEGIN
+    SELECT * INTO c FROM connect_guard.connection WHERE connection_id = p_connection_id;
+    IF c.log_schema IS NULL THEN
+        RETURN jsonb_build_object('last_tick', c.last_tick, 'hwm_id', c.hwm_id);
+    END IF;
+    EXECUTE format('SELECT greatest((SELECT max(id) FROM %1$I._trigger_log), (SELECT max(id) FROM %1$I._trigger_log_archive))',
+                   c.log_schema) INTO v_max;
+    SELECT min(u.first_id) INTO v_first FROM connect_guard.connect_log_unfinished(c.log_schema) u;
+    EXECUTE format('SELECT count(*) FROM %I._trigger_log WHERE state IS NULL OR state::text <> ALL (connect_guard.connect_final_states())',
+                   c.log_schema) INTO v_unfinished;
+    RETURN jsonb_build_object('log', connect_guard.log_table(c.log_schema), 'max_id', coalesce(v_max, 0),
+                              'first_unfinished_id', v_first, 'unfinished', v_unfinished);
+END;
+$$;
+
+/*
+ * connect_guard.log_status: everything the views show of a connection's
+ * log.  SECURITY DEFINER: monitoring roles read the views, and Connect's
+ * log is not theirs to read; it gives counts and ids, never entries.
+ *   hwm_tick, hwm_txid, open_batch   own log only (batches)
+ *   hwm_id       own: the consumed high-water mark; connect: Connect's processed mark
+ *   backlog      own: entries of the connection's tables not consumed yet;
+ *                connect: NEW and PENDING entries
+ *   oldest_pending_at  own: when the oldest entry of the backlog was logged;
+ *                connect: when the first entry of the backlog (the lowest id) was
+ *   hwm_at       since when the mark has not moved: own: the time of the tick the
+ *                connection stands on; connect: with a backlog, oldest_pending_at
+ *                (the mark waits below it), else the newest settled log tick
+ *   failed       connect: FAILED entries in the log (the archive's are in connect_write_errors)
+ */
+CREATE FUNCTION connect_guard.log_status(p_connection_id integer,
+                                         OUT log_kind text, OUT log_table text,
+                                         OUT hwm_tick bigint, OUT hwm_id bigint, OUT hwm_txid xid8,
+                                         OUT log_head bigint, OUT backlog bigint, OUT oldest_pending_at timestamptz,
+                                         OUT hwm_at timestamptz, OUT failed bigint, OUT ids_left bigint,
+                                         OUT ids_used_pct numeric)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c connect_guard.connection;
+    t connect_guard.tick;
+    v_first bigint;
+    m record;
+BEGIN
+    SELECT * INTO c FROM connect_guard.connection WHERE connection_id = p_connection_id;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    log_kind := connect_guard.log_kind(c.log_schema);
+    log_table := connect_guard.log_table(c.log_schema);
+    SELECT h.ids_left, h.ids_used_pct INTO ids_left, ids_used_pct FROM connect_guard.log_id_headroom(c.log_schema) h;
+
+    IF c.log_schema IS NULL THEN
+        SELECT * INTO t FROM connect_guard.tick WHERE tick_id = c.last_tick;
+        hwm_tick := c.last_tick;
+        hwm_id := c.hwm_id;
+        hwm_txid := pg_snapshot_xmin(t.snapshot);
+        hwm_at := t.created_at;
+        log_head := greatest((SELECT max(l.id) FROM connect_guard.trigger_log l),
+                             (SELECT max(a.id) FROM connect_guard.trigger_log_archive a));
+        SELECT count(*), min(l.created_at) INTO backlog, oldest_pending_at
+          FROM connect_guard.trigger_log l
+         WHERE l.id > t.scan_from
+           AND NOT pg_visible_in_snapshot(l.txid, t.snapshot)
+           AND EXISTS (SELECT 1 FROM connect_guard.mapping mp
+                        WHERE mp.connection_id = c.connection_id
+                          AND mp.table_schema = l.table_schema
+                          AND mp.table_name = l.table_name);
+        RETURN;
+    END IF;
+
+    m := connect_guard.log_marks(p_connection_id);
+    hwm_id := m.mark;
+    log_head := m.log_head;
+    -- the partial index (state, table_name) WHERE state IN ('NEW', 'PENDING') counts them
+    EXECUTE format('SELECT count(*) FROM %I._trigger_log WHERE state IN (''NEW'', ''PENDING'')', c.log_schema)
+       INTO backlog;
+    EXECUTE format('SELECT least((SELECT min(id) FROM %1$I._trigger_log WHERE state = ''NEW''),
+                                 (SELECT min(id) FROM %1$I._trigger_log WHERE state = ''PENDING''))', c.log_schema)
+       INTO v_first;
+    IF v_first IS NOT NULL THEN
+        EXECUTE format('SELECT created_at FROM %I._trigger_log WHERE id = $1', c.log_schema)
+           INTO oldest_pending_at USING v_first;
+    END IF;
+    hwm_at := coalesce(oldest_pending_at,
+                       (SELECT lt.taken_at FROM connect_guard.log_tick lt
+                         WHERE lt.connection_id = p_connection_id
+                           AND lt.xid_bound <= pg_snapshot_xmin(pg_current_snapshot())
+                         ORDER BY lt.log_tick_id DESC LIMIT 1));
+    EXECUTE format('SELECT count(*) FROM %I._trigger_log WHERE state = ''FAILED''', c.log_schema) INTO failed;
+END;
+$$;
+
+/*
+ * connect_guard.log_restored_entries: after a restore, the unfinished
+ * entries at or below the processed mark the witness had recorded: Connect
+ * had already sent them, and would send them again.
+ */
+CREATE FUNCTION connect_guard.log_restored_entries(p_connection_id integer, p_witnessed_mark bigint,
+                                                   OUT first_id bigint, OUT last_id bigint, OUT entries bigint)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c connect_guard.connection;
+BEGIN
+    SELECT * INTO c FROM connect_guard.connection WHERE connection_id = p_connection_id;
+    IF c.log_schema IS NULL OR p_witnessed_mark IS NULL THEN
+        entries := 0;
+        RETURN;
+    END IF;
+    EXECUTE format('SELECT min(id), max(id), count(*) FROM %I._trigger_log
+                     WHERE id <= $1 AND (state IS NULL OR state::text <> ALL (connect_guard.connect_final_states()))',
+                   c.log_schema)
+       INTO first_id, last_id, entries USING p_witnessed_mark;
+END;
+$$;
+
+/*
+ * connect_guard.log_sends_in_flight: what the sync service is still
+ * sending of an adopted log (PENDING entries: Connect takes them, sends
+ * them, then marks them), or NULL when nothing; NULL for the own log, whose
+ * work in flight is the open batch.  A pause waits for it before the fence
+ * goes up, or Connect's marking of what it sent would be fenced.
+ */
+CREATE FUNCTION connect_guard.log_sends_in_flight(p_connection_id integer)
+RETURNS text
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c connect_guard.connection;
+    r record;
+BEGIN
+    SELECT * INTO c FROM connect_guard.connection WHERE connection_id = p_connection_id;
+    IF c.log_schema IS NULL THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE format('SELECT count(*) AS n, min(id) AS first_id, max(id) AS last_id FROM %I._trigger_log WHERE state = ''PENDING''',
+                   c.log_schema) INTO r;
+    IF r.n = 0 THEN
+        RETURN NULL;
+    END IF;
+    RETURN format('%s entries of %s are PENDING (ids %s to %s): Connect is still sending them',
+                  r.n, connect_guard.log_table(c.log_schema), r.first_id, r.last_id);
+END;
+$$;
+
+/*
+ * connect_guard.log_positions_differ compares the adopted logs with the
+ * positions a plan recorded (log_position), for a copy: NULL when each is
+ * as it was, else what differs.
+ */
+CREATE FUNCTION connect_guard.log_positions_differ(p_recorded jsonb)
+RETURNS text
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT string_agg(format('connection "%s": %s here, %s then', r.key,
+                             coalesce(connect_guard.log_position(c.connection_id)::text, 'nothing'), r.value), '; '
+                      ORDER BY r.key)
+      FROM jsonb_each(coalesce(p_recorded, '{}')) r
+      LEFT JOIN connect_guard.connection c ON c.name = r.key
+     WHERE r.value ? 'log'
+       AND connect_guard.log_position(c.connection_id) IS DISTINCT FROM r.value;
+$$;
+
+/*
+ * connect_guard.require_own_log refuses what only the own log has
+ * (batches) on a connection that reads Connect's log.
+ */
+CREATE FUNCTION connect_guard.require_own_log(c connect_guard.connection, p_what text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF c.log_schema IS NOT NULL THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'wrong_object_type',
+            MESSAGE = format('%s does not apply to connection "%s": it reads Heroku Connect''s log %s',
+                             p_what, c.name, connect_guard.log_table(c.log_schema)),
+            DETAIL = 'Connect reads and updates its own trigger log; connect_guard hands out no batches of it.',
+            HINT = 'See connect_high_water_marks for Connect''s processed mark and backlog.';
+    END IF;
+END;
+$$;
+
+/*
+ * connect_guard.log_sources_cycle is the worker's step for the adopted
+ * logs, before the witness is written: a tick per log, and the id
+ * headroom warning (Connect's ids are int4: at 75 % of 2^31 an event and a
+ * WARNING, once until the ids are back below).  Returns the ticks taken.
+ */
+CREATE FUNCTION connect_guard.log_sources_cycle()
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c connect_guard.connection;
+    h record;
+    v_ticks bigint := 0;
+BEGIN
+    IF pg_is_in_recovery() THEN
+        RETURN 0;
+    END IF;
+    FOR c IN SELECT * FROM connect_guard.connection WHERE log_schema IS NOT NULL ORDER BY connection_id LOOP
+        IF connect_guard.log_sequence(c.log_schema) IS NULL THEN
+            CONTINUE;       -- the schema was dropped or changed: the views say so (NULL marks)
+        END IF;
+        PERFORM connect_guard.log_tick(c.connection_id, c.log_schema);
+        v_ticks := v_ticks + 1;
+        h := connect_guard.log_id_headroom(c.log_schema);
+        IF h.ids_used_pct >= 75 AND c.log_ids_warned_at IS NULL THEN
+            -- once: a concurrent call (connect_guard.log_sources_cycle() by hand) may have warned
+            UPDATE connect_guard.connection SET log_ids_warned_at = clock_timestamp()
+             WHERE connection_id = c.connection_id AND log_ids_warned_at IS NULL;
+            CONTINUE WHEN NOT FOUND;
+            PERFORM connect_guard.log_event(c.connection_id, 'log_ids_running_out',
+                jsonb_build_object('log', connect_guard.log_table(c.log_schema), 'ids_used_pct', h.ids_used_pct,
+                                   'ids_left', h.ids_left));
+            RAISE WARNING USING
+                MESSAGE = format('connect_guard: the ids of %s are %s %% used: %s left',
+                                 connect_guard.log_table(c.log_schema), h.ids_used_pct, h.ids_left),
+                DETAIL = 'Its id is an int4 serial: when the sequence reaches 2147483647, every write to a mapped table fails.',
+                HINT = 'Plan with Heroku support how to widen or restart the log''s ids before they run out; connect_high_water_marks shows ids_left.';
+        ELSIF h.ids_used_pct < 75 AND c.log_ids_warned_at IS NOT NULL THEN
+            UPDATE connect_guard.connection SET log_ids_warned_at = NULL WHERE connection_id = c.connection_id;
+        END IF;
+    END LOOP;
+    RETURN v_ticks;
+END;
+$$;
+/* ------------------------------------------------------------------------
  * Secrets: a token or webhook key given inline is kept in
  * connect_guard.connection_secret (superusers only) and replaced in the
- * connection's options by "********"; token_file/secret_file name a file the
+ * connection's options by "********"; but the SQL text that gave it shows
+ * in statement logs (log_statement = all, log_min_error_statement) and in
+ * pg_stat_activity while it runs.  token_file/secret_file name a file the
  * worker reads before every attempt (so a rotated token is picked up), and
- * keep the secret out of SQL text and so out of statement logs.  Neither
- * the events, the views, nor last_error ever hold a secret.
+ * keep the secret out of SQL text altogether: prefer them.
+ *
+ * A sync service may echo the secret in an answer, in any encoding: the
+ * worker scrubs every form of it (scrub.c has the rule) from the answers
+ * it hands to SQL, and the trigger scrub_stored scrubs again every value
+ * written to a column that can hold an answer's words, whoever writes it:
+ * connection.state_reason and event.detail here, request.last_error and
+ * remote_state in 50_requests.sql.
  * ------------------------------------------------------------------------ */
 
 CREATE TABLE connect_guard.connection_secret (
@@ -747,20 +1427,238 @@ CREATE FUNCTION connect_guard.secret_file_problem(path text)
 RETURNS text LANGUAGE C STRICT
 AS 'MODULE_PATHNAME', 'connect_guard_secret_file_problem';
 
+
+/*
+ * connect_guard.scrub returns its text with every form of the secrets the
+ * worker holds right now taken out (in any other backend: unchanged).
+ */
+CREATE FUNCTION connect_guard.scrub(text)
+RETURNS text LANGUAGE C STRICT VOLATILE
+AS 'MODULE_PATHNAME', 'connect_guard_scrub';
+
+-- for the regression tests: hold secrets in this backend as the worker does, and forget them
+CREATE FUNCTION connect_guard.scrub_hold(secrets text[])
+RETURNS void LANGUAGE C STRICT VOLATILE
+AS 'MODULE_PATHNAME', 'connect_guard_scrub_hold';
+CREATE FUNCTION connect_guard.scrub_release()
+RETURNS void LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'connect_guard_scrub_release';
+
+/*
+ * connect_guard.scrub_stored(column, ...) is a BEFORE INSERT OR UPDATE row
+ * trigger that scrubs the named text and jsonb columns (a jsonb's strings,
+ * not its keys) the same way.  It costs nothing where no secret is held.
+ */
+CREATE FUNCTION connect_guard.scrub_stored()
+RETURNS trigger LANGUAGE C
+AS 'MODULE_PATHNAME', 'connect_guard_scrub_stored';
+
+CREATE TRIGGER scrub_stored BEFORE INSERT OR UPDATE OF state_reason ON connect_guard.connection
+    FOR EACH ROW WHEN (NEW.state_reason IS NOT NULL)
+    EXECUTE FUNCTION connect_guard.scrub_stored('state_reason');
+CREATE TRIGGER scrub_stored BEFORE INSERT OR UPDATE ON connect_guard.event
+    FOR EACH ROW EXECUTE FUNCTION connect_guard.scrub_stored('detail');
+/* ------------------------------------------------------------------------
+ * What makes a schema Heroku Connect's, and what that allows: Connect
+ * keeps its own trigger log there (_trigger_log, _trigger_log_archive,
+ * _hcmeta) and logs every mapped table through its own triggers,
+ * hc_<table>_logtrigger (AFTER row, WHEN get_xmlbinary() = 'base64',
+ * calling hc_<table>_logger), skipping the writes of its own sessions
+ * (xmlbinary = 'hex').  A connection that adopts such a schema
+ * (connect_adopt_schema, 77_adopt_schema.sql) reads that log
+ * (15_log_sources.sql) and adds no trigger to it; a connection with a log
+ * of its own keeps away from the tables Connect logs.
+ * ------------------------------------------------------------------------ */
+
+/*
+ * connect_guard.connect_schema_problems says what a schema lacks to be
+ * Connect's (empty when nothing): the log with Connect's columns and its
+ * (state, id) index, the id sequence, the archive and _hcmeta.
+ */
+CREATE FUNCTION connect_guard.connect_schema_problems(p_schema text)
+RETURNS text[]
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_log regclass := to_regclass(format('%I._trigger_log', p_schema));
+    v_archive regclass := to_regclass(format('%I._trigger_log_archive', p_schema));
+    v_problems text[] := '{}';
+    v_wrong text;
+BEGIN
+    IF v_log IS NULL OR (SELECT relkind FROM pg_class WHERE oid = v_log) NOT IN ('r', 'p') THEN
+        v_problems := v_problems || format('no table %I._trigger_log', p_schema);
+    ELSE
+        SELECT string_agg(format('%s %s', e.name, replace(e.typname, '|', ' or ')), ', ' ORDER BY e.ord) INTO v_wrong
+          -- Connect's dumps show the times with and without time zone
+          FROM (VALUES (1, 'id', 'int4'), (2, 'txid', 'int8'), (3, 'created_at', 'timestamptz|timestamp'),
+                       (4, 'updated_at', 'timestamptz|timestamp'), (5, 'processed_at', 'timestamptz|timestamp'),
+                       (6, 'processed_tx', 'int8'), (7, 'state', 'varchar'), (8, 'action', 'varchar'),
+                       (9, 'table_name', 'varchar'), (10, 'record_id', 'int4'), (11, 'sfid', 'varchar'),
+                       (12, 'old', 'text'), (13, 'values', 'text'), (14, 'sf_result', 'int4'),
+                       (15, 'sf_message', 'text')) e(ord, name, typname)
+         WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+                            WHERE a.attrelid = v_log AND a.attname = e.name AND NOT a.attisdropped
+                              AND t.typname = ANY (string_to_array(e.typname, '|')));
+        IF v_wrong IS NOT NULL THEN
+            v_problems := v_problems || format('%s lacks Connect''s columns %s', v_log, v_wrong);
+        ELSIF pg_get_serial_sequence(v_log::text, 'id') IS NULL THEN
+            v_problems := v_problems || format('%s.id takes no value from a sequence of its own', v_log);
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_index i
+                        WHERE i.indrelid = v_log AND i.indnkeyatts >= 2 AND i.indpred IS NULL
+                          AND i.indkey[0] = (SELECT attnum FROM pg_attribute WHERE attrelid = v_log AND attname = 'state')
+                          AND i.indkey[1] = (SELECT attnum FROM pg_attribute WHERE attrelid = v_log AND attname = 'id')) THEN
+            v_problems := v_problems || format('no index on %s (state, id)', v_log);
+        END IF;
+    END IF;
+    IF v_archive IS NULL THEN
+        v_problems := v_problems || format('no table %I._trigger_log_archive', p_schema);
+    ELSIF EXISTS (SELECT 1 FROM unnest(ARRAY['id', 'state', 'action', 'table_name', 'record_id', 'sfid', 'sf_message',
+                                              'created_at', 'updated_at', 'processed_at']) n
+                   WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a
+                                      WHERE a.attrelid = v_archive AND a.attname = n AND NOT a.attisdropped)) THEN
+        v_problems := v_problems || format('%s lacks Connect''s columns', v_archive);
+    END IF;
+    IF to_regclass(format('%I._hcmeta', p_schema)) IS NULL THEN
+        v_problems := v_problems || format('no table %I._hcmeta', p_schema);
+    END IF;
+    RETURN v_problems;
+END;
+$$;
+
+/*
+ * connect_guard.connect_logged_tables: the tables of a schema that carry
+ * Connect's logger trigger, hc_<table>_logtrigger, a row trigger after the
+ * write calling hc_<table>_logger of the same schema.
+ */
+CREATE FUNCTION connect_guard.connect_logged_tables(p_schema text)
+RETURNS TABLE (relid oid, relname name)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT cl.oid, cl.relname
+      FROM pg_class cl
+      JOIN pg_namespace n ON n.oid = cl.relnamespace
+      JOIN pg_trigger tg ON tg.tgrelid = cl.oid
+      JOIN pg_proc p ON p.oid = tg.tgfoid
+     WHERE n.nspname = p_schema AND cl.relkind IN ('r', 'p')
+       AND tg.tgname = left('hc_' || cl.relname || '_logtrigger', 63)
+       AND p.proname = left('hc_' || cl.relname || '_logger', 63)
+       AND p.pronamespace = n.oid
+       AND (tg.tgtype & 1) = 1          -- FOR EACH ROW
+       AND (tg.tgtype & (2 | 64)) = 0   -- AFTER
+       AND (tg.tgtype & (4 | 8 | 16)) <> 0
+     ORDER BY cl.relname;
+$$;
+
+/*
+ * connect_guard.check_table_log_source is connect_map_table()'s check of
+ * which log a table's changes reach: an adopted connection maps only the
+ * tables of its schema that Connect logs (it adds no trigger); a
+ * connection with its own log refuses a table Connect logs (its capture
+ * trigger would start a second log nobody reads).
+ */
+CREATE FUNCTION connect_guard.check_table_log_source(c connect_guard.connection, p_tbl regclass)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_schema text := (SELECT n.nspname FROM pg_class cl JOIN pg_namespace n ON n.oid = cl.relnamespace
+                       WHERE cl.oid = p_tbl);
+    v_logged boolean := EXISTS (SELECT 1 FROM connect_guard.connect_logged_tables(v_schema) t WHERE t.relid = p_tbl);
+    v_adopter text;
+BEGIN
+    IF c.log_schema IS NOT NULL THEN
+        IF v_schema IS DISTINCT FROM c.log_schema THEN
+            RAISE EXCEPTION USING
+                ERRCODE = 'wrong_object_type',
+                MESSAGE = format('cannot map "%s" on connection "%s": it is not in schema %s', p_tbl, c.name, c.log_schema),
+                DETAIL = format('Connection "%s" reads Heroku Connect''s log %s, which logs only the tables of its schema.',
+                                c.name, connect_guard.log_table(c.log_schema)),
+                HINT = 'Map it in Heroku Connect, or on a connection with a log of its own (connect_create_connection).';
+        END IF;
+        IF NOT v_logged THEN
+            RAISE EXCEPTION USING
+                ERRCODE = 'object_not_in_prerequisite_state',
+                MESSAGE = format('table "%s" has no Heroku Connect logger trigger', p_tbl),
+                DETAIL = format('Connect logs a table it maps with the trigger %I calling %I.%I; connect_guard adds no trigger to Connect''s schema.',
+                                left('hc_' || (SELECT relname FROM pg_class WHERE oid = p_tbl) || '_logtrigger', 63), v_schema,
+                                left('hc_' || (SELECT relname FROM pg_class WHERE oid = p_tbl) || '_logger', 63)),
+                HINT = 'Create the mapping in Heroku Connect first; it creates the table''s triggers.';
+        END IF;
+        RETURN;
+    END IF;
+    IF v_logged THEN
+        SELECT name INTO v_adopter FROM connect_guard.connection WHERE log_schema = v_schema;
+        RAISE EXCEPTION USING
+            ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('table "%s" is logged by Heroku Connect''s own trigger', p_tbl),
+            DETAIL = format('Connect reads %s; a capture trigger of connect_guard would start a second log that nobody reads.',
+                            connect_guard.log_table(v_schema)),
+            HINT = CASE WHEN v_adopter IS NOT NULL
+                        THEN format('Connection "%s" adopted schema %s and maps its tables; see connect_mappings.', v_adopter, v_schema)
+                        ELSE format('Adopt the schema instead: SELECT connect_adopt_schema(''name'', %L).', v_schema) END;
+    END IF;
+END;
+$$;
+
+/*
+ * connect_guard.reload_fence_writer: the role whose sessions with
+ * xmlbinary = 'hex' may write through a reload fence over these mappings
+ * (fence.c): the sync role of their adopted connections, as the int4 a
+ * fence entry keeps; NULL when none is adopted, or when they disagree
+ * (then nobody is let through, and a WARNING says so).
+ */
+CREATE FUNCTION connect_guard.reload_fence_writer(p_mapping_ids integer[])
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_roles text[];
+    v_oid bigint;
+BEGIN
+    SELECT array_agg(DISTINCT c.sync_role) INTO v_roles
+      FROM connect_guard.mapping m JOIN connect_guard.connection c USING (connection_id)
+     WHERE m.mapping_id = ANY (p_mapping_ids) AND c.sync_role IS NOT NULL;
+    IF cardinality(v_roles) > 1 THEN
+        RAISE WARNING USING
+            MESSAGE = format('connect_guard: the reload fence lets no sync service write: the adopted connections run as different roles (%s)',
+                             array_to_string(v_roles, ', ')),
+            HINT = 'Reload the tables of each connection with connect_reload_mapping(), or give them one sync_role.';
+        RETURN NULL;
+    END IF;
+    SELECT r.oid::bigint INTO v_oid FROM pg_roles r WHERE r.rolname = v_roles[1];
+    -- an oid above 2^31 keeps its bits
+    RETURN CASE WHEN v_oid > 2147483647 THEN v_oid - 4294967296 ELSE v_oid END;
+END;
+$$;
 /* ------------------------------------------------------------------------
  * Connection options: what each adapter needs to reach its sync service,
  * validated when the connection is created.
  * ------------------------------------------------------------------------ */
 
 /*
- * connect_guard.check_url refuses what is not an http(s) URL, and URLs with
- * credentials in them (they would show in the views and the event log).
+ * connect_guard.check_url refuses what is not an http(s) URL, URLs with
+ * credentials in them (they would show in the views and the event log),
+ * and plain http:// (every request of the heroku and webhook adapters
+ * carries the token or a signature), unless it goes to a loopback address
+ * and connect_guard.http_allow_insecure_loopback is on, for tests.  The
+ * worker checks again before every request (signals.c).
  */
+CREATE FUNCTION connect_guard.url_transport_problem(url text)
+RETURNS text LANGUAGE C STRICT
+AS 'MODULE_PATHNAME', 'connect_guard_url_transport_problem';
+
 CREATE FUNCTION connect_guard.check_url(p_adapter text, p_key text, p_url text, p_example text)
 RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    v_problem text;
 BEGIN
     IF p_url IS NULL THEN
         RAISE EXCEPTION USING
@@ -774,6 +1672,15 @@ BEGIN
             MESSAGE = format('option "%s" is not an http:// or https:// URL: %s', p_key, p_url),
             DETAIL = 'The URL must start with http:// or https://, hold no spaces, no query string and no user name or password.',
             HINT = format('For example: %s.', p_example);
+    END IF;
+    v_problem := connect_guard.url_transport_problem(p_url);
+    IF v_problem IS NOT NULL THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('option "%s" must be an https:// URL: %s', p_key, p_url),
+            DETAIL = v_problem || '.',
+            HINT = 'Use https://. For tests against a simulator on this machine, connect_guard.http_allow_insecure_loopback = on '
+                   '(postgresql.conf) allows http:// to 127.0.0.1, ::1 or localhost.';
     END IF;
     RETURN rtrim(p_url, '/');
 END;
@@ -866,6 +1773,12 @@ BEGIN
                 HINT = format('Check the value, or use "%s".', v_file);
         END IF;
         options := jsonb_set(options, ARRAY[v_inline], '"********"');
+        RAISE WARNING USING
+            MESSAGE = format('the %s given inline (option "%s") is in the text of this statement', v_what, v_inline),
+            DETAIL = 'It is stored where only superusers can read it, but the statement''s text reaches the server log '
+                     'with log_statement = all, or when the statement fails or runs slow (log_min_error_statement, '
+                     'log_min_duration_statement), and shows in pg_stat_activity while it runs.',
+            HINT = format('Write it to a file that only the server can read (chmod 600) and give "%s" instead.', v_file);
     ELSE
         v_problem := connect_guard.secret_file_problem(p_options ->> v_file);
         IF v_problem IS NOT NULL THEN
@@ -894,19 +1807,24 @@ DECLARE
     v_id integer;
     v_options record;
 BEGIN
-    IF name IS NULL OR name !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$' THEN
+    PERFORM connect_guard.require_not_null(name, 'connection name',
+        'Use 1 to 63 letters, digits, "_", "." or "-", starting with a letter or digit.');
+    PERFORM connect_guard.require_not_null(adapter, 'adapter',
+        'Use ''local'' (the consumer reads the local state), ''heroku'' (Heroku Connect API) or ''webhook''.');
+    PERFORM connect_guard.require_not_null(options, 'options', 'Pass options as jsonb, for example ''{}''::jsonb.');
+    IF name !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$' THEN
         RAISE EXCEPTION USING
             ERRCODE = 'invalid_name',
-            MESSAGE = format('invalid connection name %s', coalesce(quote_literal(name), 'NULL')),
+            MESSAGE = format('invalid connection name %s', quote_literal(name)),
             HINT = 'Use 1 to 63 letters, digits, "_", "." or "-", starting with a letter or digit.';
     END IF;
-    IF adapter IS NULL OR adapter NOT IN ('local', 'heroku', 'webhook') THEN
+    IF adapter NOT IN ('local', 'heroku', 'webhook') THEN
         RAISE EXCEPTION USING
             ERRCODE = 'invalid_parameter_value',
-            MESSAGE = format('unknown adapter %s', coalesce(quote_literal(adapter), 'NULL')),
+            MESSAGE = format('unknown adapter %s', quote_literal(adapter)),
             HINT = 'Use ''local'' (the consumer reads the local state), ''heroku'' (Heroku Connect API) or ''webhook''.';
     END IF;
-    IF options IS NULL OR jsonb_typeof(options) <> 'object' THEN
+    IF jsonb_typeof(options) <> 'object' THEN
         RAISE EXCEPTION USING
             ERRCODE = 'invalid_parameter_value',
             MESSAGE = 'connection options must be a JSON object',
@@ -946,11 +1864,12 @@ DECLARE
     v_id integer;
 BEGIN
     c := connect_guard.connection_for_update(connection);
-    IF tbl IS NULL THEN
+    PERFORM connect_guard.require_table(tbl);
+    IF btrim(object_name) = '' THEN
         RAISE EXCEPTION USING
-            ERRCODE = 'null_value_not_allowed',
-            MESSAGE = 'table to map must not be NULL',
-            HINT = 'Pass the table as a regclass, for example ''public.contact''.';
+            ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'object name must not be empty',
+            HINT = 'Pass the Salesforce object''s API name, for example ''Contact'', or NULL for the table''s name.';
     END IF;
     SELECT n.nspname, cl.relname, cl.relkind, cl.relpersistence, cl.relispartition
       INTO r
@@ -985,9 +1904,11 @@ BEGIN
             HINT = 'See connect_mappings; unmap it first with connect_unmap_table() to map it again.';
     END IF;
 
+    -- which log the table's changes reach (77_connect_schema.sql): Connect's tables get no trigger of ours
+    PERFORM connect_guard.check_table_log_source(c, tbl);
     -- one pair of triggers per table, whatever the number of connections mapping it
-    IF NOT EXISTS (SELECT 1 FROM pg_trigger t
-                    WHERE t.tgrelid = tbl AND t.tgname = '_connect_guard_capture') THEN
+    IF c.log_schema IS NULL AND NOT EXISTS (SELECT 1 FROM pg_trigger t
+                                             WHERE t.tgrelid = tbl AND t.tgname = '_connect_guard_capture') THEN
         EXECUTE format('CREATE TRIGGER _connect_guard_capture AFTER INSERT OR UPDATE OR DELETE ON %I.%I '
                        'FOR EACH ROW EXECUTE FUNCTION connect_guard.capture(%L, %L)',
                        r.nspname, r.relname, r.nspname, r.relname);
@@ -1017,9 +1938,12 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    -- a table of an adopted schema has none (and DROP TRIGGER would lock it for nothing)
     IF NOT EXISTS (SELECT 1 FROM connect_guard.mapping m
                     WHERE m.table_schema = p_schema AND m.table_name = p_table)
-       AND to_regclass(format('%I.%I', p_schema, p_table)) IS NOT NULL THEN
+       AND EXISTS (SELECT 1 FROM pg_trigger t
+                    WHERE t.tgrelid = to_regclass(format('%I.%I', p_schema, p_table))
+                      AND t.tgname IN ('_connect_guard_capture', '_connect_guard_truncate')) THEN
         EXECUTE format('DROP TRIGGER IF EXISTS _connect_guard_capture ON %I.%I', p_schema, p_table);
         EXECUTE format('DROP TRIGGER IF EXISTS _connect_guard_truncate ON %I.%I', p_schema, p_table);
     END IF;
@@ -1035,6 +1959,7 @@ AS $$
 DECLARE
     m connect_guard.mapping;
 BEGIN
+    PERFORM connect_guard.require_table(tbl);
     SELECT mp.* INTO m
       FROM connect_guard.mapping mp
       JOIN pg_class cl ON cl.oid = tbl
@@ -1092,9 +2017,159 @@ BEGIN
 END;
 $$;
 /* ------------------------------------------------------------------------
+ * Consumers: which roles take, read and finish the batches of which
+ * connection.  The consumer functions (30_batches.sql) run as the
+ * extension's owner, so EXECUTE on them alone would let a role consume any
+ * connection, and move another connection's high-water mark (its sync
+ * service would then never see those entries).  So a role consumes a
+ * connection only once connect_grant_consumer() named it for that
+ * connection; superusers consume any.  A grant is kept by role name, as a
+ * dump keeps GRANTs: it survives pg_dump, pg_upgrade and followers.
+ * ------------------------------------------------------------------------ */
+
+CREATE TABLE connect_guard.consumer (
+    connection_id   integer NOT NULL REFERENCES connect_guard.connection ON DELETE CASCADE,
+    role_name       name NOT NULL,
+    granted_by      name NOT NULL DEFAULT session_user,
+    granted_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (connection_id, role_name)
+);
+SELECT pg_catalog.pg_extension_config_dump('connect_guard.consumer', '');
+
+/*
+ * connect_guard.is_consumer: whether the session's role (session_user: the
+ * consumer functions run as their owner) may consume the connection, as a
+ * superuser or as a member of a role granted it.
+ */
+CREATE FUNCTION connect_guard.is_consumer(p_connection_id integer)
+RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce((SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = session_user), false)
+        OR EXISTS (SELECT 1 FROM connect_guard.consumer k JOIN pg_roles r ON r.rolname = k.role_name
+                    WHERE k.connection_id = p_connection_id AND pg_has_role(session_user, r.oid, 'MEMBER'));
+$$;
+
+/*
+ * connect_guard.require_consumer stops a consumer function called by a
+ * role that may not consume the connection.
+ */
+CREATE FUNCTION connect_guard.require_consumer(p_connection_id integer)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_name text;
+BEGIN
+    IF NOT connect_guard.is_consumer(p_connection_id) THEN
+        SELECT c.name INTO v_name FROM connect_guard.connection c WHERE c.connection_id = p_connection_id;
+        RAISE EXCEPTION USING
+            ERRCODE = 'insufficient_privilege',
+            MESSAGE = format('role "%s" is not a consumer of connection "%s"', session_user, v_name),
+            DETAIL = 'EXECUTE on the consumer functions is not enough: each connection names the roles that take, '
+                     'read and finish its batches.',
+            HINT = format('A superuser grants it with SELECT connect_grant_consumer(%L, %L).', v_name, session_user);
+    END IF;
+END;
+$$;
+
+-- connect_guard.require_role: the role named p_role, or the error that says it does not exist
+CREATE FUNCTION connect_guard.require_role(p_role name)
+RETURNS oid
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_oid oid;
+BEGIN
+    PERFORM connect_guard.require_not_null(p_role, 'role', 'Pass the name of the sync service''s role.');
+    SELECT r.oid INTO v_oid FROM pg_roles r WHERE r.rolname = p_role;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'undefined_object',
+            MESSAGE = format('role "%s" does not exist', p_role),
+            HINT = 'Create the sync service''s role first (CREATE ROLE ... LOGIN).';
+    END IF;
+    RETURN v_oid;
+END;
+$$;
+
+/*
+ * connect_grant_consumer lets a role (and its members) take, read and
+ * finish the batches of one connection, and grants it EXECUTE on the three
+ * consumer functions.  Returns false when the role was a consumer already.
+ */
+CREATE FUNCTION connect_grant_consumer(connection text, role name)
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c connect_guard.connection;
+BEGIN
+    c := connect_guard.connection_for_update(connection);
+    PERFORM connect_guard.require_role(role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION %s, %s, %s TO %I',
+                   '@extschema@.connect_next_batch(text)'::regprocedure,
+                   '@extschema@.connect_batch_events(bigint)'::regprocedure,
+                   '@extschema@.connect_finish_batch(bigint)'::regprocedure, role);
+    INSERT INTO connect_guard.consumer (connection_id, role_name) VALUES (c.connection_id, role)
+    ON CONFLICT DO NOTHING;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM connect_guard.log_event(c.connection_id, 'consumer_granted', jsonb_build_object('role', role));
+    RETURN true;
+END;
+$$;
+
+/*
+ * connect_revoke_consumer takes the connection away from a role; a role
+ * that consumes no connection any more also loses EXECUTE on the consumer
+ * functions (which alone would give it nothing).  A batch it holds stays
+ * open and is handed to the next consumer that asks.  Returns false when
+ * the role was no consumer of the connection.
+ */
+CREATE FUNCTION connect_revoke_consumer(connection text, role name)
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c connect_guard.connection;
+BEGIN
+    c := connect_guard.connection_for_update(connection);
+    PERFORM connect_guard.require_not_null(role, 'role', 'Pass the name of the role, as connect_consumers shows it.');
+    DELETE FROM connect_guard.consumer k WHERE k.connection_id = c.connection_id AND k.role_name = role;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM connect_guard.consumer k WHERE k.role_name = role)
+       AND EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = role) THEN
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION %s, %s, %s FROM %I',
+                       '@extschema@.connect_next_batch(text)'::regprocedure,
+                       '@extschema@.connect_batch_events(bigint)'::regprocedure,
+                       '@extschema@.connect_finish_batch(bigint)'::regprocedure, role);
+    END IF;
+    PERFORM connect_guard.log_event(c.connection_id, 'consumer_revoked', jsonb_build_object('role', role));
+    RETURN true;
+END;
+$$;
+
+CREATE VIEW connect_consumers AS
+SELECT c.name AS connection,
+       k.role_name AS role,
+       EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = k.role_name) AS role_exists,
+       k.granted_by,
+       k.granted_at
+  FROM connect_guard.consumer k JOIN connect_guard.connection c USING (connection_id);
+/* ------------------------------------------------------------------------
  * The consumer side: snapshot-safe batches and high-water marks.  These run
  * as the extension owner (SECURITY DEFINER) so that the sync service's role
- * needs EXECUTE on them and nothing else.
+ * needs EXECUTE on them and nothing else; each checks that the role is a
+ * consumer of the batch's connection (25_consumers.sql).
  * ------------------------------------------------------------------------ */
 
 CREATE FUNCTION connect_next_batch(connection text)
@@ -1108,21 +2183,27 @@ DECLARE
     t connect_guard.tick;
     v_batch bigint;
 BEGIN
-    -- The tick comes first, before this transaction takes an xid by locking
+    -- Only a consumer of the connection gets further (reading takes no xid).
+    -- The tick comes next, before this transaction takes an xid by locking
     -- the connection: a snapshot held back by our own xid would give the
     -- next tick a lower scan_from, and retention would lag one tick more.
+    c := connect_guard.require_connection(connection);
+    PERFORM connect_guard.require_consumer(c.connection_id);
     t := connect_guard.new_tick();
     c := connect_guard.connection_for_update(connection);
+    PERFORM connect_guard.require_own_log(c, 'connect_next_batch()');
 
-    -- an unfinished batch is handed out again: delivery is at least once
-    UPDATE connect_guard.batch b SET deliveries = b.deliveries + 1
+    -- an unfinished batch is handed out again: delivery is at least once; its
+    -- taker now finishes it (the role that took it before may have gone for good)
+    UPDATE connect_guard.batch b SET deliveries = b.deliveries + 1, taken_by = session_user
      WHERE b.connection_id = c.connection_id AND b.finished_at IS NULL
     RETURNING b.batch_id INTO v_batch;
     IF FOUND THEN
         RETURN v_batch;
     END IF;
 
-    IF c.state IN ('PAUSING', 'PAUSED') THEN
+    -- paused, or a connect_pause() waits for the connection to be idle (14_states.sql)
+    IF c.state IN ('PAUSING', 'PAUSED') OR connect_guard.pause_announced(c.connection_id) THEN
         RETURN NULL;
     END IF;
 
@@ -1175,9 +2256,10 @@ BEGIN
 END;
 $$;
 
+-- STRICT: no batch (the NULL connect_next_batch returns when nothing is new) has no events
 CREATE FUNCTION connect_batch_events(batch_id bigint)
 RETURNS SETOF connect_guard.trigger_log
-LANGUAGE plpgsql
+LANGUAGE plpgsql STRICT
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -1185,13 +2267,15 @@ DECLARE
     b connect_guard.batch;
 BEGIN
     b := connect_guard.open_batch(batch_id);
+    PERFORM connect_guard.require_consumer(b.connection_id);
     RETURN QUERY SELECT * FROM connect_guard.tick_entries(b.connection_id, b.prev_tick, b.cur_tick);
 END;
 $$;
 
+-- STRICT: no batch, nothing to finish (NULL)
 CREATE FUNCTION connect_finish_batch(batch_id bigint)
 RETURNS bigint
-LANGUAGE plpgsql
+LANGUAGE plpgsql STRICT
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -1202,6 +2286,7 @@ DECLARE
     v_max bigint;
 BEGIN
     b := connect_guard.open_batch(batch_id);
+    PERFORM connect_guard.require_consumer(b.connection_id);
     SELECT * INTO c FROM connect_guard.connection WHERE connection_id = b.connection_id FOR UPDATE;
     -- re-read under the connection lock: a concurrent finish may have won
     b := connect_guard.open_batch(batch_id);
@@ -1210,8 +2295,8 @@ BEGIN
         RAISE EXCEPTION USING
             ERRCODE = 'insufficient_privilege',
             MESSAGE = format('batch %s belongs to role "%s"', batch_id, b.taken_by),
-            DETAIL = format('Only the consumer that took a batch finishes it; you are "%s".', session_user),
-            HINT = 'Finish the batch from the sync service''s own role, or as a superuser.';
+            DETAIL = format('Only the consumer that took a batch last finishes it; you are "%s".', session_user),
+            HINT = 'Finish the batch from the sync service''s own role, take it over with connect_next_batch() (an open batch is handed out again), or finish it as a superuser.';
     END IF;
 
     SELECT count(*), max(e.id) INTO v_count, v_max
@@ -1249,16 +2334,19 @@ DECLARE
     v_moved bigint;
     v_keep_tick bigint;
 BEGIN
-    IF max_rows IS NULL OR max_rows < 1 THEN
+    PERFORM connect_guard.require_not_null(max_rows, 'max_rows', 'Pass the number of entries to move in this call, for example 10000.');
+    IF max_rows < 1 THEN
         RAISE EXCEPTION USING
             ERRCODE = 'invalid_parameter_value',
-            MESSAGE = format('max_rows must be at least 1, not %s', coalesce(max_rows::text, 'NULL')),
+            MESSAGE = format('max_rows must be at least 1, not %s', max_rows),
             HINT = 'Pass the number of entries to move in this call, for example 10000.';
     END IF;
 
     -- every entry with id <= scan_from of the oldest high-water mark is consumed by all
+    -- (connections with a log of their own: Connect archives its log itself, 15_log_sources.sql)
     SELECT min(t.scan_from) INTO v_bound
-      FROM connect_guard.connection c JOIN connect_guard.tick t ON t.tick_id = c.last_tick;
+      FROM connect_guard.connection c JOIN connect_guard.tick t ON t.tick_id = c.last_tick
+     WHERE c.log_schema IS NULL;
     IF v_bound IS NULL THEN
         v_bound := (connect_guard.new_tick()).scan_from;
     END IF;
@@ -1278,7 +2366,7 @@ BEGIN
 
     -- keep every tick a connection stands on, and the newest tick settled
     -- for every snapshot to come (new ticks compute scan_from from it)
-    SELECT least((SELECT min(last_tick) FROM connect_guard.connection),
+    SELECT least((SELECT min(last_tick) FROM connect_guard.connection WHERE log_schema IS NULL),
                  (SELECT max(tick_id) FROM connect_guard.tick
                    WHERE xid_bound <= pg_snapshot_xmin(pg_current_snapshot())))
       INTO v_keep_tick;
@@ -1299,16 +2387,30 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_purged bigint;
+    v_cutoff timestamptz;
 BEGIN
-    IF older_than IS NULL OR older_than < interval '0' THEN
+    PERFORM connect_guard.require_not_null(older_than, 'older_than', 'Pass how long archived entries are kept, for example ''7 days''.');
+    PERFORM connect_guard.require_not_null(max_rows, 'max_rows', 'Pass the number of entries to delete in this call, for example 10000.');
+    IF older_than < interval '0' THEN
         RAISE EXCEPTION USING
             ERRCODE = 'invalid_parameter_value',
             MESSAGE = 'older_than must be a non-negative interval',
             HINT = 'Pass how long archived entries are kept, for example ''7 days''.';
     END IF;
+    IF max_rows < 1 THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('max_rows must be at least 1, not %s', max_rows),
+            HINT = 'Pass the number of entries to delete in this call, for example 10000.';
+    END IF;
+    BEGIN
+        v_cutoff := clock_timestamp() - older_than;
+    EXCEPTION WHEN datetime_field_overflow THEN
+        v_cutoff := '-infinity';        -- older than the calendar goes back: nothing is
+    END;
     DELETE FROM connect_guard.trigger_log_archive a
      WHERE a.id IN (SELECT id FROM connect_guard.trigger_log_archive
-                     WHERE processed_at < clock_timestamp() - older_than
+                     WHERE processed_at < v_cutoff
                      ORDER BY id LIMIT max_rows);
     GET DIAGNOSTICS v_purged = ROW_COUNT;
     RETURN v_purged;
@@ -1339,21 +2441,14 @@ SELECT c.name AS connection,
        m.remote_id
   FROM connect_guard.mapping m JOIN connect_guard.connection c USING (connection_id);
 
+-- what each connection's log says, own or Connect's (15_log_sources.sql)
 CREATE VIEW connect_high_water_marks AS
 SELECT c.name AS connection,
-       c.last_tick AS hwm_tick,
-       c.hwm_id,
-       pg_snapshot_xmin(t.snapshot) AS hwm_txid,
-       greatest((SELECT max(id) FROM connect_guard.trigger_log),
-                (SELECT max(id) FROM connect_guard.trigger_log_archive)) AS log_head,
-       (SELECT count(*)
-          FROM connect_guard.trigger_log l
-         WHERE l.id > t.scan_from
-           AND NOT pg_visible_in_snapshot(l.txid, t.snapshot)
-           AND EXISTS (SELECT 1 FROM connect_guard.mapping m
-                        WHERE m.connection_id = c.connection_id
-                          AND m.table_schema = l.table_schema
-                          AND m.table_name = l.table_name)) AS backlog,
+       s.hwm_tick,
+       s.hwm_id,
+       s.hwm_txid,
+       s.log_head,
+       s.backlog,
        (SELECT b.batch_id FROM connect_guard.batch b
          WHERE b.connection_id = c.connection_id AND b.finished_at IS NULL) AS open_batch,
        c.last_batch_at,
@@ -1361,16 +2456,14 @@ SELECT c.name AS connection,
        c.remote_hwm_at AS sync_service_hwm_at,
        -- for monitoring: how long the oldest entry of the backlog has waited,
        -- and since when the mark has not moved (a consumer that stopped polling)
-       (SELECT min(l.created_at)
-          FROM connect_guard.trigger_log l
-         WHERE l.id > t.scan_from
-           AND NOT pg_visible_in_snapshot(l.txid, t.snapshot)
-           AND EXISTS (SELECT 1 FROM connect_guard.mapping m
-                        WHERE m.connection_id = c.connection_id
-                          AND m.table_schema = l.table_schema
-                          AND m.table_name = l.table_name)) AS oldest_pending_at,
-       t.created_at AS hwm_at
-  FROM connect_guard.connection c JOIN connect_guard.tick t ON t.tick_id = c.last_tick;
+       s.oldest_pending_at,
+       s.hwm_at,
+       s.log_kind,
+       s.log_table,
+       s.failed,
+       s.ids_left,
+       s.ids_used_pct
+  FROM connect_guard.connection c CROSS JOIN LATERAL connect_guard.log_status(c.connection_id) s;
 
 CREATE VIEW connect_fences AS
 SELECT f.fence_id,
@@ -1398,7 +2491,11 @@ SELECT c.name AS connection,
        h.log_head,
        h.backlog,
        h.open_batch,
-       h.last_batch_at
+       h.last_batch_at,
+       h.log_table,
+       h.oldest_pending_at,
+       h.failed,
+       h.ids_used_pct
   FROM connect_guard.connection c
   JOIN connect_high_water_marks h ON h.connection = c.name
   LEFT JOIN connect_guard.fence_list() f ON f.fence_id = c.fence_id
@@ -1464,6 +2561,10 @@ CREATE TABLE connect_guard.request (
 );
 CREATE INDEX request_pending ON connect_guard.request (connection_id, request_id) WHERE status = 'pending';
 CREATE INDEX ON connect_guard.request (connection_id, request_id);
+-- what the sync service answered, and what was made of it, holds no secret (16_secrets.sql)
+CREATE TRIGGER scrub_stored BEFORE INSERT OR UPDATE OF last_error, remote_state ON connect_guard.request
+    FOR EACH ROW WHEN (NEW.last_error IS NOT NULL OR NEW.remote_state IS NOT NULL)
+    EXECUTE FUNCTION connect_guard.scrub_stored('last_error', 'remote_state');
 
 SELECT pg_catalog.pg_extension_config_dump('connect_guard.request', '');
 SELECT pg_catalog.pg_extension_config_dump('connect_guard.request_request_id_seq', '');
@@ -1556,6 +2657,8 @@ CREATE TABLE connect_guard.rollback_incident (
     mapping_ids     integer[] NOT NULL,
     fence_id        integer,
     reload_requests bigint[] NOT NULL DEFAULT '{}',
+    -- entries of Connect's logs the restore brought back unfinished though processed (77_connect_schema.sql)
+    restored_as_new jsonb NOT NULL DEFAULT '[]',
     resolved_at     timestamptz,
     resolution      text
 );
@@ -1587,7 +2690,10 @@ BEGIN
     IF cardinality(t.relids) = 0 THEN
         RETURN NULL;
     END IF;
-    RETURN connect_guard.fence_raise('reload', NULL, NULL, p_reason, t.relids, t.relconnections);
+    -- for a reload fence the connection id is the role whose sessions with xmlbinary = 'hex' write through
+    -- (the sync service's reload, fence.c; 77_connect_schema.sql)
+    RETURN connect_guard.fence_raise('reload', connect_guard.reload_fence_writer(p_mapping_ids), NULL, p_reason,
+                                     t.relids, t.relconnections);
 END;
 $$;
 
@@ -1682,6 +2788,7 @@ DECLARE
 BEGIN
     c := connect_guard.connection_for_update(connection);
     m := connect_guard.mapping_of(c, tbl);
+    PERFORM connect_guard.require_timeout(timeout, 'timeout', '''1 day''');
     IF EXISTS (SELECT 1 FROM connect_guard.request r
                 WHERE r.mapping_id = m.mapping_id AND r.action = 'reload' AND r.status = 'pending') THEN
         RAISE EXCEPTION USING
@@ -1690,7 +2797,7 @@ BEGIN
             DETAIL = format('Its mapping has been %s since %s, and its reload request is pending.', m.state, m.state_since),
             HINT = 'See connect_requests; a failed reload can be asked for again.';
     END IF;
-    v_requests := connect_guard.reload_mappings(ARRAY[m.mapping_id], 'requested by hand', coalesce(timeout, '1 day'));
+    v_requests := connect_guard.reload_mappings(ARRAY[m.mapping_id], 'requested by hand', timeout);
     -- a table an open incident already fences keeps that one fence
     IF NOT EXISTS (SELECT 1 FROM connect_guard.rollback_incident i
                     WHERE i.resolved_at IS NULL AND i.fence_id IS NOT NULL AND m.mapping_id = ANY (i.mapping_ids)) THEN
@@ -1751,7 +2858,8 @@ SELECT i.incident_id,
                    WHERE m.mapping_id = ANY (i.mapping_ids) AND m.state = 'RELOAD_TABLE') END AS reloads_pending,
        i.fence_id,
        i.resolved_at,
-       i.resolution
+       i.resolution,
+       i.restored_as_new
   FROM connect_guard.rollback_incident i;
 /* ------------------------------------------------------------------------
  * Applying a pause, the same for every adapter: connect_pause() applies it
@@ -1940,7 +3048,10 @@ BEGIN
                    CASE WHEN r.last_error IS NOT NULL THEN '; last error: ' || r.last_error ELSE '' END));
     ELSE
         UPDATE connect_guard.request q
-           SET next_attempt_at = clock_timestamp() + make_interval(secs => least(10, 0.5 * power(1.5, r.polls))),
+           SET next_attempt_at = clock_timestamp()
+                                 + make_interval(secs => least(CASE WHEN r.action = 'reload' AND NOT r.params ? 'reload_seen_at'
+                                                                    THEN 2 ELSE 10 END,
+                                                               0.5 * power(1.5, r.polls))),
                updated_at = clock_timestamp()
          WHERE q.request_id = r.request_id;
     END IF;
@@ -1968,6 +3079,7 @@ DECLARE
     v_deadline timestamptz;
     v_message text;
     v_detail text;
+    v_in_flight text;
 BEGIN
     SELECT * INTO r FROM connect_guard.request WHERE request_id = p_request_id;
     SELECT * INTO c FROM connect_guard.connection WHERE connection_id = r.connection_id FOR UPDATE;
@@ -1987,6 +3099,20 @@ BEGIN
                 PERFORM connect_guard.request_close(r.request_id, 'failed',
                     format('batch %s, taken by "%s", has been open for %s s: the connection pauses only when idle',
                            b.batch_id, b.taken_by, round(extract(epoch FROM clock_timestamp() - b.taken_at)::numeric, 1)));
+            ELSE
+                UPDATE connect_guard.request q
+                   SET phase = 'apply', deadline = v_deadline, updated_at = clock_timestamp(),
+                       next_attempt_at = clock_timestamp() + interval '200 ms'
+                 WHERE q.request_id = r.request_id;
+            END IF;
+            RETURN;
+        END IF;
+        -- an adopted log: Connect's entries still being sent (15_log_sources.sql)
+        v_in_flight := connect_guard.log_sends_in_flight(c.connection_id);
+        IF v_in_flight IS NOT NULL THEN
+            IF clock_timestamp() > v_deadline THEN
+                PERFORM connect_guard.request_close(r.request_id, 'failed',
+                    format('Connect reports PAUSED, but %s', v_in_flight));
             ELSE
                 UPDATE connect_guard.request q
                    SET phase = 'apply', deadline = v_deadline, updated_at = clock_timestamp(),
@@ -2164,10 +3290,16 @@ BEGIN
         RETURN;
     END IF;
     FOR m IN
-        UPDATE connect_guard.mapping mp SET remote_id = rm.id
-          FROM (SELECT lower(e ->> 'object_name') AS object_name, min(e ->> 'id') AS id
+        -- an object name that is only the table's name (adopted schemas) takes Connect's spelling
+        UPDATE connect_guard.mapping mp
+           SET remote_id = rm.id,
+               object_name = CASE WHEN mp.object_name = mp.table_name THEN rm.spelling ELSE mp.object_name END
+          FROM (SELECT lower(e ->> 'object_name') AS object_name, min(e ->> 'id') AS id,
+                       min(e ->> 'object_name') AS spelling
                   FROM jsonb_array_elements(p_body -> 'mappings') e
                  WHERE e ->> 'id' ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$'
+                   -- an id that spells a secret is an echo, not an id (16_secrets.sql)
+                   AND connect_guard.scrub(e ->> 'id') = e ->> 'id'
                  GROUP BY 1 HAVING count(*) = 1) rm
          WHERE mp.connection_id = p_connection_id AND mp.remote_id IS NULL
            AND lower(mp.object_name) = rm.object_name
@@ -2198,6 +3330,48 @@ AS $$
        AND (p_body ->> 'high_water_mark') ~ '^[0-9]{1,18}$';
 $$;
 
+/* ------------------------------------------------------------------------
+ * When Heroku Connect has done a reload (the 'confirm' phase of a reload
+ * request, 62_signals.sql).  Connect answers 202 and queues the reload; it
+ * may start it a moment or minutes later.  Until then the deep GET shows
+ * the mapping as it was, DATA_SYNCED, and taking that for done would lower
+ * the reload fence while the table is about to be overwritten.  So a
+ * reload is acknowledged only once Connect was seen working on it
+ * (RELOAD_TABLE in a deep GET after the 202) and then reports DATA_SYNCED.
+ * Until it is seen working, polls stay at most 2 s apart (request_poll_again),
+ * so that a reload is not over between two polls; one that still was ends
+ * the request at its timeout, failed, with the mapping in RELOAD_TABLE and
+ * the fence up: connect_mapping_reloaded() acknowledges it by hand.
+ * ------------------------------------------------------------------------ */
+
+/*
+ * connect_guard.reload_acknowledged records what a poll showed of a
+ * reload's mapping (p_state) and says whether the reload is done.
+ */
+CREATE FUNCTION connect_guard.reload_acknowledged(p_request_id bigint, p_state text)
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r connect_guard.request;
+BEGIN
+    SELECT * INTO r FROM connect_guard.request WHERE request_id = p_request_id;
+    IF p_state = 'RELOAD_TABLE' THEN
+        IF NOT r.params ? 'reload_seen_at' THEN
+            UPDATE connect_guard.request
+               SET params = params || jsonb_build_object('reload_seen_at', clock_timestamp())
+             WHERE request_id = p_request_id;
+            PERFORM connect_guard.log_event(r.connection_id, 'reload_started',
+                jsonb_build_object('request_id', r.request_id, 'table', r.params ->> 'table',
+                                   'object_name', r.params ->> 'object_name',
+                                   'after_ms', round(extract(epoch FROM clock_timestamp() - r.created_at) * 1000)));
+        END IF;
+        RETURN false;
+    END IF;
+    RETURN p_state = 'DATA_SYNCED' AND r.params ? 'reload_seen_at';
+END;
+$$;
 /* ------------------------------------------------------------------------
  * The worker's side of the requests.  signals.c calls request_take() and
  * request_outcome(), and nothing else here.
@@ -2296,6 +3470,58 @@ END;
 $$;
 
 /*
+ * connect_guard.request_defer records what it can of a successful step
+ * (or an 'apply') when the connection's lock is not to be had (a
+ * consumer's transaction holds it): what the worker sent and the sync
+ * service accepted is not sent again (a heroku action goes on to
+ * 'confirm', a webhook's to 'apply'); a poll, a lookup or an apply is
+ * tried again a second later, and a request past its deadline fails, as
+ * it would with the lock.  p_why says who holds it.  The caller has
+ * locked the request.
+ */
+CREATE FUNCTION connect_guard.request_defer(p_request_id bigint, p_step text, p_http_status integer, p_why text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r connect_guard.request;
+    v_adapter text;
+    v_timeout interval;
+BEGIN
+    SELECT * INTO r FROM connect_guard.request WHERE request_id = p_request_id;
+    SELECT c.adapter INTO v_adapter FROM connect_guard.connection c WHERE c.connection_id = r.connection_id;
+    v_timeout := make_interval(secs => coalesce((r.params ->> 'timeout_s')::double precision,
+                                                CASE WHEN v_adapter = 'heroku' THEN 300 ELSE 30 END));
+    IF p_step = 'send' AND p_http_status BETWEEN 200 AND 299 THEN
+        PERFORM connect_guard.log_event(r.connection_id, 'request_accepted',
+            jsonb_build_object('request_id', r.request_id, 'action', r.action, 'attempt', r.attempts,
+                               'http_status', p_http_status));
+        IF v_adapter = 'webhook' AND r.action = 'reload' AND p_http_status = 202 THEN
+            UPDATE connect_guard.request SET last_http_status = p_http_status, remote_state = 'RELOAD_TABLE'
+             WHERE request_id = r.request_id;
+            PERFORM connect_guard.request_close(r.request_id, 'succeeded');
+            RETURN;
+        END IF;
+        UPDATE connect_guard.request q
+           SET last_http_status = p_http_status, last_error = p_why, updated_at = clock_timestamp(),
+               phase = CASE WHEN v_adapter = 'heroku' AND r.action IN ('pause', 'resume', 'reload') THEN 'confirm'
+                            ELSE 'apply' END,
+               deadline = clock_timestamp() + v_timeout,
+               next_attempt_at = clock_timestamp() + interval '1 s'
+         WHERE q.request_id = r.request_id;
+    ELSIF r.deadline IS NOT NULL AND clock_timestamp() > r.deadline THEN
+        PERFORM connect_guard.request_close(r.request_id, 'failed',
+            format('the %s could not be completed within its timeout: %s', r.action, p_why));
+    ELSE
+        UPDATE connect_guard.request q
+           SET last_error = p_why, updated_at = clock_timestamp(), next_attempt_at = clock_timestamp() + interval '1 s'
+         WHERE q.request_id = r.request_id;
+    END IF;
+END;
+$$;
+
+/*
  * connect_guard.request_outcome records what one step of a request gave
  * and moves the request and the local state along (see the top of this
  * file).  p_step is what request_take() said; or 'unsent' when the worker
@@ -2317,11 +3543,26 @@ DECLARE
     v_state text;
     v_expected text;
     v_error text;
+    v_connection_id integer;
+    v_message text;
+    v_detail text;
+    v_busy text;            -- why the connection's lock was not to be had
 BEGIN
-    -- the connection first, then the request: the order the user's calls lock in
-    SELECT cn.* INTO c FROM connect_guard.connection cn
-     WHERE cn.connection_id = (SELECT q.connection_id FROM connect_guard.request q WHERE q.request_id = p_request_id)
-       FOR UPDATE;
+    -- The connection first, then the request: the order the user's calls
+    -- lock in.  A consumer's transaction may hold the connection's lock:
+    -- the worker waits a second at most, records what needs no lock (a
+    -- failure), and defers the rest (request_defer).
+    SELECT q.connection_id INTO v_connection_id FROM connect_guard.request q WHERE q.request_id = p_request_id;
+    IF NOT FOUND THEN
+        RETURN;                 -- dropped with its connection while it was sent
+    END IF;
+    BEGIN
+        c := connect_guard.lock_connection(v_connection_id, clock_timestamp() + interval '1 s');
+    EXCEPTION WHEN lock_not_available THEN
+        GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT, v_detail = PG_EXCEPTION_DETAIL;
+        v_busy := v_message || ': ' || v_detail;
+        SELECT * INTO c FROM connect_guard.connection WHERE connection_id = v_connection_id;
+    END;
     SELECT * INTO r FROM connect_guard.request WHERE request_id = p_request_id FOR UPDATE;
     IF NOT FOUND OR r.status <> 'pending' THEN
         RETURN;                 -- dropped or superseded while it was sent
@@ -2341,7 +3582,11 @@ BEGIN
     END IF;
 
     IF p_step = 'apply' THEN
-        PERFORM connect_guard.request_apply(r.request_id);
+        IF v_busy IS NOT NULL THEN
+            PERFORM connect_guard.request_defer(r.request_id, p_step, p_http_status, v_busy);
+        ELSE
+            PERFORM connect_guard.request_apply(r.request_id);
+        END IF;
         RETURN;
     END IF;
 
@@ -2355,6 +3600,12 @@ BEGIN
         ELSE
             PERFORM connect_guard.request_retry(r.request_id, p_http_status, e.message, e.permanent);
         END IF;
+        RETURN;
+    END IF;
+
+    -- what the sync service did is applied under the connection's lock
+    IF v_busy IS NOT NULL THEN
+        PERFORM connect_guard.request_defer(r.request_id, p_step, p_http_status, v_busy);
         RETURN;
     END IF;
 
@@ -2372,6 +3623,13 @@ BEGIN
             IF jsonb_typeof(v_json) = 'object' THEN
                 PERFORM connect_guard.note_remote_hwm(c.connection_id, v_json);
             END IF;
+        END IF;
+        IF c.adapter = 'heroku' AND r.action = 'reload' AND p_http_status <> 202 THEN
+            -- only 202 Accepted says Connect queued the reload (59_reload_acknowledgement.sql)
+            PERFORM connect_guard.request_retry(r.request_id, p_http_status,
+                format('Connect answered HTTP %s to the reload, not 202 Accepted: it is not known to have queued it',
+                       p_http_status), true);
+            RETURN;
         END IF;
         PERFORM connect_guard.log_event(c.connection_id, 'request_accepted',
             jsonb_build_object('request_id', r.request_id, 'action', r.action, 'attempt', r.attempts,
@@ -2439,13 +3697,15 @@ BEGIN
           FROM jsonb_array_elements(CASE WHEN jsonb_typeof(v_json -> 'mappings') = 'array'
                                          THEN v_json -> 'mappings' ELSE '[]' END) x
           JOIN connect_guard.mapping mp ON mp.mapping_id = r.mapping_id AND mp.remote_id = x ->> 'id';
-        v_expected := 'DATA_SYNCED';
+        v_expected := 'RELOAD_TABLE and then DATA_SYNCED';
     ELSE
         v_state := v_json ->> 'state';
         v_expected := CASE r.action WHEN 'pause' THEN 'PAUSED' ELSE 'IDLE' END;
     END IF;
     UPDATE connect_guard.request SET remote_state = v_state WHERE request_id = r.request_id;
-    IF v_state = v_expected OR (r.action = 'resume' AND v_state = 'POLLING_DB_CHANGES') THEN
+    -- a reload is done once Connect was seen working on it (59_reload_acknowledgement.sql)
+    IF (CASE WHEN r.action = 'reload' THEN connect_guard.reload_acknowledged(r.request_id, v_state)
+             ELSE v_state = v_expected OR (r.action = 'resume' AND v_state = 'POLLING_DB_CHANGES') END) THEN
         PERFORM connect_guard.request_apply(r.request_id);
     ELSE
         PERFORM connect_guard.request_poll_again(r.request_id, v_expected);
@@ -2505,20 +3765,17 @@ AS $$
 DECLARE
     v_masked text;
 BEGIN
-    IF name IS NULL OR name !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$' THEN
+    PERFORM connect_guard.require_not_null(name, 'follower name',
+        'Use 1 to 63 letters, digits, "_", "." or "-", starting with a letter or digit.');
+    IF name !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$' THEN
         RAISE EXCEPTION USING
             ERRCODE = 'invalid_name',
-            MESSAGE = format('invalid follower name %s', coalesce(quote_literal(name), 'NULL')),
+            MESSAGE = format('invalid follower name %s', quote_literal(name)),
             DETAIL = 'The name identifies the follower in connect_follower_lag and in the runbooks.',
             HINT = 'Use 1 to 63 letters, digits, "_", "." or "-", starting with a letter or digit.';
     END IF;
-    IF conninfo IS NULL THEN
-        RAISE EXCEPTION USING
-            ERRCODE = 'null_value_not_allowed',
-            MESSAGE = 'follower connection string must not be NULL',
-            DETAIL = 'The worker connects to the follower with it to measure its lag.',
-            HINT = 'Pass a libpq connection string, e.g. ''host=standby.example.com port=5432 dbname=app user=monitor''.';
-    END IF;
+    PERFORM connect_guard.require_not_null(conninfo, 'conninfo',
+        'Pass a libpq connection string, e.g. ''host=standby.example.com port=5432 dbname=app user=monitor''.');
     -- rejects a conninfo libpq cannot parse, with libpq's message
     v_masked := connect_guard.conninfo_masked(conninfo);
 
@@ -2547,13 +3804,15 @@ AS $$
 DECLARE
     v_conninfo text;
 BEGIN
+    PERFORM connect_guard.require_not_null(name, 'follower name',
+        'Pass the name given to connect_add_follower(); see SELECT name FROM connect_follower_lag WHERE source = ''libpq''.');
     -- its status row goes with it (ON DELETE CASCADE)
     DELETE FROM connect_guard.follower f WHERE f.name = connect_remove_follower.name
     RETURNING f.conninfo INTO v_conninfo;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING
             ERRCODE = 'undefined_object',
-            MESSAGE = format('follower %s does not exist', coalesce('"' || name || '"', 'NULL')),
+            MESSAGE = format('follower "%s" does not exist', name),
             DETAIL = 'Only followers added with connect_add_follower() can be removed.',
             HINT = 'See SELECT name FROM connect_follower_lag WHERE source = ''libpq''.';
     END IF;
@@ -2627,6 +3886,16 @@ SELECT 'libpq',
 GRANT SELECT ON connect_follower_lag TO pg_monitor;
 -- a view calls its functions with the reader's rights, and 99_privileges revokes them from PUBLIC
 GRANT EXECUTE ON FUNCTION connect_guard.conninfo_masked(text, boolean) TO pg_monitor;
+
+/*
+ * connect_guard.remote_query: one query on another server (remote.c), for
+ * the upgrade plans (70_upgrade.sql) and the HA managers' monitor
+ * (69_ha_managers.sql).  With timeout_ms NULL, remote.c waits at most
+ * connect_guard.follower_timeout.
+ */
+CREATE FUNCTION connect_guard.remote_query(conninfo text, sql text, timeout_ms integer DEFAULT NULL)
+RETURNS jsonb LANGUAGE C
+AS 'MODULE_PATHNAME', 'connect_guard_remote_query';
 /* ------------------------------------------------------------------------
  * Pause, resume and the other signals to the sync service: the user's
  * calls.  A local consumer reads the local state, so its pause is applied
@@ -2651,11 +3920,18 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     c connect_guard.connection;
-    v_deadline timestamptz := clock_timestamp() + coalesce(timeout, '30 s');
+    v_deadline timestamptz;
     v_started timestamptz := clock_timestamp();
+    v_announced boolean := false;
 BEGIN
     PERFORM connect_guard.require_read_committed('connect_pause()');
     c := connect_guard.require_connection(connection);
+    PERFORM connect_guard.require_not_null(block_writes, 'block_writes',
+        'Pass true (the default) to fence the mapped tables while paused, or false to let writes reach the log.');
+    PERFORM connect_guard.require_timeout(timeout, 'timeout', '''30 s''');
+    PERFORM connect_guard.require_not_null(cancel_writers, 'cancel_writers',
+        'Pass false (the default) to wait for the writers in flight, or true to terminate them.');
+    v_deadline := clock_timestamp() + timeout;
     IF c.adapter <> 'local' THEN
         -- a remote sync service is asked by the worker; this returns PAUSING (request_pause below)
         RETURN connect_guard.request_pause(connection, block_writes, timeout, reason, cancel_writers);
@@ -2674,9 +3950,14 @@ BEGIN
     -- Wait for the open batch without holding the connection's lock (its
     -- consumer needs the lock to finish it): each try locks the connection
     -- in a subtransaction, which require_no_open_batch's error rolls back.
+    -- Neither the lock nor the batch is waited for past the deadline, and
+    -- while this waits, connect_next_batch() opens no new batch.
     LOOP
+        IF NOT v_announced THEN
+            v_announced := connect_guard.pause_announce(c.connection_id);
+        END IF;
         BEGIN
-            c := connect_guard.connection_for_update(connection);
+            c := connect_guard.lock_connection(c.connection_id, v_deadline);
             PERFORM connect_guard.require_no_open_batch(c.connection_id, connection);
             EXIT;
         EXCEPTION WHEN object_not_in_prerequisite_state THEN
@@ -2686,6 +3967,14 @@ BEGIN
             PERFORM pg_sleep(0.02);
         END;
     END LOOP;
+    -- under the lock: another pause may have committed while this one waited
+    IF c.state IN ('PAUSED', 'PAUSING') THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('connection "%s" is already paused', connection),
+            DETAIL = format('It has been %s since %s.', c.state, c.state_since),
+            HINT = 'Resume it with connect_resume() first, or leave it paused.';
+    END IF;
 
     PERFORM connect_guard.pause_apply(c, block_writes, reason, cancel_writers, v_deadline, v_started);
     RETURN 'PAUSED';
@@ -2738,7 +4027,9 @@ DECLARE
     r connect_guard.request;
     v_id bigint;
 BEGIN
-    c := connect_guard.connection_for_update(p_connection);
+    -- a consumer holding the connection's lock must not keep this waiting past the pause's timeout
+    c := connect_guard.require_connection(p_connection);
+    c := connect_guard.lock_connection(c.connection_id, clock_timestamp() + p_timeout);
     r := connect_guard.latest_state_request(c.connection_id);
     IF c.state = 'PAUSED' OR (c.state = 'PAUSING' AND r.action IS DISTINCT FROM 'pause')
        OR (c.state = 'PAUSING' AND r.status <> 'failed') THEN
@@ -2754,12 +4045,12 @@ BEGIN
         PERFORM connect_guard.require_fence();
     END IF;
     v_id := connect_guard.request_enqueue(c.connection_id, 'pause', NULL,
-        jsonb_build_object('block_writes', coalesce(p_block_writes, false),
-                           'cancel_writers', coalesce(p_cancel_writers, false),
+        jsonb_build_object('block_writes', p_block_writes,
+                           'cancel_writers', p_cancel_writers,
                            'reason', p_reason,
-                           'timeout_s', extract(epoch FROM coalesce(p_timeout, '30 s'))::double precision));
+                           'timeout_s', extract(epoch FROM p_timeout)::double precision));
     PERFORM connect_guard.connection_goto(c.connection_id, 'PAUSING', NULL, 'pausing',
-        jsonb_build_object('request_id', v_id, 'adapter', c.adapter, 'block_writes', coalesce(p_block_writes, false),
+        jsonb_build_object('request_id', v_id, 'adapter', c.adapter, 'block_writes', p_block_writes,
                            'reason', p_reason),
         coalesce(p_reason, 'paused for maintenance'));
     RETURN 'PAUSING';
@@ -2875,15 +4166,18 @@ AS $$
 DECLARE
     c connect_guard.connection;
     r connect_guard.request;
-    v_deadline timestamptz := clock_timestamp() + coalesce(timeout, '5 min');
+    v_deadline timestamptz;
     v_targets text[];
     v_last text;
 BEGIN
     PERFORM connect_guard.require_read_committed('connect_wait_state()');
-    IF state IS NULL OR state NOT IN ('IDLE', 'POLLING_DB_CHANGES', 'PAUSING', 'PAUSED', 'RESUMING') THEN
+    PERFORM connect_guard.require_timeout(timeout, 'timeout', '''5 min''');
+    v_deadline := clock_timestamp() + timeout;
+    PERFORM connect_guard.require_not_null(state, 'state', 'Wait for PAUSED (after connect_pause) or IDLE (after connect_resume).');
+    IF state NOT IN ('IDLE', 'POLLING_DB_CHANGES', 'PAUSING', 'PAUSED', 'RESUMING') THEN
         RAISE EXCEPTION USING
             ERRCODE = 'invalid_parameter_value',
-            MESSAGE = format('unknown connection state %s', coalesce(quote_literal(state), 'NULL')),
+            MESSAGE = format('unknown connection state %s', quote_literal(state)),
             HINT = 'Wait for PAUSED (after connect_pause) or IDLE (after connect_resume).';
     END IF;
     v_targets := CASE WHEN state = 'IDLE' THEN ARRAY['IDLE', 'POLLING_DB_CHANGES'] ELSE ARRAY[state] END;
@@ -2929,7 +4223,7 @@ BEGIN
             RAISE EXCEPTION USING
                 ERRCODE = 'object_not_in_prerequisite_state',
                 MESSAGE = format('timed out after %s s waiting for connection "%s" to be %s',
-                                 round(extract(epoch FROM coalesce(timeout, '5 min'))::numeric, 1), connection, state),
+                                 round(extract(epoch FROM timeout)::numeric, 1), connection, state),
                 DETAIL = format('It is %s since %s.%s', c.state, c.state_since, v_last),
                 HINT = 'See connect_requests; check that the connect_guard worker runs (shared_preload_libraries) and reaches the sync service.';
         END IF;
@@ -2969,12 +4263,13 @@ AS $$
                              (SELECT max(id) FROM connect_guard.trigger_log_archive)), 0);
 $$;
 
+-- each connection's position in its log, own or Connect's (15_log_sources.sql)
 CREATE FUNCTION connect_guard.high_water_marks()
 RETURNS jsonb
-LANGUAGE sql STABLE
+LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT coalesce(jsonb_object_agg(name, jsonb_build_object('last_tick', last_tick, 'hwm_id', hwm_id)), '{}')
+    SELECT coalesce(jsonb_object_agg(name, connect_guard.log_position(connection_id)), '{}')
       FROM connect_guard.connection;
 $$;
 
@@ -2988,13 +4283,365 @@ CREATE FUNCTION connect_guard.in_binary_upgrade()
 RETURNS boolean LANGUAGE C STRICT STABLE
 AS 'MODULE_PATHNAME', 'connect_guard_in_binary_upgrade';
 /* ------------------------------------------------------------------------
+ * HA managers.  Where Patroni or pg_auto_failover manages the cluster, a
+ * promotion behind its back makes it fight the change (Patroni demotes a
+ * primary that does not hold its leader key; pg_auto_failover's monitor
+ * has its own idea of who is primary).  So a follower changeover can hand
+ * the promotion to the HA manager (connect_prepare_upgrade(...,
+ * promote_with => 'patroni' | 'pg_auto_failover'), 70_upgrade.sql):
+ *
+ *   checking          also asks the HA manager whether this server leads and
+ *                     the follower may take over, before anything changes
+ *                     (ha_check)
+ *   pausing ... ready as for every follower changeover
+ *   switching_over    connect_promote_follower() moves the plan there; the
+ *                     worker asks Patroni's REST API for a switchover
+ *                     (POST /switchover, leader and candidate) or the
+ *                     monitor for a promotion (pgautofailover.perform_promotion
+ *                     over libpq) until it acts (ha_request); the HA manager
+ *                     stops this server, and the new primary's worker
+ *                     completes the plan as always
+ *
+ * This part only talks to the HA managers and says what they answered; the
+ * plan acts on it (70_upgrade.sql).  Unplanned failovers: 72_failovers.sql.
+ * ------------------------------------------------------------------------ */
+
+CREATE FUNCTION connect_guard.ha_http(method text, url text, body text DEFAULT NULL, timeout_ms integer DEFAULT NULL,
+                                      OUT status integer, OUT answer text, OUT error text)
+RETURNS record LANGUAGE C
+AS 'MODULE_PATHNAME', 'connect_guard_ha_http';
+
+/* one request to Patroni's REST API; the answer's body as jsonb (a JSON string when it is plain text) */
+CREATE FUNCTION connect_guard.ha_patroni(p_method text, p_endpoint text, p_path text, p_body jsonb DEFAULT NULL,
+                                         p_timeout_ms integer DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r record;
+    v_body jsonb;
+BEGIN
+    SELECT * INTO r FROM connect_guard.ha_http(p_method, rtrim(p_endpoint, '/') || p_path, p_body::text, p_timeout_ms);
+    BEGIN
+        v_body := r.answer::jsonb;
+    EXCEPTION WHEN invalid_text_representation THEN
+        v_body := to_jsonb(left(r.answer, 500));
+    END;
+    RETURN jsonb_build_object('status', r.status, 'body', v_body, 'error', r.error);
+END;
+$$;
+
+/* what the HA manager said, in a line for last_error */
+CREATE FUNCTION connect_guard.ha_answer_text(p_answer jsonb)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN (p_answer ->> 'status')::integer = 0 THEN 'no answer: ' || (p_answer ->> 'error')
+                ELSE format('HTTP %s: %s', p_answer ->> 'status',
+                            CASE jsonb_typeof(p_answer -> 'body') WHEN 'string' THEN p_answer ->> 'body'
+                                 ELSE left((p_answer -> 'body')::text, 300) END) END;
+$$;
+
+/*
+ * connect_guard.ha_validate refuses a promote_with, ha_endpoint, ha_member
+ * that do not go together, before the plan is stored.
+ */
+CREATE FUNCTION connect_guard.ha_validate(p_method text, p_promote_with text, p_endpoint text, p_member text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_detail text;
+BEGIN
+    IF p_promote_with IS NULL OR p_promote_with NOT IN ('connect_guard', 'patroni', 'pg_auto_failover') THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('unknown promote_with %s', coalesce(quote_literal(p_promote_with), 'NULL')),
+            HINT = 'Use ''connect_guard'' (pg_promote() on the follower, the default), ''patroni'' (a switchover through Patroni''s REST API) or ''pg_auto_failover'' (a promotion through the monitor).';
+    END IF;
+    IF p_promote_with = 'connect_guard' THEN
+        IF p_endpoint IS NOT NULL OR p_member IS NOT NULL THEN
+            RAISE EXCEPTION USING
+                ERRCODE = 'invalid_parameter_value',
+                MESSAGE = 'promote_with => ''connect_guard'' takes no ha_endpoint nor ha_member',
+                HINT = 'Pass promote_with => ''patroni'' or ''pg_auto_failover'' to hand the promotion to an HA manager.';
+        END IF;
+        RETURN;
+    END IF;
+    IF p_method IS DISTINCT FROM 'follower' THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('promote_with => %L applies to follower changeovers only', p_promote_with),
+            HINT = 'A pg_upgrade or copy plan promotes no follower: leave promote_with out.';
+    END IF;
+    IF p_endpoint IS NULL THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('promote_with => %L needs ha_endpoint', p_promote_with),
+            HINT = CASE p_promote_with
+                       WHEN 'patroni' THEN 'Pass the base URL of Patroni''s REST API on this server, e.g. ha_endpoint => ''http://127.0.0.1:8008''.'
+                       ELSE 'Pass the monitor''s conninfo, e.g. ha_endpoint => ''postgres://autoctl_node@monitor:5432/pg_auto_failover''.' END;
+    END IF;
+    IF p_promote_with = 'patroni' AND p_endpoint !~* '^https?://[^/?#\s]+/?$' THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'ha_endpoint must be the base URL of Patroni''s REST API',
+            HINT = 'For example ''http://127.0.0.1:8008'' (http:// or https://, a host and port, no path; user:password@ for restapi.authentication).';
+    END IF;
+    IF p_promote_with = 'pg_auto_failover' THEN
+        BEGIN
+            PERFORM connect_guard.conninfo_masked(p_endpoint);
+        EXCEPTION WHEN invalid_parameter_value THEN
+            GET STACKED DIAGNOSTICS v_detail = PG_EXCEPTION_DETAIL;
+            RAISE EXCEPTION USING
+                ERRCODE = 'invalid_parameter_value',
+                MESSAGE = 'ha_endpoint must be the pg_auto_failover monitor''s conninfo',
+                DETAIL = v_detail,
+                HINT = 'Use libpq''s key=value form or a URI, e.g. ''postgres://autoctl_node@monitor:5432/pg_auto_failover''.';
+        END;
+    END IF;
+    IF p_member IS NOT NULL AND p_member !~ '^[^\s]{1,200}$' THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('invalid ha_member %s', quote_literal(p_member)),
+            HINT = 'Pass the follower''s name in the HA manager (Patroni''s member name, pg_auto_failover''s node name), or leave it out to find it by the follower''s port.';
+    END IF;
+END;
+$$;
+
+/*
+ * connect_guard.ha_follower_port is the port the follower's server listens
+ * on: members and nodes are matched by it when ha_member is not given.
+ */
+CREATE FUNCTION connect_guard.ha_follower_port(p_follower text)
+RETURNS integer
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT (connect_guard.remote_query(p_follower, 'SELECT current_setting(''port'') AS port', 5000) ->> 'port')::integer;
+$$;
+
+/* the nodes the pg_auto_failover monitor knows, as a jsonb array */
+CREATE FUNCTION connect_guard.ha_monitor_nodes(p_monitor text)
+RETURNS jsonb
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce((connect_guard.remote_query(p_monitor,
+        $q$SELECT json_agg(json_build_object('formation', formationid, 'group', groupid, 'name', nodename,
+                                             'host', nodehost, 'port', nodeport, 'system_identifier', sysidentifier::text,
+                                             'goal', goalstate, 'reported', reportedstate,
+                                             'candidate_priority', candidatepriority) ORDER BY nodeid)::text AS nodes
+             FROM pgautofailover.node$q$, 5000) ->> 'nodes')::jsonb, '[]');
+$$;
+
+/*
+ * connect_guard.ha_check asks the HA manager whether this server leads and
+ * the follower may take over.  Returns {"ok": true, "target": {leader,
+ * candidate[, formation]}} or {"ok": false, "retry": ..., "error": ...}:
+ * retry when the answer may change (no answer, a member still starting),
+ * not when the plan names the wrong cluster or member.
+ */
+CREATE FUNCTION connect_guard.ha_check(p_promote_with text, p_endpoint text, p_member text, p_follower text)
+RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_port integer;
+    v_our_port integer := current_setting('port')::integer;
+    v_answer jsonb;
+    v_members jsonb;
+    v_leader jsonb;
+    v_candidates jsonb;
+    v_candidate jsonb;
+    v_target jsonb;
+BEGIN
+    BEGIN
+        v_port := connect_guard.ha_follower_port(p_follower);
+    EXCEPTION WHEN connection_failure THEN
+        RETURN jsonb_build_object('ok', false, 'retry', true, 'error', 'the follower is unreachable: ' || SQLERRM);
+    END;
+
+    IF p_promote_with = 'patroni' THEN
+        v_answer := connect_guard.ha_patroni('GET', p_endpoint, '/cluster');
+        IF (v_answer ->> 'status')::integer <> 200 OR jsonb_typeof(v_answer #> '{body,members}') IS DISTINCT FROM 'array' THEN
+            RETURN jsonb_build_object('ok', false, 'retry', true,
+                'error', 'Patroni''s REST API did not list the cluster (GET /cluster): ' || connect_guard.ha_answer_text(v_answer));
+        END IF;
+        v_members := v_answer #> '{body,members}';
+        SELECT m INTO v_leader FROM jsonb_array_elements(v_members) m WHERE m ->> 'role' IN ('leader', 'master') LIMIT 1;
+        IF v_leader IS NULL THEN
+            RETURN jsonb_build_object('ok', false, 'retry', true, 'error', 'Patroni reports no leader in its cluster');
+        END IF;
+        IF (v_leader ->> 'port')::integer IS DISTINCT FROM v_our_port THEN
+            RETURN jsonb_build_object('ok', false, 'retry', false,
+                'error', format('Patroni''s leader is member %s at %s:%s, not this server (port %s): ha_endpoint belongs to another cluster',
+                                v_leader ->> 'name', v_leader ->> 'host', v_leader ->> 'port', v_our_port));
+        END IF;
+        SELECT coalesce(jsonb_agg(m), '[]') INTO v_candidates FROM jsonb_array_elements(v_members) m
+         WHERE m ->> 'name' IS DISTINCT FROM v_leader ->> 'name'
+           AND CASE WHEN p_member IS NOT NULL THEN m ->> 'name' = p_member
+                    ELSE (m ->> 'port')::integer = v_port END;
+        IF jsonb_array_length(v_candidates) <> 1 THEN
+            RETURN jsonb_build_object('ok', false, 'retry', false,
+                'error', CASE WHEN p_member IS NOT NULL
+                              THEN format('Patroni''s cluster has no replica named %s (members: %s)', p_member,
+                                          (SELECT string_agg(m ->> 'name', ', ') FROM jsonb_array_elements(v_members) m))
+                              ELSE format('%s of Patroni''s replicas listen on port %s, the follower''s: name the follower''s member with ha_member',
+                                          jsonb_array_length(v_candidates), v_port) END);
+        END IF;
+        v_candidate := v_candidates -> 0;
+        IF (v_candidate #>> '{tags,nofailover}') = 'true' THEN
+            RETURN jsonb_build_object('ok', false, 'retry', false,
+                'error', format('Patroni''s member %s is tagged nofailover: Patroni would not switch over to it', v_candidate ->> 'name'));
+        END IF;
+        IF v_candidate ->> 'role' NOT IN ('replica', 'sync_standby') OR v_candidate ->> 'state' NOT IN ('running', 'streaming') THEN
+            RETURN jsonb_build_object('ok', false, 'retry', true,
+                'error', format('Patroni''s member %s is %s and %s: not a running replica that can take over',
+                                v_candidate ->> 'name', v_candidate ->> 'role', v_candidate ->> 'state'));
+        END IF;
+        v_target := jsonb_build_object('leader', v_leader ->> 'name', 'candidate', v_candidate ->> 'name');
+    ELSE
+        BEGIN
+            v_members := connect_guard.ha_monitor_nodes(p_endpoint);
+        EXCEPTION WHEN connection_failure THEN
+            RETURN jsonb_build_object('ok', false, 'retry', true,
+                'error', 'the pg_auto_failover monitor did not list its nodes: ' || SQLERRM);
+        END;
+        SELECT coalesce(jsonb_agg(n), '[]') INTO v_candidates FROM jsonb_array_elements(v_members) n
+         WHERE n ->> 'system_identifier' = connect_guard.system_identifier()::text
+           AND CASE WHEN p_member IS NOT NULL THEN n ->> 'name' = p_member
+                    ELSE (n ->> 'port')::integer = v_port AND (n ->> 'port')::integer <> v_our_port END;
+        IF jsonb_array_length(v_candidates) <> 1 THEN
+            RETURN jsonb_build_object('ok', false, 'retry', false,
+                'error', CASE WHEN p_member IS NOT NULL
+                              THEN format('the monitor knows no node named %s of this cluster (nodes: %s)', p_member,
+                                          (SELECT coalesce(string_agg(n ->> 'name', ', '), 'none') FROM jsonb_array_elements(v_members) n))
+                              ELSE format('%s of the monitor''s nodes of this cluster listen on port %s, the follower''s: name the follower''s node with ha_member',
+                                          jsonb_array_length(v_candidates), v_port) END);
+        END IF;
+        v_candidate := v_candidates -> 0;
+        SELECT n INTO v_leader FROM jsonb_array_elements(v_members) n
+         WHERE n ->> 'formation' = v_candidate ->> 'formation' AND n -> 'group' = v_candidate -> 'group'
+           AND n ->> 'reported' IN ('primary', 'wait_primary', 'single') LIMIT 1;
+        IF v_leader IS NULL OR (v_leader ->> 'port')::integer <> v_our_port THEN
+            RETURN jsonb_build_object('ok', false, 'retry', v_leader IS NULL,
+                'error', CASE WHEN v_leader IS NULL THEN format('the monitor reports no primary in formation %s', v_candidate ->> 'formation')
+                              ELSE format('the monitor''s primary is node %s at %s:%s, not this server (port %s)',
+                                          v_leader ->> 'name', v_leader ->> 'host', v_leader ->> 'port', v_our_port) END);
+        END IF;
+        IF (v_candidate ->> 'candidate_priority')::integer = 0 THEN
+            RETURN jsonb_build_object('ok', false, 'retry', false,
+                'error', format('node %s has candidate priority 0: the monitor would never promote it', v_candidate ->> 'name'));
+        END IF;
+        IF v_candidate ->> 'reported' <> 'secondary' OR v_candidate ->> 'goal' <> 'secondary' THEN
+            RETURN jsonb_build_object('ok', false, 'retry', true,
+                'error', format('node %s reports state %s and is assigned %s: the monitor promotes only a secondary',
+                                v_candidate ->> 'name', v_candidate ->> 'reported', v_candidate ->> 'goal'));
+        END IF;
+        v_target := jsonb_build_object('formation', v_candidate ->> 'formation', 'leader', v_leader ->> 'name',
+                                       'candidate', v_candidate ->> 'name');
+    END IF;
+    RETURN jsonb_build_object('ok', true, 'target', v_target);
+END;
+$$;
+
+/*
+ * connect_guard.ha_request asks the HA manager once for the switchover that
+ * ha_check's target describes (or finds it under way; a request less than
+ * 30 s old, requested_at in the target, is not sent again) and says what
+ * came of it: 'requested', 'under_way', 'retry' (no answer, or one that may
+ * change) or 'refused', with a detail.
+ */
+CREATE FUNCTION connect_guard.ha_request(p_promote_with text, p_endpoint text, p_target jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_answer jsonb;
+    v_leader text;
+    v_nodes jsonb;
+    v_node jsonb;
+    v_result jsonb;
+    v_recent boolean := (p_target ->> 'requested_at')::timestamptz > clock_timestamp() - interval '30 s';
+BEGIN
+    IF p_promote_with = 'patroni' THEN
+        v_answer := connect_guard.ha_patroni('GET', p_endpoint, '/cluster');
+        IF (v_answer ->> 'status')::integer <> 200 THEN
+            RETURN jsonb_build_object('outcome', 'retry', 'detail', 'GET /cluster: ' || connect_guard.ha_answer_text(v_answer));
+        END IF;
+        SELECT m ->> 'name' INTO v_leader FROM jsonb_array_elements(v_answer #> '{body,members}') m
+         WHERE m ->> 'role' IN ('leader', 'master') LIMIT 1;
+        IF v_leader = p_target ->> 'candidate' THEN
+            RETURN jsonb_build_object('outcome', 'under_way', 'detail', format('member %s leads the cluster now', v_leader));
+        END IF;
+        IF v_leader IS DISTINCT FROM p_target ->> 'leader' THEN
+            RETURN jsonb_build_object('outcome', CASE WHEN v_leader IS NULL THEN 'retry' ELSE 'refused' END,
+                'detail', format('Patroni''s leader is %s, not %s as when the plan checked',
+                                 coalesce(v_leader, 'nobody'), p_target ->> 'leader'));
+        END IF;
+        IF v_recent THEN
+            RETURN jsonb_build_object('outcome', 'under_way', 'detail', 'switchover requested at ' || (p_target ->> 'requested_at'));
+        END IF;
+        -- Patroni answers when the switchover is done (or after ~15 s); by then it
+        -- has stopped this server, and this worker with it
+        v_answer := connect_guard.ha_patroni('POST', p_endpoint, '/switchover',
+            jsonb_build_object('leader', p_target ->> 'leader', 'candidate', p_target ->> 'candidate'), 30000);
+        RETURN jsonb_build_object(
+            'outcome', CASE WHEN (v_answer ->> 'status')::integer IN (200, 202) THEN 'requested'
+                            WHEN (v_answer ->> 'status')::integer BETWEEN 400 AND 499 THEN 'refused'
+                            ELSE 'retry' END,
+            'detail', 'POST /switchover: ' || connect_guard.ha_answer_text(v_answer));
+    END IF;
+
+    -- pg_auto_failover: the monitor orchestrates; the keepers follow its goal states
+    BEGIN
+        v_nodes := connect_guard.ha_monitor_nodes(p_endpoint);
+    EXCEPTION WHEN connection_failure THEN
+        RETURN jsonb_build_object('outcome', 'retry', 'detail', SQLERRM);
+    END;
+    SELECT n INTO v_node FROM jsonb_array_elements(v_nodes) n
+     WHERE n ->> 'formation' = p_target ->> 'formation' AND n ->> 'name' = p_target ->> 'candidate';
+    IF v_node IS NULL THEN
+        RETURN jsonb_build_object('outcome', 'refused',
+            'detail', format('the monitor no longer knows node %s', p_target ->> 'candidate'));
+    END IF;
+    IF v_node ->> 'reported' IN ('primary', 'wait_primary', 'single')
+       OR v_node ->> 'goal' IN ('prepare_promotion', 'stop_replication', 'wait_primary', 'primary') THEN
+        RETURN jsonb_build_object('outcome', 'under_way',
+            'detail', format('node %s reports %s and is assigned %s', v_node ->> 'name', v_node ->> 'reported', v_node ->> 'goal'));
+    END IF;
+    IF v_recent THEN
+        RETURN jsonb_build_object('outcome', 'under_way', 'detail', 'promotion requested at ' || (p_target ->> 'requested_at'));
+    END IF;
+    BEGIN
+        v_result := connect_guard.remote_query(p_endpoint,
+            format('SELECT pgautofailover.perform_promotion(%L, %L) AS promoted',
+                   p_target ->> 'formation', p_target ->> 'candidate'), 10000);
+    EXCEPTION WHEN connection_failure THEN
+        -- the monitor answered with an error (a state that forbids it): that is a refusal
+        RETURN jsonb_build_object('outcome', CASE WHEN SQLERRM LIKE '%ERROR:%' THEN 'refused' ELSE 'retry' END,
+                                  'detail', 'perform_promotion: ' || SQLERRM);
+    END;
+    RETURN jsonb_build_object('outcome', CASE WHEN v_result ->> 'promoted' = 't' THEN 'requested' ELSE 'refused' END,
+        'detail', CASE WHEN v_result ->> 'promoted' = 't' THEN format('the monitor promotes node %s', p_target ->> 'candidate')
+                       ELSE format('the monitor started no promotion of node %s (already a primary?)', p_target ->> 'candidate') END);
+END;
+$$;
+/* ------------------------------------------------------------------------
  * Connect-aware upgrade plans.  Every manual step of Heroku's runbooks
  * (pause Connect, maintenance mode, wait for the follower, upgrade/promote,
  * resume) is a step of a persisted plan that the worker drives, one step
  * per transaction, each step safe to run again after a crash.
  *
  *   follower:   checking -> pausing -> fencing -> fencing_follower -> catching_up -> ready
- *               ... promotion ... the new primary's worker: completing -> completed
+ *               ... promotion (pg_promote, or switching_over: the HA manager's, 69_ha_managers.sql)
+ *               ... the new primary's worker: completing -> completed
  *   pg_upgrade: pausing -> fencing -> ready
  *               ... pg_upgrade ... the new cluster's worker: completing -> completed
  *   copy:       fencing -> draining -> pausing -> ready
@@ -3015,16 +4662,15 @@ AS 'MODULE_PATHNAME', 'connect_guard_in_binary_upgrade';
  * the plan on; an answer that is lost leaves the step to run again, which
  * finds and reuses that fence).  Bounded: each call waits at most
  * connect_guard.follower_timeout (pg_promote: 65 s, its own 60 s and a
- * margin), on the latch, so a cancel or a shutdown ends the wait; while it
+ * margin), on the latch, so a cancel or a shutdown ends the wait.  The same
+ * holds for the HA manager of a changeover that has one, asked in the steps
+ * checking and switching_over (69_ha_managers.sql: libpq to the
+ * pg_auto_failover monitor, or HTTP to Patroni, at most 30 s for a
+ * switchover, which Patroni answers once done; a shutdown aborts it).  While it
  * waits the worker holds only the plan row (taken SKIP LOCKED, so no other
  * session waits for it) and a snapshot, and this happens only while a
  * changeover is in progress, with the database fenced.
  * ------------------------------------------------------------------------ */
-
--- with timeout_ms NULL, remote.c waits at most connect_guard.follower_timeout
-CREATE FUNCTION connect_guard.remote_query(conninfo text, sql text, timeout_ms integer DEFAULT NULL)
-RETURNS jsonb LANGUAGE C
-AS 'MODULE_PATHNAME', 'connect_guard_remote_query';
 
 CREATE TABLE connect_guard.upgrade_plan (
     plan_id             serial PRIMARY KEY,
@@ -3052,7 +4698,13 @@ CREATE TABLE connect_guard.upgrade_plan (
     paused_connections  text[] NOT NULL DEFAULT '{}',
     fence_id            integer,
     follower_fence_id   integer,
-    completed_on        bigint              -- system identifier of the database that completed it
+    completed_on        bigint,             -- system identifier of the database that completed it
+    -- who promotes the follower (69_ha_managers.sql): pg_promote() over libpq, or the HA manager
+    promote_with        text NOT NULL DEFAULT 'connect_guard'
+                        CHECK (promote_with IN ('connect_guard', 'patroni', 'pg_auto_failover')),
+    ha_endpoint         text,               -- Patroni's REST API, or the monitor's conninfo: may hold a password
+    ha_member           text,               -- the follower's name there, when given
+    ha_target           jsonb NOT NULL DEFAULT '{}'     -- leader, candidate (formation), what was asked and answered
 );
 -- one plan at a time
 CREATE UNIQUE INDEX upgrade_plan_one_active ON connect_guard.upgrade_plan ((true))
@@ -3199,6 +4851,51 @@ END;
 $$;
 
 /*
+ * connect_guard.plan_pause asks every connection (or, with
+ * p_adopted_only, every connection of an adopted Connect schema) that is
+ * not PAUSED to pause, without a fence of its own (the plan fences the
+ * whole database), and returns those not PAUSED yet (NULL when all are).
+ * A local consumer's pause waits a moment per try for the open batch; a
+ * sync service gets the step's time to pause and to finish what it is
+ * sending; a pause whose request failed is asked again.  The plan records
+ * the connections it pauses, to resume them.  A copy pauses the adopted
+ * connections before its fence: a copy carries Connect's log as rows,
+ * unfinished entries included (Heroku's pg:copy runbook: pause Connect
+ * with the maintenance mode), and under the fence Connect's own writes
+ * (marking what it sent) would be refused.
+ */
+CREATE FUNCTION connect_guard.plan_pause(p connect_guard.upgrade_plan, p_adopted_only boolean)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c connect_guard.connection;
+    v_waiting text;
+BEGIN
+    UPDATE connect_guard.upgrade_plan
+       SET paused_connections = ARRAY(SELECT name FROM connect_guard.connection ORDER BY name)
+     WHERE plan_id = p.plan_id AND paused_connections = '{}';
+    FOR c IN SELECT * FROM connect_guard.connection cn
+              WHERE (NOT p_adopted_only OR cn.log_schema IS NOT NULL)
+                AND (cn.state NOT IN ('PAUSED', 'PAUSING')
+                     OR (cn.state = 'PAUSING' AND (connect_guard.latest_state_request(cn.connection_id)).status = 'failed'))
+              ORDER BY cn.name LOOP
+        BEGIN
+            PERFORM @extschema@.connect_pause(c.name, block_writes => false,
+                                              timeout => CASE WHEN c.adapter = 'local' THEN interval '100 ms' ELSE p.step_timeout END,
+                                              reason => format('upgrade plan %s', p.plan_id));
+        EXCEPTION WHEN object_not_in_prerequisite_state OR lock_not_available THEN
+            NULL;           -- a batch is open, or a consumer holds the connection: try again next time
+        END;
+    END LOOP;
+    SELECT string_agg(format('%s (%s)', name, state), ', ' ORDER BY name) INTO v_waiting
+      FROM connect_guard.connection WHERE state <> 'PAUSED' AND (NOT p_adopted_only OR log_schema IS NOT NULL);
+    RETURN v_waiting;
+END;
+$$;
+
+/*
  * connect_guard.upgrade_advance runs one step of the active plan, if there
  * is one, and returns 0 when there is no plan to drive, 1 when the plan
  * waits (poll again soon), 2 when it moved (run again at once).  The worker
@@ -3287,24 +4984,26 @@ BEGIN
             END IF;
             RETURN c_waiting;
         END IF;
-        PERFORM connect_guard.upgrade_goto(p.plan_id, 'pausing', 'running', jsonb_build_object('follower_lag_bytes', v_lag));
+        IF p.promote_with <> 'connect_guard' THEN
+            -- the HA manager must agree before anything is paused or fenced (69_ha_managers.sql)
+            v_probe := connect_guard.ha_check(p.promote_with, p.ha_endpoint, p.ha_member, p.follower);
+            IF NOT (v_probe->>'ok')::boolean THEN
+                IF (v_probe->>'retry')::boolean AND NOT v_overdue THEN
+                    UPDATE connect_guard.upgrade_plan SET last_error = v_probe->>'error' WHERE plan_id = p.plan_id;
+                    RETURN c_waiting;
+                END IF;
+                PERFORM connect_guard.upgrade_fail(p.plan_id, v_probe->>'error');
+                RETURN c_moved;
+            END IF;
+            UPDATE connect_guard.upgrade_plan SET ha_target = v_probe->'target', last_error = NULL
+             WHERE plan_id = p.plan_id;
+        END IF;
+        PERFORM connect_guard.upgrade_goto(p.plan_id, 'pausing', 'running',
+            jsonb_build_object('follower_lag_bytes', v_lag) || coalesce(v_probe->'target', '{}'));
         RETURN c_moved;
 
     WHEN 'pausing' THEN
-        UPDATE connect_guard.upgrade_plan
-           SET paused_connections = ARRAY(SELECT name FROM connect_guard.connection ORDER BY name)
-         WHERE plan_id = p.plan_id AND paused_connections = '{}';
-        FOR c IN SELECT * FROM connect_guard.connection WHERE state NOT IN ('PAUSED', 'PAUSING') ORDER BY name LOOP
-            BEGIN
-                -- the plan fences the whole database itself; a short wait per try
-                PERFORM @extschema@.connect_pause(c.name, block_writes => false, timeout => '100 ms',
-                                      reason => format('upgrade plan %s', p.plan_id));
-            EXCEPTION WHEN object_not_in_prerequisite_state THEN
-                NULL;           -- a batch is open: try again next time
-            END;
-        END LOOP;
-        SELECT string_agg(format('%s (%s)', name, state), ', ' ORDER BY name) INTO v_waiting
-          FROM connect_guard.connection WHERE state <> 'PAUSED';
+        v_waiting := connect_guard.plan_pause(p, false);
         IF v_waiting IS NOT NULL THEN
             IF v_overdue THEN
                 PERFORM connect_guard.upgrade_fail(p.plan_id,
@@ -3319,6 +5018,18 @@ BEGIN
         RETURN c_moved;
 
     WHEN 'fencing' THEN
+        -- a copy carries Connect's log as rows: Connect pauses first (plan_pause)
+        IF p.method = 'copy' AND p.fence_id IS NULL THEN
+            v_waiting := connect_guard.plan_pause(p, true);
+            IF v_waiting IS NOT NULL THEN
+                IF v_overdue THEN
+                    PERFORM connect_guard.upgrade_fail(p.plan_id,
+                        format('not every adopted connection reached PAUSED within %s: %s', p.step_timeout, v_waiting));
+                    RETURN c_moved;
+                END IF;
+                RETURN c_waiting;
+            END IF;
+        END IF;
         -- A fence is saved to the fence file when it is raised, not at commit, so a
         -- crash while this step waited for the writers in flight leaves the fence up
         -- (restored from the file) but not in the plan, whose update never
@@ -3426,7 +5137,8 @@ BEGIN
 
     WHEN 'draining' THEN
         SELECT string_agg(format('%s (%s entries)', connection, backlog), ', ') INTO v_waiting
-          FROM @extschema@.connect_high_water_marks WHERE backlog > 0 OR open_batch IS NOT NULL;
+          FROM @extschema@.connect_high_water_marks
+         WHERE (backlog > 0 OR open_batch IS NOT NULL) AND log_kind = 'own';     -- Connect's log goes with the copy
         IF v_waiting IS NOT NULL THEN
             IF v_overdue THEN
                 PERFORM connect_guard.upgrade_fail(p.plan_id,
@@ -3440,6 +5152,44 @@ BEGIN
          WHERE plan_id = p.plan_id;
         PERFORM connect_guard.upgrade_goto(p.plan_id, 'pausing');
         RETURN c_moved;
+
+    WHEN 'switching_over' THEN
+        -- the HA manager promotes the follower and stops this server (69_ha_managers.sql);
+        -- if this server still runs when the follower is out of recovery, it was handed over
+        v_probe := connect_guard.follower_probe(p.follower);
+        IF (v_probe->>'answered')::boolean AND NOT (v_probe->>'in_recovery')::boolean THEN
+            PERFORM connect_guard.upgrade_goto(p.plan_id, 'handed_over', 'handed_over',
+                jsonb_build_object('note', format('%s promoted the follower; this server stays fenced', p.promote_with)));
+            RETURN c_moved;
+        END IF;
+        -- once a second: each try asks the HA manager over the network
+        IF (p.ha_target->>'tried_at')::timestamptz > clock_timestamp() - interval '1 s' THEN
+            RETURN c_waiting;
+        END IF;
+        v_probe := connect_guard.ha_request(p.promote_with, p.ha_endpoint, p.ha_target);
+        UPDATE connect_guard.upgrade_plan
+           SET ha_target = ha_target || jsonb_build_object('tried_at', clock_timestamp(), 'answer', v_probe->>'detail')
+                           || CASE WHEN v_probe->>'outcome' = 'requested'
+                                   THEN jsonb_build_object('requested_at', clock_timestamp()) ELSE '{}' END,
+               last_error = CASE WHEN v_probe->>'outcome' = 'retry' THEN v_probe->>'detail' END
+         WHERE plan_id = p.plan_id;
+        IF v_probe->>'outcome' = 'requested' THEN
+            -- (Patroni answers once it has stopped this server: then this never commits)
+            PERFORM connect_guard.log_event(NULL, 'upgrade_switchover_requested',
+                jsonb_build_object('plan_id', p.plan_id, 'promote_with', p.promote_with, 'target', p.ha_target,
+                                   'answer', v_probe->>'detail'));
+        ELSIF v_probe->>'outcome' = 'refused' THEN
+            PERFORM connect_guard.upgrade_fail(p.plan_id,
+                format('%s refused the switchover to %s: %s', p.promote_with, p.ha_target->>'candidate', v_probe->>'detail'));
+            RETURN c_moved;
+        END IF;
+        IF v_overdue THEN
+            PERFORM connect_guard.upgrade_fail(p.plan_id,
+                format('%s did not promote %s within %s (last: %s)', p.promote_with, p.ha_target->>'candidate',
+                       p.step_timeout, v_probe->>'detail'));
+            RETURN c_moved;
+        END IF;
+        RETURN c_waiting;
 
     WHEN 'ready' THEN
         IF p.method = 'follower' THEN
@@ -3464,7 +5214,9 @@ $$;
  * ------------------------------------------------------------------------ */
 
 CREATE FUNCTION connect_prepare_upgrade(method text DEFAULT 'pg_upgrade', follower text DEFAULT NULL,
-                                        max_lag_bytes bigint DEFAULT 0, timeout interval DEFAULT '10 min')
+                                        max_lag_bytes bigint DEFAULT 0, timeout interval DEFAULT '10 min',
+                                        promote_with text DEFAULT 'connect_guard', ha_endpoint text DEFAULT NULL,
+                                        ha_member text DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -3474,6 +5226,10 @@ DECLARE
     v_active connect_guard.upgrade_plan;
 BEGIN
     PERFORM connect_guard.require_worker('connect_prepare_upgrade()');
+    PERFORM connect_guard.require_not_null(method, 'method',
+        'Use ''pg_upgrade'' (in place), ''follower'' (changeover to a promoted follower) or ''copy'' (pg_dump into a new database).');
+    PERFORM connect_guard.require_not_null(max_lag_bytes, 'max_lag_bytes', 'For example max_lag_bytes => 16 * 1024 * 1024.');
+    PERFORM connect_guard.require_timeout(timeout, 'timeout', '''10 min''');
     IF method IS NULL OR method NOT IN ('pg_upgrade', 'follower', 'copy') THEN
         RAISE EXCEPTION USING
             ERRCODE = 'invalid_parameter_value',
@@ -3490,6 +5246,7 @@ BEGIN
     IF follower IS NOT NULL THEN
         PERFORM connect_guard.conninfo_masked(follower);     -- rejects a malformed conninfo
     END IF;
+    PERFORM connect_guard.ha_validate(method, promote_with, ha_endpoint, ha_member);
     IF max_lag_bytes IS NULL OR max_lag_bytes < 0 OR timeout IS NULL OR timeout <= interval '0' THEN
         RAISE EXCEPTION USING
             ERRCODE = 'invalid_parameter_value',
@@ -3504,14 +5261,17 @@ BEGIN
             HINT = 'Wait for it, or end it with connect_abort_upgrade().';
     END IF;
 
-    INSERT INTO connect_guard.upgrade_plan (method, follower, max_lag_bytes, step_timeout, step)
+    INSERT INTO connect_guard.upgrade_plan (method, follower, max_lag_bytes, step_timeout, step,
+                                            promote_with, ha_endpoint, ha_member)
     VALUES (method, follower, max_lag_bytes, timeout,
-            CASE method WHEN 'follower' THEN 'checking' WHEN 'copy' THEN 'fencing' ELSE 'pausing' END)
+            CASE method WHEN 'follower' THEN 'checking' WHEN 'copy' THEN 'fencing' ELSE 'pausing' END,
+            promote_with, ha_endpoint, ha_member)
     RETURNING plan_id INTO v_plan;
     INSERT INTO connect_guard.upgrade_step (plan_id, step)
     SELECT v_plan, step FROM connect_guard.upgrade_plan WHERE plan_id = v_plan;
     PERFORM connect_guard.log_event(NULL, 'upgrade_prepared',
-        jsonb_build_object('plan_id', v_plan, 'method', method, 'max_lag_bytes', max_lag_bytes, 'timeout', timeout));
+        jsonb_build_object('plan_id', v_plan, 'method', method, 'max_lag_bytes', max_lag_bytes, 'timeout', timeout,
+                           'promote_with', promote_with));
     PERFORM connect_guard.wake_worker();
     RETURN v_plan;
 END;
@@ -3529,6 +5289,7 @@ AS $$
 DECLARE
     p connect_guard.upgrade_plan;
 BEGIN
+    PERFORM connect_guard.require_not_null(p_plan, 'plan', 'Pass the plan id connect_prepare_upgrade() returned; see connect_upgrade_status.');
     IF p_lock THEN
         SELECT * INTO p FROM connect_guard.upgrade_plan WHERE plan_id = p_plan FOR UPDATE;
     ELSE
@@ -3537,7 +5298,7 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION USING
             ERRCODE = 'undefined_object',
-            MESSAGE = format('upgrade plan %s does not exist', coalesce(p_plan::text, 'NULL')),
+            MESSAGE = format('upgrade plan %s does not exist', p_plan),
             HINT = 'See connect_upgrade_status for the plans.';
     END IF;
     RETURN p;
@@ -3564,9 +5325,12 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     p connect_guard.upgrade_plan;
-    v_deadline timestamptz := clock_timestamp() + coalesce(timeout, '10 min');
+    v_deadline timestamptz;
 BEGIN
     PERFORM connect_guard.require_read_committed('connect_wait_upgrade()');
+    PERFORM connect_guard.require_not_null(step, 'step', 'Pass a step or status of the plan, for example ''ready''.');
+    PERFORM connect_guard.require_timeout(timeout, 'timeout', '''10 min''');
+    v_deadline := clock_timestamp() + timeout;
     LOOP
         p := connect_guard.require_plan(plan);
         IF p.step = connect_wait_upgrade.step OR p.status = connect_wait_upgrade.step
@@ -3636,7 +5400,10 @@ $$;
 /*
  * connect_promote_follower promotes the follower of a ready changeover
  * through libpq (pg_promote waits until it is done); its own worker then
- * completes the plan there.
+ * completes the plan there.  A plan whose promotion belongs to an HA
+ * manager moves to switching_over instead: the worker asks the HA manager
+ * (over HTTP, which a user's transaction never does), and the HA manager
+ * stops this server.
  */
 CREATE FUNCTION connect_promote_follower(plan bigint)
 RETURNS text
@@ -3654,6 +5421,20 @@ BEGIN
             MESSAGE = format('upgrade plan %s is not a ready follower changeover', p.plan_id),
             DETAIL = format('It is a %s plan, %s at step %s.', p.method, p.status, p.step),
             HINT = 'Wait with connect_wait_upgrade(plan, ''ready''); promote only a caught-up follower.';
+    END IF;
+    IF p.promote_with <> 'connect_guard' THEN
+        IF p.step = 'switching_over' THEN
+            RAISE EXCEPTION USING
+                ERRCODE = 'object_not_in_prerequisite_state',
+                MESSAGE = format('upgrade plan %s has already asked %s for the switchover', p.plan_id, p.promote_with),
+                DETAIL = format('Since %s; last answer: %s.', p.step_since, coalesce(p.ha_target->>'answer', 'none yet')),
+                HINT = 'Wait on the follower with connect_wait_upgrade(plan, ''completed''); see connect_upgrade_status.';
+        END IF;
+        PERFORM connect_guard.upgrade_goto(p.plan_id, 'switching_over', 'ready',
+            jsonb_build_object('promote_with', p.promote_with, 'leader', p.ha_target->>'leader',
+                               'candidate', p.ha_target->>'candidate'));
+        PERFORM connect_guard.wake_worker();
+        RETURN 'switchover requested';
     END IF;
     v_result := connect_guard.remote_query(p.follower, 'SELECT pg_promote(true, 60) AS promoted', 65000);
     IF NOT (v_result->>'promoted')::boolean THEN
@@ -3704,6 +5485,13 @@ BEGIN
                              connect_guard.log_head(), p.log_head),
             HINT = 'Copy again from the fenced database; nothing was resumed.';
     END IF;
+    IF connect_guard.log_positions_differ(p.high_water_marks) IS NOT NULL THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'data_corrupted',
+            MESSAGE = 'the copied Heroku Connect trigger log differs from the one the copy began with',
+            DETAIL = connect_guard.log_positions_differ(p.high_water_marks) || '.',
+            HINT = 'Copy again from the fenced database; nothing was resumed.';
+    END IF;
     PERFORM connect_guard.upgrade_goto(p.plan_id, 'completing', 'ready');
     WITH moved AS (DELETE FROM connect_guard.trigger_log RETURNING *)
     INSERT INTO connect_guard.trigger_log_archive
@@ -3737,18 +5525,211 @@ SELECT p.plan_id AS plan,
        p.last_error,
        coalesce(p.finished_at, clock_timestamp()) - p.created_at AS elapsed,
        p.created_at,
-       p.created_by
+       p.created_by,
+       p.promote_with,
+       CASE p.promote_with
+           WHEN 'patroni' THEN regexp_replace(p.ha_endpoint, '^(https?://)[^/@]*@', '\1********@')
+           WHEN 'pg_auto_failover' THEN connect_guard.conninfo_masked(p.ha_endpoint, false)
+       END AS ha_endpoint,
+       coalesce(p.ha_target->>'candidate', p.ha_member) AS ha_member
   FROM connect_guard.upgrade_plan p;
 
 CREATE FUNCTION connect_upgrade_timeline(plan bigint)
 RETURNS TABLE (step text, started_at timestamptz, finished_at timestamptz, duration interval, detail jsonb)
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT s.step, s.started_at, s.finished_at, s.finished_at - s.started_at, s.detail
       FROM connect_guard.upgrade_step s
      WHERE s.plan_id = plan
      ORDER BY s.started_at, s.ctid;
+$$;
+/* ------------------------------------------------------------------------
+ * Unplanned failovers (an HA manager's, or a promotion by hand, with no
+ * upgrade plan).  The new primary tells one from a rollback by the witness:
+ * its timeline left the old one at or after the witnessed LSN ('promoted',
+ * 75_rollback.sql).  The witness also records the timeline history of the
+ * server that writes it (timeline_ancestry, in database_state(),
+ * 74_witness.sql), so a former primary that runs again on the older
+ * timeline sees that a descendant timeline took over ('failed_over'): it
+ * fences its mapped tables, asks for no reloads and leaves the witness
+ * alone, rather than take itself for a rolled-back copy.  Once such a
+ * server leads again (its HA manager brought it back as a replica, then
+ * promoted it), the fences it kept as a former primary come down.
+ * ------------------------------------------------------------------------ */
+
+/*
+ * connect_guard.timeline_ancestry maps every timeline this server's
+ * history descends from to the LSN where it left it ({"1": "0/3000188"});
+ * empty on timeline 1 and in recovery.
+ */
+CREATE FUNCTION connect_guard.timeline_ancestry()
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_tli integer := connect_guard.current_timeline();
+    v_history jsonb := '{}';
+    v_switch pg_lsn;
+BEGIN
+    IF pg_is_in_recovery() THEN
+        RETURN v_history;
+    END IF;
+    FOR i IN 1 .. v_tli - 1 LOOP
+        v_switch := connect_guard.timeline_switch_lsn(i);
+        IF v_switch IS NOT NULL THEN
+            v_history := v_history || jsonb_build_object(i::text, v_switch::text);
+        END IF;
+    END LOOP;
+    RETURN v_history;
+END;
+$$;
+
+/*
+ * connect_guard.failed_over_detail says, for a server on an older timeline
+ * than its witness (w), whether the witness's timeline descends from this
+ * one: then another server took over (a failover) and this one is a former
+ * primary, not a rolled-back copy.  NULL when the witness's history does
+ * not show it (or the witness predates the history it records).
+ */
+CREATE FUNCTION connect_guard.failed_over_detail(w jsonb, d jsonb)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_switch pg_lsn := (w -> 'history' ->> (d ->> 'timeline'));
+    v_here pg_lsn := pg_current_wal_lsn();
+BEGIN
+    IF v_switch IS NULL THEN
+        RETURN NULL;
+    END IF;
+    RETURN format('timeline %s, on which the witness was written at %s, left this server''s timeline %s at %s: another server was promoted without an upgrade plan (a failover), and this one is a former primary. Its mapped tables are fenced (its writes would reach no sync service), it requests no reloads and leaves the witness to the new timeline%s',
+                  w ->> 'timeline', w ->> 'written_at', d ->> 'timeline', v_switch,
+                  CASE WHEN v_here > v_switch
+                       THEN format('; the %s bytes of WAL it holds past %s are on no timeline the sync service follows (a transaction committed there is lost to it)',
+                                   pg_wal_lsn_diff(v_here, v_switch), v_switch)
+                       ELSE '' END);
+END;
+$$;
+
+/*
+ * connect_guard.failover_fence is the worker's act on a 'failed_over'
+ * finding: a maintenance fence over the mapped tables, unless one is up
+ * already.  On a server that the witness shows current again (an old
+ * primary that an HA manager brought back as a replica, then promoted),
+ * the fences it kept as a former primary come down: its own failover
+ * fence, and the database fence of a changeover it was the old primary of
+ * (the plan completed on the server that took over, and this server now
+ * writes on a later timeline than the plan's).
+ */
+CREATE FUNCTION connect_guard.failover_fence(p_findings jsonb)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    f record;
+    t record;
+    v_fence integer;
+    v_tli integer := connect_guard.current_timeline();
+BEGIN
+    IF p_findings @> '[{"finding": "failed_over"}]' THEN
+        -- its standbys follow the new primary now: under synchronous replication the
+        -- worker's commits (this one records the finding) would wait for them for
+        -- ever.  For the session: a SET LOCAL would end with this function.
+        PERFORM set_config('synchronous_commit', 'local', false);
+    END IF;
+    IF NOT connect_guard.fence_available() THEN
+        RETURN;
+    END IF;
+    IF p_findings @> '[{"finding": "failed_over"}]' THEN
+        IF EXISTS (SELECT 1 FROM connect_guard.fence_list() l WHERE l.scope IN ('mapped', 'database')) THEN
+            RETURN;
+        END IF;
+        t := connect_guard.fence_targets(NULL);
+        IF cardinality(t.relids) = 0 THEN
+            RETURN;
+        END IF;
+        v_fence := connect_guard.fence_raise('mapped', NULL, NULL,
+            format('former primary of timeline %s: another server took over in a failover, and writes here would reach no sync service',
+                   v_tli),
+            t.relids, t.relconnections);
+        PERFORM connect_guard.log_event(NULL, 'fence_raised',
+            jsonb_build_object('fence_id', v_fence, 'scope', 'mapped', 'reason', 'failed_over', 'timeline', v_tli));
+        RETURN;
+    END IF;
+    IF p_findings @> '[{"severity": "rollback"}]' OR p_findings @> '[{"finding": "superseded"}]' THEN
+        RETURN;
+    END IF;
+    FOR f IN SELECT l.fence_id, l.scope, 'failed_over' AS why FROM connect_guard.fence_list() l
+              WHERE l.scope = 'mapped' AND l.reason ~ '^former primary of timeline [0-9]+:'
+                AND substring(l.reason FROM '^former primary of timeline ([0-9]+):')::integer < v_tli
+             UNION ALL
+             SELECT l.fence_id, l.scope, format('upgrade plan %s', u.plan_id) FROM connect_guard.fence_list() l
+               JOIN connect_guard.upgrade_plan u ON l.reason = format('upgrade plan %s (%s)', u.plan_id, u.method)
+              WHERE l.scope = 'database' AND u.method = 'follower' AND u.status = 'completed' AND u.timeline < v_tli
+    LOOP
+        PERFORM connect_guard.fence_lower(f.fence_id);
+        PERFORM connect_guard.log_event(NULL, 'fence_lowered',
+            jsonb_build_object('fence_id', f.fence_id, 'scope', f.scope, 'reason', f.why,
+                               'note', format('this former primary leads again, on timeline %s', v_tli)));
+    END LOOP;
+END;
+$$;
+/* ------------------------------------------------------------------------
+ * What a restore does to an adopted Connect log (75_rollback.sql acts on a
+ * rollback): entries Connect had processed come back unfinished, and
+ * Connect would send them to Salesforce again.
+ * ------------------------------------------------------------------------ */
+
+/*
+ * connect_guard.note_restored_entries adds to a rollback incident the
+ * entries of each adopted log that the restore brought back unfinished at
+ * or below the processed mark the witness had recorded: Connect had sent
+ * them already and would send them to Salesforce again.  connect_guard
+ * changes none of Connect's rows: the incident, an event and a WARNING
+ * list them by id range and count.
+ */
+CREATE FUNCTION connect_guard.note_restored_entries(p_incident integer, p_mapping_ids integer[], p_witness jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c connect_guard.connection;
+    w jsonb;
+    r record;
+    v_found jsonb := '[]';
+BEGIN
+    FOR c IN SELECT DISTINCT cn.* FROM connect_guard.connection cn JOIN connect_guard.mapping m USING (connection_id)
+              WHERE m.mapping_id = ANY (p_mapping_ids) AND cn.log_schema IS NOT NULL ORDER BY cn.connection_id LOOP
+        w := p_witness -> 'connections' -> c.name;
+        IF w IS NULL OR w -> 'created_at' IS DISTINCT FROM to_jsonb(c.created_at) THEN
+            CONTINUE;
+        END IF;
+        r := connect_guard.log_restored_entries(c.connection_id, (w ->> 'processed_mark')::bigint);
+        IF r.entries > 0 THEN
+            v_found := v_found || jsonb_build_object('connection', c.name, 'log', connect_guard.log_table(c.log_schema),
+                                                     'first_id', r.first_id, 'last_id', r.last_id, 'entries', r.entries,
+                                                     'witnessed_mark', (w ->> 'processed_mark')::bigint);
+            RAISE WARNING USING
+                MESSAGE = format('connect_guard: the restore brought back %s entries of %s (ids %s to %s) that Connect had already processed',
+                                 r.entries, connect_guard.log_table(c.log_schema), r.first_id, r.last_id),
+                DETAIL = format('Connect had processed every entry up to id %s; these are unfinished again, and Connect would send them to Salesforce a second time.',
+                                w ->> 'processed_mark'),
+                HINT = format('See connect_rollback_incidents (incident %s); before Connect sends them, mark those it must not send again, e.g. UPDATE %s SET state = ''IGNORED'' WHERE id BETWEEN %s AND %s AND state = ''NEW''.',
+                              p_incident, connect_guard.log_table(c.log_schema), r.first_id, r.last_id);
+        END IF;
+    END LOOP;
+    IF jsonb_array_length(v_found) > 0 THEN
+        UPDATE connect_guard.rollback_incident SET restored_as_new = v_found WHERE incident_id = p_incident;
+        PERFORM connect_guard.log_event(NULL, 'entries_restored_as_new',
+                                        jsonb_build_object('incident_id', p_incident, 'logs', v_found));
+    END IF;
+    RETURN v_found;
+END;
 $$;
 /* ------------------------------------------------------------------------
  * The rollback witness (the checks: 75_rollback.sql).
@@ -3799,13 +5780,13 @@ CREATE TABLE connect_guard.witness (
     reported        jsonb NOT NULL DEFAULT '[]'
 );
 
-/* the last id the trigger log's sequence handed out: unlike max(id), retention cannot lower it */
+/* the last id the own trigger log's sequence handed out: unlike max(id), retention cannot lower it */
 CREATE FUNCTION connect_guard.log_sequence_head()
 RETURNS bigint
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM connect_guard.trigger_log_id_seq;
+    SELECT connect_guard.log_sequence_head(NULL::text);     -- 15_log_sources.sql
 $$;
 
 /*
@@ -3826,13 +5807,16 @@ AS $$
         'installation', (SELECT i.installation_id FROM connect_guard.installation i
                           ORDER BY i.installed_at LIMIT 1),
         'timeline', connect_guard.current_timeline(),
+        -- where this timeline's history left each ancestor: a former primary on one of them
+        -- learns that it was failed over, not rolled back (72_failovers.sql)
+        'history', connect_guard.timeline_ancestry(),
         'next_xid', pg_snapshot_xmax(pg_current_snapshot())::text::bigint,
         'log_head', connect_guard.log_sequence_head(),
+        -- each connection's position in its log, own or Connect's (15_log_sources.sql)
         'connections', coalesce((
-            SELECT jsonb_object_agg(c.name, jsonb_build_object(
-                       'created_at', c.created_at, 'last_tick', c.last_tick, 'hwm_id', c.hwm_id,
-                       'consumed_xid', t.xid_bound::text::bigint, 'remote_hwm', c.remote_hwm))
-              FROM connect_guard.connection c LEFT JOIN connect_guard.tick t ON t.tick_id = c.last_tick), '{}'));
+            SELECT jsonb_object_agg(c.name, jsonb_build_object('created_at', c.created_at, 'remote_hwm', c.remote_hwm)
+                                            || connect_guard.log_witness_marks(c.connection_id))
+              FROM connect_guard.connection c), '{}'));
 $$;
 
 /*
@@ -3943,6 +5927,8 @@ $$;
  *              a new system identifier announced by an upgrade plan that came
  *              with the data (pg_upgrade, copy): compared with the witness of
  *              the old system, marks and log head only
+ *              a former primary whose timeline the witness's descends from
+ *              (failed over by an HA manager: 72_failovers.sql)
  *
  * Acting: the affected mappings go to RELOAD_TABLE and their reloads are
  * requested through the connection's adapter; the log's id sequence moves
@@ -4013,7 +5999,8 @@ BEGIN
                     RETURN QUERY SELECT 'promoted', 'info', NULL::text,
                         format('timeline %s left timeline %s at %s, at or after %s that the witness recorded%s',
                                v_dtli, v_wtli, v_switch, v_protected,
-                               CASE WHEN p.plan_id IS NOT NULL THEN format(' (the fence of plan %s)', p.plan_id) ELSE '' END);
+                               CASE WHEN p.plan_id IS NOT NULL THEN format(' (the fence of plan %s)', p.plan_id)
+                                    ELSE ' (no upgrade plan: a failover, by an HA manager or by hand)' END);
                 END IF;
             END IF;
         ELSIF EXISTS (SELECT 1 FROM connect_guard.upgrade_plan u
@@ -4023,6 +6010,10 @@ BEGIN
                 format('a server on timeline %s, a follower promoted after this server (timeline %s) fenced itself for a changeover, writes the witness now: this server leaves it alone',
                        v_wtli, v_dtli);
             -- the new primary's log and marks have moved on; this server is not behind, it is retired
+            RETURN;
+        ELSIF connect_guard.failed_over_detail(w, d) IS NOT NULL THEN
+            RETURN QUERY SELECT 'failed_over', 'warning', NULL::text, connect_guard.failed_over_detail(w, d);
+            -- as for a superseded primary: the new timeline's log and marks have moved on
             RETURN;
         ELSE
             RETURN QUERY SELECT 'timeline_behind_witness', 'rollback', NULL::text,
@@ -4062,6 +6053,11 @@ BEGIN
                 RETURN QUERY SELECT 'hwm_behind_witness', 'rollback', c.name,
                     format('connection "%s" has consumed up to entry %s (tick %s) here, but had consumed up to entry %s (tick %s)',
                            c.name, c.now ->> 'hwm_id', c.now ->> 'last_tick', c.was ->> 'hwm_id', c.was ->> 'last_tick');
+            ELSIF (c.now ->> 'log_head')::bigint < (c.was ->> 'log_head')::bigint THEN
+                -- an adopted log (15_log_sources.sql): Connect's sequence went back
+                RETURN QUERY SELECT 'log_head_behind_witness', 'rollback', c.name,
+                    format('Heroku Connect''s log %s hands out ids from %s here, but had reached %s',
+                           c.now ->> 'log', c.now ->> 'log_head', c.was ->> 'log_head');
             ELSIF p_predecessor IS NULL AND (d ->> 'next_xid')::bigint < (c.was ->> 'consumed_xid')::bigint THEN
                 RETURN QUERY SELECT 'txid_behind_witness', 'rollback', c.name,
                     format('connection "%s" had consumed transactions up to xid %s, beyond the next xid %s here',
@@ -4073,15 +6069,17 @@ BEGIN
     -- the sync service's own mark needs no witness
     FOR c IN
         SELECT dc.key AS name,
+               -- an adopted connection's service counts in the ids of Connect's log
+               coalesce((dc.value ->> 'log_head')::bigint, v_dhead) AS head,
                greatest((dc.value ->> 'remote_hwm')::bigint,
                         CASE WHEN w #> ARRAY['connections', dc.key, 'created_at'] = dc.value -> 'created_at'
                              THEN (w #>> ARRAY['connections', dc.key, 'remote_hwm'])::bigint END) AS remote
           FROM jsonb_each(d -> 'connections') dc ORDER BY dc.key
     LOOP
-        IF c.remote > v_dhead THEN
+        IF c.remote > c.head THEN
             RETURN QUERY SELECT 'sync_service_ahead', 'rollback', c.name,
                 format('the sync service of connection "%s" reports it has consumed up to entry %s, but the trigger log''s ids reach %s here',
-                       c.name, c.remote, v_dhead);
+                       c.name, c.remote, c.head);
         END IF;
     END LOOP;
 END;
@@ -4145,7 +6143,8 @@ BEGIN
                         ELSE format('%s; it is not trusted and is replaced', l.detail) END)) || findings;
     END IF;
     write := l.status NOT IN ('disabled', 'unusable')
-             AND NOT findings @> '[{"finding": "superseded"}]';
+             AND NOT findings @> '[{"finding": "superseded"}]'
+             AND NOT findings @> '[{"finding": "failed_over"}]';
 END;
 $$;
 
@@ -4180,9 +6179,10 @@ BEGIN
         OR v_rollbacks @> jsonb_build_array(jsonb_build_object('connection', c.name));
 
     -- every id the sync service may have seen stays spent: new writes get new ids
-    SELECT greatest(max((w.value ->> 'hwm_id')::bigint), max((w.value ->> 'remote_hwm')::bigint),
+    -- (of connections with a log of their own: Connect's ids are its log's, whose sequence is Connect's)
+    SELECT greatest(max((w.value ->> 'hwm_id')::bigint), max((w.value ->> 'remote_hwm')::bigint) FILTER (WHERE NOT w.value ? 'log'),
                     (p_witness ->> 'log_head')::bigint,
-                    (SELECT max(remote_hwm) FROM connect_guard.connection))
+                    (SELECT max(remote_hwm) FROM connect_guard.connection WHERE log_schema IS NULL))
       INTO v_seen
       FROM jsonb_each(coalesce(p_witness -> 'connections', '{}')) w;
     IF v_seen > v_head THEN
@@ -4207,6 +6207,8 @@ BEGIN
     INSERT INTO connect_guard.rollback_incident (source, findings, mapping_ids, fence_id, reload_requests)
     VALUES (p_source, v_rollbacks, v_mappings, v_fence, v_requests)
     RETURNING incident_id INTO v_incident;
+    -- entries of Connect's logs the restore made unfinished again (77_connect_schema.sql)
+    PERFORM connect_guard.note_restored_entries(v_incident, v_mappings, p_witness);
     PERFORM connect_guard.log_event(NULL, 'rollback_detected', jsonb_build_object(
         'incident_id', v_incident, 'source', p_source, 'first_cycle', p_first_cycle,
         'findings', v_rollbacks,
@@ -4250,6 +6252,7 @@ BEGIN
     END IF;
     k := connect_guard.rollback_check();
     v_incident := connect_guard.rollback_act(k.findings, k.witness, 'worker', p_first_cycle);
+    PERFORM connect_guard.failover_fence(k.findings);
     PERFORM connect_guard.rollback_release();
     IF k.write THEN
         v_problem := connect_guard.witness_refresh(k.path,
@@ -4315,9 +6318,149 @@ BEGIN
 END;
 $$;
 /* ------------------------------------------------------------------------
+ * Adopting a schema that Heroku Connect manages (17_connect_schema.sql
+ * says what that is), and the write errors Connect records there.  An
+ * adopted connection reads Connect's log (15_log_sources.sql), fences the
+ * tables, pauses and resumes Connect through its adapter, witnesses the
+ * log and asks for reloads; it adds, alters and removes none of Connect's
+ * objects: no trigger, column, index, sequence or row.
+ * ------------------------------------------------------------------------ */
+
+CREATE FUNCTION connect_adopt_schema(connection text, schema text DEFAULT 'salesforce', adapter text DEFAULT 'heroku',
+                                     options jsonb DEFAULT '{}')
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_problems text[];
+    v_adopter text;
+    v_captured text;
+    v_role text;
+    v_id integer;
+    t record;
+    v_tables text[] := '{}';
+BEGIN
+    -- every argument is checked before anything is read or created
+    PERFORM connect_guard.require_not_null(connection, 'connection name',
+        'Name the new connection: 1 to 63 letters, digits, "_", "." or "-".');
+    PERFORM connect_guard.require_not_null(schema, 'schema',
+        'Pass the schema Heroku Connect writes to (heroku connect:info shows it; salesforce by default).');
+    PERFORM connect_guard.require_not_null(adapter, 'adapter',
+        'Use ''heroku'' (the default: Connect''s API), ''webhook'' or ''local''.');
+    PERFORM connect_guard.require_not_null(options, 'options', 'Pass options as jsonb, for example ''{}''::jsonb.');
+    IF NOT EXISTS (SELECT 1 FROM pg_namespace n WHERE n.nspname = schema) THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'invalid_schema_name',
+            MESSAGE = format('schema %s does not exist', coalesce(quote_ident(schema), 'NULL')),
+            HINT = 'Pass the schema Heroku Connect writes to (heroku connect:info shows it; salesforce by default).';
+    END IF;
+    v_problems := connect_guard.connect_schema_problems(schema);
+    IF cardinality(v_problems) > 0 THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('schema %s is not managed by Heroku Connect', quote_ident(schema)),
+            DETAIL = format('It is not laid out as Connect lays out its schema: %s.', array_to_string(v_problems, '; ')),
+            HINT = 'Adopt the schema Connect writes to; to sync tables of your own, use connect_create_connection() and connect_map_table().';
+    END IF;
+    SELECT c.name INTO v_adopter FROM connect_guard.connection c WHERE c.log_schema = schema;
+    IF FOUND THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'duplicate_object',
+            MESSAGE = format('schema %s is already adopted by connection "%s"', quote_ident(schema), v_adopter),
+            HINT = 'See connect_connections; drop that connection with connect_drop_connection() to adopt the schema again.';
+    END IF;
+    -- a capture trigger of connect_guard on a table of Connect's: a second log, undone by unmapping
+    SELECT string_agg(DISTINCT format('%s (connection "%s")', to_regclass(format('%I.%I', m.table_schema, m.table_name)), c.name), ', ')
+      INTO v_captured
+      FROM connect_guard.mapping m JOIN connect_guard.connection c USING (connection_id)
+     WHERE m.table_schema = schema AND c.log_schema IS NULL;
+    IF v_captured IS NOT NULL THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('tables of schema %s are mapped by a connection with a log of its own', quote_ident(schema)),
+            DETAIL = format('Mapped: %s. Their capture triggers feed connect_guard.trigger_log, a second log next to Connect''s.', v_captured),
+            HINT = 'Unmap them with connect_unmap_table() (which drops the capture triggers), then adopt the schema.';
+    END IF;
+    IF options IS NULL OR jsonb_typeof(options) <> 'object' THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'connection options must be a JSON object',
+            HINT = 'Pass options as jsonb, for example ''{}''::jsonb.';
+    END IF;
+    -- the role Connect's sessions run as: by default the owner of its log, which Connect created
+    IF options ? 'sync_role' THEN
+        v_role := options ->> 'sync_role';
+        IF jsonb_typeof(options -> 'sync_role') <> 'string'
+           OR NOT EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = v_role) THEN
+            RAISE EXCEPTION USING
+                ERRCODE = 'invalid_parameter_value',
+                MESSAGE = format('option "sync_role" must name an existing role, not %s', options -> 'sync_role'),
+                DETAIL = 'It is the role Heroku Connect''s sessions log in as: the reload fence lets its sessions with xmlbinary = ''hex'' write.',
+                HINT = 'Leave it out to use the owner of the schema''s _trigger_log.';
+        END IF;
+    ELSE
+        SELECT r.rolname INTO v_role FROM pg_class cl JOIN pg_roles r ON r.oid = cl.relowner
+         WHERE cl.oid = format('%I._trigger_log', schema)::regclass;
+    END IF;
+
+    v_id := @extschema@.connect_create_connection(connection, adapter, options - 'sync_role');
+    UPDATE connect_guard.connection SET log_schema = schema, sync_role = v_role WHERE connection_id = v_id;
+    FOR t IN SELECT * FROM connect_guard.connect_logged_tables(schema) LOOP
+        -- named by the table; the worker's refresh takes Connect's spelling and mapping id from the deep GET
+        PERFORM @extschema@.connect_map_table(connection, t.relid::regclass);
+        v_tables := v_tables || format('%I.%I', schema, t.relname);
+    END LOOP;
+    PERFORM connect_guard.log_tick(v_id, schema);
+    PERFORM connect_guard.log_event(v_id, 'schema_adopted',
+        jsonb_build_object('schema', schema, 'log', connect_guard.log_table(schema), 'sync_role', v_role,
+                           'tables', to_jsonb(v_tables)));
+    IF adapter = 'heroku' THEN
+        PERFORM @extschema@.connect_refresh(connection);
+    END IF;
+    RETURN v_id;
+END;
+$$;
+
+/*
+ * connect_guard.write_errors: the FAILED entries of every adopted log and
+ * its archive (Connect's CLI shows only the last 24 hours).  SECURITY
+ * DEFINER: it reads Connect's tables for roles granted the view.
+ */
+CREATE FUNCTION connect_guard.write_errors()
+RETURNS TABLE (connection text, table_name text, record_id bigint, sfid text, action text, sf_message text,
+               failed_at timestamptz, entry_id bigint, archived boolean, created_at timestamptz)
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c connect_guard.connection;
+    v_table text;
+BEGIN
+    FOR c IN SELECT * FROM connect_guard.connection WHERE log_schema IS NOT NULL ORDER BY name LOOP
+        IF connect_guard.log_sequence(c.log_schema) IS NULL THEN
+            CONTINUE;
+        END IF;
+        -- Connect's indexes: (state, id) on the log, (state, table_name) WHERE state = 'FAILED' on the archive
+        FOREACH v_table IN ARRAY ARRAY['_trigger_log', '_trigger_log_archive'] LOOP
+            RETURN QUERY EXECUTE format(
+                'SELECT %1$L::text, format(''%%I.%%I'', %2$L, l.table_name), l.record_id::bigint, l.sfid::text,
+                        l.action::text, l.sf_message, coalesce(l.processed_at, l.updated_at)::timestamptz, l.id::bigint,
+                        %3$L::boolean, l.created_at::timestamptz
+                   FROM %2$I.%4$I l WHERE l.state = ''FAILED''',
+                c.name, c.log_schema, v_table = '_trigger_log_archive', v_table);
+        END LOOP;
+    END LOOP;
+END;
+$$;
+
+CREATE VIEW connect_write_errors AS
+SELECT * FROM connect_guard.write_errors();
+/* ------------------------------------------------------------------------
  * Privileges: nothing for PUBLIC; monitoring roles may read the views
- * (which redact secrets); the DBA grants the consumer functions to the sync
- * service's role.
+ * (which redact secrets); connect_grant_consumer() grants the consumer
+ * functions to the sync service's role, for one connection at a time.
  * ------------------------------------------------------------------------ */
 
 DO $$
@@ -4336,7 +6479,10 @@ END;
 $$;
 
 GRANT SELECT ON connect_connections, connect_mappings, connect_high_water_marks, connect_fences, connect_status,
-      connect_worker, connect_upgrade_status, connect_rollback_incidents TO pg_monitor;
--- the views call these with the reader's rights
+      connect_worker, connect_upgrade_status, connect_rollback_incidents, connect_write_errors,
+      connect_consumers TO pg_monitor;
+-- the views call these with the reader's rights (log_status and write_errors are SECURITY DEFINER:
+-- they read Connect's log for the monitoring role, which may not)
 GRANT EXECUTE ON FUNCTION connect_guard.redact(jsonb), connect_guard.fence_list(),
-      connect_guard.fence_relations(), connect_guard.worker_pid() TO pg_monitor;
+      connect_guard.fence_relations(), connect_guard.worker_pid(), connect_guard.log_status(integer),
+      connect_guard.write_errors() TO pg_monitor;

@@ -18,7 +18,8 @@ use ConnectGuard::Test;
 # one witness directory for the primary and its follower, as the README asks
 my $witness_dir = PostgreSQL::Test::Utils::tempdir;
 my $primary = cg_node('primary', init => [ allows_streaming => 1 ],
-    conf => [ "connect_guard.naptime = '200ms'", "connect_guard.witness_directory = '$witness_dir'" ]);
+    conf => [ "connect_guard.naptime = '200ms'", "connect_guard.witness_directory = '$witness_dir'",
+        'connect_guard.http_allow_insecure_loopback = on' ]);    # the heroku connection below is http://127.0.0.1
 setup_accounts($primary, consumed => 0);
 $primary->safe_psql('postgres', 'SELECT connect_guard.wake_launcher()');
 ok(wait_for_worker($primary), 'the worker runs');

@@ -19,7 +19,9 @@
 #      Connect's log with what the plan recorded)
 #
 # Before each plan Connect is paused (without a fence) and the application
-# writes, so that Connect's log holds entries it has not processed.
+# writes, so that Connect's log holds entries it has not processed; the
+# runbooks' preflight stops on that paused connection (the plan resumes
+# it at its end), so each run accepts that check (-v accept=sync_service:hc).
 # Counting, for each: every one of them is still NEW on the database that
 # takes over, every entry is in the state it had at the fence; the marks
 # there are Connect's (backlog, processed mark below the first unfinished
@@ -211,7 +213,7 @@ app_writes($primary, 4);
 my $waiting = unfinished($primary);
 is(count_of($waiting), 8, "changeover: 8 entries wait for Connect: $waiting");
 
-my ($rc, $out, $err) = runbook($primary, 'follower_changeover', follower => 'follower',
+my ($rc, $out, $err) = runbook($primary, 'follower_changeover', follower => 'follower', accept => 'sync_service:hc',
 	follower_conninfo => $follower->connstr('postgres'), max_lag => '100000000', wait_timeout => '60 s');
 is($rc, 0, 'changeover: the runbook reaches ready');
 my ($plan) = $out =~ /plan (\d+) prepared/;
@@ -221,7 +223,8 @@ is(sql($primary, "SELECT (high_water_marks -> 'hc' ->> 'unfinished') || ' ' || (
 	FROM connect_guard.upgrade_plan WHERE plan_id = $plan"), '8 ' . (split /,/, $waiting)[0],
 	'changeover: the plan recorded them (count, first id)');
 stop_simulator();    # Connect follows DATABASE_URL to the new primary
-($rc, $out, $err) = runbook($primary, 'follower_changeover', plan => $plan, promote => 'on', wait_timeout => '90 s');
+($rc, $out, $err) = runbook($primary, 'follower_changeover', plan => $plan, promote => 'on', wait_timeout => '90 s',
+	accept => 'sync_service:hc');
 is($rc, 0, 'changeover: the second run promotes, and the new primary completes the plan');
 like($out, qr/step 4: promote the follower.*step 6: on the new primary/s, 'changeover: promote, hand over, complete');
 is(sql($follower, "SELECT status FROM connect_upgrade_status WHERE plan = $plan"), 'completed', 'changeover: completed');
@@ -298,7 +301,7 @@ $waiting = unfinished($restored);
 is(count_of($waiting), 4, "pg_upgrade: 4 entries wait for Connect: $waiting");
 my $bindir = sql($restored, "SELECT setting FROM pg_config WHERE name = 'BINDIR'");
 my $upgraded = cg_node('upgraded', conf => $conf, start => 0);
-($rc, $out, $err) = runbook($restored, 'pg_upgrade',
+($rc, $out, $err) = runbook($restored, 'pg_upgrade', accept => 'sync_service:hc',
 	new_bindir => $bindir, new_datadir => $upgraded->data_dir, new_logfile => $upgraded->logfile, wait_timeout => '60 s',
 	pg_upgrade_options => '--no-sync -p ' . $restored->port . ' -P ' . $upgraded->port . ' --socketdir ' . $upgraded->host);
 is($rc, 0, 'pg_upgrade: prepare reaches ready');
@@ -333,7 +336,8 @@ is(pause_connect($upgraded), 'PAUSED', 'pg_copy: Connect paused (no fence)');
 app_writes($upgraded, 2);
 $waiting = unfinished($upgraded);
 is(count_of($waiting), 4, "pg_copy: 4 entries wait for Connect: $waiting");
-($rc, $out, $err) = runbook($upgraded, 'pg_copy', target => $upgraded->connstr('copydb'), wait_timeout => '60 s');
+($rc, $out, $err) = runbook($upgraded, 'pg_copy', target => $upgraded->connstr('copydb'), wait_timeout => '60 s',
+	accept => 'sync_service:hc');
 is($rc, 0, 'pg_copy: prepare reaches ready (Connect\'s log needs no draining: it goes with the copy)');
 ($plan) = $out =~ /plan (\d+) prepared/;
 $at_fence = states($upgraded);

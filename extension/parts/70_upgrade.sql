@@ -701,7 +701,9 @@ BEGIN
         IF p.step = connect_wait_upgrade.step OR p.status = connect_wait_upgrade.step
            OR EXISTS (SELECT 1 FROM connect_guard.upgrade_step s
                        WHERE s.plan_id = p.plan_id AND s.step = connect_wait_upgrade.step) THEN
-            RETURN p.step;
+            -- read again: the condition ran on a newer snapshot than p, and may have seen the
+            -- step's timeline row whose plan row p predates (both are written in one transaction)
+            RETURN (connect_guard.require_plan(plan)).step;
         END IF;
         IF p.status IN ('failed', 'aborted') THEN
             RAISE EXCEPTION USING

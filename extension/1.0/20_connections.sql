@@ -104,6 +104,8 @@ BEGIN
             HINT = 'See connect_mappings; unmap it first with connect_unmap_table() to map it again.';
     END IF;
 
+    -- a child's rows would be the table's, yet not captured (19_table_shape.sql)
+    PERFORM connect_guard.refuse_inheritance_children(tbl);
     -- one pair of triggers per table, whatever the number of connections mapping it
     IF NOT EXISTS (SELECT 1 FROM pg_trigger t
                     WHERE t.tgrelid = tbl AND t.tgname = '_connect_guard_capture') THEN
@@ -114,10 +116,13 @@ BEGIN
                        'FOR EACH STATEMENT EXECUTE FUNCTION connect_guard.capture(%L, %L)',
                        r.nspname, r.relname, r.nspname, r.relname);
     END IF;
+    PERFORM connect_guard.install_truncate_watch(tbl);
 
     INSERT INTO connect_guard.mapping (connection_id, table_schema, table_name, object_name)
     VALUES (c.connection_id, r.nspname, r.relname, coalesce(object_name, r.relname))
     RETURNING mapping_id INTO v_id;
+    -- what the table looks like now is what the mapping expects (47_schema_changes.sql)
+    PERFORM connect_guard.mapping_init(v_id);
     PERFORM connect_guard.fence_refresh();
     PERFORM connect_guard.log_event(c.connection_id, 'table_mapped',
                                     jsonb_build_object('table', format('%I.%I', r.nspname, r.relname),
@@ -141,6 +146,7 @@ BEGIN
        AND to_regclass(format('%I.%I', p_schema, p_table)) IS NOT NULL THEN
         EXECUTE format('DROP TRIGGER IF EXISTS _connect_guard_capture ON %I.%I', p_schema, p_table);
         EXECUTE format('DROP TRIGGER IF EXISTS _connect_guard_truncate ON %I.%I', p_schema, p_table);
+        PERFORM connect_guard.drop_truncate_watch(format('%I.%I', p_schema, p_table)::regclass);
     END IF;
 END;
 $$;

@@ -20,7 +20,8 @@ END;
 $$;
 
 GRANT SELECT ON connect_connections, connect_mappings, connect_high_water_marks, connect_fences, connect_status,
-      connect_worker, connect_upgrade_status, connect_rollback_incidents TO pg_monitor;
+      connect_worker, connect_upgrade_status, connect_rollback_incidents, connect_schema_drift TO pg_monitor;
 -- the views call these with the reader's rights
 GRANT EXECUTE ON FUNCTION connect_guard.redact(jsonb), connect_guard.fence_list(),
-      connect_guard.fence_relations(), connect_guard.worker_pid() TO pg_monitor;
+      connect_guard.fence_relations(), connect_guard.worker_pid(),
+      connect_guard.mapping_relid(connect_guard.mapping), connect_guard.schema_change_present(integer) TO pg_monitor;

@@ -1,0 +1,439 @@
+/* ------------------------------------------------------------------------
+ * Schema changes of mapped tables: what differs between a mapped table and
+ * what its mapping expects (19_table_shape.sql), and what hid writes from
+ * the log.  mapping_findings() says what differs now; schema_changes_record()
+ * records what is new as connect_guard.schema_change rows, puts the mapping
+ * in SCHEMA_CHANGED (14_states.sql), logs a schema_changed event and raises
+ * a WARNING, in the session that made the change (event triggers, the
+ * truncate watch) or in the worker's log (its check every cycle, for what
+ * event triggers do not see: direct catalog changes).  connect_schema_drift
+ * shows them; connect_save_mapping() (66_schema_watch.sql) settles them.
+ *
+ * Kinds (needs_reload: writes may have reached the table unlogged, or its
+ * rows changed without log entries; a reload makes the sync service's copy
+ * whole again):
+ *   table_dropped           the mapped table is gone                         reload
+ *   trigger_missing         a trigger the mapping needs is not there         reload (capture)
+ *   trigger_disabled        ALTER TABLE ... DISABLE TRIGGER                  reload (capture)
+ *   trigger_replica_only    ENABLE REPLICA TRIGGER: fires only for replicas  reload (capture)
+ *   trigger_always          ENABLE ALWAYS TRIGGER: also fires for replicas
+ *   trigger_changed         CREATE OR REPLACE TRIGGER with another
+ *                           definition (events, function, WHEN, columns)     reload (capture)
+ *   inheritance_child       a table inherits from it: its rows are not
+ *                           captured                                         reload
+ *   column_added, column_dropped                                             -
+ *   column_type_changed     ALTER COLUMN ... TYPE: every row rewritten       reload
+ *   primary_key_changed     the key the log's record_id is made of           reload
+ *   partition_added         attached with rows (an empty one is accepted)    reload
+ *   partition_removed       detached or dropped, with its rows               reload
+ *   partition_truncated     TRUNCATE of one partition (the truncate watch)   reload
+ *   field_without_column    the configuration's field has no column          -
+ *   column_without_field    a column no field of the configuration names     -
+ *
+ * A mapping whose table was never seen complete in this database (it was
+ * just restored from a dump: pg_restore creates the triggers and keys after
+ * the mapping's rows) is not reported until it is, or for 5 minutes.
+ * ------------------------------------------------------------------------ */
+
+-- the kinds whose cause cannot be seen afterwards: only the moment told
+CREATE FUNCTION connect_guard.schema_change_is_event(p_kind text)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE
+AS $$ SELECT p_kind IN ('partition_truncated') $$;
+
+-- one line about a schema change, for WARNINGs and events
+CREATE FUNCTION connect_guard.schema_change_text(p_kind text, p_object text, p_expected text, p_actual text)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+AS $$
+    SELECT p_kind || ': ' || p_object
+           || CASE WHEN p_expected IS NOT NULL OR p_actual IS NOT NULL
+                   THEN format(' (expected %s, found %s)', coalesce(p_expected, 'nothing'), coalesce(p_actual, 'nothing'))
+                   ELSE '' END
+$$;
+
+/*
+ * connect_guard.trigger_arguments: a trigger's arguments as text[]
+ * (pg_trigger keeps them NUL-separated in a bytea).
+ */
+CREATE FUNCTION connect_guard.trigger_arguments(t pg_trigger)
+RETURNS text[]
+LANGUAGE sql IMMUTABLE
+AS $$
+    SELECT CASE WHEN t.tgnargs = 0 THEN '{}'::text[]
+                ELSE string_to_array(left(encode(t.tgargs, 'escape'), -4), '\000') END
+$$;
+
+/*
+ * connect_guard.mapping_findings: what differs now between mapping m's
+ * table and what the mapping expects (see the kinds above).  With
+ * p_look_at_rows false, partitions added are not read (whether they hold
+ * rows needs SELECT on them): actual says 'not examined'.
+ */
+CREATE FUNCTION connect_guard.mapping_findings(m connect_guard.mapping, p_look_at_rows boolean DEFAULT true)
+RETURNS TABLE (kind text, object text, expected text, actual text, needs_reload boolean)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c connect_guard.connection;
+    v_rel regclass := connect_guard.mapping_relid(m);
+    v_now jsonb;
+    e record;
+    r regclass;
+    t pg_trigger;
+    v_when text;
+    v_rows boolean;
+    v_reported text[] := '{}';
+    k text;
+    v text;
+BEGIN
+    IF v_rel IS NULL THEN
+        RETURN QUERY SELECT 'table_dropped'::text, format('%I.%I', m.table_schema, m.table_name), 'the mapped table'::text,
+                            'no such table'::text, true;
+        RETURN;
+    END IF;
+    SELECT * INTO c FROM connect_guard.connection cn WHERE cn.connection_id = m.connection_id;
+
+    -- the triggers that capture its writes (and watch its partitions), on it and on its partitions
+    FOR e IN SELECT * FROM connect_guard.capture_triggers_expected(c, m) LOOP
+        FOR r IN
+            SELECT v_rel WHERE e.placement = 'table'
+            UNION ALL
+            SELECT p FROM connect_guard.partitions_of(v_rel) p
+             WHERE e.placement = 'each_partition' OR (e.placement = 'table' AND e.trigger_type & 1 = 1)
+        LOOP
+            kind := NULL;
+            SELECT * INTO t FROM pg_trigger tg WHERE tg.tgrelid = r AND tg.tgname = e.trigger_name;
+            object := format('%I on %s', e.trigger_name, r);
+            needs_reload := e.purpose = 'capture';
+            IF NOT FOUND THEN
+                kind := 'trigger_missing'; expected := e.purpose || ' trigger'; actual := 'no such trigger';
+            ELSE
+                v_when := substring(pg_get_triggerdef(t.oid) FROM ' WHEN \((.*)\) EXECUTE ');
+                IF t.tgtype <> e.trigger_type OR (e.function_oid IS NOT NULL AND t.tgfoid <> e.function_oid)
+                   OR (e.arguments IS NOT NULL AND connect_guard.trigger_arguments(t) IS DISTINCT FROM e.arguments)
+                   OR v_when IS DISTINCT FROM e.when_clause OR cardinality(t.tgattr::int2[]) > 0
+                   OR t.tgconstraint <> 0 THEN
+                    kind := 'trigger_changed';
+                    expected := format('%s trigger of connect_guard''s definition', e.purpose);
+                    actual := pg_get_triggerdef(t.oid);
+                ELSIF t.tgenabled = 'D' THEN
+                    kind := 'trigger_disabled'; expected := 'enabled'; actual := 'disabled';
+                ELSIF t.tgenabled = 'R' THEN
+                    kind := 'trigger_replica_only'; expected := 'enabled';
+                    actual := 'ENABLE REPLICA: fires only when session_replication_role = replica';
+                ELSIF t.tgenabled = 'A' THEN
+                    kind := 'trigger_always'; expected := 'enabled'; needs_reload := false;
+                    actual := 'ENABLE ALWAYS: fires also when session_replication_role = replica';
+                END IF;
+            END IF;
+            IF kind IS NOT NULL THEN
+                RETURN NEXT;
+            END IF;
+        END LOOP;
+    END LOOP;
+
+    -- inheritance children: rows of the table that no trigger of it captures
+    FOR object, actual IN
+        WITH RECURSIVE down(relid, parent) AS (
+            SELECT i.inhrelid, i.inhparent FROM pg_inherits i WHERE i.inhparent = v_rel
+            UNION ALL
+            SELECT i.inhrelid, i.inhparent FROM pg_inherits i JOIN down d ON i.inhparent = d.relid)
+        SELECT d.relid::regclass::text, format('inherits from %s', d.parent::regclass)
+          FROM down d JOIN pg_class cl ON cl.oid = d.relid
+         WHERE NOT cl.relispartition
+    LOOP
+        kind := 'inheritance_child'; expected := 'no inheritance children'; needs_reload := true;
+        RETURN NEXT;
+    END LOOP;
+
+    -- the shape it was mapped (or saved) with
+    v_now := connect_guard.table_shape(v_rel);
+    IF m.shape IS NOT NULL THEN
+        FOR k, v IN SELECT * FROM jsonb_each_text(m.shape -> 'columns') LOOP
+            IF NOT v_now -> 'columns' ? k THEN
+                RETURN QUERY SELECT 'column_dropped'::text, k, v, NULL::text, false;
+                v_reported := v_reported || k;
+            ELSIF v_now -> 'columns' ->> k <> v THEN
+                RETURN QUERY SELECT 'column_type_changed'::text, k, v, v_now -> 'columns' ->> k, true;
+                v_reported := v_reported || k;
+            END IF;
+        END LOOP;
+        FOR k, v IN SELECT * FROM jsonb_each_text(v_now -> 'columns') LOOP
+            IF NOT m.shape -> 'columns' ? k THEN
+                RETURN QUERY SELECT 'column_added'::text, k, NULL::text, v, false;
+                v_reported := v_reported || k;
+            END IF;
+        END LOOP;
+        IF (m.shape -> 'primary_key') IS DISTINCT FROM (v_now -> 'primary_key') THEN
+            RETURN QUERY SELECT 'primary_key_changed'::text, 'primary key'::text,
+                                coalesce(m.shape ->> 'primary_key', 'none'), v_now ->> 'primary_key', true;
+        END IF;
+        FOR k IN SELECT jsonb_array_elements_text(m.shape -> 'partitions')
+                 EXCEPT SELECT jsonb_array_elements_text(v_now -> 'partitions') LOOP
+            RETURN QUERY SELECT 'partition_removed'::text, k, format('a partition of %s', v_rel),
+                                CASE WHEN to_regclass(k) IS NULL THEN 'dropped' ELSE 'detached' END, true;
+        END LOOP;
+        FOR k IN SELECT jsonb_array_elements_text(v_now -> 'partitions')
+                 EXCEPT SELECT jsonb_array_elements_text(m.shape -> 'partitions') LOOP
+            IF p_look_at_rows THEN
+                EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', k::regclass) INTO v_rows;
+            END IF;
+            RETURN QUERY SELECT 'partition_added'::text, k, 'no new partition with rows'::text,
+                                CASE WHEN NOT p_look_at_rows THEN 'not examined'
+                                     WHEN v_rows THEN 'attached with rows' ELSE 'empty' END,
+                                coalesce(v_rows, false);
+        END LOOP;
+    END IF;
+
+    -- the configuration's fields against the columns (a column already reported above is not again)
+    IF jsonb_typeof(m.config -> 'fields') = 'object' THEN
+        FOR k IN SELECT jsonb_object_keys(m.config -> 'fields') ORDER BY 1 LOOP
+            IF NOT v_now -> 'columns' ? connect_guard.config_field_column(k)
+               AND connect_guard.config_field_column(k) <> ALL (v_reported) THEN
+                RETURN QUERY SELECT 'field_without_column'::text, k, connect_guard.config_field_column(k), NULL::text, false;
+            END IF;
+        END LOOP;
+        FOR k IN SELECT jsonb_object_keys(v_now -> 'columns') ORDER BY 1 LOOP
+            IF connect_guard.config_field_name(k) IS NOT NULL AND k <> ALL (v_reported)
+               AND NOT EXISTS (SELECT 1 FROM jsonb_object_keys(m.config -> 'fields') f
+                                WHERE connect_guard.config_field_column(f) = k) THEN
+                RETURN QUERY SELECT 'column_without_field'::text, k, NULL::text, connect_guard.config_field_name(k), false;
+            END IF;
+        END LOOP;
+    END IF;
+END;
+$$;
+
+/*
+ * connect_guard.schema_changes_note records findings (a jsonb array of
+ * {kind, object, expected, actual, needs_reload}) of mapping m that are not
+ * open already; for the new ones it puts the mapping in SCHEMA_CHANGED
+ * (unless a reload is under way: the reload overwrites the table, and the
+ * worker moves it on once the reload is done), logs a schema_changed event
+ * and raises a WARNING.  Returns how many were new.
+ */
+CREATE FUNCTION connect_guard.schema_changes_note(m connect_guard.mapping, p_findings jsonb, p_source text,
+                                                  p_context text)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    f jsonb;
+    v_new jsonb := '[]';
+    v_state_before text;
+    v_connection text;
+BEGIN
+    SELECT coalesce(min(s.state_before), m.state) INTO v_state_before
+      FROM connect_guard.schema_change s WHERE s.mapping_id = m.mapping_id AND s.resolved_at IS NULL;
+    IF v_state_before IN ('SCHEMA_CHANGED', 'RELOAD_TABLE') THEN
+        v_state_before := 'DATA_SYNCED';
+    END IF;
+    FOR f IN SELECT * FROM jsonb_array_elements(p_findings) LOOP
+        INSERT INTO connect_guard.schema_change (mapping_id, kind, object, expected, actual, needs_reload,
+                                                 detected_by, detected_in, state_before)
+        VALUES (m.mapping_id, f ->> 'kind', f ->> 'object', f ->> 'expected', f ->> 'actual',
+                (f ->> 'needs_reload')::boolean, p_source, p_context, v_state_before)
+        ON CONFLICT (mapping_id, kind, object) WHERE resolved_at IS NULL DO NOTHING;
+        IF FOUND THEN
+            v_new := v_new || f;
+        END IF;
+    END LOOP;
+    IF jsonb_array_length(v_new) = 0 THEN
+        RETURN 0;
+    END IF;
+
+    PERFORM connect_guard.mappings_goto(m.connection_id, ARRAY[m.mapping_id], 'SCHEMA_CHANGED',
+                                        ARRAY['INITIAL', 'DATA_SYNCED']);
+    PERFORM connect_guard.log_event(m.connection_id, 'schema_changed', jsonb_build_object(
+        'table', format('%I.%I', m.table_schema, m.table_name), 'object_name', m.object_name,
+        'source', p_source, 'context', p_context, 'changes', v_new,
+        'needs_reload', EXISTS (SELECT 1 FROM jsonb_array_elements(v_new) x WHERE (x ->> 'needs_reload')::boolean)));
+    SELECT cn.name INTO v_connection FROM connect_guard.connection cn WHERE cn.connection_id = m.connection_id;
+    RAISE WARNING USING
+        MESSAGE = format('mapped table %I.%I of connection "%s" changed: %s', m.table_schema, m.table_name, v_connection,
+                         (SELECT string_agg(connect_guard.schema_change_text(x ->> 'kind', x ->> 'object',
+                                                                             x ->> 'expected', x ->> 'actual'), '; ')
+                            FROM jsonb_array_elements(v_new) x)),
+        DETAIL = CASE WHEN EXISTS (SELECT 1 FROM jsonb_array_elements(v_new) x WHERE (x ->> 'needs_reload')::boolean)
+                      THEN 'Writes may have reached the table without a log entry: the sync service''s copy needs a reload.'
+                      ELSE 'The table no longer matches its mapping.' END,
+        HINT = 'The mapping is SCHEMA_CHANGED; see connect_schema_drift, and runbooks/field_change.sql for the way out (connect_save_mapping()).';
+    RETURN jsonb_array_length(v_new);
+END;
+$$;
+
+/*
+ * connect_guard.schema_changes_record checks the given mappings (all for
+ * NULL) and records what is new (schema_changes_note).  p_source says who
+ * looks ('ddl', 'worker', 'map', 'import', 'export'), p_context what showed
+ * it (a command tag, a request).  An empty partition that appeared is
+ * accepted into the shape (and given its truncate watch when p_source is
+ * 'ddl': the session that made it may create triggers on it).  With
+ * p_skip_locked (the worker), a mapping another transaction is changing is
+ * left for the next cycle.  Returns the number of new findings.
+ */
+CREATE FUNCTION connect_guard.schema_changes_record(p_mapping_ids integer[], p_source text, p_context text,
+                                                    p_skip_locked boolean DEFAULT false)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    m connect_guard.mapping;
+    v_rel regclass;
+    v_findings jsonb;
+    v_verified connect_guard.mapping_verified;
+    v_count integer := 0;
+BEGIN
+    FOR m IN SELECT * FROM connect_guard.mapping mp
+              WHERE p_mapping_ids IS NULL OR mp.mapping_id = ANY (p_mapping_ids)
+              ORDER BY mp.mapping_id
+    LOOP
+        BEGIN
+            v_rel := connect_guard.mapping_relid(m);
+            IF m.shape IS NULL AND v_rel IS NOT NULL THEN
+                -- a mapping made without connect_map_table(): what its table is now is what it expects
+                PERFORM connect_guard.mapping_init(m.mapping_id);
+                SELECT * INTO m FROM connect_guard.mapping WHERE mapping_id = m.mapping_id;
+            END IF;
+            IF p_source = 'ddl' AND v_rel IS NOT NULL THEN
+                PERFORM connect_guard.install_truncate_watch(v_rel);
+            END IF;
+
+            SELECT coalesce(jsonb_agg(to_jsonb(f) ORDER BY f.kind, f.object), '[]') INTO v_findings
+              FROM connect_guard.mapping_findings(m) f;
+            -- an empty new partition is part of the table now, and nothing was hidden
+            IF EXISTS (SELECT 1 FROM jsonb_array_elements(v_findings) x
+                        WHERE x ->> 'kind' = 'partition_added' AND x ->> 'actual' = 'empty') THEN
+                UPDATE connect_guard.mapping mp
+                   SET shape = jsonb_set(mp.shape, '{partitions}',
+                                         (SELECT jsonb_agg(p ORDER BY p)
+                                            FROM (SELECT jsonb_array_elements_text(mp.shape -> 'partitions')
+                                                  UNION
+                                                  SELECT x ->> 'object' FROM jsonb_array_elements(v_findings) x
+                                                   WHERE x ->> 'kind' = 'partition_added' AND x ->> 'actual' = 'empty') ps(p)))
+                 WHERE mp.mapping_id = m.mapping_id;
+                SELECT coalesce(jsonb_agg(x), '[]') INTO v_findings FROM jsonb_array_elements(v_findings) x
+                 WHERE NOT (x ->> 'kind' = 'partition_added' AND x ->> 'actual' = 'empty');
+            END IF;
+
+            -- a table never seen complete here may be in the middle of a restore
+            SELECT * INTO v_verified FROM connect_guard.mapping_verified WHERE mapping_id = m.mapping_id;
+            IF jsonb_array_length(v_findings) = 0 THEN
+                IF v_verified.verified_at IS NULL THEN
+                    INSERT INTO connect_guard.mapping_verified (mapping_id, verified_at) VALUES (m.mapping_id, clock_timestamp())
+                    ON CONFLICT (mapping_id) DO UPDATE SET verified_at = excluded.verified_at;
+                END IF;
+                CONTINUE;
+            END IF;
+            IF v_verified.verified_at IS NULL THEN
+                IF v_verified.mapping_id IS NULL THEN
+                    INSERT INTO connect_guard.mapping_verified (mapping_id) VALUES (m.mapping_id) ON CONFLICT DO NOTHING;
+                    CONTINUE;
+                ELSIF v_verified.first_checked_at > clock_timestamp() - interval '5 min' THEN
+                    CONTINUE;
+                END IF;
+                UPDATE connect_guard.mapping_verified SET verified_at = clock_timestamp() WHERE mapping_id = m.mapping_id;
+            END IF;
+            v_count := v_count + connect_guard.schema_changes_note(m, v_findings, p_source, p_context);
+        EXCEPTION WHEN lock_not_available THEN
+            -- only with p_skip_locked: another transaction holds the mapping or its table; next cycle
+            IF NOT p_skip_locked THEN
+                RAISE;
+            END IF;
+        END;
+    END LOOP;
+    RETURN v_count;
+END;
+$$;
+
+/*
+ * connect_guard.mappings_of_relations: the mappings whose table is one of
+ * p_relids or an ancestor of one (the partitioned table of a partition, the
+ * parent of an inheritance child).
+ */
+CREATE FUNCTION connect_guard.mappings_of_relations(p_relids oid[])
+RETURNS integer[]
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH RECURSIVE up(relid) AS (
+        SELECT unnest(p_relids)
+        UNION
+        SELECT i.inhparent FROM pg_inherits i JOIN up ON i.inhrelid = up.relid)
+    SELECT array_agg(DISTINCT m.mapping_id)
+      FROM up
+      JOIN pg_class cl ON cl.oid = up.relid
+      JOIN pg_namespace n ON n.oid = cl.relnamespace
+      JOIN connect_guard.mapping m ON m.table_schema = n.nspname AND m.table_name = cl.relname
+$$;
+
+/*
+ * connect_guard.note_partition_truncated is called by the truncate watch
+ * (truncate_watch.c) when one partition of a mapped table is truncated on
+ * its own: its rows left the mapped table without a log entry.  SECURITY
+ * DEFINER: the truncating role has no right on the catalog; the C trigger
+ * calls it through fmgr, and nobody else may.
+ */
+CREATE FUNCTION connect_guard.note_partition_truncated(p_relid oid)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    m connect_guard.mapping;
+BEGIN
+    FOR m IN SELECT * FROM connect_guard.mapping
+              WHERE mapping_id = ANY (connect_guard.mappings_of_relations(ARRAY[p_relid])) ORDER BY mapping_id LOOP
+        PERFORM connect_guard.schema_changes_note(m, jsonb_build_array(jsonb_build_object(
+            'kind', 'partition_truncated', 'object', p_relid::regclass::text, 'expected', 'its rows deleted with a log entry',
+            'actual', 'TRUNCATE of the partition alone', 'needs_reload', true)), 'truncate', 'TRUNCATE');
+    END LOOP;
+END;
+$$;
+
+/*
+ * connect_guard.schema_change_present: is the cause of an open schema
+ * change still there (NULL for an event: there is nothing to look at)?
+ * SECURITY DEFINER, so that the monitoring roles that read
+ * connect_schema_drift need no right on the catalog; it reads no row of the
+ * application's tables.
+ */
+CREATE FUNCTION connect_guard.schema_change_present(p_schema_change_id integer)
+RETURNS boolean
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN connect_guard.schema_change_is_event(s.kind) THEN NULL
+                ELSE EXISTS (SELECT 1 FROM connect_guard.mapping_findings(m, false) f
+                              WHERE f.kind = s.kind AND f.object = s.object) END
+      FROM connect_guard.schema_change s JOIN connect_guard.mapping m USING (mapping_id)
+     WHERE s.schema_change_id = p_schema_change_id
+$$;
+
+CREATE VIEW connect_schema_drift AS
+SELECT c.name AS connection,
+       connect_guard.mapping_relid(m) AS table_name,
+       m.table_schema,
+       m.table_name AS table_relname,
+       m.object_name,
+       m.state AS mapping_state,
+       s.kind,
+       s.object,
+       s.expected,
+       s.actual,
+       s.needs_reload,
+       connect_guard.schema_change_present(s.schema_change_id) AS still_present,
+       s.detected_by,
+       s.detected_in,
+       s.detected_at,
+       s.actor
+  FROM connect_guard.schema_change s
+  JOIN connect_guard.mapping m USING (mapping_id)
+  JOIN connect_guard.connection c ON c.connection_id = m.connection_id
+ WHERE s.resolved_at IS NULL;

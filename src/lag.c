@@ -65,7 +65,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-#include "connect_guard.h"
+#include "catalog_names.h"
 #include "lag.h"
 #include "remote.h"
 #include "worker.h"

@@ -62,7 +62,7 @@
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 
-#include "connect_guard.h"
+#include "catalog_names.h"
 #include "http.h"
 #include "signals.h"
 #include "worker.h"

@@ -50,7 +50,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-#include "connect_guard.h"
+#include "catalog_names.h"
 #include "lag.h"
 #include "signals.h"
 #include "worker.h"
@@ -529,10 +529,17 @@ worker_detach(int code, Datum arg)
 
 /*
  * extension_schema returns the schema connect_guard is installed in, quoted,
- * or NULL when it is not installed in this database.
+ * or NULL when it is not installed in this database.  *restoring is set when
+ * pg_restore is loading this database: the extension's tables are dumped
+ * with their rows (pg_extension_config_dump), so a worker that wrote events
+ * or ticks between the restore's CREATE EXTENSION and its COPY of those rows
+ * would take their keys and break the restore (duplicate key in event).
+ * pg_restore names its sessions after itself (fallback_application_name); a
+ * restore whose sessions are renamed, or a plain-format dump run by psql, is
+ * not seen (README, Limits).
  */
 static char *
-extension_schema(void)
+extension_schema(bool *restoring)
 {
 	char	   *schema = NULL;
 	MemoryContext cxt = CurrentMemoryContext;
@@ -549,6 +556,13 @@ extension_schema(void)
 
 		schema = MemoryContextStrdup(cxt, value);
 	}
+	*restoring = false;
+	if (schema != NULL &&
+		SPI_execute("SELECT 1 FROM pg_stat_activity a "
+					"WHERE a.datid = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database()) "
+					"AND a.application_name = 'pg_restore' AND a.pid <> pg_backend_pid()",
+					true, 1) == SPI_OK_SELECT)
+		*restoring = SPI_processed > 0;
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
@@ -758,6 +772,7 @@ connect_guard_worker_main(Datum arg)
 		char	   *schema;
 		long		sleep_ms;
 		bool		plan_active;
+		bool		restoring;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -766,7 +781,7 @@ connect_guard_worker_main(Datum arg)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 
-		schema = extension_schema();
+		schema = extension_schema(&restoring);
 		if (schema == NULL)
 		{
 			/* not installed, or dropped: tell the launcher and go */
@@ -782,6 +797,17 @@ connect_guard_worker_main(Datum arg)
 			}
 			LWLockRelease(worker_shared->lock);
 			proc_exit(0);
+		}
+
+		if (restoring)
+		{
+			/* nothing of ours may be written until the restore has loaded */
+			pgstat_report_activity(STATE_IDLE, "connect_guard: waiting for pg_restore to finish");
+			pfree(schema);
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 worker_naptime_ms, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			continue;
 		}
 
 		sleep_ms = worker_cycle_steps(schema, &plan_active);

@@ -58,6 +58,7 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 
+#include "catalog_names.h"
 #include "connect_guard.h"
 
 PG_FUNCTION_INFO_V1(connect_guard_truncate_watch);
@@ -66,6 +67,7 @@ PG_FUNCTION_INFO_V1(connect_guard_in_own_ddl);
 
 /* mapped tables being truncated by the current statement; in TopTransactionContext */
 static List *truncating_tables = NIL;
+
 /* connect_guard is changing a mapped table's triggers itself */
 static bool own_ddl = false;
 static bool callbacks_registered = false;

@@ -682,7 +682,11 @@ worker_cycle_steps(const char *schema, bool *plan_active)
 		(void) run_int8("connect_guard: checking for a rollback",
 						first_cycle ? "SELECT connect_guard.rollback_cycle(true)"
 						: "SELECT connect_guard.rollback_cycle(false)", 0);
-		/* what event triggers do not see: the capture triggers changed in the catalog by hand */
+
+		/*
+		 * What event triggers do not see: the capture triggers changed in
+		 * the catalog by hand.
+		 */
 		(void) run_int8("connect_guard: checking the mapped tables",
 						"SELECT connect_guard.schema_watch_cycle()", 0);
 		last_rollback_check = GetCurrentTimestamp();

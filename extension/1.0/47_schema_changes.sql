@@ -299,7 +299,9 @@ BEGIN
                 PERFORM connect_guard.mapping_init(m.mapping_id);
                 SELECT * INTO m FROM connect_guard.mapping WHERE mapping_id = m.mapping_id;
             END IF;
-            IF p_source = 'ddl' AND v_rel IS NOT NULL THEN
+            SELECT * INTO v_verified FROM connect_guard.mapping_verified WHERE mapping_id = m.mapping_id;
+            -- a new partition gets its watch at once; not while a restore recreates the table (it has its own)
+            IF p_source = 'ddl' AND v_rel IS NOT NULL AND v_verified.verified_at IS NOT NULL THEN
                 PERFORM connect_guard.install_truncate_watch(v_rel);
             END IF;
 
@@ -321,7 +323,6 @@ BEGIN
             END IF;
 
             -- a table never seen complete here may be in the middle of a restore
-            SELECT * INTO v_verified FROM connect_guard.mapping_verified WHERE mapping_id = m.mapping_id;
             IF jsonb_array_length(v_findings) = 0 THEN
                 IF v_verified.verified_at IS NULL THEN
                     INSERT INTO connect_guard.mapping_verified (mapping_id, verified_at) VALUES (m.mapping_id, clock_timestamp())

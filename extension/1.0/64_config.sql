@@ -146,10 +146,10 @@ BEGIN
             MESSAGE = 'the configuration to import must not be NULL',
             HINT = 'Pass the file as jsonb, for example pg_read_file(''/path/export.json'')::jsonb, or psql''s \set with :''file''.';
     END IF;
-    IF schema IS NULL OR to_regnamespace(quote_ident(schema)) IS NULL THEN
+    IF schema IS NULL THEN
         RAISE EXCEPTION USING
-            ERRCODE = 'invalid_schema_name',
-            MESSAGE = format('schema %s does not exist', coalesce(quote_literal(schema), 'NULL')),
+            ERRCODE = 'null_value_not_allowed',
+            MESSAGE = 'the schema of the tables to map must not be NULL',
             HINT = 'Pass the schema of the mapped tables (Connect''s is salesforce by default).';
     END IF;
     PERFORM connect_guard.config_require_valid(connect_import_config.config, 'The file');

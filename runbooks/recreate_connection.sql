@@ -137,7 +137,8 @@ SELECT :'phase' = 'export' AS exporting \gset
     \endif
 
     \echo
-    \echo '== step 5: the mappings'' configuration in Connect''s export format'
+    \echo '== step 5: export the configuration to' :file
+    \echo '   the mappings'' configuration in Connect''s export format (connect_export_config)'
     SELECT connect_export_config(:'connection') AS connect_config \gset
     SELECT :'connect_config'::jsonb ? 'request_id' AS asked_connect,
            coalesce(:'connect_config'::jsonb ->> 'request_id', '') AS export_request \gset
@@ -154,9 +155,6 @@ SELECT :'phase' = 'export' AS exporting \gset
     \endif
     SELECT jsonb_array_length(:'connect_config'::jsonb -> 'mappings') AS configured \gset
     \echo '  ' :configured 'mapping(s) configured'
-
-    \echo
-    \echo '== step 6: export the configuration to' :file
     \pset format unaligned
     \pset tuples_only on
     SELECT jsonb_pretty(jsonb_build_object(

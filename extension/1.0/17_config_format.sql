@@ -60,12 +60,13 @@ AS $$
              WHEN p_column = ANY (connect_guard.config_not_fields()) THEN NULL
              WHEN p_column = 'sfid' THEN 'Id'
              WHEN NOT connect_guard.config_is_api_name(p_column) THEN NULL
-             ELSE coalesce((SELECT f FROM unnest(ARRAY['Name', 'SystemModstamp', 'IsDeleted', 'CreatedDate',
-                                                      'LastModifiedDate', 'OwnerId', 'CreatedById', 'LastModifiedById',
-                                                      'AccountId', 'ContactId', 'FirstName', 'LastName', 'Email',
-                                                      'Phone', 'Title', 'Description', 'Industry', 'Type', 'Status',
-                                                      'Amount', 'StageName', 'CloseDate']) f
-                             WHERE lower(f) = p_column),
+             ELSE coalesce('{"name": "Name", "systemmodstamp": "SystemModstamp", "isdeleted": "IsDeleted",
+                             "createddate": "CreatedDate", "lastmodifieddate": "LastModifiedDate", "ownerid": "OwnerId",
+                             "createdbyid": "CreatedById", "lastmodifiedbyid": "LastModifiedById",
+                             "accountid": "AccountId", "contactid": "ContactId", "firstname": "FirstName",
+                             "lastname": "LastName", "email": "Email", "phone": "Phone", "title": "Title",
+                             "description": "Description", "industry": "Industry", "type": "Type", "status": "Status",
+                             "amount": "Amount", "stagename": "StageName", "closedate": "CloseDate"}'::jsonb ->> p_column,
                            upper(left(p_column, 1)) || substr(p_column, 2))
            END
 $$;

@@ -74,7 +74,9 @@ SELECT pg_catalog.pg_extension_config_dump('connect_guard.schema_change_schema_c
 CREATE TABLE connect_guard.mapping_verified (
     mapping_id      integer PRIMARY KEY REFERENCES connect_guard.mapping ON DELETE CASCADE,
     first_checked_at timestamptz NOT NULL DEFAULT clock_timestamp(),
-    verified_at     timestamptz
+    verified_at     timestamptz,
+    -- what the worker's last check saw (47_schema_changes.sql: mapping_fingerprints)
+    fingerprint     text
 );
 
 -- the truncate watch's trigger function (truncate_watch.c); fires BEFORE and AFTER TRUNCATE
@@ -99,12 +101,20 @@ RETURNS boolean
 LANGUAGE C VOLATILE
 AS 'MODULE_PATHNAME', 'connect_guard_in_own_ddl';
 
+/*
+ * The helpers below run for every DDL command on a mapped table and for
+ * every mapping on every worker cycle, so they are written to be cheap:
+ * the small SQL ones have no SET clause and qualify every name, so that the
+ * planner inlines them into their caller's query (a SET clause would make
+ * every call plan its body again); the larger ones are PL/pgSQL, whose
+ * plans are kept for the session.
+ */
+
 -- the table of a mapping, or NULL when it does not exist (any more)
 CREATE FUNCTION connect_guard.mapping_relid(m connect_guard.mapping)
 RETURNS regclass
 LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$ SELECT to_regclass(format('%I.%I', m.table_schema, m.table_name)) $$;
+AS $$ SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I', m.table_schema, m.table_name)) $$;
 
 /*
  * connect_guard.capture_triggers_expected: the triggers mapping m of
@@ -127,30 +137,34 @@ AS $$ SELECT to_regclass(format('%I.%I', m.table_schema, m.table_name)) $$;
 CREATE FUNCTION connect_guard.capture_triggers_expected(c connect_guard.connection, m connect_guard.mapping)
 RETURNS TABLE (trigger_name text, purpose text, placement text, trigger_type smallint, function_oid oid,
                arguments text[], when_clause text, owned_by text)
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
+BEGIN
     -- tgtype bits: ROW 1, BEFORE 2, INSERT 4, DELETE 8, UPDATE 16, TRUNCATE 32
-    SELECT * FROM (VALUES
-        ('_connect_guard_capture', 'capture', 'table', 29::smallint),
-        ('_connect_guard_truncate', 'capture', 'table', 32::smallint)) own(n, p, pl, t)
-        CROSS JOIN LATERAL (SELECT 'connect_guard.capture()'::regprocedure::oid,
-                                   ARRAY[m.table_schema, m.table_name], NULL::text, 'connect_guard') x
-    UNION ALL
-    SELECT w.n, 'watch', w.pl, w.t, 'connect_guard.truncate_watch()'::regprocedure::oid, ARRAY[w.arg], NULL,
-           'connect_guard'
-      FROM (VALUES ('_connect_guard_truncate_watch', 'table', 34::smallint, 'root'),
-                   ('_connect_guard_truncate_done', 'table', 32::smallint, 'root'),
-                   ('_connect_guard_truncate_watch', 'each_partition', 34::smallint, 'partition')) w(n, pl, t, arg)
-     WHERE (SELECT cl.relkind FROM pg_class cl WHERE cl.oid = connect_guard.mapping_relid(m)) = 'p'
+    RETURN QUERY
+    SELECT x.n, x.p, x.pl, x.t, x.f, x.a, NULL::text, 'connect_guard'::text
+      FROM (VALUES ('_connect_guard_capture', 'capture', 'table', 29::smallint,
+                    'connect_guard.capture()'::regprocedure::oid, ARRAY[m.table_schema, m.table_name]),
+                   ('_connect_guard_truncate', 'capture', 'table', 32::smallint,
+                    'connect_guard.capture()'::regprocedure::oid, ARRAY[m.table_schema, m.table_name])) x(n, p, pl, t, f, a);
+    -- a partitioned table's partitions are watched for TRUNCATE (the top of this file)
+    IF (SELECT cl.relkind FROM pg_class cl WHERE cl.oid = connect_guard.mapping_relid(m)) = 'p' THEN
+        RETURN QUERY
+        SELECT w.n, 'watch'::text, w.pl, w.t, 'connect_guard.truncate_watch()'::regprocedure::oid, ARRAY[w.arg],
+               NULL::text, 'connect_guard'::text
+          FROM (VALUES ('_connect_guard_truncate_watch', 'table', 34::smallint, 'root'),
+                       ('_connect_guard_truncate_done', 'table', 32::smallint, 'root'),
+                       ('_connect_guard_truncate_watch', 'each_partition', 34::smallint, 'partition')) w(n, pl, t, arg);
+    END IF;
+END;
 $$;
 
 -- the partitions of a table at every level (none for a table that is not partitioned)
 CREATE FUNCTION connect_guard.partitions_of(p_relid oid)
 RETURNS SETOF regclass
 LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$ SELECT t.relid FROM pg_partition_tree(p_relid) t WHERE t.level > 0 $$;
+AS $$ SELECT t.relid FROM pg_catalog.pg_partition_tree(p_relid) t WHERE t.level > 0 $$;
 
 /*
  * connect_guard.table_shape: what a mapped table looks like, by names (so
@@ -159,10 +173,11 @@ AS $$ SELECT t.relid FROM pg_partition_tree(p_relid) t WHERE t.level > 0 $$;
  */
 CREATE FUNCTION connect_guard.table_shape(p_relid oid)
 RETURNS jsonb
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT jsonb_build_object(
+BEGIN
+    RETURN jsonb_build_object(
         'columns', (SELECT coalesce(jsonb_object_agg(a.attname, format_type(a.atttypid, a.atttypmod)), '{}')
                       FROM pg_attribute a
                      WHERE a.attrelid = p_relid AND a.attnum > 0 AND NOT a.attisdropped),
@@ -171,18 +186,18 @@ AS $$
                           CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord)
                           JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
                          WHERE i.indrelid = p_relid AND i.indisprimary),
-        'partitions', (SELECT coalesce(jsonb_agg(p::text ORDER BY p::text), '[]')
-                         FROM connect_guard.partitions_of(p_relid) p))
+        'partitions', (SELECT coalesce(jsonb_agg(t.relid::regclass::text ORDER BY t.relid::regclass::text), '[]')
+                         FROM pg_partition_tree(p_relid) t WHERE t.level > 0));
+END;
 $$;
 
 -- a table's columns in order, for its default configuration
 CREATE FUNCTION connect_guard.table_columns(p_relid oid)
 RETURNS text[]
 LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT coalesce(array_agg(a.attname::text ORDER BY a.attnum), '{}')
-      FROM pg_attribute a WHERE a.attrelid = p_relid AND a.attnum > 0 AND NOT a.attisdropped
+    SELECT pg_catalog.array_agg(a.attname::text ORDER BY a.attnum)
+      FROM pg_catalog.pg_attribute a WHERE a.attrelid = p_relid AND a.attnum > 0 AND NOT a.attisdropped
 $$;
 
 /*

@@ -79,14 +79,9 @@ DECLARE
     c connect_guard.connection;
     v_rel regclass := connect_guard.mapping_relid(m);
     v_now jsonb;
-    e record;
-    r regclass;
-    t pg_trigger;
-    v_when text;
     v_rows boolean;
     v_reported text[] := '{}';
     k text;
-    v text;
 BEGIN
     IF v_rel IS NULL THEN
         RETURN QUERY SELECT 'table_dropped'::text, format('%I.%I', m.table_schema, m.table_name), 'the mapped table'::text,
@@ -96,85 +91,76 @@ BEGIN
     SELECT * INTO c FROM connect_guard.connection cn WHERE cn.connection_id = m.connection_id;
 
     -- the triggers that capture its writes (and watch its partitions), on it and on its partitions
-    FOR e IN SELECT * FROM connect_guard.capture_triggers_expected(c, m) LOOP
-        FOR r IN
-            SELECT v_rel WHERE e.placement = 'table'
-            UNION ALL
-            SELECT p FROM connect_guard.partitions_of(v_rel) p
-             WHERE e.placement = 'each_partition' OR (e.placement = 'table' AND e.trigger_type & 1 = 1)
-        LOOP
-            kind := NULL;
-            SELECT * INTO t FROM pg_trigger tg WHERE tg.tgrelid = r AND tg.tgname = e.trigger_name;
-            object := format('%I on %s', e.trigger_name, r);
-            needs_reload := e.purpose = 'capture';
-            IF NOT FOUND THEN
-                kind := 'trigger_missing'; expected := e.purpose || ' trigger'; actual := 'no such trigger';
-            ELSE
-                v_when := substring(pg_get_triggerdef(t.oid) FROM ' WHEN \((.*)\) EXECUTE ');
-                IF t.tgtype <> e.trigger_type OR (e.function_oid IS NOT NULL AND t.tgfoid <> e.function_oid)
-                   OR (e.arguments IS NOT NULL AND connect_guard.trigger_arguments(t) IS DISTINCT FROM e.arguments)
-                   OR v_when IS DISTINCT FROM e.when_clause OR cardinality(t.tgattr::int2[]) > 0
-                   OR t.tgconstraint <> 0 THEN
-                    kind := 'trigger_changed';
-                    expected := format('%s trigger of connect_guard''s definition', e.purpose);
-                    actual := pg_get_triggerdef(t.oid);
-                ELSIF t.tgenabled = 'D' THEN
-                    kind := 'trigger_disabled'; expected := 'enabled'; actual := 'disabled';
-                ELSIF t.tgenabled = 'R' THEN
-                    kind := 'trigger_replica_only'; expected := 'enabled';
-                    actual := 'ENABLE REPLICA: fires only when session_replication_role = replica';
-                ELSIF t.tgenabled = 'A' THEN
-                    kind := 'trigger_always'; expected := 'enabled'; needs_reload := false;
-                    actual := 'ENABLE ALWAYS: fires also when session_replication_role = replica';
-                END IF;
-            END IF;
-            IF kind IS NOT NULL THEN
-                RETURN NEXT;
-            END IF;
-        END LOOP;
-    END LOOP;
+    RETURN QUERY
+    WITH e AS (SELECT * FROM connect_guard.capture_triggers_expected(c, m)),
+    targets AS (
+        SELECT e.*, v_rel::oid AS relid FROM e WHERE e.placement = 'table'
+        UNION ALL
+        SELECT e.*, p::oid FROM e, connect_guard.partitions_of(v_rel) p
+         WHERE e.placement = 'each_partition' OR (e.placement = 'table' AND e.trigger_type & 1 = 1)),
+    present AS (
+        SELECT x.*, t.oid AS tgoid, t.tgenabled,
+               t.tgtype <> x.trigger_type OR t.tgfoid <> coalesce(x.function_oid, t.tgfoid)
+               OR (x.arguments IS NOT NULL
+                   AND CASE WHEN t.tgnargs = 0 THEN '{}'::text[]
+                            ELSE string_to_array(left(encode(t.tgargs, 'escape'), -4), '\000') END
+                       IS DISTINCT FROM x.arguments)
+               OR (CASE WHEN t.tgqual IS NULL THEN NULL
+                        ELSE substring(pg_get_triggerdef(t.oid) FROM ' WHEN \((.*)\) EXECUTE ') END)
+                  IS DISTINCT FROM x.when_clause
+               OR cardinality(t.tgattr::int2[]) > 0 OR t.tgconstraint <> 0 AS changed
+          FROM targets x LEFT JOIN pg_trigger t ON t.tgrelid = x.relid AND t.tgname = x.trigger_name)
+    SELECT CASE WHEN f.tgoid IS NULL THEN 'trigger_missing' WHEN f.changed THEN 'trigger_changed'
+                WHEN f.tgenabled = 'D' THEN 'trigger_disabled' WHEN f.tgenabled = 'R' THEN 'trigger_replica_only'
+                ELSE 'trigger_always' END,
+           format('%I on %s', f.trigger_name, f.relid::regclass),
+           CASE WHEN f.tgoid IS NULL THEN f.purpose || ' trigger'
+                WHEN f.changed THEN format('%s trigger of connect_guard''s definition', f.purpose)
+                ELSE 'enabled' END,
+           CASE WHEN f.tgoid IS NULL THEN 'no such trigger'
+                WHEN f.changed THEN pg_get_triggerdef(f.tgoid)
+                WHEN f.tgenabled = 'D' THEN 'disabled'
+                WHEN f.tgenabled = 'R' THEN 'ENABLE REPLICA: fires only when session_replication_role = replica'
+                ELSE 'ENABLE ALWAYS: fires also when session_replication_role = replica' END,
+           f.purpose = 'capture' AND NOT (f.tgoid IS NOT NULL AND NOT f.changed AND f.tgenabled = 'A')
+      FROM present f
+     WHERE f.tgoid IS NULL OR f.changed OR f.tgenabled <> 'O'
+     ORDER BY f.relid, f.trigger_name;
 
-    -- inheritance children: rows of the table that no trigger of it captures
-    FOR object, actual IN
+    -- inheritance children: rows of the table that no trigger of it captures (a partitioned table has none)
+    IF EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class cl ON cl.oid = i.inhrelid
+                WHERE i.inhparent = v_rel AND NOT cl.relispartition) THEN
+        RETURN QUERY
         WITH RECURSIVE down(relid, parent) AS (
             SELECT i.inhrelid, i.inhparent FROM pg_inherits i WHERE i.inhparent = v_rel
             UNION ALL
             SELECT i.inhrelid, i.inhparent FROM pg_inherits i JOIN down d ON i.inhparent = d.relid)
-        SELECT d.relid::regclass::text, format('inherits from %s', d.parent::regclass)
+        SELECT 'inheritance_child'::text, d.relid::regclass::text, 'no inheritance children'::text,
+               format('inherits from %s', d.parent::regclass), true
           FROM down d JOIN pg_class cl ON cl.oid = d.relid
-         WHERE NOT cl.relispartition
-    LOOP
-        kind := 'inheritance_child'; expected := 'no inheritance children'; needs_reload := true;
-        RETURN NEXT;
-    END LOOP;
+         WHERE NOT cl.relispartition;
+    END IF;
 
     -- the shape it was mapped (or saved) with
     v_now := connect_guard.table_shape(v_rel);
     IF m.shape IS NOT NULL THEN
-        FOR k, v IN SELECT * FROM jsonb_each_text(m.shape -> 'columns') LOOP
-            IF NOT v_now -> 'columns' ? k THEN
-                RETURN QUERY SELECT 'column_dropped'::text, k, v, NULL::text, false;
-                v_reported := v_reported || k;
-            ELSIF v_now -> 'columns' ->> k <> v THEN
-                RETURN QUERY SELECT 'column_type_changed'::text, k, v, v_now -> 'columns' ->> k, true;
-                v_reported := v_reported || k;
-            END IF;
-        END LOOP;
-        FOR k, v IN SELECT * FROM jsonb_each_text(v_now -> 'columns') LOOP
-            IF NOT m.shape -> 'columns' ? k THEN
-                RETURN QUERY SELECT 'column_added'::text, k, NULL::text, v, false;
-                v_reported := v_reported || k;
-            END IF;
-        END LOOP;
-        IF (m.shape -> 'primary_key') IS DISTINCT FROM (v_now -> 'primary_key') THEN
-            RETURN QUERY SELECT 'primary_key_changed'::text, 'primary key'::text,
-                                coalesce(m.shape ->> 'primary_key', 'none'), v_now ->> 'primary_key', true;
-        END IF;
-        FOR k IN SELECT jsonb_array_elements_text(m.shape -> 'partitions')
-                 EXCEPT SELECT jsonb_array_elements_text(v_now -> 'partitions') LOOP
-            RETURN QUERY SELECT 'partition_removed'::text, k, format('a partition of %s', v_rel),
-                                CASE WHEN to_regclass(k) IS NULL THEN 'dropped' ELSE 'detached' END, true;
-        END LOOP;
+        SELECT coalesce(array_agg(coalesce(o.k, n.k)), '{}') INTO v_reported
+          FROM jsonb_each_text(m.shape -> 'columns') o(k, v) FULL JOIN jsonb_each_text(v_now -> 'columns') n(k, v) ON n.k = o.k
+         WHERE o.v IS DISTINCT FROM n.v;
+        RETURN QUERY
+        SELECT CASE WHEN n.v IS NULL THEN 'column_dropped' WHEN o.v IS NULL THEN 'column_added'
+                    ELSE 'column_type_changed' END,
+               coalesce(o.k, n.k), o.v, n.v, o.v IS NOT NULL AND n.v IS NOT NULL
+          FROM jsonb_each_text(m.shape -> 'columns') o(k, v) FULL JOIN jsonb_each_text(v_now -> 'columns') n(k, v) ON n.k = o.k
+         WHERE o.v IS DISTINCT FROM n.v
+        UNION ALL
+        SELECT 'primary_key_changed', 'primary key', coalesce(m.shape ->> 'primary_key', 'none'), v_now ->> 'primary_key', true
+         WHERE (m.shape -> 'primary_key') IS DISTINCT FROM (v_now -> 'primary_key')
+        UNION ALL
+        SELECT 'partition_removed', gone.p, format('a partition of %s', v_rel),
+               CASE WHEN to_regclass(gone.p) IS NULL THEN 'dropped' ELSE 'detached' END, true
+          FROM (SELECT jsonb_array_elements_text(m.shape -> 'partitions')
+                EXCEPT SELECT jsonb_array_elements_text(v_now -> 'partitions')) gone(p);
         FOR k IN SELECT jsonb_array_elements_text(v_now -> 'partitions')
                  EXCEPT SELECT jsonb_array_elements_text(m.shape -> 'partitions') LOOP
             IF p_look_at_rows THEN
@@ -189,19 +175,19 @@ BEGIN
 
     -- the configuration's fields against the columns (a column already reported above is not again)
     IF jsonb_typeof(m.config -> 'fields') = 'object' THEN
-        FOR k IN SELECT jsonb_object_keys(m.config -> 'fields') ORDER BY 1 LOOP
-            IF NOT v_now -> 'columns' ? connect_guard.config_field_column(k)
-               AND connect_guard.config_field_column(k) <> ALL (v_reported) THEN
-                RETURN QUERY SELECT 'field_without_column'::text, k, connect_guard.config_field_column(k), NULL::text, false;
-            END IF;
-        END LOOP;
-        FOR k IN SELECT jsonb_object_keys(v_now -> 'columns') ORDER BY 1 LOOP
-            IF connect_guard.config_field_name(k) IS NOT NULL AND k <> ALL (v_reported)
-               AND NOT EXISTS (SELECT 1 FROM jsonb_object_keys(m.config -> 'fields') f
-                                WHERE connect_guard.config_field_column(f) = k) THEN
-                RETURN QUERY SELECT 'column_without_field'::text, k, NULL::text, connect_guard.config_field_name(k), false;
-            END IF;
-        END LOOP;
+        RETURN QUERY
+        WITH cols AS (SELECT jsonb_object_keys(v_now -> 'columns') AS col),
+        fields AS (SELECT f AS field, connect_guard.config_field_column(f) AS col
+                     FROM jsonb_object_keys(m.config -> 'fields') f)
+        SELECT 'field_without_column'::text, f.field, f.col, NULL::text, false
+          FROM fields f
+         WHERE f.col <> ALL (v_reported) AND NOT EXISTS (SELECT 1 FROM cols x WHERE x.col = f.col)
+        UNION ALL
+        SELECT 'column_without_field'::text, x.col, NULL::text, connect_guard.config_field_name(x.col), false
+          FROM cols x
+         WHERE x.col <> ALL (v_reported) AND connect_guard.config_field_name(x.col) IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM fields f WHERE f.col = x.col)
+         ORDER BY 1, 2;
     END IF;
 END;
 $$;
@@ -266,110 +252,157 @@ END;
 $$;
 
 /*
- * connect_guard.schema_changes_record checks the given mappings (all for
- * NULL) and records what is new (schema_changes_note).  p_source says who
- * looks ('ddl', 'worker', 'map', 'import', 'export'), p_context what showed
- * it (a command tag, a request).  An empty partition that appeared is
- * accepted into the shape (and given its truncate watch when p_source is
- * 'ddl': the session that made it may create triggers on it).  With
- * p_skip_locked (the worker), a mapping another transaction is changing is
- * left for the next cycle.  Returns the number of new findings.
+ * connect_guard.schema_changes_check checks mapping m and records what is
+ * new (schema_changes_note).  p_source says who looks ('ddl', 'worker',
+ * 'map', 'import', 'export'), p_context what showed it (a command tag, a
+ * request).  An empty partition that appeared is accepted into the shape
+ * (and given its truncate watch when p_source is 'ddl': the session that
+ * made it may create triggers on it).  Returns the number of new findings.
  */
-CREATE FUNCTION connect_guard.schema_changes_record(p_mapping_ids integer[], p_source text, p_context text,
-                                                    p_skip_locked boolean DEFAULT false)
+CREATE FUNCTION connect_guard.schema_changes_check(m connect_guard.mapping, p_source text, p_context text)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_rel regclass := connect_guard.mapping_relid(m);
+    v_findings jsonb;
+    v_verified connect_guard.mapping_verified;
+BEGIN
+    IF m.shape IS NULL AND v_rel IS NOT NULL THEN
+        -- a mapping made without connect_map_table(): what its table is now is what it expects
+        PERFORM connect_guard.mapping_init(m.mapping_id);
+        SELECT * INTO m FROM connect_guard.mapping WHERE mapping_id = m.mapping_id;
+    END IF;
+    SELECT * INTO v_verified FROM connect_guard.mapping_verified WHERE mapping_id = m.mapping_id;
+    -- a new partition gets its watch at once; not while a restore recreates the table (it has its own)
+    IF p_source = 'ddl' AND v_rel IS NOT NULL AND v_verified.verified_at IS NOT NULL THEN
+        PERFORM connect_guard.install_truncate_watch(v_rel);
+    END IF;
+
+    SELECT coalesce(jsonb_agg(to_jsonb(f) ORDER BY f.kind, f.object), '[]') INTO v_findings
+      FROM connect_guard.mapping_findings(m) f;
+    -- an empty new partition is part of the table now, and nothing was hidden
+    IF EXISTS (SELECT 1 FROM jsonb_array_elements(v_findings) x
+                WHERE x ->> 'kind' = 'partition_added' AND x ->> 'actual' = 'empty') THEN
+        UPDATE connect_guard.mapping mp
+           SET shape = jsonb_set(mp.shape, '{partitions}',
+                                 (SELECT jsonb_agg(p ORDER BY p)
+                                    FROM (SELECT jsonb_array_elements_text(mp.shape -> 'partitions')
+                                          UNION
+                                          SELECT x ->> 'object' FROM jsonb_array_elements(v_findings) x
+                                           WHERE x ->> 'kind' = 'partition_added' AND x ->> 'actual' = 'empty') ps(p)))
+         WHERE mp.mapping_id = m.mapping_id;
+        SELECT coalesce(jsonb_agg(x), '[]') INTO v_findings FROM jsonb_array_elements(v_findings) x
+         WHERE NOT (x ->> 'kind' = 'partition_added' AND x ->> 'actual' = 'empty');
+    END IF;
+
+    -- a table never seen complete here may be in the middle of a restore
+    IF jsonb_array_length(v_findings) = 0 THEN
+        IF v_verified.verified_at IS NULL THEN
+            INSERT INTO connect_guard.mapping_verified (mapping_id, verified_at) VALUES (m.mapping_id, clock_timestamp())
+            ON CONFLICT (mapping_id) DO UPDATE SET verified_at = excluded.verified_at;
+        END IF;
+        RETURN 0;
+    END IF;
+    IF v_verified.verified_at IS NULL THEN
+        IF v_verified.mapping_id IS NULL THEN
+            INSERT INTO connect_guard.mapping_verified (mapping_id) VALUES (m.mapping_id) ON CONFLICT DO NOTHING;
+            RETURN 0;
+        ELSIF v_verified.first_checked_at > clock_timestamp() - interval '5 min' THEN
+            RETURN 0;
+        END IF;
+        UPDATE connect_guard.mapping_verified SET verified_at = clock_timestamp() WHERE mapping_id = m.mapping_id;
+    END IF;
+    RETURN connect_guard.schema_changes_note(m, v_findings, p_source, p_context);
+END;
+$$;
+
+/*
+ * connect_guard.schema_changes_record checks the given mappings (all for
+ * NULL; schema_changes_check).  Returns the number of new findings.
+ */
+CREATE FUNCTION connect_guard.schema_changes_record(p_mapping_ids integer[], p_source text, p_context text)
 RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     m connect_guard.mapping;
-    v_rel regclass;
-    v_findings jsonb;
-    v_verified connect_guard.mapping_verified;
     v_count integer := 0;
 BEGIN
     FOR m IN SELECT * FROM connect_guard.mapping mp
               WHERE p_mapping_ids IS NULL OR mp.mapping_id = ANY (p_mapping_ids)
               ORDER BY mp.mapping_id
     LOOP
-        BEGIN
-            v_rel := connect_guard.mapping_relid(m);
-            IF m.shape IS NULL AND v_rel IS NOT NULL THEN
-                -- a mapping made without connect_map_table(): what its table is now is what it expects
-                PERFORM connect_guard.mapping_init(m.mapping_id);
-                SELECT * INTO m FROM connect_guard.mapping WHERE mapping_id = m.mapping_id;
-            END IF;
-            SELECT * INTO v_verified FROM connect_guard.mapping_verified WHERE mapping_id = m.mapping_id;
-            -- a new partition gets its watch at once; not while a restore recreates the table (it has its own)
-            IF p_source = 'ddl' AND v_rel IS NOT NULL AND v_verified.verified_at IS NOT NULL THEN
-                PERFORM connect_guard.install_truncate_watch(v_rel);
-            END IF;
-
-            SELECT coalesce(jsonb_agg(to_jsonb(f) ORDER BY f.kind, f.object), '[]') INTO v_findings
-              FROM connect_guard.mapping_findings(m) f;
-            -- an empty new partition is part of the table now, and nothing was hidden
-            IF EXISTS (SELECT 1 FROM jsonb_array_elements(v_findings) x
-                        WHERE x ->> 'kind' = 'partition_added' AND x ->> 'actual' = 'empty') THEN
-                UPDATE connect_guard.mapping mp
-                   SET shape = jsonb_set(mp.shape, '{partitions}',
-                                         (SELECT jsonb_agg(p ORDER BY p)
-                                            FROM (SELECT jsonb_array_elements_text(mp.shape -> 'partitions')
-                                                  UNION
-                                                  SELECT x ->> 'object' FROM jsonb_array_elements(v_findings) x
-                                                   WHERE x ->> 'kind' = 'partition_added' AND x ->> 'actual' = 'empty') ps(p)))
-                 WHERE mp.mapping_id = m.mapping_id;
-                SELECT coalesce(jsonb_agg(x), '[]') INTO v_findings FROM jsonb_array_elements(v_findings) x
-                 WHERE NOT (x ->> 'kind' = 'partition_added' AND x ->> 'actual' = 'empty');
-            END IF;
-
-            -- a table never seen complete here may be in the middle of a restore
-            IF jsonb_array_length(v_findings) = 0 THEN
-                IF v_verified.verified_at IS NULL THEN
-                    INSERT INTO connect_guard.mapping_verified (mapping_id, verified_at) VALUES (m.mapping_id, clock_timestamp())
-                    ON CONFLICT (mapping_id) DO UPDATE SET verified_at = excluded.verified_at;
-                END IF;
-                CONTINUE;
-            END IF;
-            IF v_verified.verified_at IS NULL THEN
-                IF v_verified.mapping_id IS NULL THEN
-                    INSERT INTO connect_guard.mapping_verified (mapping_id) VALUES (m.mapping_id) ON CONFLICT DO NOTHING;
-                    CONTINUE;
-                ELSIF v_verified.first_checked_at > clock_timestamp() - interval '5 min' THEN
-                    CONTINUE;
-                END IF;
-                UPDATE connect_guard.mapping_verified SET verified_at = clock_timestamp() WHERE mapping_id = m.mapping_id;
-            END IF;
-            v_count := v_count + connect_guard.schema_changes_note(m, v_findings, p_source, p_context);
-        EXCEPTION WHEN lock_not_available THEN
-            -- only with p_skip_locked: another transaction holds the mapping or its table; next cycle
-            IF NOT p_skip_locked THEN
-                RAISE;
-            END IF;
-        END;
+        v_count := v_count + connect_guard.schema_changes_check(m, p_source, p_context);
     END LOOP;
     RETURN v_count;
 END;
 $$;
 
 /*
+ * connect_guard.mapping_fingerprints: for each mapping, a digest of
+ * everything its check reads (its table's triggers, columns, key,
+ * partitions and inheritance children, its shape and configuration), in
+ * one query: the worker checks again only the mappings whose digest moved.
+ */
+CREATE FUNCTION connect_guard.mapping_fingerprints()
+RETURNS TABLE (mapping_id integer, fingerprint text)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN QUERY
+    SELECT m.mapping_id,
+           md5(concat_ws('|', m.shape::text, m.config::text, rel::oid::text,
+               (WITH RECURSIVE tree(relid) AS (
+                    SELECT rel::oid
+                    UNION ALL
+                    SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.relid)
+                SELECT string_agg(concat_ws(',', tr.relid, cl.relname, cl.relnamespace, cl.relkind, cl.relispartition,
+                                            (SELECT string_agg(concat_ws(':', t.oid, t.tgname, t.tgenabled, t.tgtype, t.tgfoid,
+                                                                         encode(t.tgargs, 'hex'), t.tgqual::text,
+                                                                         t.tgattr::text, t.tgconstraint), ';' ORDER BY t.tgname)
+                                               FROM pg_trigger t WHERE t.tgrelid = tr.relid)), '/' ORDER BY tr.relid)
+                  FROM tree tr JOIN pg_class cl ON cl.oid = tr.relid),
+               (SELECT string_agg(concat_ws(',', a.attname, a.atttypid, a.atttypmod), ';' ORDER BY a.attnum)
+                  FROM pg_attribute a WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped),
+               (SELECT i.indkey::text FROM pg_index i WHERE i.indrelid = rel AND i.indisprimary)))
+      FROM connect_guard.mapping m CROSS JOIN LATERAL connect_guard.mapping_relid(m) rel;
+END;
+$$;
+
+/*
  * connect_guard.mappings_of_relations: the mappings whose table is one of
  * p_relids or an ancestor of one (the partitioned table of a partition, the
- * parent of an inheritance child).
+ * parent of an inheritance child).  PL/pgSQL, so that its plan is kept for
+ * the session: the event triggers call it for every command of their tags.
  */
 CREATE FUNCTION connect_guard.mappings_of_relations(p_relids oid[])
 RETURNS integer[]
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    WITH RECURSIVE up(relid) AS (
-        SELECT unnest(p_relids)
-        UNION
-        SELECT i.inhparent FROM pg_inherits i JOIN up ON i.inhrelid = up.relid)
-    SELECT array_agg(DISTINCT m.mapping_id)
-      FROM up
-      JOIN pg_class cl ON cl.oid = up.relid
-      JOIN pg_namespace n ON n.oid = cl.relnamespace
-      JOIN connect_guard.mapping m ON m.table_schema = n.nspname AND m.table_name = cl.relname
+DECLARE
+    v_rels oid[] := p_relids;
+    v_parents oid[];
+BEGIN
+    -- the ancestors, a level at a time (by pg_inherits' index on inhrelid; most tables have none)
+    LOOP
+        SELECT array_agg(DISTINCT i.inhparent) INTO v_parents
+          FROM pg_inherits i WHERE i.inhrelid = ANY (v_rels) AND i.inhparent <> ALL (v_rels);
+        EXIT WHEN v_parents IS NULL;
+        v_rels := v_rels || v_parents;
+    END LOOP;
+    -- by the mapping's (table_schema, table_name) index: a handful of relations, any number of mappings
+    RETURN (SELECT array_agg(DISTINCT mp.mapping_id)
+              FROM pg_class cl
+              JOIN pg_namespace n ON n.oid = cl.relnamespace
+              CROSS JOIN LATERAL (SELECT m.mapping_id FROM connect_guard.mapping m
+                                   WHERE m.table_schema = n.nspname AND m.table_name = cl.relname OFFSET 0) mp
+             WHERE cl.oid = ANY (v_rels));
+END;
 $$;
 
 /*

@@ -35,6 +35,8 @@
 /*
  * connect_guard.on_ddl_command_end: checks the mappings of the relations a
  * command created or altered, and of the tables whose triggers it changed.
+ * Cheap first: a temporary table, or a command on no mapped table, costs
+ * one look at the command and one at the mappings.
  */
 CREATE FUNCTION connect_guard.on_ddl_command_end()
 RETURNS event_trigger
@@ -47,24 +49,25 @@ DECLARE
     v_mappings integer[];
     v_message text;
 BEGIN
-    -- the extension is being created or dropped (its catalog is not there), or we change the table ourselves
-    IF to_regclass('connect_guard.mapping') IS NULL OR connect_guard.in_own_ddl()
-       OR NOT EXISTS (SELECT 1 FROM connect_guard.mapping) THEN
+    IF connect_guard.in_own_ddl() THEN
+        RETURN;                 -- connect_guard changes the table itself
+    END IF;
+    SELECT array_agg(CASE WHEN d.classid = 'pg_trigger'::regclass
+                          THEN (SELECT tg.tgrelid FROM pg_trigger tg WHERE tg.oid = d.objid)
+                          ELSE d.objid END) INTO v_relids
+      FROM pg_event_trigger_ddl_commands() d
+     WHERE d.classid IN ('pg_class'::regclass, 'pg_trigger'::regclass)
+       AND d.schema_name IS DISTINCT FROM 'pg_temp';
+    -- nothing but temporary tables, or the extension is being created or dropped (no catalog)
+    IF v_relids IS NULL OR to_regclass('connect_guard.mapping') IS NULL THEN
+        RETURN;
+    END IF;
+    v_mappings := connect_guard.mappings_of_relations(v_relids);
+    IF v_mappings IS NULL THEN
         RETURN;
     END IF;
     BEGIN
-        SELECT array_agg(DISTINCT x.relid) INTO v_relids
-          FROM (SELECT CASE WHEN d.classid = 'pg_trigger'::regclass
-                            THEN (SELECT tg.tgrelid FROM pg_trigger tg WHERE tg.oid = d.objid)
-                            ELSE d.objid END AS relid
-                  FROM pg_event_trigger_ddl_commands() d
-                 WHERE d.classid IN ('pg_class'::regclass, 'pg_trigger'::regclass)
-                   AND d.schema_name IS DISTINCT FROM 'pg_temp') x
-         WHERE x.relid IS NOT NULL;
-        v_mappings := connect_guard.mappings_of_relations(v_relids);
-        IF v_mappings IS NOT NULL THEN
-            PERFORM connect_guard.schema_changes_record(v_mappings, 'ddl', tg_tag);
-        END IF;
+        PERFORM connect_guard.schema_changes_record(v_mappings, 'ddl', tg_tag);
     EXCEPTION WHEN OTHERS THEN
         GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT;
         RAISE WARNING USING
@@ -85,25 +88,32 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    v_dropped text[];
+    v_extension boolean;
     v_mappings integer[];
     v_message text;
 BEGIN
-    IF to_regclass('connect_guard.mapping') IS NULL OR connect_guard.in_own_ddl()
-       OR EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects() d
-                   WHERE d.object_type = 'extension' AND d.object_identity = 'connect_guard')
-       OR NOT EXISTS (SELECT 1 FROM connect_guard.mapping) THEN
+    IF connect_guard.in_own_ddl() THEN
+        RETURN;
+    END IF;
+    -- schema.table of each table dropped, or whose trigger was; none when the extension itself goes
+    SELECT array_agg(format('%I.%I', d.address_names[1], d.address_names[2]))
+           FILTER (WHERE d.object_type IN ('table', 'trigger') AND NOT d.is_temporary),
+           bool_or(d.object_type = 'extension' AND d.object_identity = 'connect_guard')
+      INTO v_dropped, v_extension
+      FROM pg_event_trigger_dropped_objects() d;
+    IF v_dropped IS NULL OR v_extension OR to_regclass('connect_guard.mapping') IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT array_agg(m.mapping_id) INTO v_mappings
+      FROM connect_guard.mapping m
+     WHERE format('%I.%I', m.table_schema, m.table_name) = ANY (v_dropped)
+        OR m.shape -> 'partitions' ?| v_dropped;
+    IF v_mappings IS NULL THEN
         RETURN;
     END IF;
     BEGIN
-        SELECT array_agg(DISTINCT m.mapping_id) INTO v_mappings
-          FROM pg_event_trigger_dropped_objects() d
-          JOIN connect_guard.mapping m
-            ON d.object_type IN ('table', 'trigger')
-           AND ((m.table_schema = d.address_names[1] AND m.table_name = d.address_names[2])
-                OR m.shape -> 'partitions' ? format('%I.%I', d.address_names[1], d.address_names[2]));
-        IF v_mappings IS NOT NULL THEN
-            PERFORM connect_guard.schema_changes_record(v_mappings, 'ddl', tg_tag);
-        END IF;
+        PERFORM connect_guard.schema_changes_record(v_mappings, 'ddl', tg_tag);
     EXCEPTION WHEN OTHERS THEN
         GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT;
         RAISE WARNING USING
@@ -126,9 +136,12 @@ ALTER EVENT TRIGGER connect_guard_drop_watch ENABLE ALWAYS;
 /*
  * connect_guard.schema_watch_cycle is the worker's check of every mapped
  * table, every cycle, for what the event triggers cannot see (a superuser
- * changing pg_trigger by hand).  A mapping another transaction holds is
- * left for the next cycle (lock_timeout).  A mapping that a reload moved
- * back to DATA_SYNCED while its changes are still open goes back to
+ * changing pg_trigger by hand).  One query digests what each check would
+ * read (mapping_fingerprints); only the mappings whose digest moved since
+ * the last cycle, or whose table was never seen whole, are checked.  A
+ * mapping whose rows or table another transaction holds is left for the
+ * next cycle (lock_timeout).  A mapping that a reload moved back to
+ * DATA_SYNCED while its changes are still open goes back to
  * SCHEMA_CHANGED: a reload alone does not accept a changed table.  Returns
  * the number of new findings.
  */
@@ -139,13 +152,25 @@ SET search_path = pg_catalog, pg_temp
 SET lock_timeout = '100ms'
 AS $$
 DECLARE
-    v_new integer;
+    v_new integer := 0;
     m connect_guard.mapping;
+    f record;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM connect_guard.mapping) THEN
-        RETURN 0;
-    END IF;
-    v_new := connect_guard.schema_changes_record(NULL, 'worker', 'the worker''s check', true);
+    FOR f IN
+        SELECT fp.mapping_id, fp.fingerprint
+          FROM connect_guard.mapping_fingerprints() fp
+          LEFT JOIN connect_guard.mapping_verified v USING (mapping_id)
+         WHERE v.verified_at IS NULL OR v.fingerprint IS DISTINCT FROM fp.fingerprint
+         ORDER BY fp.mapping_id
+    LOOP
+        BEGIN
+            SELECT * INTO m FROM connect_guard.mapping WHERE mapping_id = f.mapping_id;
+            v_new := v_new + connect_guard.schema_changes_check(m, 'worker', 'the worker''s check');
+            UPDATE connect_guard.mapping_verified SET fingerprint = f.fingerprint WHERE mapping_id = f.mapping_id;
+        EXCEPTION WHEN lock_not_available THEN
+            NULL;       -- another transaction holds the mapping or its table: next cycle
+        END;
+    END LOOP;
     FOR m IN
         SELECT mp.* FROM connect_guard.mapping mp
          WHERE mp.state IN ('INITIAL', 'DATA_SYNCED')

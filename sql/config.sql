@@ -24,6 +24,8 @@ SELECT connect_map_table('sync', 'app_lead', 'Lead');
 SELECT jsonb_pretty(connect_export_config('sync') #- '{connection,exported_at}');
 SELECT connect_export_config('sync') #>> '{connection,exported_at}' ~ '^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$' AS utc;
 SELECT show_error($$SELECT connect_export_config('nope')$$);
+-- the column "Status" is the field Status (names ignore case): each mapping matches its table
+SELECT m.table_name, f.* FROM connect_guard.mapping m, connect_guard.mapping_findings(m) f;
 
 -- a file, and every way it can be wrong: the error names the key, and nothing changes
 SELECT '{"version": 1,

@@ -49,16 +49,17 @@ AS $$ SELECT CASE WHEN lower(p_field) = 'id' THEN 'sfid' ELSE lower(p_field) END
 /*
  * connect_guard.config_field_name is the field a column holds: Id for
  * sfid, the standard fields in their own case (Connect lower-cases them),
- * others with their first letter in upper case.  NULL for the columns that
- * are no field, or whose name is no API name.
+ * others with their first letter in upper case (names ignore case, as
+ * Salesforce's do).  NULL for the columns that are no field, or whose name
+ * is no API name.
  */
 CREATE FUNCTION connect_guard.config_field_name(p_column text)
 RETURNS text
 LANGUAGE sql IMMUTABLE
 AS $$
     SELECT CASE
-             WHEN p_column = ANY (connect_guard.config_not_fields()) THEN NULL
-             WHEN p_column = 'sfid' THEN 'Id'
+             WHEN lower(p_column) = ANY (connect_guard.config_not_fields()) THEN NULL
+             WHEN lower(p_column) = 'sfid' THEN 'Id'
              WHEN NOT connect_guard.config_is_api_name(p_column) THEN NULL
              ELSE coalesce('{"name": "Name", "systemmodstamp": "SystemModstamp", "isdeleted": "IsDeleted",
                              "createddate": "CreatedDate", "lastmodifieddate": "LastModifiedDate", "ownerid": "OwnerId",
@@ -66,7 +67,7 @@ AS $$
                              "accountid": "AccountId", "contactid": "ContactId", "firstname": "FirstName",
                              "lastname": "LastName", "email": "Email", "phone": "Phone", "title": "Title",
                              "description": "Description", "industry": "Industry", "type": "Type", "status": "Status",
-                             "amount": "Amount", "stagename": "StageName", "closedate": "CloseDate"}'::jsonb ->> p_column,
+                             "amount": "Amount", "stagename": "StageName", "closedate": "CloseDate"}'::jsonb ->> lower(p_column),
                            upper(left(p_column, 1)) || substr(p_column, 2))
            END
 $$;
@@ -107,7 +108,7 @@ AS $$
       LEFT JOIN LATERAL (SELECT e.key AS name, e.value AS spec
                            FROM jsonb_each(CASE WHEN jsonb_typeof(p_config -> 'fields') = 'object'
                                                 THEN p_config -> 'fields' ELSE '{}' END) e
-                          WHERE connect_guard.config_field_column(e.key) = col LIMIT 1) f ON true
+                          WHERE connect_guard.config_field_column(e.key) = lower(col) LIMIT 1) f ON true
      WHERE connect_guard.config_field_name(col) IS NOT NULL
 $$;
 

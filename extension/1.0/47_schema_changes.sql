@@ -173,20 +173,23 @@ BEGIN
         END LOOP;
     END IF;
 
-    -- the configuration's fields against the columns (a column already reported above is not again)
+    -- the configuration's fields against the columns (a column already reported above is not again);
+    -- names ignore case, as Salesforce's do (Connect's columns are lower case)
     IF jsonb_typeof(m.config -> 'fields') = 'object' THEN
         RETURN QUERY
-        WITH cols AS (SELECT jsonb_object_keys(v_now -> 'columns') AS col),
-        fields AS (SELECT f AS field, connect_guard.config_field_column(f) AS col
+        WITH cols AS (SELECT k.col, lower(k.col) AS lcol, k.col = ANY (v_reported) AS reported
+                        FROM jsonb_object_keys(v_now -> 'columns') k(col)),
+        fields AS (SELECT f AS field, connect_guard.config_field_column(f) AS lcol
                      FROM jsonb_object_keys(m.config -> 'fields') f)
-        SELECT 'field_without_column'::text, f.field, f.col, NULL::text, false
+        SELECT 'field_without_column'::text, f.field, f.lcol, NULL::text, false
           FROM fields f
-         WHERE f.col <> ALL (v_reported) AND NOT EXISTS (SELECT 1 FROM cols x WHERE x.col = f.col)
+         WHERE NOT EXISTS (SELECT 1 FROM cols x WHERE x.lcol = f.lcol)
+           AND NOT EXISTS (SELECT 1 FROM unnest(v_reported) r WHERE lower(r) = f.lcol)
         UNION ALL
         SELECT 'column_without_field'::text, x.col, NULL::text, connect_guard.config_field_name(x.col), false
           FROM cols x
-         WHERE x.col <> ALL (v_reported) AND connect_guard.config_field_name(x.col) IS NOT NULL
-           AND NOT EXISTS (SELECT 1 FROM fields f WHERE f.col = x.col)
+         WHERE NOT x.reported AND connect_guard.config_field_name(x.col) IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM fields f WHERE f.lcol = x.lcol)
          ORDER BY 1, 2;
     END IF;
 END;

@@ -259,25 +259,40 @@ $$;
 /*
  * connect_guard.mapping_init records what a new mapping expects of its
  * table: its shape now, and a configuration derived from its columns
- * (until a file or Connect's export gives one).  Called when a table is
+ * (until a file or Connect's export gives one); and gives the table the
+ * watch triggers its kind of mapping needs (capture_triggers_expected:
+ * the truncate watch of a partitioned table).  Called when a table is
  * mapped; a mapping made another way gets it on its first check.
  */
 CREATE FUNCTION connect_guard.mapping_init(p_mapping_id integer)
 RETURNS void
-LANGUAGE sql
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
-    UPDATE connect_guard.mapping m
-       SET shape = connect_guard.table_shape(connect_guard.mapping_relid(m)),
-           config = coalesce(m.config, connect_guard.config_of_columns(connect_guard.table_columns(connect_guard.mapping_relid(m)))),
-           config_source = coalesce(m.config_source, 'columns'),
-           config_at = coalesce(m.config_at, clock_timestamp())
-     WHERE m.mapping_id = p_mapping_id AND connect_guard.mapping_relid(m) IS NOT NULL;
-    INSERT INTO connect_guard.mapping_verified (mapping_id, verified_at)
-    SELECT p_mapping_id, clock_timestamp()
-     WHERE EXISTS (SELECT 1 FROM connect_guard.mapping m
-                    WHERE m.mapping_id = p_mapping_id AND connect_guard.mapping_relid(m) IS NOT NULL)
+DECLARE
+    m connect_guard.mapping;
+    c connect_guard.connection;
+    v_rel regclass;
+BEGIN
+    SELECT * INTO m FROM connect_guard.mapping WHERE mapping_id = p_mapping_id;
+    v_rel := connect_guard.mapping_relid(m);
+    IF v_rel IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT * INTO c FROM connect_guard.connection WHERE connection_id = m.connection_id;
+    IF EXISTS (SELECT 1 FROM connect_guard.capture_triggers_expected(c, m) e
+                WHERE e.purpose = 'watch' AND e.owned_by = 'connect_guard') THEN
+        PERFORM connect_guard.install_truncate_watch(v_rel);
+    END IF;
+    UPDATE connect_guard.mapping mp
+       SET shape = connect_guard.table_shape(v_rel),
+           config = coalesce(mp.config, connect_guard.config_of_columns(connect_guard.table_columns(v_rel))),
+           config_source = coalesce(mp.config_source, 'columns'),
+           config_at = coalesce(mp.config_at, clock_timestamp())
+     WHERE mp.mapping_id = p_mapping_id;
+    INSERT INTO connect_guard.mapping_verified (mapping_id, verified_at) VALUES (p_mapping_id, clock_timestamp())
     ON CONFLICT (mapping_id) DO UPDATE SET verified_at = excluded.verified_at;
+END;
 $$;
 
 /*

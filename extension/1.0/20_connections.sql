@@ -116,12 +116,11 @@ BEGIN
                        'FOR EACH STATEMENT EXECUTE FUNCTION connect_guard.capture(%L, %L)',
                        r.nspname, r.relname, r.nspname, r.relname);
     END IF;
-    PERFORM connect_guard.install_truncate_watch(tbl);
 
     INSERT INTO connect_guard.mapping (connection_id, table_schema, table_name, object_name)
     VALUES (c.connection_id, r.nspname, r.relname, coalesce(object_name, r.relname))
     RETURNING mapping_id INTO v_id;
-    -- what the table looks like now is what the mapping expects (47_schema_changes.sql)
+    -- what the table looks like now is what the mapping expects, and its watch (19_table_shape.sql)
     PERFORM connect_guard.mapping_init(v_id);
     PERFORM connect_guard.fence_refresh();
     PERFORM connect_guard.log_event(c.connection_id, 'table_mapped',

@@ -279,7 +279,9 @@ BEGIN
     END IF;
     SELECT * INTO v_verified FROM connect_guard.mapping_verified WHERE mapping_id = m.mapping_id;
     -- a new partition gets its watch at once; not while a restore recreates the table (it has its own)
-    IF p_source = 'ddl' AND v_rel IS NOT NULL AND v_verified.verified_at IS NOT NULL THEN
+    IF p_source = 'ddl' AND v_rel IS NOT NULL AND v_verified.verified_at IS NOT NULL
+       AND EXISTS (SELECT 1 FROM connect_guard.connection c, connect_guard.capture_triggers_expected(c, m) e
+                    WHERE c.connection_id = m.connection_id AND e.purpose = 'watch' AND e.owned_by = 'connect_guard') THEN
         PERFORM connect_guard.install_truncate_watch(v_rel);
     END IF;
 

@@ -30,7 +30,11 @@ typedef struct FenceEntry
 	int32		fence_id;		/* 0: free slot */
 	Oid			dbid;
 	int32		scope;			/* FenceScope */
-	int32		connection_id;	/* for FENCE_SCOPE_CONNECTION */
+	int32		connection_id;	/* FENCE_SCOPE_CONNECTION: the connection;
+								 * FENCE_SCOPE_RELOAD: the role (an Oid) whose
+								 * sessions with xmlbinary = hex write
+								 * through, or 0 (fence.c,
+								 * fence_blocking_relation) */
 	TimestampTz since;
 	NameData	raised_by;
 	NameData	connection;		/* connection name, or empty */

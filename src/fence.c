@@ -45,12 +45,14 @@
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "tcop/utility.h"
+#include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
+#include "utils/xml.h"
 
 #include "catalog_names.h"
 #include "fence.h"
@@ -328,6 +330,40 @@ fence_report(Oid relid, const char *operation, FenceEntry *fence, const char *co
 }
 
 /*
+ * fence_blocking_relation: of the fences that cover hit's relation (the
+ * sorted copy holds them next to hit), the first that this session may not
+ * write through, or NULL.  Only a reload fence lets anyone through: the
+ * sync service, whose reload is the very writing the fence waits for.  Its
+ * entry's connection_id holds the role the sync service logs in as (0:
+ * nobody), and its sessions are those of that role with xmlbinary = 'hex',
+ * the setting Heroku Connect's sessions use and its triggers skip.  An
+ * application that imitates both writes through, as it would slip past
+ * Connect's own logging (README, "the reload fence").
+ */
+static FencedRelation *
+fence_blocking_relation(FencedRelation *hit)
+{
+	FencedRelation *first = hit;
+	FencedRelation *end = local_rels + local_nrels;
+	bool		sync_service = xmlbinary == XMLBINARY_HEX;
+
+	while (first > local_rels && (first - 1)->relid == hit->relid)
+		first--;
+	for (FencedRelation *rel = first; rel < end && rel->relid == hit->relid; rel++)
+	{
+		FenceEntry *fence = local_fence_by_id(rel->fence_id);
+
+		if (fence == NULL)
+			continue;
+		if (sync_service && fence->scope == FENCE_SCOPE_RELOAD && fence->connection_id != 0 &&
+			has_privs_of_role(GetUserId(), (Oid) fence->connection_id))
+			continue;
+		return rel;
+	}
+	return NULL;
+}
+
+/*
  * fence_check_relation raises the fence's error if relid may not be written
  * by this session.
  */
@@ -359,6 +395,8 @@ fence_check_relation(Oid relid, const char *operation)
 				break;
 		}
 	}
+	if (hit != NULL)
+		hit = fence_blocking_relation(hit);
 	if (hit != NULL)
 	{
 		FenceEntry *fence = local_fence_by_id(hit->fence_id);

@@ -127,12 +127,15 @@ AS $$ SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I', m.table_schema, m
  *                must be there and enabled too.  'each_partition': a
  *                trigger of its own on every partition
  *   trigger_type pg_trigger.tgtype; function_oid and arguments (NULL: any);
- *   when_clause  the WHEN condition as pg_get_triggerdef() prints it, NULL
- *                for none
+ *   when_clause  a regular expression the WHEN condition, as
+ *                pg_get_triggerdef() prints it, must match; NULL for none
  *   owned_by     'connect_guard': connect_save_mapping() may create it
  *                again; anything else is another's, never touched
- * Every trigger must fire in the origin role (tgenabled 'O').  Another kind
- * of log adds its own rows here (the only place that knows them).
+ * Every trigger must fire in the origin role (tgenabled 'O').  A
+ * connection that adopted a Connect-managed schema (its log is Connect's,
+ * 15_log_sources.sql) expects Connect's logger trigger instead, owned by
+ * Connect; another kind of log adds its own rows here, the only place that
+ * knows them.
  */
 CREATE FUNCTION connect_guard.capture_triggers_expected(c connect_guard.connection, m connect_guard.mapping)
 RETURNS TABLE (trigger_name text, purpose text, placement text, trigger_type smallint, function_oid oid,
@@ -142,6 +145,17 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     -- tgtype bits: ROW 1, BEFORE 2, INSERT 4, DELETE 8, UPDATE 16, TRUNCATE 32
+    IF c.log_schema IS NOT NULL THEN
+        -- an adopted schema (17_connect_schema.sql): Connect's logger trigger, AFTER INSERT OR UPDATE OR
+        -- DELETE FOR EACH ROW WHEN (get_xmlbinary() = 'base64'), calling hc_<table>_logger; Connect's own
+        RETURN QUERY
+        SELECT left('hc_' || m.table_name || '_logtrigger', 63), 'capture'::text, 'table'::text, 29::smallint,
+               to_regprocedure(format('%I.%I()', m.table_schema, left('hc_' || m.table_name || '_logger', 63)))::oid,
+               NULL::text[],
+               '^\(*(\S+\.)?get_xmlbinary\(\)\)*(::(text|character varying))? = ''base64''::(text|character varying)\)*$'::text,
+               'connect'::text;
+        RETURN;
+    END IF;
     RETURN QUERY
     SELECT x.n, x.p, x.pl, x.t, x.f, x.a, NULL::text, 'connect_guard'::text
       FROM (VALUES ('_connect_guard_capture', 'capture', 'table', 29::smallint,

@@ -104,11 +104,13 @@ BEGIN
             HINT = 'See connect_mappings; unmap it first with connect_unmap_table() to map it again.';
     END IF;
 
+    -- which log the table's changes reach (77_connect_schema.sql): Connect's tables get no trigger of ours
+    PERFORM connect_guard.check_table_log_source(c, tbl);
     -- a child's rows would be the table's, yet not captured (19_table_shape.sql)
     PERFORM connect_guard.refuse_inheritance_children(tbl);
     -- one pair of triggers per table, whatever the number of connections mapping it
-    IF NOT EXISTS (SELECT 1 FROM pg_trigger t
-                    WHERE t.tgrelid = tbl AND t.tgname = '_connect_guard_capture') THEN
+    IF c.log_schema IS NULL AND NOT EXISTS (SELECT 1 FROM pg_trigger t
+                                             WHERE t.tgrelid = tbl AND t.tgname = '_connect_guard_capture') THEN
         EXECUTE format('CREATE TRIGGER _connect_guard_capture AFTER INSERT OR UPDATE OR DELETE ON %I.%I '
                        'FOR EACH ROW EXECUTE FUNCTION connect_guard.capture(%L, %L)',
                        r.nspname, r.relname, r.nspname, r.relname);
@@ -140,9 +142,12 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    -- a table of an adopted schema has none (and DROP TRIGGER would lock it for nothing)
     IF NOT EXISTS (SELECT 1 FROM connect_guard.mapping m
                     WHERE m.table_schema = p_schema AND m.table_name = p_table)
-       AND to_regclass(format('%I.%I', p_schema, p_table)) IS NOT NULL THEN
+       AND EXISTS (SELECT 1 FROM pg_trigger t
+                    WHERE t.tgrelid = to_regclass(format('%I.%I', p_schema, p_table))
+                      AND t.tgname IN ('_connect_guard_capture', '_connect_guard_truncate')) THEN
         EXECUTE format('DROP TRIGGER IF EXISTS _connect_guard_capture ON %I.%I', p_schema, p_table);
         EXECUTE format('DROP TRIGGER IF EXISTS _connect_guard_truncate ON %I.%I', p_schema, p_table);
         PERFORM connect_guard.drop_truncate_watch(format('%I.%I', p_schema, p_table)::regclass);

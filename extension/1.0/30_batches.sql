@@ -20,6 +20,7 @@ BEGIN
     -- next tick a lower scan_from, and retention would lag one tick more.
     t := connect_guard.new_tick();
     c := connect_guard.connection_for_update(connection);
+    PERFORM connect_guard.require_own_log(c, 'connect_next_batch()');
 
     -- an unfinished batch is handed out again: delivery is at least once
     UPDATE connect_guard.batch b SET deliveries = b.deliveries + 1

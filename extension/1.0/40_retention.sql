@@ -27,8 +27,10 @@ BEGIN
     END IF;
 
     -- every entry with id <= scan_from of the oldest high-water mark is consumed by all
+    -- (connections with a log of their own: Connect archives its log itself, 15_log_sources.sql)
     SELECT min(t.scan_from) INTO v_bound
-      FROM connect_guard.connection c JOIN connect_guard.tick t ON t.tick_id = c.last_tick;
+      FROM connect_guard.connection c JOIN connect_guard.tick t ON t.tick_id = c.last_tick
+     WHERE c.log_schema IS NULL;
     IF v_bound IS NULL THEN
         v_bound := (connect_guard.new_tick()).scan_from;
     END IF;
@@ -48,7 +50,7 @@ BEGIN
 
     -- keep every tick a connection stands on, and the newest tick settled
     -- for every snapshot to come (new ticks compute scan_from from it)
-    SELECT least((SELECT min(last_tick) FROM connect_guard.connection),
+    SELECT least((SELECT min(last_tick) FROM connect_guard.connection WHERE log_schema IS NULL),
                  (SELECT max(tick_id) FROM connect_guard.tick
                    WHERE xid_bound <= pg_snapshot_xmin(pg_current_snapshot())))
       INTO v_keep_tick;

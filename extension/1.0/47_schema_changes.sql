@@ -105,9 +105,10 @@ BEGIN
                    AND CASE WHEN t.tgnargs = 0 THEN '{}'::text[]
                             ELSE string_to_array(left(encode(t.tgargs, 'escape'), -4), '\000') END
                        IS DISTINCT FROM x.arguments)
-               OR (CASE WHEN t.tgqual IS NULL THEN NULL
-                        ELSE substring(pg_get_triggerdef(t.oid) FROM ' WHEN \((.*)\) EXECUTE ') END)
-                  IS DISTINCT FROM x.when_clause
+               OR CASE WHEN t.tgqual IS NULL THEN x.when_clause IS NOT NULL
+                       WHEN x.when_clause IS NULL THEN true
+                       ELSE NOT coalesce(substring(pg_get_triggerdef(t.oid) FROM ' WHEN \((.*)\) EXECUTE ')
+                                         ~ x.when_clause, false) END
                OR cardinality(t.tgattr::int2[]) > 0 OR t.tgconstraint <> 0 AS changed
           FROM targets x LEFT JOIN pg_trigger t ON t.tgrelid = x.relid AND t.tgname = x.trigger_name)
     SELECT CASE WHEN f.tgoid IS NULL THEN 'trigger_missing' WHEN f.changed THEN 'trigger_changed'

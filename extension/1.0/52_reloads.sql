@@ -17,6 +17,8 @@ CREATE TABLE connect_guard.rollback_incident (
     mapping_ids     integer[] NOT NULL,
     fence_id        integer,
     reload_requests bigint[] NOT NULL DEFAULT '{}',
+    -- entries of Connect's logs the restore brought back unfinished though processed (77_connect_schema.sql)
+    restored_as_new jsonb NOT NULL DEFAULT '[]',
     resolved_at     timestamptz,
     resolution      text
 );
@@ -48,7 +50,10 @@ BEGIN
     IF cardinality(t.relids) = 0 THEN
         RETURN NULL;
     END IF;
-    RETURN connect_guard.fence_raise('reload', NULL, NULL, p_reason, t.relids, t.relconnections);
+    -- for a reload fence the connection id is the role whose sessions with xmlbinary = 'hex' write through
+    -- (the sync service's reload, fence.c; 77_connect_schema.sql)
+    RETURN connect_guard.fence_raise('reload', connect_guard.reload_fence_writer(p_mapping_ids), NULL, p_reason,
+                                     t.relids, t.relconnections);
 END;
 $$;
 
@@ -212,5 +217,6 @@ SELECT i.incident_id,
                    WHERE m.mapping_id = ANY (i.mapping_ids) AND m.state = 'RELOAD_TABLE') END AS reloads_pending,
        i.fence_id,
        i.resolved_at,
-       i.resolution
+       i.resolution,
+       i.restored_as_new
   FROM connect_guard.rollback_incident i;

@@ -145,8 +145,12 @@ BEGIN
         RETURN;
     END IF;
     FOR m IN
-        UPDATE connect_guard.mapping mp SET remote_id = rm.id
-          FROM (SELECT lower(e ->> 'object_name') AS object_name, min(e ->> 'id') AS id
+        -- an object name that is only the table's name (adopted schemas) takes Connect's spelling
+        UPDATE connect_guard.mapping mp
+           SET remote_id = rm.id,
+               object_name = CASE WHEN mp.object_name = mp.table_name THEN rm.spelling ELSE mp.object_name END
+          FROM (SELECT lower(e ->> 'object_name') AS object_name, min(e ->> 'id') AS id,
+                       min(e ->> 'object_name') AS spelling
                   FROM jsonb_array_elements(p_body -> 'mappings') e
                  WHERE e ->> 'id' ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$'
                  GROUP BY 1 HAVING count(*) = 1) rm

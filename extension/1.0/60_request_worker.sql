@@ -177,6 +177,13 @@ BEGIN
                 PERFORM connect_guard.note_remote_hwm(c.connection_id, v_json);
             END IF;
         END IF;
+        IF c.adapter = 'heroku' AND r.action = 'reload' AND p_http_status <> 202 THEN
+            -- only 202 Accepted says Connect queued the reload (59_reload_acknowledgement.sql)
+            PERFORM connect_guard.request_retry(r.request_id, p_http_status,
+                format('Connect answered HTTP %s to the reload, not 202 Accepted: it is not known to have queued it',
+                       p_http_status), true);
+            RETURN;
+        END IF;
         PERFORM connect_guard.log_event(c.connection_id, 'request_accepted',
             jsonb_build_object('request_id', r.request_id, 'action', r.action, 'attempt', r.attempts,
                                'http_status', p_http_status));
@@ -243,13 +250,15 @@ BEGIN
           FROM jsonb_array_elements(CASE WHEN jsonb_typeof(v_json -> 'mappings') = 'array'
                                          THEN v_json -> 'mappings' ELSE '[]' END) x
           JOIN connect_guard.mapping mp ON mp.mapping_id = r.mapping_id AND mp.remote_id = x ->> 'id';
-        v_expected := 'DATA_SYNCED';
+        v_expected := 'RELOAD_TABLE and then DATA_SYNCED';
     ELSE
         v_state := v_json ->> 'state';
         v_expected := CASE r.action WHEN 'pause' THEN 'PAUSED' ELSE 'IDLE' END;
     END IF;
     UPDATE connect_guard.request SET remote_state = v_state WHERE request_id = r.request_id;
-    IF v_state = v_expected OR (r.action = 'resume' AND v_state = 'POLLING_DB_CHANGES') THEN
+    -- a reload is done once Connect was seen working on it (59_reload_acknowledgement.sql)
+    IF (CASE WHEN r.action = 'reload' THEN connect_guard.reload_acknowledged(r.request_id, v_state)
+             ELSE v_state = v_expected OR (r.action = 'resume' AND v_state = 'POLLING_DB_CHANGES') END) THEN
         PERFORM connect_guard.request_apply(r.request_id);
     ELSE
         PERFORM connect_guard.request_poll_again(r.request_id, v_expected);

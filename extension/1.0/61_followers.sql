@@ -172,3 +172,13 @@ SELECT 'libpq',
 GRANT SELECT ON connect_follower_lag TO pg_monitor;
 -- a view calls its functions with the reader's rights, and 99_privileges revokes them from PUBLIC
 GRANT EXECUTE ON FUNCTION connect_guard.conninfo_masked(text, boolean) TO pg_monitor;
+
+/*
+ * connect_guard.remote_query: one query on another server (remote.c), for
+ * the upgrade plans (70_upgrade.sql) and the HA managers' monitor
+ * (69_ha_managers.sql).  With timeout_ms NULL, remote.c waits at most
+ * connect_guard.follower_timeout.
+ */
+CREATE FUNCTION connect_guard.remote_query(conninfo text, sql text, timeout_ms integer DEFAULT NULL)
+RETURNS jsonb LANGUAGE C
+AS 'MODULE_PATHNAME', 'connect_guard_remote_query';

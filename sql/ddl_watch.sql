@@ -228,6 +228,35 @@ SELECT connect_save_mapping('sync', 'account');
 ALTER TABLE account DISABLE TRIGGER _connect_guard_capture;
 SELECT connect_save_mapping('sync', 'account', reload => false);
 
+-- an adopted schema (its log is Connect's): the capture trigger to expect is Connect's logger trigger;
+-- it is watched the same, and never repaired (connect_guard does not change Connect's objects)
+\set VERBOSITY terse
+SET client_min_messages = warning;
+\set ECHO none
+\i test/fixtures/connect_schema.sql
+\set ECHO all
+RESET client_min_messages;
+SELECT connect_adopt_schema('hc', 'salesforce', 'local') > 0 AS adopted;
+SELECT m.table_name, e.trigger_name, e.purpose, e.owned_by
+  FROM connect_guard.mapping m JOIN connect_guard.connection c USING (connection_id),
+       connect_guard.capture_triggers_expected(c, m) e
+ WHERE c.name = 'hc' ORDER BY 1;
+SELECT count(*) AS adopted_changes FROM connect_schema_drift WHERE connection = 'hc';
+ALTER TABLE salesforce.account DISABLE TRIGGER hc_account_logtrigger;
+SELECT tbl, state, kind, object, needs_reload FROM changes() WHERE tbl::text LIKE 'salesforce.%';
+SELECT show_error($$SELECT connect_save_mapping('hc', 'salesforce.account')$$);
+ALTER TABLE salesforce.account ENABLE TRIGGER hc_account_logtrigger;
+SELECT connect_save_mapping('hc', 'salesforce.account', reload => false);
+CREATE OR REPLACE TRIGGER hc_contact_logtrigger AFTER INSERT OR UPDATE OR DELETE ON salesforce.contact
+    FOR EACH ROW WHEN (false) EXECUTE FUNCTION salesforce.hc_contact_logger();
+SELECT tbl, kind, object, actual FROM changes() WHERE tbl::text LIKE 'salesforce.%';
+SELECT connect_drop_connection('hc');
+SET client_min_messages = warning;
+DROP SCHEMA salesforce, connect_fixture CASCADE;
+DROP EXTENSION hstore;
+RESET client_min_messages;
+\set VERBOSITY default
+
 -- the worker's check holds no lock for long, and none of another transaction stops it
 SELECT proconfig FROM pg_proc WHERE proname = 'schema_watch_cycle';
 -- the event triggers fire in every session, whatever its session_replication_role

@@ -116,7 +116,8 @@ BEGIN
                 ELSE 'trigger_always' END,
            format('%I on %s', f.trigger_name, f.relid::regclass),
            CASE WHEN f.tgoid IS NULL THEN f.purpose || ' trigger'
-                WHEN f.changed THEN format('%s trigger of connect_guard''s definition', f.purpose)
+                WHEN f.changed THEN format('%s trigger as %s defines it', f.purpose,
+                                           CASE f.owned_by WHEN 'connect' THEN 'Heroku Connect' ELSE f.owned_by END)
                 ELSE 'enabled' END,
            CASE WHEN f.tgoid IS NULL THEN 'no such trigger'
                 WHEN f.changed THEN pg_get_triggerdef(f.tgoid)

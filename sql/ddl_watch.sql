@@ -174,12 +174,17 @@ SELECT show_error($$SELECT connect_map_table('sync', 'parent')$$);
 -- 12. the table owner, an ordinary role with no right on connect_guard, is watched the same
 CREATE ROLE ddl_watch_owner;
 ALTER TABLE account OWNER TO ddl_watch_owner;
+ALTER TABLE root_3 OWNER TO ddl_watch_owner;
 SET ROLE ddl_watch_owner;
 ALTER TABLE account DISABLE TRIGGER _connect_guard_capture;
+-- the truncate watch reports through a function the role may not call itself
+TRUNCATE root_3;
 SELECT count(*) FROM connect_guard.schema_change;
+SELECT connect_guard.note_partition_truncated('root_3'::regclass);
 RESET ROLE;
 SELECT kind, object FROM changes();
 SELECT settle('account');
+SELECT settle('root');
 
 -- 13. a superuser's change of the catalog: no event trigger sees it; the worker's check does
 BEGIN;

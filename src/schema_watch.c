@@ -47,16 +47,16 @@
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/partition.h"
+#include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "fmgr.h"
-#include "nodes/makefuncs.h"
 #include "nodes/pg_list.h"
-#include "nodes/value.h"
-#include "parser/parse_func.h"
+#include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/syscache.h"
 
 #include "catalog_names.h"
 #include "connect_guard.h"
@@ -129,10 +129,18 @@ static void
 note_partition_truncated(Oid partition)
 {
 	Oid			argtypes[1] = {OIDOID};
-	Oid			fn;
+	Oid			nsp = get_namespace_oid(CONNECT_GUARD_SCHEMA, true);
+	Oid			fn = InvalidOid;
 
-	fn = LookupFuncName(list_make2(makeString(CONNECT_GUARD_SCHEMA), makeString("note_partition_truncated")),
-						1, argtypes, true);
+	/*
+	 * By the catalog, not LookupFuncName(): that checks USAGE on the schema,
+	 * which the truncating role has not (it is connect_guard's).
+	 */
+	if (OidIsValid(nsp))
+		fn = GetSysCacheOid3(PROCNAMEARGSNSP, Anum_pg_proc_oid,
+							 CStringGetDatum("note_partition_truncated"),
+							 PointerGetDatum(buildoidvector(argtypes, 1)),
+							 ObjectIdGetDatum(nsp));
 	if (!OidIsValid(fn))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_FUNCTION),

@@ -274,6 +274,13 @@ DECLARE
     v_findings jsonb;
     v_verified connect_guard.mapping_verified;
 BEGIN
+    -- One check of a mapping at a time, and none across a save: what is compared is read after the
+    -- lock (each statement sees what has committed), so a check that started before a save cannot
+    -- record what the save has just settled.
+    SELECT * INTO m FROM connect_guard.mapping WHERE mapping_id = m.mapping_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN 0;               -- unmapped meanwhile
+    END IF;
     IF m.shape IS NULL AND v_rel IS NOT NULL THEN
         -- a mapping made without connect_map_table(): what its table is now is what it expects
         PERFORM connect_guard.mapping_init(m.mapping_id);

@@ -7,7 +7,8 @@
 # TRIGGER ... DISABLE), in rounds whose order alternates:
 #   temp_table      CREATE TEMP TABLE + DROP TABLE (an application's own DDL: the
 #                   commonest kind, on no mapped table)
-#   unmapped_alter  ALTER TABLE ADD COLUMN + DROP COLUMN of a table nobody maps
+#   unmapped_alter  ALTER TABLE ... ALTER COLUMN SET DEFAULT / DROP DEFAULT of a table
+#                   nobody maps
 #   mapped_alter    ALTER TABLE ... ALTER COLUMN SET DEFAULT / DROP DEFAULT of a
 #                   mapped table: the whole check of its mapping runs (nothing differs)
 # Prints each round's tps and ratio (watched / not), the median ratio, and
@@ -51,8 +52,8 @@ DROP TABLE scratch;
 COMMIT;
 SQL
 as_run_user tee "$scripts/unmapped_alter.sql" >/dev/null <<'SQL'
-ALTER TABLE unmapped ADD COLUMN extra int;
-ALTER TABLE unmapped DROP COLUMN extra;
+ALTER TABLE unmapped ALTER COLUMN name SET DEFAULT 'x';
+ALTER TABLE unmapped ALTER COLUMN name DROP DEFAULT;
 SQL
 as_run_user tee "$scripts/mapped_alter.sql" >/dev/null <<'SQL'
 ALTER TABLE t25 ALTER COLUMN note SET DEFAULT 'x';

@@ -228,6 +228,7 @@ SELECT * FROM changes();
 SELECT connect_mapping_reloaded('sync', 'account');
 SELECT * FROM events_since(:ev);
 SELECT kind, object, resolution FROM connect_guard.schema_change ORDER BY schema_change_id DESC LIMIT 3;
+SELECT show_error($$SELECT connect_save_mapping('sync', NULL)$$);
 -- nothing to save is fine; reload => false says what it skips
 SELECT connect_save_mapping('sync', 'account');
 ALTER TABLE account DISABLE TRIGGER _connect_guard_capture;

@@ -188,7 +188,7 @@ BEGIN
 
     v_report := jsonb_build_object('mapped', (SELECT coalesce(jsonb_agg(x -> 'table'), '[]') FROM jsonb_array_elements(v_map) x),
                                    'updated', v_update, 'missing', v_missing);
-    IF dry_run THEN
+    IF coalesce(dry_run, false) THEN          -- NULL: not a dry run
         RETURN jsonb_build_object('status', 'dry_run') || v_report;
     END IF;
 

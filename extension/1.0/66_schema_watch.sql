@@ -46,23 +46,36 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_relids oid[];
+    v_has_parent boolean;
     v_mappings integer[];
     v_message text;
 BEGIN
     IF connect_guard.in_own_ddl() THEN
         RETURN;                 -- connect_guard changes the table itself
     END IF;
-    SELECT array_agg(CASE WHEN d.classid = 'pg_trigger'::regclass
-                          THEN (SELECT tg.tgrelid FROM pg_trigger tg WHERE tg.oid = d.objid)
-                          ELSE d.objid END) INTO v_relids
-      FROM pg_event_trigger_ddl_commands() d
-     WHERE d.classid IN ('pg_class'::regclass, 'pg_trigger'::regclass)
-       AND d.schema_name IS DISTINCT FROM 'pg_temp';
+    SELECT array_agg(r.relid), bool_or(EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = r.relid))
+      INTO v_relids, v_has_parent
+      FROM (SELECT CASE WHEN d.classid = 'pg_trigger'::regclass
+                        THEN (SELECT tg.tgrelid FROM pg_trigger tg WHERE tg.oid = d.objid)
+                        ELSE d.objid END AS relid
+              FROM pg_event_trigger_ddl_commands() d
+             WHERE d.classid IN ('pg_class'::regclass, 'pg_trigger'::regclass)
+               AND d.schema_name IS DISTINCT FROM 'pg_temp') r
+     WHERE r.relid IS NOT NULL;
     -- nothing but temporary tables, or the extension is being created or dropped (no catalog)
     IF v_relids IS NULL OR to_regclass('connect_guard.mapping') IS NULL THEN
         RETURN;
     END IF;
-    v_mappings := connect_guard.mappings_of_relations(v_relids);
+    IF v_has_parent THEN
+        -- a partition or an inheritance child: its mapped ancestor
+        v_mappings := connect_guard.mappings_of_relations(v_relids);
+    ELSE
+        SELECT array_agg(m.mapping_id) INTO v_mappings
+          FROM pg_class cl
+          JOIN pg_namespace n ON n.oid = cl.relnamespace
+          JOIN connect_guard.mapping m ON m.table_schema = n.nspname AND m.table_name = cl.relname
+         WHERE cl.oid = ANY (v_relids);
+    END IF;
     IF v_mappings IS NULL THEN
         RETURN;
     END IF;
@@ -292,6 +305,12 @@ DECLARE
     v_gone regclass;
 BEGIN
     c := connect_guard.connection_for_update(connection);
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'null_value_not_allowed',
+            MESSAGE = 'table to save must not be NULL',
+            HINT = 'Pass the mapped table as a regclass, for example ''salesforce.contact''; reload => NULL means: when needed.';
+    END IF;
     m := connect_guard.mapping_of(c, tbl);
 
     v_not_ours := connect_guard.repair_triggers(c, m);

@@ -2,24 +2,27 @@
 # test/bench/ddl_watch/run.sh: what connect_guard's event triggers (the
 # schema watch, 66_schema_watch.sql) cost on DDL.
 #
-# One database with 50 mapped tables; pgbench runs one DDL transaction after
-# another, with the two event triggers enabled and disabled (ALTER EVENT
-# TRIGGER ... DISABLE), in rounds whose order alternates:
+# One database with 50 mapped tables.  A procedure runs the DDL of each
+# workload in short batches, in one session, with the two event triggers
+# enabled and disabled in turn (ALTER EVENT TRIGGER ... DISABLE, a commit
+# between batches, the order alternating), so that both sides of every
+# ratio are measured within milliseconds of each other: a shared machine's
+# noise falls on both.
 #   temp_table      CREATE TEMP TABLE + DROP TABLE (an application's own DDL: the
 #                   commonest kind, on no mapped table)
-#   unmapped_alter  ALTER TABLE ... ALTER COLUMN SET DEFAULT / DROP DEFAULT of a table
-#                   nobody maps
-#   mapped_alter    ALTER TABLE ... ALTER COLUMN SET DEFAULT / DROP DEFAULT of a
-#                   mapped table: the whole check of its mapping runs (nothing differs)
-# Prints each round's tps and ratio (watched / not), the median ratio, and
-# the cost per statement in µs.  Only ratios measured side by side mean
-# anything on a shared machine.
+#   unmapped_alter  ALTER TABLE ... ALTER COLUMN SET DEFAULT / DROP DEFAULT of a
+#                   table nobody maps
+#   mapped_alter    the same on a mapped table: the whole check of its mapping
+#                   runs (nothing differs, nothing is recorded)
+# Prints, per workload, the median over the rounds of the time per
+# statement with and without the event triggers, their ratio, and the cost
+# added per statement in µs.
 #
-#   bash test/bench/ddl_watch/run.sh    # BENCH_ROUNDS=5 BENCH_SECONDS=5
+#   bash test/bench/ddl_watch/run.sh    # BENCH_ROUNDS=30 BENCH_BATCH=100
 source "$(dirname "$0")/../../../scripts/lib.sh"
 
-rounds=${BENCH_ROUNDS:-5}
-seconds=${BENCH_SECONDS:-5}
+rounds=${BENCH_ROUNDS:-30}
+batch=${BENCH_BATCH:-100}
 
 install_packages
 build_and_install
@@ -36,68 +39,74 @@ as_run_user createdb -h "$work" -p "$port" -U postgres bench
 sql <<'SQL'
 CREATE EXTENSION connect_guard;
 SELECT connect_create_connection('sync');
+CREATE TABLE unmapped (id int PRIMARY KEY, name text);
+CREATE TABLE timings (workload text, round int, watched boolean, us_per_statement numeric);
+
+-- bench_batch: n times the two statements of a workload, in µs per statement
+CREATE FUNCTION bench_batch(stmt1 text, stmt2 text, n int) RETURNS numeric LANGUAGE plpgsql AS $$
+DECLARE
+    t0 timestamptz := clock_timestamp();
+BEGIN
+    FOR i IN 1 .. n LOOP
+        EXECUTE stmt1;
+        EXECUTE stmt2;
+    END LOOP;
+    RETURN extract(epoch FROM clock_timestamp() - t0) * 1e6 / (2 * n);
+END;
+$$;
+
+-- bench: rounds of one batch watched and one not, in alternating order, each batch its own transaction
+CREATE PROCEDURE bench(workload text, stmt1 text, stmt2 text, rounds int, n int) LANGUAGE plpgsql AS $$
+DECLARE
+    v_us numeric;
+BEGIN
+    PERFORM bench_batch(stmt1, stmt2, n);           -- warm the caches and plans
+    COMMIT;
+    FOR r IN 1 .. rounds LOOP
+        FOR side IN 0 .. 1 LOOP
+            IF (r + side) % 2 = 0 THEN
+                ALTER EVENT TRIGGER connect_guard_ddl_watch ENABLE ALWAYS;
+                ALTER EVENT TRIGGER connect_guard_drop_watch ENABLE ALWAYS;
+            ELSE
+                ALTER EVENT TRIGGER connect_guard_ddl_watch DISABLE;
+                ALTER EVENT TRIGGER connect_guard_drop_watch DISABLE;
+            END IF;
+            COMMIT;
+            v_us := bench_batch(stmt1, stmt2, n);
+            INSERT INTO timings VALUES (workload, r, (r + side) % 2 = 0, v_us);
+            COMMIT;
+        END LOOP;
+    END LOOP;
+    ALTER EVENT TRIGGER connect_guard_ddl_watch ENABLE ALWAYS;
+    ALTER EVENT TRIGGER connect_guard_drop_watch ENABLE ALWAYS;
+END;
+$$;
 SQL
-# the tables, then their mappings (one statement each: the DDL fires the watch, mapped or not)
+# the mapped tables (each map fires the watch, as any DDL does)
 for i in $(seq 1 50); do
     sql -c "CREATE TABLE t$i (id int PRIMARY KEY, name text, note text)" \
         -c "SELECT connect_map_table('sync', 't$i')" >/dev/null
 done
-sql -c "CREATE TABLE unmapped (id int PRIMARY KEY, name text)"
 
-scripts=$(as_run_user mktemp -d "$work/scripts.XXXXXX")
-as_run_user tee "$scripts/temp_table.sql" >/dev/null <<'SQL'
-BEGIN;
-CREATE TEMP TABLE scratch (id int, v text);
-DROP TABLE scratch;
-COMMIT;
-SQL
-as_run_user tee "$scripts/unmapped_alter.sql" >/dev/null <<'SQL'
-ALTER TABLE unmapped ALTER COLUMN name SET DEFAULT 'x';
-ALTER TABLE unmapped ALTER COLUMN name DROP DEFAULT;
-SQL
-as_run_user tee "$scripts/mapped_alter.sql" >/dev/null <<'SQL'
-ALTER TABLE t25 ALTER COLUMN note SET DEFAULT 'x';
-ALTER TABLE t25 ALTER COLUMN note DROP DEFAULT;
-SQL
+sql -c "CALL bench('temp_table', 'CREATE TEMP TABLE scratch (id int, v text)', 'DROP TABLE scratch', $rounds, $batch)"
+sql -c "CALL bench('unmapped_alter', \$\$ALTER TABLE unmapped ALTER COLUMN name SET DEFAULT 'x'\$\$,
+                   'ALTER TABLE unmapped ALTER COLUMN name DROP DEFAULT', $rounds, $batch)"
+sql -c "CALL bench('mapped_alter', \$\$ALTER TABLE t25 ALTER COLUMN note SET DEFAULT 'x'\$\$,
+                   'ALTER TABLE t25 ALTER COLUMN note DROP DEFAULT', $rounds, $batch)"
 
-watch() {   # watch on|off
-    local what=ENABLE; [ "$1" = off ] && what=DISABLE
-    sql -c "ALTER EVENT TRIGGER connect_guard_ddl_watch $what" -c "ALTER EVENT TRIGGER connect_guard_drop_watch $what"
-    [ "$1" = on ] && sql -c "ALTER EVENT TRIGGER connect_guard_ddl_watch ENABLE ALWAYS" \
-                         -c "ALTER EVENT TRIGGER connect_guard_drop_watch ENABLE ALWAYS"
-    return 0
-}
-
-bench() {   # bench <script>: prints tps (one client: DDL takes exclusive locks)
-    as_run_user pgbench -h "$work" -p "$port" -U postgres -n -c 1 -j 1 -T "$seconds" -f "$scripts/$1.sql" bench 2>/dev/null |
-        sed -n 's/^tps = \([0-9.]*\).*/\1/p'
-}
-
-printf '\n%-15s %5s %12s %12s %8s\n' workload round "tps watched" "tps not" ratio
-declare -A ratios costs
-for workload in temp_table unmapped_alter mapped_alter; do
-    for r in $(seq 1 "$rounds"); do
-        order=(on off); [ $((r % 2)) -eq 0 ] && order=(off on)
-        declare -A tps=()
-        for mode in "${order[@]}"; do
-            watch "$mode"
-            tps[$mode]=$(bench "$workload")
-        done
-        ratio=$(awk -v a="${tps[on]}" -v b="${tps[off]}" 'BEGIN { printf "%.4f", a / b }')
-        # two DDL statements per transaction: the cost of one, in µs
-        cost=$(awk -v a="${tps[on]}" -v b="${tps[off]}" 'BEGIN { printf "%.1f", (1 / a - 1 / b) * 1e6 / 2 }')
-        ratios[$workload]+="$ratio "
-        costs[$workload]+="$cost "
-        printf '%-15s %5s %12.0f %12.0f %8s\n' "$workload" "$r" "${tps[on]}" "${tps[off]}" "$ratio"
-    done
-done
-watch on
-# the watch found nothing: every statement above left its table as its mapping expects
-sql -c "SELECT 'schema changes recorded: ' || count(*) FROM connect_guard.schema_change"
-
-median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 echo
-echo "median over $rounds rounds: ratio of tps with the event triggers to without; added cost per DDL statement"
-for workload in temp_table unmapped_alter mapped_alter; do
-    printf '  %-15s ratio %s   %s µs per statement\n' "$workload" "$(median ${ratios[$workload]})" "$(median ${costs[$workload]})"
-done
+echo "$rounds rounds of $batch x 2 statements each side, in one session; medians:"
+as_run_user psql -h "$work" -p "$port" -U postgres -qX -d bench <<'SQL'
+SELECT w.workload,
+       round(percentile_cont(0.5) WITHIN GROUP (ORDER BY w.us_per_statement)::numeric, 1) AS "µs watched",
+       round(percentile_cont(0.5) WITHIN GROUP (ORDER BY n.us_per_statement)::numeric, 1) AS "µs not",
+       round(percentile_cont(0.5) WITHIN GROUP (ORDER BY n.us_per_statement / w.us_per_statement)::numeric, 3)
+           AS "ratio (not / watched)",
+       round(percentile_cont(0.5) WITHIN GROUP (ORDER BY w.us_per_statement - n.us_per_statement)::numeric, 1)
+           AS "µs added per statement"
+  FROM timings w JOIN timings n USING (workload, round)
+ WHERE w.watched AND NOT n.watched
+ GROUP BY w.workload ORDER BY min(w.round), w.workload;
+-- the watch found nothing: every statement left its table as its mapping expects
+SELECT 'schema changes recorded: ' || count(*) FROM connect_guard.schema_change;
+SQL

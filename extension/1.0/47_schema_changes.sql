@@ -389,11 +389,14 @@ $$;
 
 /*
  * connect_guard.mappings_of_relations: the mappings whose table is one of
- * p_relids or an ancestor of one (the partitioned table of a partition, the
- * parent of an inheritance child).  PL/pgSQL, so that its plan is kept for
- * the session: the event triggers call it for every command of their tags.
+ * p_relids or, unless p_with_ancestors is false (none of them has a
+ * parent), an ancestor of one (the partitioned table of a partition, the
+ * parent of an inheritance child).  PL/pgSQL, so that its plans are kept
+ * for the session: the event triggers call it for every command of their
+ * tags.  One relation at a time, by the catalogs' and the mappings'
+ * indexes (a plan for an array of them scans pg_class).
  */
-CREATE FUNCTION connect_guard.mappings_of_relations(p_relids oid[])
+CREATE FUNCTION connect_guard.mappings_of_relations(p_relids oid[], p_with_ancestors boolean DEFAULT true)
 RETURNS integer[]
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -401,21 +404,26 @@ AS $$
 DECLARE
     v_rels oid[] := p_relids;
     v_parents oid[];
+    v_rel oid;
+    v_nsp name;
+    v_name name;
+    v_ids integer[] := '{}';
 BEGIN
     -- the ancestors, a level at a time (by pg_inherits' index on inhrelid; most tables have none)
-    LOOP
+    WHILE p_with_ancestors LOOP
         SELECT array_agg(DISTINCT i.inhparent) INTO v_parents
-          FROM pg_inherits i WHERE i.inhrelid = ANY (v_rels) AND i.inhparent <> ALL (v_rels);
+          FROM unnest(v_rels) r(relid) JOIN pg_inherits i ON i.inhrelid = r.relid
+         WHERE i.inhparent <> ALL (v_rels);
         EXIT WHEN v_parents IS NULL;
         v_rels := v_rels || v_parents;
     END LOOP;
-    -- by the mapping's (table_schema, table_name) index: a handful of relations, any number of mappings
-    RETURN (SELECT array_agg(DISTINCT mp.mapping_id)
-              FROM pg_class cl
-              JOIN pg_namespace n ON n.oid = cl.relnamespace
-              CROSS JOIN LATERAL (SELECT m.mapping_id FROM connect_guard.mapping m
-                                   WHERE m.table_schema = n.nspname AND m.table_name = cl.relname OFFSET 0) mp
-             WHERE cl.oid = ANY (v_rels));
+    FOREACH v_rel IN ARRAY v_rels LOOP
+        SELECT n.nspname, cl.relname INTO v_nsp, v_name
+          FROM pg_class cl JOIN pg_namespace n ON n.oid = cl.relnamespace WHERE cl.oid = v_rel;
+        v_ids := v_ids || ARRAY(SELECT m.mapping_id FROM connect_guard.mapping m
+                                 WHERE m.table_schema = v_nsp AND m.table_name = v_name);
+    END LOOP;
+    RETURN CASE WHEN cardinality(v_ids) > 0 THEN ARRAY(SELECT DISTINCT unnest(v_ids)) END;
 END;
 $$;
 

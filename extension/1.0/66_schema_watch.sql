@@ -50,31 +50,30 @@ DECLARE
     v_mappings integer[];
     v_message text;
 BEGIN
-    IF connect_guard.in_own_ddl() THEN
-        RETURN;                 -- connect_guard changes the table itself
+    -- connect_guard changes the table itself, or the extension is being created or dropped (no catalog)
+    IF connect_guard.in_own_ddl() OR to_regclass('connect_guard.mapping') IS NULL THEN
+        RETURN;
     END IF;
-    SELECT array_agg(r.relid), bool_or(EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = r.relid))
-      INTO v_relids, v_has_parent
+    -- one query: the relations of the command (not temporary ones), and the mappings of those that
+    -- are mapped tables (a LATERAL per relation, by the catalogs' indexes)
+    SELECT array_agg(r.relid), array_agg(mp.mapping_id) FILTER (WHERE mp.mapping_id IS NOT NULL),
+           bool_or(EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = r.relid))
+      INTO v_relids, v_mappings, v_has_parent
       FROM (SELECT CASE WHEN d.classid = 'pg_trigger'::regclass
                         THEN (SELECT tg.tgrelid FROM pg_trigger tg WHERE tg.oid = d.objid)
                         ELSE d.objid END AS relid
               FROM pg_event_trigger_ddl_commands() d
              WHERE d.classid IN ('pg_class'::regclass, 'pg_trigger'::regclass)
                AND d.schema_name IS DISTINCT FROM 'pg_temp') r
+      -- OFFSET 0: looked up per relation (a flattened join would start from every mapping)
+      LEFT JOIN LATERAL (SELECT n.nspname, cl.relname FROM pg_class cl JOIN pg_namespace n ON n.oid = cl.relnamespace
+                          WHERE cl.oid = r.relid OFFSET 0) nm ON true
+      LEFT JOIN LATERAL (SELECT m.mapping_id FROM connect_guard.mapping m
+                          WHERE m.table_schema = nm.nspname AND m.table_name = nm.relname OFFSET 0) mp ON true
      WHERE r.relid IS NOT NULL;
-    -- nothing but temporary tables, or the extension is being created or dropped (no catalog)
-    IF v_relids IS NULL OR to_regclass('connect_guard.mapping') IS NULL THEN
-        RETURN;
-    END IF;
     IF v_has_parent THEN
-        -- a partition or an inheritance child: its mapped ancestor
+        -- a partition or an inheritance child: the mappings of its ancestors
         v_mappings := connect_guard.mappings_of_relations(v_relids);
-    ELSE
-        SELECT array_agg(m.mapping_id) INTO v_mappings
-          FROM pg_class cl
-          JOIN pg_namespace n ON n.oid = cl.relnamespace
-          JOIN connect_guard.mapping m ON m.table_schema = n.nspname AND m.table_name = cl.relname
-         WHERE cl.oid = ANY (v_relids);
     END IF;
     IF v_mappings IS NULL THEN
         RETURN;

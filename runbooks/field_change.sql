@@ -68,7 +68,7 @@ SELECT :'action' = 'save' AS saving \gset
         'Save one mapping at a time, after reading what differs (run without -v action first).') \gset
 \endif
 
--- the way out of each kind of difference (47_schema_changes.sql lists the kinds)
+-- the way out of each kind of difference (19_table_shape_changes.sql lists the kinds)
 CREATE FUNCTION pg_temp.way_out(kind text, adapter text) RETURNS text LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE
         WHEN kind LIKE 'trigger\_%' THEN 'save: the trigger is put back as connect_guard installs it'

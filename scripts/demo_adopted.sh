@@ -42,8 +42,10 @@ urllib.request.urlopen(urllib.request.Request(sys.argv[1], data=sys.argv[2].enco
 
 log "1. a primary whose schema salesforce Heroku Connect manages, a follower, and Salesforce"
 as_run_user mkdir "$work/witness"
+# the simulator stands in for Connect on plain http at 127.0.0.1, which only
+# this setting lets a request carrying the token use
 cluster_init "$work/primary" "$p_port" "connect_guard.naptime = '200ms'" \
-    "connect_guard.witness_directory = '$work/witness'"
+    "connect_guard.witness_directory = '$work/witness'" "connect_guard.http_allow_insecure_loopback = on"
 cluster_start "$work/primary"
 as_run_user createdb -h "$work/primary" -p "$p_port" -U postgres app
 psql_at "$primary" -c "CREATE ROLE connect_sync LOGIN" -c "CREATE ROLE app LOGIN" >/dev/null

@@ -142,7 +142,7 @@ SELECT connect_export_config('hk') - 'request_id' AS receipt;
 SELECT max(request_id) AS export_request FROM connect_guard.request \gset
 SELECT show_error($$SELECT connect_wait_config('hk')$$);
 SELECT t_step, t_method, t_url, t_body, t_auth FROM connect_guard.request_take(8, 60000);
--- Connect's export: Contact has a field the table lacks (field drift, 47_schema_changes.sql)
+-- Connect's export: Contact has a field the table lacks (field drift, 19_table_shape_changes.sql)
 SELECT connect_guard.request_outcome(:export_request, 'send', 200, NULL,
     jsonb_set(:'file'::jsonb, '{mappings,1,config,fields,Phone}', '{}')::text);
 SELECT action, status, last_http_status, last_error FROM connect_requests WHERE request_id = :export_request;

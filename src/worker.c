@@ -54,7 +54,9 @@
 #include "utils/timestamp.h"
 
 #include "catalog_names.h"
+#include "fence.h"
 #include "lag.h"
+#include "scrub.h"
 #include "signals.h"
 #include "worker.h"
 
@@ -620,6 +622,13 @@ worker_run_step(const char *activity, void (*step) (void *), void *arg, char **f
 		FlushErrorState();
 		AbortOutOfAnyTransaction();
 		RESUME_INTERRUPTS();
+
+		/*
+		 * an error while recording an answer may quote it: scrub.c takes the
+		 * secrets out
+		 */
+		edata->message = scrub_registered(edata->message);
+		edata->detail = scrub_registered(edata->detail);
 		ereport(WARNING,
 				(errcode(edata->sqlerrcode),
 				 errmsg("%s failed: %s", activity, edata->message),
@@ -699,12 +708,15 @@ worker_cycle_steps(const char *schema, bool *plan_active)
 	if (first_cycle ||
 		TimestampDifferenceExceeds(last_rollback_check, GetCurrentTimestamp(), worker_naptime_ms))
 	{
+		bool		as_primary = !RecoveryInProgress();	/* in recovery the check is skipped */
+
 		/* a tick of each adopted trigger log, for its processed mark (15_log_sources.sql) */
 		(void) run_int8("connect_guard: reading Heroku Connect's trigger logs",
 						"SELECT connect_guard.log_sources_cycle()", 0);
 		(void) run_int8("connect_guard: checking for a rollback",
 						first_cycle ? "SELECT connect_guard.rollback_cycle(true)"
 						: "SELECT connect_guard.rollback_cycle(false)", 0);
+		fence_rollback_checked(as_primary); /* writes to mapped tables may go (fence_gate.c) */
 
 		/*
 		 * What event triggers do not see: the capture triggers changed in

@@ -59,18 +59,21 @@ CREATE INDEX ON connect_guard.log_tick (connection_id, log_tick_id);
 CREATE FUNCTION connect_guard.connect_final_states()
 RETURNS text[]
 LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
 AS $$ SELECT ARRAY['SUCCESS', 'FAILED', 'IGNORED', 'IGNORE', 'MERGED', 'READONLY', 'REQUEUED'] $$;
 
 -- 'own' or 'connect'
 CREATE FUNCTION connect_guard.log_kind(p_log_schema text)
 RETURNS text
 LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
 AS $$ SELECT CASE WHEN p_log_schema IS NULL THEN 'own' ELSE 'connect' END $$;
 
 -- the log table a connection reads, as text
 CREATE FUNCTION connect_guard.log_table(p_log_schema text)
 RETURNS text
 LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT CASE WHEN p_log_schema IS NULL THEN 'connect_guard.trigger_log'
                 ELSE format('%I._trigger_log', p_log_schema) END

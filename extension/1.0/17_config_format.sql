@@ -32,18 +32,21 @@
 CREATE FUNCTION connect_guard.config_not_fields()
 RETURNS text[]
 LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
 AS $$ SELECT ARRAY['id', '_hc_lastop', '_hc_err'] $$;
 
 -- a Salesforce API name: a letter, then letters, digits and underscores (custom ones end in __c)
 CREATE FUNCTION connect_guard.config_is_api_name(p_name text)
 RETURNS boolean
 LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
 AS $$ SELECT coalesce(p_name ~ '^[A-Za-z][A-Za-z0-9_]{0,79}$', false) $$;
 
 -- the column that holds field p_field of a mapped table
 CREATE FUNCTION connect_guard.config_field_column(p_field text)
 RETURNS text
 LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
 AS $$ SELECT CASE WHEN lower(p_field) = 'id' THEN 'sfid' ELSE lower(p_field) END $$;
 
 /*
@@ -56,6 +59,7 @@ AS $$ SELECT CASE WHEN lower(p_field) = 'id' THEN 'sfid' ELSE lower(p_field) END
 CREATE FUNCTION connect_guard.config_field_name(p_column text)
 RETURNS text
 LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT CASE
              WHEN lower(p_column) = ANY (connect_guard.config_not_fields()) THEN NULL
@@ -80,6 +84,7 @@ $$;
 CREATE FUNCTION connect_guard.config_of_columns(p_columns text[])
 RETURNS jsonb
 LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT jsonb_build_object(
                'access', 'read_write',
@@ -102,6 +107,7 @@ $$;
 CREATE FUNCTION connect_guard.config_fields_for(p_config jsonb, p_columns text[])
 RETURNS jsonb
 LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT coalesce(jsonb_object_agg(coalesce(f.name, connect_guard.config_field_name(col)), coalesce(f.spec, '{}')), '{}')
       FROM unnest(p_columns) col
@@ -116,11 +122,13 @@ $$;
 CREATE FUNCTION connect_guard.config_shown(p_value jsonb)
 RETURNS text
 LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
 AS $$ SELECT CASE WHEN length(p_value::text) > 60 THEN left(p_value::text, 57) || '...' ELSE coalesce(p_value::text, 'nothing') END $$;
 
 CREATE FUNCTION connect_guard.config_is_integer(p_value jsonb)
 RETURNS boolean
 LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
 AS $$ SELECT jsonb_typeof(p_value) = 'number' AND p_value::text ~ '^-?[0-9]+$' $$;
 
 /*

@@ -68,14 +68,14 @@ SELECT pg_catalog.pg_extension_config_dump('connect_guard.schema_change_schema_c
 
 /*
  * When a mapping's table was last seen as its mapping expects, in this
- * database (47_schema_changes.sql).  Not dumped: a restored database checks
+ * database (19_table_shape_changes.sql).  Not dumped: a restored database checks
  * its tables afresh, once pg_restore has put their keys and triggers back.
  */
 CREATE TABLE connect_guard.mapping_verified (
     mapping_id      integer PRIMARY KEY REFERENCES connect_guard.mapping ON DELETE CASCADE,
     first_checked_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     verified_at     timestamptz,
-    -- what the worker's last check saw (47_schema_changes.sql: mapping_fingerprints)
+    -- what the worker's last check saw (19_table_shape_changes.sql: mapping_fingerprints)
     fingerprint     text
 );
 
@@ -103,17 +103,15 @@ AS 'MODULE_PATHNAME', 'connect_guard_in_own_ddl';
 
 /*
  * The helpers below run for every DDL command on a mapped table and for
- * every mapping on every worker cycle, so they are written to be cheap:
- * the small SQL ones have no SET clause and qualify every name, so that the
- * planner inlines them into their caller's query (a SET clause would make
- * every call plan its body again); the larger ones are PL/pgSQL, whose
- * plans are kept for the session.
+ * every mapping the worker checks again, so they are written to be cheap:
+ * the larger ones are PL/pgSQL, whose plans are kept for the session.
  */
 
 -- the table of a mapping, or NULL when it does not exist (any more)
 CREATE FUNCTION connect_guard.mapping_relid(m connect_guard.mapping)
 RETURNS regclass
 LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
 AS $$ SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I', m.table_schema, m.table_name)) $$;
 
 /*
@@ -178,12 +176,14 @@ $$;
 CREATE FUNCTION connect_guard.partitions_of(p_relid oid)
 RETURNS SETOF regclass
 LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
 AS $$ SELECT t.relid FROM pg_catalog.pg_partition_tree(p_relid) t WHERE t.level > 0 $$;
 
 /*
  * connect_guard.table_shape: what a mapped table looks like, by names (so
  * that it survives pg_dump and pg_upgrade): its columns with their types,
- * its primary key, and its partitions.
+ * its primary key, and its partitions (with their oids, which tell a
+ * partition renamed from one dropped and another attached).
  */
 CREATE FUNCTION connect_guard.table_shape(p_relid oid)
 RETURNS jsonb
@@ -201,7 +201,10 @@ BEGIN
                           JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
                          WHERE i.indrelid = p_relid AND i.indisprimary),
         'partitions', (SELECT coalesce(jsonb_agg(t.relid::regclass::text ORDER BY t.relid::regclass::text), '[]')
-                         FROM pg_partition_tree(p_relid) t WHERE t.level > 0));
+                         FROM pg_partition_tree(p_relid) t WHERE t.level > 0),
+        -- which relation each name was, so that a renamed partition is told from one replaced
+        'partition_oids', (SELECT coalesce(jsonb_object_agg(t.relid::regclass::text, t.relid::oid), '{}')
+                             FROM pg_partition_tree(p_relid) t WHERE t.level > 0));
 END;
 $$;
 
@@ -209,6 +212,7 @@ $$;
 CREATE FUNCTION connect_guard.table_columns(p_relid oid)
 RETURNS text[]
 LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT pg_catalog.array_agg(a.attname::text ORDER BY a.attnum)
       FROM pg_catalog.pg_attribute a WHERE a.attrelid = p_relid AND a.attnum > 0 AND NOT a.attisdropped
@@ -306,33 +310,5 @@ BEGIN
      WHERE mp.mapping_id = p_mapping_id;
     INSERT INTO connect_guard.mapping_verified (mapping_id, verified_at) VALUES (p_mapping_id, clock_timestamp())
     ON CONFLICT (mapping_id) DO UPDATE SET verified_at = excluded.verified_at;
-END;
-$$;
-
-/*
- * connect_guard.refuse_inheritance_children: a table that other tables
- * inherit from cannot be mapped: the children's rows are part of it (they
- * show in its SELECTs, and its UPDATEs and DELETEs reach them), but no
- * trigger of the table fires for them.
- */
-CREATE FUNCTION connect_guard.refuse_inheritance_children(p_relid oid)
-RETURNS void
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    v_children text;
-BEGIN
-    SELECT string_agg(i.inhrelid::regclass::text, ', ' ORDER BY i.inhrelid::regclass::text) INTO v_children
-      FROM pg_inherits i JOIN pg_class cl ON cl.oid = i.inhrelid
-     WHERE i.inhparent = p_relid AND NOT cl.relispartition;
-    IF v_children IS NOT NULL THEN
-        RAISE EXCEPTION USING
-            ERRCODE = 'object_not_in_prerequisite_state',
-            MESSAGE = format('cannot map "%s" because other tables inherit from it: %s', p_relid::regclass, v_children),
-            DETAIL = 'Rows of an inheritance child are part of the table, but no trigger of the table fires for them: their changes would never reach the log.',
-            HINT = format('Move their rows into %s and detach them (ALTER TABLE child NO INHERIT %s), or use a partitioned table.',
-                          p_relid::regclass, p_relid::regclass);
-    END IF;
 END;
 $$;

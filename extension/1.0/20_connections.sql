@@ -13,19 +13,24 @@ DECLARE
     v_id integer;
     v_options record;
 BEGIN
-    IF name IS NULL OR name !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$' THEN
+    PERFORM connect_guard.require_not_null(name, 'connection name',
+        'Use 1 to 63 letters, digits, "_", "." or "-", starting with a letter or digit.');
+    PERFORM connect_guard.require_not_null(adapter, 'adapter',
+        'Use ''local'' (the consumer reads the local state), ''heroku'' (Heroku Connect API) or ''webhook''.');
+    PERFORM connect_guard.require_not_null(options, 'options', 'Pass options as jsonb, for example ''{}''::jsonb.');
+    IF name !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$' THEN
         RAISE EXCEPTION USING
             ERRCODE = 'invalid_name',
-            MESSAGE = format('invalid connection name %s', coalesce(quote_literal(name), 'NULL')),
+            MESSAGE = format('invalid connection name %s', quote_literal(name)),
             HINT = 'Use 1 to 63 letters, digits, "_", "." or "-", starting with a letter or digit.';
     END IF;
-    IF adapter IS NULL OR adapter NOT IN ('local', 'heroku', 'webhook') THEN
+    IF adapter NOT IN ('local', 'heroku', 'webhook') THEN
         RAISE EXCEPTION USING
             ERRCODE = 'invalid_parameter_value',
-            MESSAGE = format('unknown adapter %s', coalesce(quote_literal(adapter), 'NULL')),
+            MESSAGE = format('unknown adapter %s', quote_literal(adapter)),
             HINT = 'Use ''local'' (the consumer reads the local state), ''heroku'' (Heroku Connect API) or ''webhook''.';
     END IF;
-    IF options IS NULL OR jsonb_typeof(options) <> 'object' THEN
+    IF jsonb_typeof(options) <> 'object' THEN
         RAISE EXCEPTION USING
             ERRCODE = 'invalid_parameter_value',
             MESSAGE = 'connection options must be a JSON object',
@@ -65,11 +70,12 @@ DECLARE
     v_id integer;
 BEGIN
     c := connect_guard.connection_for_update(connection);
-    IF tbl IS NULL THEN
+    PERFORM connect_guard.require_table(tbl);
+    IF btrim(object_name) = '' THEN
         RAISE EXCEPTION USING
-            ERRCODE = 'null_value_not_allowed',
-            MESSAGE = 'table to map must not be NULL',
-            HINT = 'Pass the table as a regclass, for example ''public.contact''.';
+            ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'object name must not be empty',
+            HINT = 'Pass the Salesforce object''s API name, for example ''Contact'', or NULL for the table''s name.';
     END IF;
     SELECT n.nspname, cl.relname, cl.relkind, cl.relpersistence, cl.relispartition
       INTO r
@@ -106,8 +112,6 @@ BEGIN
 
     -- which log the table's changes reach (77_connect_schema.sql): Connect's tables get no trigger of ours
     PERFORM connect_guard.check_table_log_source(c, tbl);
-    -- a child's rows would be the table's, yet not captured (19_table_shape.sql)
-    PERFORM connect_guard.refuse_inheritance_children(tbl);
     -- one pair of triggers per table, whatever the number of connections mapping it
     IF c.log_schema IS NULL AND NOT EXISTS (SELECT 1 FROM pg_trigger t
                                              WHERE t.tgrelid = tbl AND t.tgname = '_connect_guard_capture') THEN
@@ -122,8 +126,10 @@ BEGIN
     INSERT INTO connect_guard.mapping (connection_id, table_schema, table_name, object_name)
     VALUES (c.connection_id, r.nspname, r.relname, coalesce(object_name, r.relname))
     RETURNING mapping_id INTO v_id;
-    -- what the table looks like now is what the mapping expects, and its watch (19_table_shape.sql)
+    -- what the table looks like now is what the mapping expects, and its watch (19_table_shape.sql);
+    -- what it cannot expect (an inheritance child: its rows are not captured) is reported at once
     PERFORM connect_guard.mapping_init(v_id);
+    PERFORM connect_guard.schema_changes_record(ARRAY[v_id], 'map', 'connect_map_table');
     PERFORM connect_guard.fence_refresh();
     PERFORM connect_guard.log_event(c.connection_id, 'table_mapped',
                                     jsonb_build_object('table', format('%I.%I', r.nspname, r.relname),
@@ -164,6 +170,7 @@ AS $$
 DECLARE
     m connect_guard.mapping;
 BEGIN
+    PERFORM connect_guard.require_table(tbl);
     SELECT mp.* INTO m
       FROM connect_guard.mapping mp
       JOIN pg_class cl ON cl.oid = tbl

@@ -78,7 +78,7 @@ SELECT c.name AS connection,
        h.oldest_pending_at,
        h.failed,
        h.ids_used_pct,
-       -- open schema changes of its mappings: connect_schema_drift (47_schema_changes.sql) says what
+       -- open schema changes of its mappings: connect_schema_drift (19_table_shape_changes.sql) says what
        (SELECT count(*) FROM connect_guard.schema_change s JOIN connect_guard.mapping mp USING (mapping_id)
          WHERE mp.connection_id = c.connection_id AND s.resolved_at IS NULL) AS schema_changes
   FROM connect_guard.connection c

@@ -2,7 +2,7 @@
  * Mapping configurations from files and from Connect: a configuration in
  * Connect's export format (17_config_format.sql) is kept on each mapping it
  * names (mapping.config), and compared with the table at once
- * (47_schema_changes.sql): a field the table has no column for, or a column
+ * (19_table_shape_changes.sql): a field the table has no column for, or a column
  * no field names, is a schema change.  An imported file is stored by
  * connect_import_config() (64_config.sql); Connect's own configuration when
  * the worker brings its export, or Connect accepted an import (the request

@@ -148,6 +148,7 @@ DECLARE
 BEGIN
     c := connect_guard.connection_for_update(connection);
     m := connect_guard.mapping_of(c, tbl);
+    PERFORM connect_guard.require_timeout(timeout, 'timeout', '''1 day''');
     IF EXISTS (SELECT 1 FROM connect_guard.request r
                 WHERE r.mapping_id = m.mapping_id AND r.action = 'reload' AND r.status = 'pending') THEN
         RAISE EXCEPTION USING
@@ -156,7 +157,7 @@ BEGIN
             DETAIL = format('Its mapping has been %s since %s, and its reload request is pending.', m.state, m.state_since),
             HINT = 'See connect_requests; a failed reload can be asked for again.';
     END IF;
-    v_requests := connect_guard.reload_mappings(ARRAY[m.mapping_id], 'requested by hand', coalesce(timeout, '1 day'));
+    v_requests := connect_guard.reload_mappings(ARRAY[m.mapping_id], 'requested by hand', timeout);
     -- a table an open incident already fences keeps that one fence
     IF NOT EXISTS (SELECT 1 FROM connect_guard.rollback_incident i
                     WHERE i.resolved_at IS NULL AND i.fence_id IS NOT NULL AND m.mapping_id = ANY (i.mapping_ids)) THEN

@@ -153,6 +153,8 @@ BEGIN
                        min(e ->> 'object_name') AS spelling
                   FROM jsonb_array_elements(p_body -> 'mappings') e
                  WHERE e ->> 'id' ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$'
+                   -- an id that spells a secret is an echo, not an id (16_secrets.sql)
+                   AND connect_guard.scrub(e ->> 'id') = e ->> 'id'
                  GROUP BY 1 HAVING count(*) = 1) rm
          WHERE mp.connection_id = p_connection_id AND mp.remote_id IS NULL
            AND lower(mp.object_name) = rm.object_name

@@ -22,7 +22,7 @@
  *     SELECT connect_wait_config('hc');       -- Connect's export file
  *
  * The answer also becomes the configuration of the mappings it names, and
- * is compared with their tables (field drift, 47_schema_changes.sql).
+ * is compared with their tables (field drift, 19_table_shape_changes.sql).
  * ------------------------------------------------------------------------ */
 
 /*
@@ -40,9 +40,6 @@ AS $$
              WHEN cl.relispartition THEN 'it is a partition'
              WHEN NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = cl.oid AND i.indisprimary)
                  THEN 'it has no primary key'
-             WHEN EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class ch ON ch.oid = i.inhrelid
-                           WHERE i.inhparent = cl.oid AND NOT ch.relispartition)
-                 THEN 'other tables inherit from it'
            END
       FROM pg_class cl JOIN pg_namespace n ON n.oid = cl.relnamespace
      WHERE cl.oid = p_tbl
@@ -140,18 +137,11 @@ DECLARE
     v_id bigint;
 BEGIN
     c := connect_guard.connection_for_update(connection);
-    IF connect_import_config.config IS NULL THEN
-        RAISE EXCEPTION USING
-            ERRCODE = 'null_value_not_allowed',
-            MESSAGE = 'the configuration to import must not be NULL',
-            HINT = 'Pass the file as jsonb, for example pg_read_file(''/path/export.json'')::jsonb, or psql''s \set with :''file''.';
-    END IF;
-    IF schema IS NULL THEN
-        RAISE EXCEPTION USING
-            ERRCODE = 'null_value_not_allowed',
-            MESSAGE = 'the schema of the tables to map must not be NULL',
-            HINT = 'Pass the schema of the mapped tables (Connect''s is salesforce by default).';
-    END IF;
+    PERFORM connect_guard.require_not_null(connect_import_config.config, 'config',
+        'Pass the file as jsonb, for example pg_read_file(''/path/export.json'')::jsonb, or psql''s \set with :''file''.');
+    PERFORM connect_guard.require_not_null(schema, 'schema',
+        'Pass the schema of the mapped tables (Connect''s is salesforce by default).');
+    PERFORM connect_guard.require_not_null(dry_run, 'dry_run', 'Pass true to only check the file, false to import it.');
     PERFORM connect_guard.config_require_valid(connect_import_config.config, 'The file');
 
     -- what each mapping of the file is here; nothing changes before every one is known to be possible
@@ -188,7 +178,7 @@ BEGIN
 
     v_report := jsonb_build_object('mapped', (SELECT coalesce(jsonb_agg(x -> 'table'), '[]') FROM jsonb_array_elements(v_map) x),
                                    'updated', v_update, 'missing', v_missing);
-    IF coalesce(dry_run, false) THEN          -- NULL: not a dry run
+    IF dry_run THEN
         RETURN jsonb_build_object('status', 'dry_run') || v_report;
     END IF;
 
@@ -242,8 +232,10 @@ AS $$
 DECLARE
     c connect_guard.connection;
     r connect_guard.request;
-    v_deadline timestamptz := clock_timestamp() + coalesce(timeout, '2 min');
+    v_deadline timestamptz;
 BEGIN
+    PERFORM connect_guard.require_timeout(timeout, 'timeout', '''2 min''');
+    v_deadline := clock_timestamp() + timeout;
     PERFORM connect_guard.require_read_committed('connect_wait_config()');
     c := connect_guard.require_connection(connection);
     IF c.adapter <> 'heroku' THEN
@@ -290,7 +282,7 @@ BEGIN
             RAISE EXCEPTION USING
                 ERRCODE = 'object_not_in_prerequisite_state',
                 MESSAGE = format('timed out after %s s waiting for the %s of connection "%s"',
-                                 round(extract(epoch FROM coalesce(timeout, '2 min'))::numeric, 1), r.action, c.name),
+                                 round(extract(epoch FROM timeout)::numeric, 1), r.action, c.name),
                 DETAIL = format('Request %s is %s after %s attempt%s%s.', r.request_id, r.status, r.attempts,
                                 CASE WHEN r.attempts = 1 THEN '' ELSE 's' END,
                                 CASE WHEN r.last_error IS NOT NULL THEN '; last error: ' || r.last_error ELSE '' END),

@@ -1,7 +1,7 @@
 /* ------------------------------------------------------------------------
  * The schema watch: every change of a mapped table that could hide writes
  * from the log, or that makes it differ from its mapping, is noticed at
- * once (47_schema_changes.sql records it: SCHEMA_CHANGED, an event, a
+ * once (19_table_shape_changes.sql records it: SCHEMA_CHANGED, an event, a
  * WARNING, a row of connect_schema_drift), by
  *
  *   - an event trigger on ddl_command_end (ALTER TABLE of every kind:
@@ -304,12 +304,7 @@ DECLARE
     v_gone regclass;
 BEGIN
     c := connect_guard.connection_for_update(connection);
-    IF tbl IS NULL THEN
-        RAISE EXCEPTION USING
-            ERRCODE = 'null_value_not_allowed',
-            MESSAGE = 'table to save must not be NULL',
-            HINT = 'Pass the mapped table as a regclass, for example ''salesforce.contact''; reload => NULL means: when needed.';
-    END IF;
+    PERFORM connect_guard.require_table(tbl);
     m := connect_guard.mapping_of(c, tbl);
 
     v_not_ours := connect_guard.repair_triggers(c, m);
@@ -420,6 +415,8 @@ DECLARE
     v_name text[];
 BEGIN
     c := connect_guard.connection_for_update(connection);
+    PERFORM connect_guard.require_not_null(table_name, 'table_name',
+        'Give it as schema.table, as connect_mappings shows it (table_schema, table_relname).');
     BEGIN
         v_name := parse_ident(table_name);
     EXCEPTION WHEN invalid_parameter_value THEN

@@ -250,8 +250,8 @@ BEGIN
             PERFORM @extschema@.connect_pause(c.name, block_writes => false,
                                               timeout => CASE WHEN c.adapter = 'local' THEN interval '100 ms' ELSE p.step_timeout END,
                                               reason => format('upgrade plan %s', p.plan_id));
-        EXCEPTION WHEN object_not_in_prerequisite_state THEN
-            NULL;           -- a batch is open: try again next time
+        EXCEPTION WHEN object_not_in_prerequisite_state OR lock_not_available THEN
+            NULL;           -- a batch is open, or a consumer holds the connection: try again next time
         END;
     END LOOP;
     SELECT string_agg(format('%s (%s)', name, state), ', ' ORDER BY name) INTO v_waiting
@@ -591,6 +591,10 @@ DECLARE
     v_active connect_guard.upgrade_plan;
 BEGIN
     PERFORM connect_guard.require_worker('connect_prepare_upgrade()');
+    PERFORM connect_guard.require_not_null(method, 'method',
+        'Use ''pg_upgrade'' (in place), ''follower'' (changeover to a promoted follower) or ''copy'' (pg_dump into a new database).');
+    PERFORM connect_guard.require_not_null(max_lag_bytes, 'max_lag_bytes', 'For example max_lag_bytes => 16 * 1024 * 1024.');
+    PERFORM connect_guard.require_timeout(timeout, 'timeout', '''10 min''');
     IF method IS NULL OR method NOT IN ('pg_upgrade', 'follower', 'copy') THEN
         RAISE EXCEPTION USING
             ERRCODE = 'invalid_parameter_value',
@@ -650,6 +654,7 @@ AS $$
 DECLARE
     p connect_guard.upgrade_plan;
 BEGIN
+    PERFORM connect_guard.require_not_null(p_plan, 'plan', 'Pass the plan id connect_prepare_upgrade() returned; see connect_upgrade_status.');
     IF p_lock THEN
         SELECT * INTO p FROM connect_guard.upgrade_plan WHERE plan_id = p_plan FOR UPDATE;
     ELSE
@@ -658,7 +663,7 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION USING
             ERRCODE = 'undefined_object',
-            MESSAGE = format('upgrade plan %s does not exist', coalesce(p_plan::text, 'NULL')),
+            MESSAGE = format('upgrade plan %s does not exist', p_plan),
             HINT = 'See connect_upgrade_status for the plans.';
     END IF;
     RETURN p;
@@ -685,9 +690,12 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     p connect_guard.upgrade_plan;
-    v_deadline timestamptz := clock_timestamp() + coalesce(timeout, '10 min');
+    v_deadline timestamptz;
 BEGIN
     PERFORM connect_guard.require_read_committed('connect_wait_upgrade()');
+    PERFORM connect_guard.require_not_null(step, 'step', 'Pass a step or status of the plan, for example ''ready''.');
+    PERFORM connect_guard.require_timeout(timeout, 'timeout', '''10 min''');
+    v_deadline := clock_timestamp() + timeout;
     LOOP
         p := connect_guard.require_plan(plan);
         IF p.step = connect_wait_upgrade.step OR p.status = connect_wait_upgrade.step
@@ -893,7 +901,7 @@ SELECT p.plan_id AS plan,
 
 CREATE FUNCTION connect_upgrade_timeline(plan bigint)
 RETURNS TABLE (step text, started_at timestamptz, finished_at timestamptz, duration interval, detail jsonb)
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT s.step, s.started_at, s.finished_at, s.finished_at - s.started_at, s.detail

@@ -22,7 +22,15 @@ DECLARE
     t record;
     v_tables text[] := '{}';
 BEGIN
-    IF schema IS NULL OR NOT EXISTS (SELECT 1 FROM pg_namespace n WHERE n.nspname = schema) THEN
+    -- every argument is checked before anything is read or created
+    PERFORM connect_guard.require_not_null(connection, 'connection name',
+        'Name the new connection: 1 to 63 letters, digits, "_", "." or "-".');
+    PERFORM connect_guard.require_not_null(schema, 'schema',
+        'Pass the schema Heroku Connect writes to (heroku connect:info shows it; salesforce by default).');
+    PERFORM connect_guard.require_not_null(adapter, 'adapter',
+        'Use ''heroku'' (the default: Connect''s API), ''webhook'' or ''local''.');
+    PERFORM connect_guard.require_not_null(options, 'options', 'Pass options as jsonb, for example ''{}''::jsonb.');
+    IF NOT EXISTS (SELECT 1 FROM pg_namespace n WHERE n.nspname = schema) THEN
         RAISE EXCEPTION USING
             ERRCODE = 'invalid_schema_name',
             MESSAGE = format('schema %s does not exist', coalesce(quote_ident(schema), 'NULL')),

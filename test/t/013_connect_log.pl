@@ -44,7 +44,7 @@ $sf->start;
 $sf->safe_psql('postgres', 'CREATE DATABASE mirror');
 
 my $primary = cg_node('primary', init => [ allows_streaming => 1, has_archiving => 1 ], conf => [
-	"connect_guard.naptime = '200ms'", "connect_guard.witness_directory = '$wdir'" ]);
+	"connect_guard.naptime = '200ms'", "connect_guard.witness_directory = '$wdir'", simulator_conf() ]);
 $primary->safe_psql('postgres', 'CREATE ROLE connect_sync LOGIN; CREATE ROLE app LOGIN');
 {
 	my ($stdout, $stderr) = ('', '');

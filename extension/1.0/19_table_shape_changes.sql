@@ -26,6 +26,7 @@
  *   primary_key_changed     the key the log's record_id is made of           reload
  *   partition_added         attached with rows (an empty one is accepted)    reload
  *   partition_removed       detached or dropped, with its rows               reload
+ *   partition_renamed       the same partition under another name: taken in, never recorded
  *   partition_truncated     TRUNCATE of one partition (the truncate watch)   reload
  *   field_without_column    the configuration's field has no column          -
  *   column_without_field    a column no field of the configuration names     -
@@ -39,12 +40,14 @@
 CREATE FUNCTION connect_guard.schema_change_is_event(p_kind text)
 RETURNS boolean
 LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
 AS $$ SELECT p_kind IN ('partition_truncated') $$;
 
 -- one line about a schema change, for WARNINGs and events
 CREATE FUNCTION connect_guard.schema_change_text(p_kind text, p_object text, p_expected text, p_actual text)
 RETURNS text
 LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT p_kind || ': ' || p_object
            || CASE WHEN p_expected IS NOT NULL OR p_actual IS NOT NULL
@@ -59,6 +62,7 @@ $$;
 CREATE FUNCTION connect_guard.trigger_arguments(t pg_trigger)
 RETURNS text[]
 LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT CASE WHEN t.tgnargs = 0 THEN '{}'::text[]
                 ELSE string_to_array(left(encode(t.tgargs, 'escape'), -4), '\000') END
@@ -159,12 +163,23 @@ BEGIN
         SELECT 'primary_key_changed', 'primary key', coalesce(m.shape ->> 'primary_key', 'none'), v_now ->> 'primary_key', true
          WHERE (m.shape -> 'primary_key') IS DISTINCT FROM (v_now -> 'primary_key')
         UNION ALL
+        -- a partition renamed: the same relation under another name (nothing left the table)
+        SELECT 'partition_renamed', o.name, o.name, n.name, false
+          FROM jsonb_each_text(coalesce(m.shape -> 'partition_oids', '{}')) o(name, relid)
+          JOIN jsonb_each_text(v_now -> 'partition_oids') n(name, relid) ON n.relid = o.relid AND n.name <> o.name
+         WHERE m.shape -> 'partitions' ? o.name AND NOT v_now -> 'partitions' ? o.name
+        UNION ALL
         SELECT 'partition_removed', gone.p, format('a partition of %s', v_rel),
                CASE WHEN to_regclass(gone.p) IS NULL THEN 'dropped' ELSE 'detached' END, true
           FROM (SELECT jsonb_array_elements_text(m.shape -> 'partitions')
-                EXCEPT SELECT jsonb_array_elements_text(v_now -> 'partitions')) gone(p);
+                EXCEPT SELECT jsonb_array_elements_text(v_now -> 'partitions')) gone(p)
+         WHERE NOT EXISTS (SELECT 1 FROM jsonb_each_text(v_now -> 'partition_oids') n(name, relid)
+                            WHERE n.relid = m.shape -> 'partition_oids' ->> gone.p);
         FOR k IN SELECT jsonb_array_elements_text(v_now -> 'partitions')
-                 EXCEPT SELECT jsonb_array_elements_text(m.shape -> 'partitions') LOOP
+                 EXCEPT SELECT jsonb_array_elements_text(m.shape -> 'partitions')
+                 EXCEPT SELECT n.name FROM jsonb_each_text(v_now -> 'partition_oids') n(name, relid)
+                         WHERE EXISTS (SELECT 1 FROM jsonb_each_text(coalesce(m.shape -> 'partition_oids', '{}')) o(name, relid)
+                                        WHERE o.relid = n.relid AND m.shape -> 'partitions' ? o.name) LOOP
             IF p_look_at_rows THEN
                 EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', k::regclass) INTO v_rows;
             END IF;
@@ -272,6 +287,7 @@ AS $$
 DECLARE
     v_rel regclass := connect_guard.mapping_relid(m);
     v_findings jsonb;
+    v_now jsonb;
     v_verified connect_guard.mapping_verified;
 BEGIN
     -- One check of a mapping at a time, and none across a save: what is compared is read after the
@@ -296,19 +312,31 @@ BEGIN
 
     SELECT coalesce(jsonb_agg(to_jsonb(f) ORDER BY f.kind, f.object), '[]') INTO v_findings
       FROM connect_guard.mapping_findings(m) f;
-    -- an empty new partition is part of the table now, and nothing was hidden
+    -- an empty new partition, or a partition renamed, is part of the table as it is now, and nothing was
+    -- hidden: the shape takes it in (new names, with their oids)
     IF EXISTS (SELECT 1 FROM jsonb_array_elements(v_findings) x
-                WHERE x ->> 'kind' = 'partition_added' AND x ->> 'actual' = 'empty') THEN
+                WHERE (x ->> 'kind' = 'partition_added' AND x ->> 'actual' = 'empty') OR x ->> 'kind' = 'partition_renamed') THEN
+        v_now := connect_guard.table_shape(v_rel);
+        WITH benign AS (
+            SELECT x ->> 'kind' AS kind, x ->> 'object' AS old_name,
+                   CASE x ->> 'kind' WHEN 'partition_renamed' THEN x ->> 'actual' ELSE x ->> 'object' END AS new_name
+              FROM jsonb_array_elements(v_findings) x
+             WHERE (x ->> 'kind' = 'partition_added' AND x ->> 'actual' = 'empty') OR x ->> 'kind' = 'partition_renamed')
         UPDATE connect_guard.mapping mp
-           SET shape = jsonb_set(mp.shape, '{partitions}',
-                                 (SELECT jsonb_agg(p ORDER BY p)
-                                    FROM (SELECT jsonb_array_elements_text(mp.shape -> 'partitions')
-                                          UNION
-                                          SELECT x ->> 'object' FROM jsonb_array_elements(v_findings) x
-                                           WHERE x ->> 'kind' = 'partition_added' AND x ->> 'actual' = 'empty') ps(p)))
+           SET shape = mp.shape
+                       || jsonb_build_object('partitions',
+                              (SELECT jsonb_agg(p ORDER BY p)
+                                 FROM (SELECT jsonb_array_elements_text(mp.shape -> 'partitions')
+                                       EXCEPT SELECT b.old_name FROM benign b WHERE b.kind = 'partition_renamed'
+                                       UNION SELECT b.new_name FROM benign b) ps(p)))
+                       || jsonb_build_object('partition_oids',
+                              (coalesce(mp.shape -> 'partition_oids', '{}')
+                               - (SELECT coalesce(array_agg(b.old_name), '{}') FROM benign b WHERE b.kind = 'partition_renamed'))
+                              || (SELECT coalesce(jsonb_object_agg(b.new_name, v_now -> 'partition_oids' -> b.new_name), '{}')
+                                    FROM benign b))
          WHERE mp.mapping_id = m.mapping_id;
         SELECT coalesce(jsonb_agg(x), '[]') INTO v_findings FROM jsonb_array_elements(v_findings) x
-         WHERE NOT (x ->> 'kind' = 'partition_added' AND x ->> 'actual' = 'empty');
+         WHERE NOT ((x ->> 'kind' = 'partition_added' AND x ->> 'actual' = 'empty') OR x ->> 'kind' = 'partition_renamed');
     END IF;
 
     -- a table never seen complete here may be in the middle of a restore

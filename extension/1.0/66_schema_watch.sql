@@ -54,31 +54,32 @@ BEGIN
     IF connect_guard.in_own_ddl() OR to_regclass('connect_guard.mapping') IS NULL THEN
         RETURN;
     END IF;
-    -- one query: the relations of the command (not temporary ones), and the mappings of those that
-    -- are mapped tables (a LATERAL per relation, by the catalogs' indexes)
-    SELECT array_agg(r.relid), array_agg(mp.mapping_id) FILTER (WHERE mp.mapping_id IS NOT NULL),
-           bool_or(EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = r.relid))
-      INTO v_relids, v_mappings, v_has_parent
-      FROM (SELECT CASE WHEN d.classid = 'pg_trigger'::regclass
-                        THEN (SELECT tg.tgrelid FROM pg_trigger tg WHERE tg.oid = d.objid)
-                        ELSE d.objid END AS relid
-              FROM pg_event_trigger_ddl_commands() d
-             WHERE d.classid IN ('pg_class'::regclass, 'pg_trigger'::regclass)
-               AND d.schema_name IS DISTINCT FROM 'pg_temp') r
-      -- OFFSET 0: looked up per relation (a flattened join would start from every mapping)
-      LEFT JOIN LATERAL (SELECT n.nspname, cl.relname FROM pg_class cl JOIN pg_namespace n ON n.oid = cl.relnamespace
-                          WHERE cl.oid = r.relid OFFSET 0) nm ON true
-      LEFT JOIN LATERAL (SELECT m.mapping_id FROM connect_guard.mapping m
-                          WHERE m.table_schema = nm.nspname AND m.table_name = nm.relname OFFSET 0) mp ON true
-     WHERE r.relid IS NOT NULL;
-    IF v_has_parent THEN
-        -- a partition or an inheritance child: the mappings of its ancestors
-        v_mappings := connect_guard.mappings_of_relations(v_relids);
-    END IF;
-    IF v_mappings IS NULL THEN
-        RETURN;
-    END IF;
+    -- any failure of the watch is a WARNING, never the failure of the user's command
     BEGIN
+        -- one query: the relations of the command (not temporary ones), and the mappings of those that
+        -- are mapped tables (a LATERAL per relation, by the catalogs' indexes)
+        SELECT array_agg(r.relid), array_agg(mp.mapping_id) FILTER (WHERE mp.mapping_id IS NOT NULL),
+               bool_or(EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = r.relid))
+          INTO v_relids, v_mappings, v_has_parent
+          FROM (SELECT CASE WHEN d.classid = 'pg_trigger'::regclass
+                            THEN (SELECT tg.tgrelid FROM pg_trigger tg WHERE tg.oid = d.objid)
+                            ELSE d.objid END AS relid
+                  FROM pg_event_trigger_ddl_commands() d
+                 WHERE d.classid IN ('pg_class'::regclass, 'pg_trigger'::regclass)
+                   AND d.schema_name IS DISTINCT FROM 'pg_temp') r
+          -- OFFSET 0: looked up per relation (a flattened join would start from every mapping)
+          LEFT JOIN LATERAL (SELECT n.nspname, cl.relname FROM pg_class cl JOIN pg_namespace n ON n.oid = cl.relnamespace
+                              WHERE cl.oid = r.relid OFFSET 0) nm ON true
+          LEFT JOIN LATERAL (SELECT m.mapping_id FROM connect_guard.mapping m
+                              WHERE m.table_schema = nm.nspname AND m.table_name = nm.relname OFFSET 0) mp ON true
+         WHERE r.relid IS NOT NULL;
+        IF v_has_parent THEN
+            -- a partition or an inheritance child: the mappings of its ancestors
+            v_mappings := connect_guard.mappings_of_relations(v_relids);
+        END IF;
+        IF v_mappings IS NULL THEN
+            RETURN;
+        END IF;
         PERFORM connect_guard.schema_changes_record(v_mappings, 'ddl', tg_tag);
     EXCEPTION WHEN OTHERS THEN
         GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT;
@@ -108,23 +109,23 @@ BEGIN
     IF connect_guard.in_own_ddl() THEN
         RETURN;
     END IF;
-    -- schema.table of each table dropped, or whose trigger was; none when the extension itself goes
-    SELECT array_agg(format('%I.%I', d.address_names[1], d.address_names[2]))
-           FILTER (WHERE d.object_type IN ('table', 'trigger') AND NOT d.is_temporary),
-           bool_or(d.object_type = 'extension' AND d.object_identity = 'connect_guard')
-      INTO v_dropped, v_extension
-      FROM pg_event_trigger_dropped_objects() d;
-    IF v_dropped IS NULL OR v_extension OR to_regclass('connect_guard.mapping') IS NULL THEN
-        RETURN;
-    END IF;
-    SELECT array_agg(m.mapping_id) INTO v_mappings
-      FROM connect_guard.mapping m
-     WHERE format('%I.%I', m.table_schema, m.table_name) = ANY (v_dropped)
-        OR m.shape -> 'partitions' ?| v_dropped;
-    IF v_mappings IS NULL THEN
-        RETURN;
-    END IF;
     BEGIN
+        -- schema.table of each table dropped, or whose trigger was; none when the extension itself goes
+        SELECT array_agg(format('%I.%I', d.address_names[1], d.address_names[2]))
+               FILTER (WHERE d.object_type IN ('table', 'trigger') AND NOT d.is_temporary),
+               bool_or(d.object_type = 'extension' AND d.object_identity = 'connect_guard')
+          INTO v_dropped, v_extension
+          FROM pg_event_trigger_dropped_objects() d;
+        IF v_dropped IS NULL OR v_extension OR to_regclass('connect_guard.mapping') IS NULL THEN
+            RETURN;
+        END IF;
+        SELECT array_agg(m.mapping_id) INTO v_mappings
+          FROM connect_guard.mapping m
+         WHERE format('%I.%I', m.table_schema, m.table_name) = ANY (v_dropped)
+            OR m.shape -> 'partitions' ?| v_dropped;
+        IF v_mappings IS NULL THEN
+            RETURN;
+        END IF;
         PERFORM connect_guard.schema_changes_record(v_mappings, 'ddl', tg_tag);
     EXCEPTION WHEN OTHERS THEN
         GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT;

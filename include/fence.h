@@ -92,6 +92,10 @@ typedef struct FenceShared
 	int32		next_fence_id;
 	int32		ngate;			/* databases checked for a rollback since start-up */
 	ConditionVariable gate_cv;	/* broadcast when one more is */
+	Oid			gate_oid_bound;	/* the OID counter once recovery had ended
+								 * (InvalidOid until read): a database at or
+								 * above it was created since, so it was not
+								 * restored in place (fence_gate.c) */
 	Oid			gate_checked[FENCE_GATE_MAX_DATABASES];
 	int32		nrels;
 	FenceEntry	fences[FENCE_MAX_FENCES];

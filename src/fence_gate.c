@@ -23,11 +23,15 @@
  * compares only the sync service's own mark, and the gate still waits for
  * it; without shared_preload_libraries there is neither worker nor gate.
  *
+ * A database created since start-up (CREATE DATABASE, then pg_restore:
+ * a copy) was not restored in place and has no gate (note_oid_bound).
+ *
  * Locking: the list of checked databases is guarded by the fence lock;
  * waiters sleep on a condition variable the worker broadcasts.
  */
 #include "postgres.h"
 
+#include "access/transam.h"
 #include "access/xlog.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
@@ -47,12 +51,37 @@
 
 bool		fence_gate_passed = false;
 
+/*
+ * note_oid_bound records, once recovery has ended, where the OID counter
+ * stood: a database created after that (CREATE DATABASE, then pg_restore
+ * into it: a copy plan) holds only what was loaded since the server
+ * started, so there is nothing a restore of this server could have rewound
+ * in it, and its gate is open from the start.  Otherwise a restore into a
+ * new database would wait at its first COPY into a mapped table for a
+ * worker that cannot check a database still being restored.  Read as soon
+ * as the worker's first check or the first gated write comes, whichever is
+ * first: a database created before that is gated, the safe side (so is one
+ * whose OID the counter's wraparound made low).  Caller holds fence_lock
+ * exclusively.
+ */
+static void
+note_oid_bound(void)
+{
+	if (OidIsValid(fence_state->gate_oid_bound) || RecoveryInProgress())
+		return;
+	LWLockAcquire(OidGenLock, LW_SHARED);
+	fence_state->gate_oid_bound = ShmemVariableCache->nextOid;
+	LWLockRelease(OidGenLock);
+}
+
 static bool
 database_checked(void)
 {
 	bool		checked = false;
 
-	LWLockAcquire(fence_lock, LW_SHARED);
+	LWLockAcquire(fence_lock, LW_EXCLUSIVE);
+	note_oid_bound();
+	checked = OidIsValid(fence_state->gate_oid_bound) && MyDatabaseId >= fence_state->gate_oid_bound;
 	for (int i = 0; i < fence_state->ngate && !checked; i++)
 		checked = fence_state->gate_checked[i] == MyDatabaseId || fence_state->gate_checked[i] == InvalidOid;
 	LWLockRelease(fence_lock);
@@ -148,6 +177,7 @@ fence_rollback_checked(bool as_primary)
 	if (!as_primary || fence_state == NULL || RecoveryInProgress())
 		return;
 	LWLockAcquire(fence_lock, LW_EXCLUSIVE);
+	note_oid_bound();
 	for (int i = 0; i < fence_state->ngate && !found; i++)
 		found = fence_state->gate_checked[i] == MyDatabaseId || fence_state->gate_checked[i] == InvalidOid;
 	if (!found)

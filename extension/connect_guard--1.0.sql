@@ -1,5 +1,5 @@
 /* connect_guard--1.0.sql: connect_guard 1.0 as released.  Frozen: never edit this file.
- * Made by scripts/freeze_release.sh from extension/parts at git tree 140d640a4b86abd66b1fed79ceab7614a0ee0c2f,
+ * Made by scripts/freeze_release.sh from extension/parts at git tree 38992835db94d0e3fefea5fbf48d60467c3cd47a,
  * parts left out: 80_preflight.sql.
  * Later changes ship as upgrade scripts (connect_guard--1.0--NEXT.sql). */
 
@@ -427,17 +427,6 @@ SELECT a.pid, a.backend_type, a.state, a.query AS activity, a.backend_start, a.s
   FROM pg_stat_activity a
  WHERE a.pid = connect_guard.worker_pid();
 
-/*
- * A CREATE EXTENSION run by a session that loads a dump (pg_restore, psql on
- * a plain dump) is followed by the rows of the extension's tables: the
- * worker writes nothing until that session ends (worker.c), or it would
- * take their keys.
- */
-CREATE FUNCTION connect_guard.hold_worker_for_restore()
-RETURNS boolean LANGUAGE C VOLATILE
-AS 'MODULE_PATHNAME', 'connect_guard_hold_worker_for_restore';
-SELECT connect_guard.hold_worker_for_restore();
-
 SELECT connect_guard.wake_launcher();
 /* ------------------------------------------------------------------------
  * Ticks: points in the commit order that batches run between (see the
@@ -789,6 +778,10 @@ $$;
  *   mapping:
  *     INITIAL -> DATA_SYNCED               its first batch is finished
  *     any -> RELOAD_TABLE -> DATA_SYNCED   a reload is asked for, then done (52_reloads.sql)
+ *     INITIAL, DATA_SYNCED
+ *       -> SCHEMA_CHANGED                  its table changed, or writes were hidden (19_table_shape_changes.sql)
+ *     SCHEMA_CHANGED -> RELOAD_TABLE,
+ *       INITIAL, DATA_SYNCED               saved (connect_save_mapping, 66_schema_watch.sql)
  * ------------------------------------------------------------------------ */
 
 /*
@@ -1470,6 +1463,343 @@ CREATE TRIGGER scrub_stored BEFORE INSERT OR UPDATE OF state_reason ON connect_g
 CREATE TRIGGER scrub_stored BEFORE INSERT OR UPDATE ON connect_guard.event
     FOR EACH ROW EXECUTE FUNCTION connect_guard.scrub_stored('detail');
 /* ------------------------------------------------------------------------
+ * Heroku Connect's configuration file: the format of its export (Settings,
+ * Import/Export Configuration; `heroku connect:export`), which
+ * connect_export_config() writes and connect_import_config() reads
+ * (64_config.sql):
+ *
+ *   {"version": 1,
+ *    "connection": {"app_name", "organization_id", "exported_at", "features",
+ *                   "api_version", "name", "logplex_log_enabled"},
+ *    "mappings": [{"object_name": "Account",
+ *                  "config": {"access": "read_only" | "read_write",
+ *                             "sf_notify_enabled": bool, "sf_polling_seconds": int,
+ *                             "sf_max_daily_api_calls": int,
+ *                             "fields": {"Name": {}, ...},
+ *                             "indexes": {"Id": {"unique": true}, ...},
+ *                             "upsert_field": "External__c" (optional)}}]}
+ *
+ * A file is checked strictly, before anything changes: an unknown key, a
+ * value of the wrong type or a reference to a field the mapping does not
+ * have is refused, and the error names the key (mappings[0].config.access),
+ * so that a DBA finds the mistake in a file of a hundred mappings.  The
+ * rules are those the Connect simulator applies (test/simulator/
+ * connect_config.py); Connect also checks objects and fields against
+ * Salesforce, which only Connect can.
+ *
+ * Connect names a mapped table's columns after the object's fields, in
+ * lower case; the Salesforce Id is the column sfid, and id, _hc_lastop and
+ * _hc_err are Connect's own columns, no fields.  Pure functions only.
+ * ------------------------------------------------------------------------ */
+
+-- the columns of a Connect table that are no Salesforce field
+CREATE FUNCTION connect_guard.config_not_fields()
+RETURNS text[]
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT ARRAY['id', '_hc_lastop', '_hc_err'] $$;
+
+-- a Salesforce API name: a letter, then letters, digits and underscores (custom ones end in __c)
+CREATE FUNCTION connect_guard.config_is_api_name(p_name text)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT coalesce(p_name ~ '^[A-Za-z][A-Za-z0-9_]{0,79}$', false) $$;
+
+-- the column that holds field p_field of a mapped table
+CREATE FUNCTION connect_guard.config_field_column(p_field text)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT CASE WHEN lower(p_field) = 'id' THEN 'sfid' ELSE lower(p_field) END $$;
+
+/*
+ * connect_guard.config_field_name is the field a column holds: Id for
+ * sfid, the standard fields in their own case (Connect lower-cases them),
+ * others with their first letter in upper case (names ignore case, as
+ * Salesforce's do).  NULL for the columns that are no field, or whose name
+ * is no API name.
+ */
+CREATE FUNCTION connect_guard.config_field_name(p_column text)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE
+             WHEN lower(p_column) = ANY (connect_guard.config_not_fields()) THEN NULL
+             WHEN lower(p_column) = 'sfid' THEN 'Id'
+             WHEN NOT connect_guard.config_is_api_name(p_column) THEN NULL
+             ELSE coalesce('{"name": "Name", "systemmodstamp": "SystemModstamp", "isdeleted": "IsDeleted",
+                             "createddate": "CreatedDate", "lastmodifieddate": "LastModifiedDate", "ownerid": "OwnerId",
+                             "createdbyid": "CreatedById", "lastmodifiedbyid": "LastModifiedById",
+                             "accountid": "AccountId", "contactid": "ContactId", "firstname": "FirstName",
+                             "lastname": "LastName", "email": "Email", "phone": "Phone", "title": "Title",
+                             "description": "Description", "industry": "Industry", "type": "Type", "status": "Status",
+                             "amount": "Amount", "stagename": "StageName", "closedate": "CloseDate"}'::jsonb ->> lower(p_column),
+                           upper(left(p_column, 1)) || substr(p_column, 2))
+           END
+$$;
+
+/*
+ * connect_guard.config_of_columns is the configuration of a mapping that
+ * no file configured: read_write, polled every 10 minutes, the fields of
+ * the table's columns, Id indexed (as Connect's defaults).
+ */
+CREATE FUNCTION connect_guard.config_of_columns(p_columns text[])
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT jsonb_build_object(
+               'access', 'read_write',
+               'sf_notify_enabled', false,
+               'sf_polling_seconds', 600,
+               'sf_max_daily_api_calls', 30000,
+               'fields', coalesce((SELECT jsonb_object_agg(connect_guard.config_field_name(col), '{}'::jsonb)
+                                     FROM unnest(p_columns) col
+                                    WHERE connect_guard.config_field_name(col) IS NOT NULL), '{}'),
+               'indexes', CASE WHEN 'systemmodstamp' = ANY (p_columns)
+                               THEN '{"Id": {"unique": true}, "SystemModstamp": {"unique": false}}'::jsonb
+                               ELSE '{"Id": {"unique": true}}'::jsonb END)
+$$;
+
+/*
+ * connect_guard.config_fields_for: the fields of configuration p_config
+ * made to match columns p_columns: the fields that have a column keep their
+ * names, the columns that had no field get one, the others go.
+ */
+CREATE FUNCTION connect_guard.config_fields_for(p_config jsonb, p_columns text[])
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(jsonb_object_agg(coalesce(f.name, connect_guard.config_field_name(col)), coalesce(f.spec, '{}')), '{}')
+      FROM unnest(p_columns) col
+      LEFT JOIN LATERAL (SELECT e.key AS name, e.value AS spec
+                           FROM jsonb_each(CASE WHEN jsonb_typeof(p_config -> 'fields') = 'object'
+                                                THEN p_config -> 'fields' ELSE '{}' END) e
+                          WHERE connect_guard.config_field_column(e.key) = lower(col) LIMIT 1) f ON true
+     WHERE connect_guard.config_field_name(col) IS NOT NULL
+$$;
+
+-- how a JSON value is shown in an error: short, as JSON
+CREATE FUNCTION connect_guard.config_shown(p_value jsonb)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT CASE WHEN length(p_value::text) > 60 THEN left(p_value::text, 57) || '...' ELSE coalesce(p_value::text, 'nothing') END $$;
+
+CREATE FUNCTION connect_guard.config_is_integer(p_value jsonb)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT jsonb_typeof(p_value) = 'number' AND p_value::text ~ '^-?[0-9]+$' $$;
+
+/*
+ * connect_guard.config_mapping_problem checks one mapping's config (at the
+ * key p_where) and returns what is wrong with it, as "key: why", or NULL.
+ */
+CREATE FUNCTION connect_guard.config_mapping_problem(p_config jsonb, p_where text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k text;
+    v jsonb;
+    v_fields text[] := '{}';
+BEGIN
+    IF jsonb_typeof(p_config) IS DISTINCT FROM 'object' THEN
+        RETURN p_where || ': expected an object';
+    END IF;
+    SELECT min(key) INTO k FROM jsonb_object_keys(p_config) key
+     WHERE key <> ALL (ARRAY['access', 'sf_notify_enabled', 'sf_polling_seconds', 'sf_max_daily_api_calls',
+                             'fields', 'indexes', 'upsert_field']);
+    IF k IS NOT NULL THEN
+        RETURN format('%s.%s: unknown key', p_where, k);
+    END IF;
+    FOREACH k IN ARRAY ARRAY['access', 'fields'] LOOP
+        IF NOT p_config ? k THEN
+            RETURN format('%s.%s: missing', p_where, k);
+        END IF;
+    END LOOP;
+    IF p_config -> 'access' NOT IN ('"read_only"', '"read_write"') THEN
+        RETURN format('%s.access: must be read_only or read_write, not %s', p_where,
+                      connect_guard.config_shown(p_config -> 'access'));
+    END IF;
+    IF p_config ? 'sf_notify_enabled' AND jsonb_typeof(p_config -> 'sf_notify_enabled') <> 'boolean' THEN
+        RETURN format('%s.sf_notify_enabled: expected true or false, not %s', p_where,
+                      connect_guard.config_shown(p_config -> 'sf_notify_enabled'));
+    END IF;
+    IF p_config ? 'sf_polling_seconds' AND NOT (connect_guard.config_is_integer(p_config -> 'sf_polling_seconds')
+                                                AND (p_config ->> 'sf_polling_seconds')::numeric >= 1) THEN
+        RETURN format('%s.sf_polling_seconds: expected a positive integer, not %s', p_where,
+                      connect_guard.config_shown(p_config -> 'sf_polling_seconds'));
+    END IF;
+    IF p_config ? 'sf_max_daily_api_calls' AND NOT (connect_guard.config_is_integer(p_config -> 'sf_max_daily_api_calls')
+                                                    AND (p_config ->> 'sf_max_daily_api_calls')::numeric >= 0) THEN
+        RETURN format('%s.sf_max_daily_api_calls: expected an integer >= 0, not %s', p_where,
+                      connect_guard.config_shown(p_config -> 'sf_max_daily_api_calls'));
+    END IF;
+
+    IF jsonb_typeof(p_config -> 'fields') IS DISTINCT FROM 'object' OR p_config -> 'fields' = '{}' THEN
+        RETURN format('%s.fields: expected a non-empty object of field names', p_where);
+    END IF;
+    FOR k, v IN SELECT * FROM jsonb_each(p_config -> 'fields') ORDER BY 1 LOOP
+        IF NOT connect_guard.config_is_api_name(k) THEN
+            RETURN format('%s.fields.%s: not a Salesforce field name', p_where, k);
+        END IF;
+        IF jsonb_typeof(v) <> 'object' THEN
+            RETURN format('%s.fields.%s: expected an object, not %s', p_where, k, connect_guard.config_shown(v));
+        END IF;
+        IF lower(k) = ANY (v_fields) THEN
+            RETURN format('%s.fields.%s: the same field as %s (field names ignore case)', p_where, k,
+                          (SELECT f FROM jsonb_object_keys(p_config -> 'fields') f WHERE lower(f) = lower(k) AND f <> k LIMIT 1));
+        END IF;
+        v_fields := v_fields || lower(k);
+    END LOOP;
+
+    IF p_config ? 'indexes' THEN
+        IF jsonb_typeof(p_config -> 'indexes') <> 'object' THEN
+            RETURN format('%s.indexes: expected an object', p_where);
+        END IF;
+        FOR k, v IN SELECT * FROM jsonb_each(p_config -> 'indexes') ORDER BY 1 LOOP
+            -- Id is always there: Connect indexes sfid whatever the fields say
+            IF lower(k) <> ALL (v_fields) AND k <> 'Id' THEN
+                RETURN format('%s.indexes.%s: not one of the mapping''s fields', p_where, k);
+            END IF;
+            IF jsonb_typeof(v) <> 'object' OR EXISTS (SELECT 1 FROM jsonb_object_keys(v) x WHERE x <> 'unique')
+               OR (v ? 'unique' AND jsonb_typeof(v -> 'unique') <> 'boolean') THEN
+                RETURN format('%s.indexes.%s: expected {"unique": true|false}, not %s', p_where, k,
+                              connect_guard.config_shown(v));
+            END IF;
+        END LOOP;
+    END IF;
+
+    IF p_config ? 'upsert_field' THEN
+        IF jsonb_typeof(p_config -> 'upsert_field') <> 'string'
+           OR lower(p_config ->> 'upsert_field') <> ALL (v_fields) THEN
+            RETURN format('%s.upsert_field: not one of the mapping''s fields: %s', p_where,
+                          connect_guard.config_shown(p_config -> 'upsert_field'));
+        END IF;
+        IF p_config ->> 'access' <> 'read_write' THEN
+            RETURN format('%s.upsert_field: only a read_write mapping writes to Salesforce', p_where);
+        END IF;
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+/*
+ * connect_guard.config_problem checks a whole file and returns the first
+ * problem, as "key: why" (keys in the order Connect's simulator checks
+ * them), or NULL when the file is good.
+ */
+CREATE FUNCTION connect_guard.config_problem(p_doc jsonb)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k text;
+    v jsonb;
+    m jsonb;
+    i integer := 0;
+    v_seen text[] := '{}';
+    v_problem text;
+BEGIN
+    IF jsonb_typeof(p_doc) IS DISTINCT FROM 'object' THEN
+        RETURN '(top level): expected a JSON object';
+    END IF;
+    SELECT min(key) INTO k FROM jsonb_object_keys(p_doc) key WHERE key <> ALL (ARRAY['version', 'connection', 'mappings']);
+    IF k IS NOT NULL THEN
+        RETURN k || ': unknown key';
+    END IF;
+    IF NOT p_doc ? 'version' THEN
+        RETURN 'version: missing';
+    END IF;
+    IF (p_doc -> 'version')::text <> '1' THEN
+        RETURN format('version: must be 1, not %s', connect_guard.config_shown(p_doc -> 'version'));
+    END IF;
+
+    IF p_doc ? 'connection' THEN
+        IF jsonb_typeof(p_doc -> 'connection') <> 'object' THEN
+            RETURN 'connection: expected an object';
+        END IF;
+        FOR k, v IN SELECT * FROM jsonb_each(p_doc -> 'connection') ORDER BY 1 LOOP
+            IF k <> ALL (ARRAY['app_name', 'organization_id', 'exported_at', 'features', 'api_version', 'name',
+                                'logplex_log_enabled']) THEN
+                RETURN format('connection.%s: unknown key', k);
+            END IF;
+            IF jsonb_typeof(v) <> 'null' AND jsonb_typeof(v) <> (CASE k WHEN 'features' THEN 'object'
+                                                                        WHEN 'logplex_log_enabled' THEN 'boolean'
+                                                                        ELSE 'string' END) THEN
+                RETURN format('connection.%s: expected %s, not %s', k,
+                              CASE k WHEN 'features' THEN 'an object' WHEN 'logplex_log_enabled' THEN 'true or false'
+                                     ELSE 'a string' END, connect_guard.config_shown(v));
+            END IF;
+        END LOOP;
+    END IF;
+
+    IF NOT p_doc ? 'mappings' THEN
+        RETURN 'mappings: missing';
+    END IF;
+    IF jsonb_typeof(p_doc -> 'mappings') <> 'array' THEN
+        RETURN 'mappings: expected a list';
+    END IF;
+    FOR m IN SELECT e FROM jsonb_array_elements(p_doc -> 'mappings') e LOOP
+        IF jsonb_typeof(m) <> 'object' THEN
+            RETURN format('mappings[%s]: expected an object', i);
+        END IF;
+        SELECT min(key) INTO k FROM jsonb_object_keys(m) key WHERE key <> ALL (ARRAY['object_name', 'config']);
+        IF k IS NOT NULL THEN
+            RETURN format('mappings[%s].%s: unknown key', i, k);
+        END IF;
+        IF jsonb_typeof(m -> 'object_name') IS DISTINCT FROM 'string'
+           OR NOT connect_guard.config_is_api_name(m ->> 'object_name') THEN
+            RETURN format('mappings[%s].object_name: expected a Salesforce object name, not %s', i,
+                          connect_guard.config_shown(m -> 'object_name'));
+        END IF;
+        IF lower(m ->> 'object_name') = ANY (v_seen) THEN
+            RETURN format('mappings[%s].object_name: %s is mapped twice (also mappings[%s])', i, m ->> 'object_name',
+                          array_position(v_seen, lower(m ->> 'object_name')) - 1);
+        END IF;
+        v_seen := v_seen || lower(m ->> 'object_name');
+        IF NOT m ? 'config' THEN
+            RETURN format('mappings[%s].config: missing', i);
+        END IF;
+        v_problem := connect_guard.config_mapping_problem(m -> 'config', format('mappings[%s].config', i));
+        IF v_problem IS NOT NULL THEN
+            RETURN v_problem;
+        END IF;
+        i := i + 1;
+    END LOOP;
+    RETURN NULL;
+END;
+$$;
+
+/*
+ * connect_guard.config_require_valid raises the error that names the bad
+ * key of a file (p_what says whose file it is), or returns.
+ */
+CREATE FUNCTION connect_guard.config_require_valid(p_doc jsonb, p_what text)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_problem text := connect_guard.config_problem(p_doc);
+BEGIN
+    IF v_problem IS NOT NULL THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('invalid configuration: %s', v_problem),
+            DETAIL = format('%s is not a valid Heroku Connect configuration file; nothing was changed.', p_what),
+            HINT = 'The format is Connect''s export: {"version": 1, "connection": {...}, "mappings": [{"object_name", "config": {"access", "fields", ...}}]}, as connect_export_config() writes it.';
+    END IF;
+END;
+$$;
+/* ------------------------------------------------------------------------
  * What makes a schema Heroku Connect's, and what that allows: Connect
  * keeps its own trigger log there (_trigger_log, _trigger_log_archive,
  * _hcmeta) and logs every mapped table through its own triggers,
@@ -1804,6 +2134,843 @@ END;
 $$;
 
 /* ------------------------------------------------------------------------
+ * What a mapped table must look like for every write to reach the log:
+ * the triggers that capture it, and the shape (columns, primary key,
+ * partitions) it had when it was mapped or last saved.  48_schema_changes.sql
+ * compares a table with this, event triggers and the worker run the
+ * comparison (66_schema_watch.sql), and a difference puts the mapping in
+ * SCHEMA_CHANGED.
+ *
+ * The triggers a mapping needs come from one function,
+ * capture_triggers_expected(): the capture triggers of connect_guard's own
+ * log, and for a partitioned table the truncate watch (below).  A
+ * connection whose log is another one (Connect's own logger triggers on an
+ * adopted schema) adds its kind of trigger there, and everything else (the
+ * checks, the view, the way out) follows.
+ *
+ * Why a truncate watch: TRUNCATE of one partition fires no trigger of the
+ * partitioned table and no event trigger, so its rows would leave the
+ * mapped table unlogged.  A BEFORE TRUNCATE trigger on every partition
+ * (truncate_watch.c) notices it, unless the TRUNCATE is of the mapped table
+ * itself (whose capture trigger logs it): the table's own BEFORE TRUNCATE
+ * trigger marks it for the statement, and its AFTER TRUNCATE trigger
+ * unmarks it.
+ * ------------------------------------------------------------------------ */
+
+-- the shape the mapping accepted, and its configuration in Connect's format (17_config_format.sql)
+ALTER TABLE connect_guard.mapping
+    ADD COLUMN shape jsonb,
+    ADD COLUMN config jsonb,
+    -- where the config comes from: 'columns' (derived at mapping), 'import', 'connect' (Connect's export)
+    ADD COLUMN config_source text CHECK (config_source IN ('columns', 'import', 'connect')),
+    ADD COLUMN config_at timestamptz;
+-- the connection part of the last file imported into a connection without a sync service of its own
+ALTER TABLE connect_guard.connection ADD COLUMN config jsonb;
+
+/*
+ * A schema change: one difference between a mapped table and what its
+ * mapping expects, or one event that hid writes from the log.  Open until
+ * connect_save_mapping() (66_schema_watch.sql) settles it; while a mapping
+ * has one open, it is SCHEMA_CHANGED (or RELOAD_TABLE, when a reload is
+ * under way).
+ */
+CREATE TABLE connect_guard.schema_change (
+    schema_change_id serial PRIMARY KEY,
+    mapping_id      integer NOT NULL REFERENCES connect_guard.mapping ON DELETE CASCADE,
+    -- what differs: see connect_guard.mapping_findings() (48_schema_changes.sql)
+    kind            text NOT NULL,
+    -- the column, field, trigger or partition concerned
+    object          text NOT NULL,
+    expected        text,
+    actual          text,
+    -- writes may have reached the table unlogged (or rows changed without a log entry): a reload repairs that
+    needs_reload    boolean NOT NULL,
+    -- 'ddl' (an event trigger), 'truncate' (the truncate watch), 'worker', 'map', 'import', 'export'
+    detected_by     text NOT NULL,
+    -- the command tag, or the request, that showed it
+    detected_in     text,
+    detected_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
+    actor           name NOT NULL DEFAULT session_user,
+    -- the mapping's state when its first open change was found (what saving goes back to)
+    state_before    text,
+    resolved_at     timestamptz,
+    resolution      text
+);
+CREATE UNIQUE INDEX schema_change_open ON connect_guard.schema_change (mapping_id, kind, object)
+    WHERE resolved_at IS NULL;
+SELECT pg_catalog.pg_extension_config_dump('connect_guard.schema_change', '');
+SELECT pg_catalog.pg_extension_config_dump('connect_guard.schema_change_schema_change_id_seq', '');
+
+/*
+ * When a mapping's table was last seen as its mapping expects, in this
+ * database (19_table_shape_changes.sql).  Not dumped: a restored database checks
+ * its tables afresh, once pg_restore has put their keys and triggers back.
+ */
+CREATE TABLE connect_guard.mapping_verified (
+    mapping_id      integer PRIMARY KEY REFERENCES connect_guard.mapping ON DELETE CASCADE,
+    first_checked_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    verified_at     timestamptz,
+    -- what the worker's last check saw (19_table_shape_changes.sql: mapping_fingerprints)
+    fingerprint     text
+);
+
+-- the truncate watch's trigger function (truncate_watch.c); fires BEFORE and AFTER TRUNCATE
+CREATE FUNCTION connect_guard.truncate_watch()
+RETURNS trigger
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'connect_guard_truncate_watch';
+
+/*
+ * While connect_guard creates or repairs a mapped table's triggers itself,
+ * own_ddl(true) tells its event triggers not to report the half-done state
+ * (schema_watch.c): a flag of this backend, reset at the end of the
+ * (sub)transaction.  own_ddl returns what the flag was.
+ */
+CREATE FUNCTION connect_guard.own_ddl(p_on boolean)
+RETURNS boolean
+LANGUAGE C VOLATILE STRICT
+AS 'MODULE_PATHNAME', 'connect_guard_own_ddl';
+
+CREATE FUNCTION connect_guard.in_own_ddl()
+RETURNS boolean
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'connect_guard_in_own_ddl';
+
+/*
+ * The helpers below run for every DDL command on a mapped table and for
+ * every mapping the worker checks again, so they are written to be cheap:
+ * the larger ones are PL/pgSQL, whose plans are kept for the session.
+ */
+
+-- the table of a mapping, or NULL when it does not exist (any more)
+CREATE FUNCTION connect_guard.mapping_relid(m connect_guard.mapping)
+RETURNS regclass
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I', m.table_schema, m.table_name)) $$;
+
+/*
+ * connect_guard.capture_triggers_expected: the triggers mapping m of
+ * connection c needs, each with
+ *   purpose      'capture' (without it writes are lost: a reload is due
+ *                after it was missing) or 'watch' (without it a TRUNCATE of
+ *                a partition goes unnoticed)
+ *   placement    'table': on the mapped table; a row trigger of a
+ *                partitioned table has a clone on every partition, which
+ *                must be there and enabled too.  'each_partition': a
+ *                trigger of its own on every partition
+ *   trigger_type pg_trigger.tgtype; function_oid and arguments (NULL: any);
+ *   when_clause  a regular expression the WHEN condition, as
+ *                pg_get_triggerdef() prints it, must match; NULL for none
+ *   owned_by     'connect_guard': connect_save_mapping() may create it
+ *                again; anything else is another's, never touched
+ * Every trigger must fire in the origin role (tgenabled 'O').  A
+ * connection that adopted a Connect-managed schema (its log is Connect's,
+ * 15_log_sources.sql) expects Connect's logger trigger instead, owned by
+ * Connect; another kind of log adds its own rows here, the only place that
+ * knows them.
+ */
+CREATE FUNCTION connect_guard.capture_triggers_expected(c connect_guard.connection, m connect_guard.mapping)
+RETURNS TABLE (trigger_name text, purpose text, placement text, trigger_type smallint, function_oid oid,
+               arguments text[], when_clause text, owned_by text)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- tgtype bits: ROW 1, BEFORE 2, INSERT 4, DELETE 8, UPDATE 16, TRUNCATE 32
+    IF c.log_schema IS NOT NULL THEN
+        -- an adopted schema (17_connect_schema.sql): Connect's logger trigger, AFTER INSERT OR UPDATE OR
+        -- DELETE FOR EACH ROW WHEN (get_xmlbinary() = 'base64'), calling hc_<table>_logger; Connect's own
+        RETURN QUERY
+        SELECT left('hc_' || m.table_name || '_logtrigger', 63), 'capture'::text, 'table'::text, 29::smallint,
+               to_regprocedure(format('%I.%I()', m.table_schema, left('hc_' || m.table_name || '_logger', 63)))::oid,
+               NULL::text[],
+               '^\(*(\S+\.)?get_xmlbinary\(\)\)*(::(text|character varying))? = ''base64''::(text|character varying)\)*$'::text,
+               'connect'::text;
+        RETURN;
+    END IF;
+    RETURN QUERY
+    SELECT x.n, x.p, x.pl, x.t, x.f, x.a, NULL::text, 'connect_guard'::text
+      FROM (VALUES ('_connect_guard_capture', 'capture', 'table', 29::smallint,
+                    'connect_guard.capture()'::regprocedure::oid, ARRAY[m.table_schema, m.table_name]),
+                   ('_connect_guard_truncate', 'capture', 'table', 32::smallint,
+                    'connect_guard.capture()'::regprocedure::oid, ARRAY[m.table_schema, m.table_name])) x(n, p, pl, t, f, a);
+    -- a partitioned table's partitions are watched for TRUNCATE (the top of this file)
+    IF (SELECT cl.relkind FROM pg_class cl WHERE cl.oid = connect_guard.mapping_relid(m)) = 'p' THEN
+        RETURN QUERY
+        SELECT w.n, 'watch'::text, w.pl, w.t, 'connect_guard.truncate_watch()'::regprocedure::oid, ARRAY[w.arg],
+               NULL::text, 'connect_guard'::text
+          FROM (VALUES ('_connect_guard_truncate_watch', 'table', 34::smallint, 'root'),
+                       ('_connect_guard_truncate_done', 'table', 32::smallint, 'root'),
+                       ('_connect_guard_truncate_watch', 'each_partition', 34::smallint, 'partition')) w(n, pl, t, arg);
+    END IF;
+END;
+$$;
+
+-- the partitions of a table at every level (none for a table that is not partitioned)
+CREATE FUNCTION connect_guard.partitions_of(p_relid oid)
+RETURNS SETOF regclass
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT t.relid FROM pg_catalog.pg_partition_tree(p_relid) t WHERE t.level > 0 $$;
+
+/*
+ * connect_guard.table_shape: what a mapped table looks like, by names (so
+ * that it survives pg_dump and pg_upgrade): its columns with their types,
+ * its primary key, and its partitions (with their oids, which tell a
+ * partition renamed from one dropped and another attached).
+ */
+CREATE FUNCTION connect_guard.table_shape(p_relid oid)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN jsonb_build_object(
+        'columns', (SELECT coalesce(jsonb_object_agg(a.attname, format_type(a.atttypid, a.atttypmod)), '{}')
+                      FROM pg_attribute a
+                     WHERE a.attrelid = p_relid AND a.attnum > 0 AND NOT a.attisdropped),
+        'primary_key', (SELECT coalesce(jsonb_agg(a.attname ORDER BY k.ord), '[]')
+                          FROM pg_index i
+                          CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord)
+                          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                         WHERE i.indrelid = p_relid AND i.indisprimary),
+        'partitions', (SELECT coalesce(jsonb_agg(t.relid::regclass::text ORDER BY t.relid::regclass::text), '[]')
+                         FROM pg_partition_tree(p_relid) t WHERE t.level > 0),
+        -- which relation each name was, so that a renamed partition is told from one replaced
+        'partition_oids', (SELECT coalesce(jsonb_object_agg(t.relid::regclass::text, t.relid::oid), '{}')
+                             FROM pg_partition_tree(p_relid) t WHERE t.level > 0));
+END;
+$$;
+
+-- a table's columns in order, for its default configuration
+CREATE FUNCTION connect_guard.table_columns(p_relid oid)
+RETURNS text[]
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT pg_catalog.array_agg(a.attname::text ORDER BY a.attnum)
+      FROM pg_catalog.pg_attribute a WHERE a.attrelid = p_relid AND a.attnum > 0 AND NOT a.attisdropped
+$$;
+
+/*
+ * connect_guard.install_truncate_watch gives a partitioned table, and each
+ * of its partitions, the truncate watch's triggers they lack; the caller
+ * may create triggers on them (it maps the table, or created a partition).
+ */
+CREATE FUNCTION connect_guard.install_truncate_watch(p_relid oid)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r regclass;
+    v_was boolean;
+BEGIN
+    IF (SELECT relkind FROM pg_class WHERE oid = p_relid) IS DISTINCT FROM 'p' THEN
+        RETURN;
+    END IF;
+    v_was := connect_guard.own_ddl(true);
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = p_relid AND tgname = '_connect_guard_truncate_watch') THEN
+        EXECUTE format('CREATE TRIGGER _connect_guard_truncate_watch BEFORE TRUNCATE ON %s '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION connect_guard.truncate_watch(''root'')', p_relid::regclass);
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = p_relid AND tgname = '_connect_guard_truncate_done') THEN
+        EXECUTE format('CREATE TRIGGER _connect_guard_truncate_done AFTER TRUNCATE ON %s '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION connect_guard.truncate_watch(''root'')', p_relid::regclass);
+    END IF;
+    FOR r IN SELECT p FROM connect_guard.partitions_of(p_relid) p
+              WHERE NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = p AND t.tgname = '_connect_guard_truncate_watch')
+    LOOP
+        EXECUTE format('CREATE TRIGGER _connect_guard_truncate_watch BEFORE TRUNCATE ON %s '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION connect_guard.truncate_watch(''partition'')', r);
+    END LOOP;
+    PERFORM connect_guard.own_ddl(v_was);
+END;
+$$;
+
+-- connect_guard.drop_truncate_watch removes them again (the table is unmapped)
+CREATE FUNCTION connect_guard.drop_truncate_watch(p_relid oid)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t record;
+    v_was boolean := connect_guard.own_ddl(true);
+BEGIN
+    FOR t IN SELECT tg.tgname, tg.tgrelid::regclass AS rel FROM pg_trigger tg
+              WHERE tg.tgrelid IN (SELECT p_relid UNION ALL SELECT p FROM connect_guard.partitions_of(p_relid) p)
+                AND tg.tgname IN ('_connect_guard_truncate_watch', '_connect_guard_truncate_done')
+    LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, t.rel);
+    END LOOP;
+    PERFORM connect_guard.own_ddl(v_was);
+END;
+$$;
+
+/*
+ * connect_guard.mapping_init records what a new mapping expects of its
+ * table: its shape now, and a configuration derived from its columns
+ * (until a file or Connect's export gives one); and gives the table the
+ * watch triggers its kind of mapping needs (capture_triggers_expected:
+ * the truncate watch of a partitioned table).  Called when a table is
+ * mapped; a mapping made another way gets it on its first check.
+ */
+CREATE FUNCTION connect_guard.mapping_init(p_mapping_id integer)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    m connect_guard.mapping;
+    c connect_guard.connection;
+    v_rel regclass;
+BEGIN
+    SELECT * INTO m FROM connect_guard.mapping WHERE mapping_id = p_mapping_id;
+    v_rel := connect_guard.mapping_relid(m);
+    IF v_rel IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT * INTO c FROM connect_guard.connection WHERE connection_id = m.connection_id;
+    IF EXISTS (SELECT 1 FROM connect_guard.capture_triggers_expected(c, m) e
+                WHERE e.purpose = 'watch' AND e.owned_by = 'connect_guard') THEN
+        PERFORM connect_guard.install_truncate_watch(v_rel);
+    END IF;
+    UPDATE connect_guard.mapping mp
+       SET shape = connect_guard.table_shape(v_rel),
+           config = coalesce(mp.config, connect_guard.config_of_columns(connect_guard.table_columns(v_rel))),
+           config_source = coalesce(mp.config_source, 'columns'),
+           config_at = coalesce(mp.config_at, clock_timestamp())
+     WHERE mp.mapping_id = p_mapping_id;
+    INSERT INTO connect_guard.mapping_verified (mapping_id, verified_at) VALUES (p_mapping_id, clock_timestamp())
+    ON CONFLICT (mapping_id) DO UPDATE SET verified_at = excluded.verified_at;
+END;
+$$;
+/* ------------------------------------------------------------------------
+ * Schema changes of mapped tables: what differs between a mapped table and
+ * what its mapping expects (19_table_shape.sql), and what hid writes from
+ * the log.  mapping_findings() says what differs now; schema_changes_record()
+ * records what is new as connect_guard.schema_change rows, puts the mapping
+ * in SCHEMA_CHANGED (14_states.sql), logs a schema_changed event and raises
+ * a WARNING, in the session that made the change (event triggers, the
+ * truncate watch) or in the worker's log (its check every cycle, for what
+ * event triggers do not see: direct catalog changes).  connect_schema_drift
+ * shows them; connect_save_mapping() (66_schema_watch.sql) settles them.
+ *
+ * Kinds (needs_reload: writes may have reached the table unlogged, or its
+ * rows changed without log entries; a reload makes the sync service's copy
+ * whole again):
+ *   table_dropped           the mapped table is gone                         reload
+ *   trigger_missing         a trigger the mapping needs is not there         reload (capture)
+ *   trigger_disabled        ALTER TABLE ... DISABLE TRIGGER                  reload (capture)
+ *   trigger_replica_only    ENABLE REPLICA TRIGGER: fires only for replicas  reload (capture)
+ *   trigger_always          ENABLE ALWAYS TRIGGER: also fires for replicas
+ *   trigger_changed         CREATE OR REPLACE TRIGGER with another
+ *                           definition (events, function, WHEN, columns)     reload (capture)
+ *   inheritance_child       a table inherits from it: its rows are not
+ *                           captured                                         reload
+ *   column_added, column_dropped                                             -
+ *   column_type_changed     ALTER COLUMN ... TYPE: every row rewritten       reload
+ *   primary_key_changed     the key the log's record_id is made of           reload
+ *   partition_added         attached with rows (an empty one is accepted)    reload
+ *   partition_removed       detached or dropped, with its rows               reload
+ *   partition_renamed       the same partition under another name: taken in, never recorded
+ *   partition_truncated     TRUNCATE of one partition (the truncate watch)   reload
+ *   field_without_column    the configuration's field has no column          -
+ *   column_without_field    a column no field of the configuration names     -
+ *
+ * A mapping whose table was never seen complete in this database (it was
+ * just restored from a dump: pg_restore creates the triggers and keys after
+ * the mapping's rows) is not reported until it is, or for 5 minutes.
+ * ------------------------------------------------------------------------ */
+
+-- the kinds whose cause cannot be seen afterwards: only the moment told
+CREATE FUNCTION connect_guard.schema_change_is_event(p_kind text)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT p_kind IN ('partition_truncated') $$;
+
+-- one line about a schema change, for WARNINGs and events
+CREATE FUNCTION connect_guard.schema_change_text(p_kind text, p_object text, p_expected text, p_actual text)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT p_kind || ': ' || p_object
+           || CASE WHEN p_expected IS NOT NULL OR p_actual IS NOT NULL
+                   THEN format(' (expected %s, found %s)', coalesce(p_expected, 'nothing'), coalesce(p_actual, 'nothing'))
+                   ELSE '' END
+$$;
+
+/*
+ * connect_guard.trigger_arguments: a trigger's arguments as text[]
+ * (pg_trigger keeps them NUL-separated in a bytea).
+ */
+CREATE FUNCTION connect_guard.trigger_arguments(t pg_trigger)
+RETURNS text[]
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN t.tgnargs = 0 THEN '{}'::text[]
+                ELSE string_to_array(left(encode(t.tgargs, 'escape'), -4), '\000') END
+$$;
+
+/*
+ * connect_guard.mapping_findings: what differs now between mapping m's
+ * table and what the mapping expects (see the kinds above).  With
+ * p_look_at_rows false, partitions added are not read (whether they hold
+ * rows needs SELECT on them): actual says 'not examined'.
+ */
+CREATE FUNCTION connect_guard.mapping_findings(m connect_guard.mapping, p_look_at_rows boolean DEFAULT true)
+RETURNS TABLE (kind text, object text, expected text, actual text, needs_reload boolean)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c connect_guard.connection;
+    v_rel regclass := connect_guard.mapping_relid(m);
+    v_now jsonb;
+    v_rows boolean;
+    v_reported text[] := '{}';
+    k text;
+BEGIN
+    IF v_rel IS NULL THEN
+        RETURN QUERY SELECT 'table_dropped'::text, format('%I.%I', m.table_schema, m.table_name), 'the mapped table'::text,
+                            'no such table'::text, true;
+        RETURN;
+    END IF;
+    SELECT * INTO c FROM connect_guard.connection cn WHERE cn.connection_id = m.connection_id;
+
+    -- the triggers that capture its writes (and watch its partitions), on it and on its partitions
+    RETURN QUERY
+    WITH e AS (SELECT * FROM connect_guard.capture_triggers_expected(c, m)),
+    targets AS (
+        SELECT e.*, v_rel::oid AS relid FROM e WHERE e.placement = 'table'
+        UNION ALL
+        SELECT e.*, p::oid FROM e, connect_guard.partitions_of(v_rel) p
+         WHERE e.placement = 'each_partition' OR (e.placement = 'table' AND e.trigger_type & 1 = 1)),
+    present AS (
+        SELECT x.*, t.oid AS tgoid, t.tgenabled,
+               t.tgtype <> x.trigger_type OR t.tgfoid <> coalesce(x.function_oid, t.tgfoid)
+               OR (x.arguments IS NOT NULL
+                   AND CASE WHEN t.tgnargs = 0 THEN '{}'::text[]
+                            ELSE string_to_array(left(encode(t.tgargs, 'escape'), -4), '\000') END
+                       IS DISTINCT FROM x.arguments)
+               OR CASE WHEN t.tgqual IS NULL THEN x.when_clause IS NOT NULL
+                       WHEN x.when_clause IS NULL THEN true
+                       ELSE NOT coalesce(substring(pg_get_triggerdef(t.oid) FROM ' WHEN \((.*)\) EXECUTE ')
+                                         ~ x.when_clause, false) END
+               OR cardinality(t.tgattr::int2[]) > 0 OR t.tgconstraint <> 0 AS changed
+          FROM targets x LEFT JOIN pg_trigger t ON t.tgrelid = x.relid AND t.tgname = x.trigger_name)
+    SELECT CASE WHEN f.tgoid IS NULL THEN 'trigger_missing' WHEN f.changed THEN 'trigger_changed'
+                WHEN f.tgenabled = 'D' THEN 'trigger_disabled' WHEN f.tgenabled = 'R' THEN 'trigger_replica_only'
+                ELSE 'trigger_always' END,
+           format('%I on %s', f.trigger_name, f.relid::regclass),
+           CASE WHEN f.tgoid IS NULL THEN f.purpose || ' trigger'
+                WHEN f.changed THEN format('%s trigger as %s defines it', f.purpose,
+                                           CASE f.owned_by WHEN 'connect' THEN 'Heroku Connect' ELSE f.owned_by END)
+                ELSE 'enabled' END,
+           CASE WHEN f.tgoid IS NULL THEN 'no such trigger'
+                WHEN f.changed THEN pg_get_triggerdef(f.tgoid)
+                WHEN f.tgenabled = 'D' THEN 'disabled'
+                WHEN f.tgenabled = 'R' THEN 'ENABLE REPLICA: fires only when session_replication_role = replica'
+                ELSE 'ENABLE ALWAYS: fires also when session_replication_role = replica' END,
+           f.purpose = 'capture' AND NOT (f.tgoid IS NOT NULL AND NOT f.changed AND f.tgenabled = 'A')
+      FROM present f
+     WHERE f.tgoid IS NULL OR f.changed OR f.tgenabled <> 'O'
+     ORDER BY f.relid, f.trigger_name;
+
+    -- inheritance children: rows of the table that no trigger of it captures (a partitioned table has none)
+    IF EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class cl ON cl.oid = i.inhrelid
+                WHERE i.inhparent = v_rel AND NOT cl.relispartition) THEN
+        RETURN QUERY
+        WITH RECURSIVE down(relid, parent) AS (
+            SELECT i.inhrelid, i.inhparent FROM pg_inherits i WHERE i.inhparent = v_rel
+            UNION ALL
+            SELECT i.inhrelid, i.inhparent FROM pg_inherits i JOIN down d ON i.inhparent = d.relid)
+        SELECT 'inheritance_child'::text, d.relid::regclass::text, 'no inheritance children'::text,
+               format('inherits from %s', d.parent::regclass), true
+          FROM down d JOIN pg_class cl ON cl.oid = d.relid
+         WHERE NOT cl.relispartition;
+    END IF;
+
+    -- the shape it was mapped (or saved) with
+    v_now := connect_guard.table_shape(v_rel);
+    IF m.shape IS NOT NULL THEN
+        SELECT coalesce(array_agg(coalesce(o.k, n.k)), '{}') INTO v_reported
+          FROM jsonb_each_text(m.shape -> 'columns') o(k, v) FULL JOIN jsonb_each_text(v_now -> 'columns') n(k, v) ON n.k = o.k
+         WHERE o.v IS DISTINCT FROM n.v;
+        RETURN QUERY
+        SELECT CASE WHEN n.v IS NULL THEN 'column_dropped' WHEN o.v IS NULL THEN 'column_added'
+                    ELSE 'column_type_changed' END,
+               coalesce(o.k, n.k), o.v, n.v, o.v IS NOT NULL AND n.v IS NOT NULL
+          FROM jsonb_each_text(m.shape -> 'columns') o(k, v) FULL JOIN jsonb_each_text(v_now -> 'columns') n(k, v) ON n.k = o.k
+         WHERE o.v IS DISTINCT FROM n.v
+        UNION ALL
+        SELECT 'primary_key_changed', 'primary key', coalesce(m.shape ->> 'primary_key', 'none'), v_now ->> 'primary_key', true
+         WHERE (m.shape -> 'primary_key') IS DISTINCT FROM (v_now -> 'primary_key')
+        UNION ALL
+        -- a partition renamed: the same relation under another name (nothing left the table)
+        SELECT 'partition_renamed', o.name, o.name, n.name, false
+          FROM jsonb_each_text(coalesce(m.shape -> 'partition_oids', '{}')) o(name, relid)
+          JOIN jsonb_each_text(v_now -> 'partition_oids') n(name, relid) ON n.relid = o.relid AND n.name <> o.name
+         WHERE m.shape -> 'partitions' ? o.name AND NOT v_now -> 'partitions' ? o.name
+        UNION ALL
+        SELECT 'partition_removed', gone.p, format('a partition of %s', v_rel),
+               CASE WHEN to_regclass(gone.p) IS NULL THEN 'dropped' ELSE 'detached' END, true
+          FROM (SELECT jsonb_array_elements_text(m.shape -> 'partitions')
+                EXCEPT SELECT jsonb_array_elements_text(v_now -> 'partitions')) gone(p)
+         WHERE NOT EXISTS (SELECT 1 FROM jsonb_each_text(v_now -> 'partition_oids') n(name, relid)
+                            WHERE n.relid = m.shape -> 'partition_oids' ->> gone.p);
+        FOR k IN SELECT jsonb_array_elements_text(v_now -> 'partitions')
+                 EXCEPT SELECT jsonb_array_elements_text(m.shape -> 'partitions')
+                 EXCEPT SELECT n.name FROM jsonb_each_text(v_now -> 'partition_oids') n(name, relid)
+                         WHERE EXISTS (SELECT 1 FROM jsonb_each_text(coalesce(m.shape -> 'partition_oids', '{}')) o(name, relid)
+                                        WHERE o.relid = n.relid AND m.shape -> 'partitions' ? o.name) LOOP
+            IF p_look_at_rows THEN
+                EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', k::regclass) INTO v_rows;
+            END IF;
+            RETURN QUERY SELECT 'partition_added'::text, k, 'no new partition with rows'::text,
+                                CASE WHEN NOT p_look_at_rows THEN 'not examined'
+                                     WHEN v_rows THEN 'attached with rows' ELSE 'empty' END,
+                                coalesce(v_rows, false);
+        END LOOP;
+    END IF;
+
+    -- the configuration's fields against the columns (a column already reported above is not again);
+    -- names ignore case, as Salesforce's do (Connect's columns are lower case)
+    IF jsonb_typeof(m.config -> 'fields') = 'object' THEN
+        RETURN QUERY
+        WITH cols AS (SELECT k.col, lower(k.col) AS lcol, k.col = ANY (v_reported) AS reported
+                        FROM jsonb_object_keys(v_now -> 'columns') k(col)),
+        fields AS (SELECT f AS field, connect_guard.config_field_column(f) AS lcol
+                     FROM jsonb_object_keys(m.config -> 'fields') f)
+        SELECT 'field_without_column'::text, f.field, f.lcol, NULL::text, false
+          FROM fields f
+         WHERE NOT EXISTS (SELECT 1 FROM cols x WHERE x.lcol = f.lcol)
+           AND NOT EXISTS (SELECT 1 FROM unnest(v_reported) r WHERE lower(r) = f.lcol)
+        UNION ALL
+        SELECT 'column_without_field'::text, x.col, NULL::text, connect_guard.config_field_name(x.col), false
+          FROM cols x
+         WHERE NOT x.reported AND connect_guard.config_field_name(x.col) IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM fields f WHERE f.lcol = x.lcol)
+         ORDER BY 1, 2;
+    END IF;
+END;
+$$;
+
+/*
+ * connect_guard.schema_changes_note records findings (a jsonb array of
+ * {kind, object, expected, actual, needs_reload}) of mapping m that are not
+ * open already; for the new ones it puts the mapping in SCHEMA_CHANGED
+ * (unless a reload is under way: the reload overwrites the table, and the
+ * worker moves it on once the reload is done), logs a schema_changed event
+ * and raises a WARNING.  Returns how many were new.
+ */
+CREATE FUNCTION connect_guard.schema_changes_note(m connect_guard.mapping, p_findings jsonb, p_source text,
+                                                  p_context text)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    f jsonb;
+    v_new jsonb := '[]';
+    v_state_before text;
+    v_connection text;
+BEGIN
+    SELECT coalesce(min(s.state_before), m.state) INTO v_state_before
+      FROM connect_guard.schema_change s WHERE s.mapping_id = m.mapping_id AND s.resolved_at IS NULL;
+    IF v_state_before IN ('SCHEMA_CHANGED', 'RELOAD_TABLE') THEN
+        v_state_before := 'DATA_SYNCED';
+    END IF;
+    FOR f IN SELECT * FROM jsonb_array_elements(p_findings) LOOP
+        INSERT INTO connect_guard.schema_change (mapping_id, kind, object, expected, actual, needs_reload,
+                                                 detected_by, detected_in, state_before)
+        VALUES (m.mapping_id, f ->> 'kind', f ->> 'object', f ->> 'expected', f ->> 'actual',
+                (f ->> 'needs_reload')::boolean, p_source, p_context, v_state_before)
+        ON CONFLICT (mapping_id, kind, object) WHERE resolved_at IS NULL DO NOTHING;
+        IF FOUND THEN
+            v_new := v_new || f;
+        END IF;
+    END LOOP;
+    IF jsonb_array_length(v_new) = 0 THEN
+        RETURN 0;
+    END IF;
+
+    PERFORM connect_guard.mappings_goto(m.connection_id, ARRAY[m.mapping_id], 'SCHEMA_CHANGED',
+                                        ARRAY['INITIAL', 'DATA_SYNCED']);
+    PERFORM connect_guard.log_event(m.connection_id, 'schema_changed', jsonb_build_object(
+        'table', format('%I.%I', m.table_schema, m.table_name), 'object_name', m.object_name,
+        'source', p_source, 'context', p_context, 'changes', v_new,
+        'needs_reload', EXISTS (SELECT 1 FROM jsonb_array_elements(v_new) x WHERE (x ->> 'needs_reload')::boolean)));
+    SELECT cn.name INTO v_connection FROM connect_guard.connection cn WHERE cn.connection_id = m.connection_id;
+    RAISE WARNING USING
+        MESSAGE = format('mapped table %I.%I of connection "%s" changed: %s', m.table_schema, m.table_name, v_connection,
+                         (SELECT string_agg(connect_guard.schema_change_text(x ->> 'kind', x ->> 'object',
+                                                                             x ->> 'expected', x ->> 'actual'), '; ')
+                            FROM jsonb_array_elements(v_new) x)),
+        DETAIL = CASE WHEN EXISTS (SELECT 1 FROM jsonb_array_elements(v_new) x WHERE (x ->> 'needs_reload')::boolean)
+                      THEN 'Writes may have reached the table without a log entry: the sync service''s copy needs a reload.'
+                      ELSE 'The table no longer matches its mapping.' END,
+        HINT = 'The mapping is SCHEMA_CHANGED; see connect_schema_drift, and runbooks/field_change.sql for the way out (connect_save_mapping()).';
+    RETURN jsonb_array_length(v_new);
+END;
+$$;
+
+/*
+ * connect_guard.schema_changes_check checks mapping m and records what is
+ * new (schema_changes_note).  p_source says who looks ('ddl', 'worker',
+ * 'map', 'import', 'export'), p_context what showed it (a command tag, a
+ * request).  An empty partition that appeared is accepted into the shape
+ * (and given its truncate watch when p_source is 'ddl': the session that
+ * made it may create triggers on it).  Returns the number of new findings.
+ */
+CREATE FUNCTION connect_guard.schema_changes_check(m connect_guard.mapping, p_source text, p_context text)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_rel regclass := connect_guard.mapping_relid(m);
+    v_findings jsonb;
+    v_now jsonb;
+    v_verified connect_guard.mapping_verified;
+BEGIN
+    -- One check of a mapping at a time, and none across a save: what is compared is read after the
+    -- lock (each statement sees what has committed), so a check that started before a save cannot
+    -- record what the save has just settled.
+    SELECT * INTO m FROM connect_guard.mapping WHERE mapping_id = m.mapping_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN 0;               -- unmapped meanwhile
+    END IF;
+    IF m.shape IS NULL AND v_rel IS NOT NULL THEN
+        -- a mapping made without connect_map_table(): what its table is now is what it expects
+        PERFORM connect_guard.mapping_init(m.mapping_id);
+        SELECT * INTO m FROM connect_guard.mapping WHERE mapping_id = m.mapping_id;
+    END IF;
+    SELECT * INTO v_verified FROM connect_guard.mapping_verified WHERE mapping_id = m.mapping_id;
+    -- a new partition gets its watch at once; not while a restore recreates the table (it has its own)
+    IF p_source = 'ddl' AND v_rel IS NOT NULL AND v_verified.verified_at IS NOT NULL
+       AND EXISTS (SELECT 1 FROM connect_guard.connection c, connect_guard.capture_triggers_expected(c, m) e
+                    WHERE c.connection_id = m.connection_id AND e.purpose = 'watch' AND e.owned_by = 'connect_guard') THEN
+        PERFORM connect_guard.install_truncate_watch(v_rel);
+    END IF;
+
+    SELECT coalesce(jsonb_agg(to_jsonb(f) ORDER BY f.kind, f.object), '[]') INTO v_findings
+      FROM connect_guard.mapping_findings(m) f;
+    -- an empty new partition, or a partition renamed, is part of the table as it is now, and nothing was
+    -- hidden: the shape takes it in (new names, with their oids)
+    IF EXISTS (SELECT 1 FROM jsonb_array_elements(v_findings) x
+                WHERE (x ->> 'kind' = 'partition_added' AND x ->> 'actual' = 'empty') OR x ->> 'kind' = 'partition_renamed') THEN
+        v_now := connect_guard.table_shape(v_rel);
+        WITH benign AS (
+            SELECT x ->> 'kind' AS kind, x ->> 'object' AS old_name,
+                   CASE x ->> 'kind' WHEN 'partition_renamed' THEN x ->> 'actual' ELSE x ->> 'object' END AS new_name
+              FROM jsonb_array_elements(v_findings) x
+             WHERE (x ->> 'kind' = 'partition_added' AND x ->> 'actual' = 'empty') OR x ->> 'kind' = 'partition_renamed')
+        UPDATE connect_guard.mapping mp
+           SET shape = mp.shape
+                       || jsonb_build_object('partitions',
+                              (SELECT jsonb_agg(p ORDER BY p)
+                                 FROM (SELECT jsonb_array_elements_text(mp.shape -> 'partitions')
+                                       EXCEPT SELECT b.old_name FROM benign b WHERE b.kind = 'partition_renamed'
+                                       UNION SELECT b.new_name FROM benign b) ps(p)))
+                       || jsonb_build_object('partition_oids',
+                              (coalesce(mp.shape -> 'partition_oids', '{}')
+                               - (SELECT coalesce(array_agg(b.old_name), '{}') FROM benign b WHERE b.kind = 'partition_renamed'))
+                              || (SELECT coalesce(jsonb_object_agg(b.new_name, v_now -> 'partition_oids' -> b.new_name), '{}')
+                                    FROM benign b))
+         WHERE mp.mapping_id = m.mapping_id;
+        SELECT coalesce(jsonb_agg(x), '[]') INTO v_findings FROM jsonb_array_elements(v_findings) x
+         WHERE NOT ((x ->> 'kind' = 'partition_added' AND x ->> 'actual' = 'empty') OR x ->> 'kind' = 'partition_renamed');
+    END IF;
+
+    -- a table never seen complete here may be in the middle of a restore
+    IF jsonb_array_length(v_findings) = 0 THEN
+        IF v_verified.verified_at IS NULL THEN
+            INSERT INTO connect_guard.mapping_verified (mapping_id, verified_at) VALUES (m.mapping_id, clock_timestamp())
+            ON CONFLICT (mapping_id) DO UPDATE SET verified_at = excluded.verified_at;
+        END IF;
+        RETURN 0;
+    END IF;
+    IF v_verified.verified_at IS NULL THEN
+        IF v_verified.mapping_id IS NULL THEN
+            INSERT INTO connect_guard.mapping_verified (mapping_id) VALUES (m.mapping_id) ON CONFLICT DO NOTHING;
+            RETURN 0;
+        ELSIF v_verified.first_checked_at > clock_timestamp() - interval '5 min' THEN
+            RETURN 0;
+        END IF;
+        UPDATE connect_guard.mapping_verified SET verified_at = clock_timestamp() WHERE mapping_id = m.mapping_id;
+    END IF;
+    RETURN connect_guard.schema_changes_note(m, v_findings, p_source, p_context);
+END;
+$$;
+
+/*
+ * connect_guard.schema_changes_record checks the given mappings (all for
+ * NULL; schema_changes_check).  Returns the number of new findings.
+ */
+CREATE FUNCTION connect_guard.schema_changes_record(p_mapping_ids integer[], p_source text, p_context text)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    m connect_guard.mapping;
+    v_count integer := 0;
+BEGIN
+    FOR m IN SELECT * FROM connect_guard.mapping mp
+              WHERE p_mapping_ids IS NULL OR mp.mapping_id = ANY (p_mapping_ids)
+              ORDER BY mp.mapping_id
+    LOOP
+        v_count := v_count + connect_guard.schema_changes_check(m, p_source, p_context);
+    END LOOP;
+    RETURN v_count;
+END;
+$$;
+
+/*
+ * connect_guard.mapping_fingerprints: for each mapping, a digest of
+ * everything its check reads (its table's triggers, columns, key,
+ * partitions and inheritance children, its shape and configuration), in
+ * one query: the worker checks again only the mappings whose digest moved.
+ */
+CREATE FUNCTION connect_guard.mapping_fingerprints()
+RETURNS TABLE (mapping_id integer, fingerprint text)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN QUERY
+    SELECT m.mapping_id,
+           md5(concat_ws('|', m.shape::text, m.config::text, rel::oid::text,
+               (WITH RECURSIVE tree(relid) AS (
+                    SELECT rel::oid
+                    UNION ALL
+                    SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.relid)
+                SELECT string_agg(concat_ws(',', tr.relid, cl.relname, cl.relnamespace, cl.relkind, cl.relispartition,
+                                            (SELECT string_agg(concat_ws(':', t.oid, t.tgname, t.tgenabled, t.tgtype, t.tgfoid,
+                                                                         encode(t.tgargs, 'hex'), t.tgqual::text,
+                                                                         t.tgattr::text, t.tgconstraint), ';' ORDER BY t.tgname)
+                                               FROM pg_trigger t WHERE t.tgrelid = tr.relid)), '/' ORDER BY tr.relid)
+                  FROM tree tr JOIN pg_class cl ON cl.oid = tr.relid),
+               (SELECT string_agg(concat_ws(',', a.attname, a.atttypid, a.atttypmod), ';' ORDER BY a.attnum)
+                  FROM pg_attribute a WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped),
+               (SELECT i.indkey::text FROM pg_index i WHERE i.indrelid = rel AND i.indisprimary)))
+      FROM connect_guard.mapping m CROSS JOIN LATERAL connect_guard.mapping_relid(m) rel;
+END;
+$$;
+
+/*
+ * connect_guard.mappings_of_relations: the mappings whose table is one of
+ * p_relids or, unless p_with_ancestors is false (none of them has a
+ * parent), an ancestor of one (the partitioned table of a partition, the
+ * parent of an inheritance child).  PL/pgSQL, so that its plans are kept
+ * for the session: the event triggers call it for every command of their
+ * tags.  One relation at a time, by the catalogs' and the mappings'
+ * indexes (a plan for an array of them scans pg_class).
+ */
+CREATE FUNCTION connect_guard.mappings_of_relations(p_relids oid[], p_with_ancestors boolean DEFAULT true)
+RETURNS integer[]
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_rels oid[] := p_relids;
+    v_parents oid[];
+    v_rel oid;
+    v_nsp name;
+    v_name name;
+    v_ids integer[] := '{}';
+BEGIN
+    -- the ancestors, a level at a time (by pg_inherits' index on inhrelid; most tables have none)
+    WHILE p_with_ancestors LOOP
+        SELECT array_agg(DISTINCT i.inhparent) INTO v_parents
+          FROM unnest(v_rels) r(relid) JOIN pg_inherits i ON i.inhrelid = r.relid
+         WHERE i.inhparent <> ALL (v_rels);
+        EXIT WHEN v_parents IS NULL;
+        v_rels := v_rels || v_parents;
+    END LOOP;
+    FOREACH v_rel IN ARRAY v_rels LOOP
+        SELECT n.nspname, cl.relname INTO v_nsp, v_name
+          FROM pg_class cl JOIN pg_namespace n ON n.oid = cl.relnamespace WHERE cl.oid = v_rel;
+        v_ids := v_ids || ARRAY(SELECT m.mapping_id FROM connect_guard.mapping m
+                                 WHERE m.table_schema = v_nsp AND m.table_name = v_name);
+    END LOOP;
+    RETURN CASE WHEN cardinality(v_ids) > 0 THEN ARRAY(SELECT DISTINCT unnest(v_ids)) END;
+END;
+$$;
+
+/*
+ * connect_guard.note_partition_truncated is called by the truncate watch
+ * (truncate_watch.c) when one partition of a mapped table is truncated on
+ * its own: its rows left the mapped table without a log entry.  SECURITY
+ * DEFINER: the truncating role has no right on the catalog; the C trigger
+ * calls it through fmgr, and nobody else may.
+ */
+CREATE FUNCTION connect_guard.note_partition_truncated(p_relid oid)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    m connect_guard.mapping;
+BEGIN
+    FOR m IN SELECT * FROM connect_guard.mapping
+              WHERE mapping_id = ANY (connect_guard.mappings_of_relations(ARRAY[p_relid])) ORDER BY mapping_id LOOP
+        PERFORM connect_guard.schema_changes_note(m, jsonb_build_array(jsonb_build_object(
+            'kind', 'partition_truncated', 'object', p_relid::regclass::text, 'expected', 'its rows deleted with a log entry',
+            'actual', 'TRUNCATE of the partition alone', 'needs_reload', true)), 'truncate', 'TRUNCATE');
+    END LOOP;
+END;
+$$;
+
+/*
+ * connect_guard.schema_change_present: is the cause of an open schema
+ * change still there (NULL for an event: there is nothing to look at)?
+ * SECURITY DEFINER, so that the monitoring roles that read
+ * connect_schema_drift need no right on the catalog; it reads no row of the
+ * application's tables.
+ */
+CREATE FUNCTION connect_guard.schema_change_present(p_schema_change_id integer)
+RETURNS boolean
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN connect_guard.schema_change_is_event(s.kind) THEN NULL
+                ELSE EXISTS (SELECT 1 FROM connect_guard.mapping_findings(m, false) f
+                              WHERE f.kind = s.kind AND f.object = s.object) END
+      FROM connect_guard.schema_change s JOIN connect_guard.mapping m USING (mapping_id)
+     WHERE s.schema_change_id = p_schema_change_id
+$$;
+
+CREATE VIEW connect_schema_drift AS
+SELECT c.name AS connection,
+       connect_guard.mapping_relid(m) AS table_name,
+       m.table_schema,
+       m.table_name AS table_relname,
+       m.object_name,
+       m.state AS mapping_state,
+       s.kind,
+       s.object,
+       s.expected,
+       s.actual,
+       s.needs_reload,
+       connect_guard.schema_change_present(s.schema_change_id) AS still_present,
+       s.detected_by,
+       s.detected_in,
+       s.detected_at,
+       s.actor
+  FROM connect_guard.schema_change s
+  JOIN connect_guard.mapping m USING (mapping_id)
+  JOIN connect_guard.connection c ON c.connection_id = m.connection_id
+ WHERE s.resolved_at IS NULL;
+/* ------------------------------------------------------------------------
  * Connections and mappings (for the DBA: the caller needs the privileges the
  * work needs, e.g. to create a trigger on a mapped table)
  * ------------------------------------------------------------------------ */
@@ -1931,6 +3098,10 @@ BEGIN
     INSERT INTO connect_guard.mapping (connection_id, table_schema, table_name, object_name)
     VALUES (c.connection_id, r.nspname, r.relname, coalesce(object_name, r.relname))
     RETURNING mapping_id INTO v_id;
+    -- what the table looks like now is what the mapping expects, and its watch (19_table_shape.sql);
+    -- what it cannot expect (an inheritance child: its rows are not captured) is reported at once
+    PERFORM connect_guard.mapping_init(v_id);
+    PERFORM connect_guard.schema_changes_record(ARRAY[v_id], 'map', 'connect_map_table');
     PERFORM connect_guard.fence_refresh();
     PERFORM connect_guard.log_event(c.connection_id, 'table_mapped',
                                     jsonb_build_object('table', format('%I.%I', r.nspname, r.relname),
@@ -1957,6 +3128,7 @@ BEGIN
                       AND t.tgname IN ('_connect_guard_capture', '_connect_guard_truncate')) THEN
         EXECUTE format('DROP TRIGGER IF EXISTS _connect_guard_capture ON %I.%I', p_schema, p_table);
         EXECUTE format('DROP TRIGGER IF EXISTS _connect_guard_truncate ON %I.%I', p_schema, p_table);
+        PERFORM connect_guard.drop_truncate_watch(format('%I.%I', p_schema, p_table)::regclass);
     END IF;
 END;
 $$;
@@ -2506,12 +3678,100 @@ SELECT c.name AS connection,
        h.log_table,
        h.oldest_pending_at,
        h.failed,
-       h.ids_used_pct
+       h.ids_used_pct,
+       -- open schema changes of its mappings: connect_schema_drift (19_table_shape_changes.sql) says what
+       (SELECT count(*) FROM connect_guard.schema_change s JOIN connect_guard.mapping mp USING (mapping_id)
+         WHERE mp.connection_id = c.connection_id AND s.resolved_at IS NULL) AS schema_changes
   FROM connect_guard.connection c
   JOIN connect_high_water_marks h ON h.connection = c.name
   LEFT JOIN connect_guard.fence_list() f ON f.fence_id = c.fence_id
   LEFT JOIN LATERAL (SELECT * FROM connect_guard.fence_list() l
                       WHERE l.scope IN ('mapped', 'database', 'reload') ORDER BY l.fence_id LIMIT 1) m ON true;
+/* ------------------------------------------------------------------------
+ * Mapping configurations from files and from Connect: a configuration in
+ * Connect's export format (17_config_format.sql) is kept on each mapping it
+ * names (mapping.config), and compared with the table at once
+ * (19_table_shape_changes.sql): a field the table has no column for, or a column
+ * no field names, is a schema change.  An imported file is stored by
+ * connect_import_config() (64_config.sql); Connect's own configuration when
+ * the worker brings its export, or Connect accepted an import (the request
+ * side, 56_request_states.sql, calls config_answered()).
+ * ------------------------------------------------------------------------ */
+
+/*
+ * connect_guard.config_store puts the configuration of each mapping of
+ * p_doc (a valid file) on connection p_connection_id's mapping of that
+ * object (object names ignore case, as in Salesforce), notes where it came
+ * from (p_source: 'import', 'connect') and checks those mappings.  Returns
+ * {"stored": [tables], "not_mapped_here": [objects], "schema_changes": n}.
+ */
+CREATE FUNCTION connect_guard.config_store(p_connection_id integer, p_doc jsonb, p_source text,
+                                           p_detected_by text, p_context text)
+RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_ids integer[];
+    v_stored jsonb;
+    v_missing jsonb;
+BEGIN
+    WITH file AS (
+        SELECT e ->> 'object_name' AS object_name, e -> 'config' AS config
+          FROM jsonb_array_elements(p_doc -> 'mappings') e),
+    stored AS (
+        UPDATE connect_guard.mapping mp
+           SET config = f.config, config_source = p_source, config_at = clock_timestamp()
+          FROM file f
+         WHERE mp.connection_id = p_connection_id AND lower(mp.object_name) = lower(f.object_name)
+        RETURNING mp.mapping_id, format('%I.%I', mp.table_schema, mp.table_name) AS tbl)
+    SELECT array_agg(mapping_id), coalesce(jsonb_agg(tbl ORDER BY tbl), '[]') INTO v_ids, v_stored FROM stored;
+    SELECT coalesce(jsonb_agg(e ->> 'object_name' ORDER BY e ->> 'object_name'), '[]') INTO v_missing
+      FROM jsonb_array_elements(p_doc -> 'mappings') e
+     WHERE NOT EXISTS (SELECT 1 FROM connect_guard.mapping mp
+                        WHERE mp.connection_id = p_connection_id AND lower(mp.object_name) = lower(e ->> 'object_name'));
+    RETURN jsonb_build_object('stored', v_stored, 'not_mapped_here', v_missing,
+                              'schema_changes', CASE WHEN v_ids IS NULL THEN 0
+                                                     ELSE connect_guard.schema_changes_record(v_ids, p_detected_by, p_context) END);
+END;
+$$;
+
+/*
+ * connect_guard.config_answered is what an export or import request does
+ * locally once Connect answered it (p_result: its answer; p_payload: the
+ * file sent): an export's file becomes the configuration of the mappings
+ * it names, and so does an imported file that Connect accepted.  Returns
+ * NULL, or why the answer cannot be used (the request then fails with it).
+ */
+CREATE FUNCTION connect_guard.config_answered(p_connection_id integer, p_action text, p_request_id bigint,
+                                              p_result jsonb, p_payload jsonb)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_problem text;
+    v_report jsonb;
+BEGIN
+    IF p_action = 'export' THEN
+        v_problem := connect_guard.config_problem(p_result);
+        IF v_problem IS NOT NULL THEN
+            RETURN format('Connect''s export is not a configuration file connect_guard can read: %s', v_problem);
+        END IF;
+        v_report := connect_guard.config_store(p_connection_id, p_result, 'connect', 'export',
+                                               format('export request %s', p_request_id));
+        PERFORM connect_guard.log_event(p_connection_id, 'config_exported', jsonb_build_object(
+            'request_id', p_request_id, 'mappings', jsonb_array_length(p_result -> 'mappings')) || v_report);
+    ELSIF p_action = 'import' THEN
+        v_report := connect_guard.config_store(p_connection_id, p_payload, 'connect', 'import',
+                                               format('import request %s', p_request_id));
+        PERFORM connect_guard.log_event(p_connection_id, 'config_imported', jsonb_build_object(
+            'request_id', p_request_id, 'mappings', jsonb_array_length(p_payload -> 'mappings'),
+            'connect_answer', p_result) || v_report);
+    END IF;
+    RETURN NULL;
+END;
+$$;
 /* ------------------------------------------------------------------------
  * Signals to the sync service: Heroku Connect's API (adapter 'heroku') and
  * signed webhooks (adapter 'webhook').
@@ -2547,7 +3807,7 @@ CREATE TABLE connect_guard.request (
     connection_id   integer NOT NULL REFERENCES connect_guard.connection ON DELETE CASCADE,
     -- the mapping a reload is for (its table and object name are also in params)
     mapping_id      integer REFERENCES connect_guard.mapping ON DELETE SET NULL,
-    action          text NOT NULL CHECK (action IN ('pause', 'resume', 'reload', 'refresh')),
+    action          text NOT NULL CHECK (action IN ('pause', 'resume', 'reload', 'refresh', 'export', 'import')),
     status          text NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'succeeded', 'failed')),
     phase           text NOT NULL DEFAULT 'send' CHECK (phase IN ('send', 'confirm', 'apply')),
     -- block_writes, cancel_writers, reason, timeout_s (how long to wait for the remote state), ...
@@ -2563,6 +3823,9 @@ CREATE TABLE connect_guard.request (
     last_error      text,
     -- the last state Connect reported (of the connection, or of the mapping for a reload)
     remote_state    text,
+    -- what an import sends (the configuration file), and the answer to an export or import (64_config.sql)
+    payload         jsonb,
+    result          jsonb,
     requested_by    name NOT NULL DEFAULT session_user,
     -- lets connect_wait_state() refuse to wait for a request its own transaction made
     created_xid     xid8 NOT NULL DEFAULT pg_current_xact_id(),
@@ -3153,6 +4416,13 @@ BEGIN
         PERFORM connect_guard.mappings_goto(c.connection_id, ARRAY[r.mapping_id], 'DATA_SYNCED', ARRAY['RELOAD_TABLE'],
             'table_reloaded', jsonb_build_object('request_id', r.request_id, 'table', r.params ->> 'table',
                                                  'object_name', r.params ->> 'object_name'));
+    ELSIF r.action IN ('export', 'import') THEN
+        -- Connect's configuration goes onto the mappings (49_config_store.sql)
+        v_message := connect_guard.config_answered(c.connection_id, r.action, r.request_id, r.result, r.payload);
+        IF v_message IS NOT NULL THEN
+            PERFORM connect_guard.request_close(r.request_id, 'failed', v_message);
+            RETURN;
+        END IF;
     END IF;
     PERFORM connect_guard.request_close(r.request_id, 'succeeded');
     IF r.action = 'reload' THEN
@@ -3182,12 +4452,14 @@ $$;
  * of mapping m) sends:
  *
  *   heroku   GET  {region_url}/api/v3/connections/{connection_id}?deep=true
- *                 to poll, for a refresh, and before a reload (step
- *                 'lookup': the mapping's id, and how the mapping stood
- *                 before the reload, 59_reload_acknowledgement.sql)
+ *                 to poll, for a refresh, and to look up a mapping's id
+ *                 (step 'lookup') before its reload
  *            POST {region_url}/api/v3/mappings/{remote_id}/actions/reload
  *            POST {region_url}/api/v3/connections/{connection_id}/actions/{pause|resume}
  *            no body; auth 'bearer' with the token
+ *            GET  {region_url}/api/v3/connections/{connection_id}/actions/export
+ *            POST {region_url}/api/v3/connections/{connection_id}/actions/import
+ *                 with the configuration file (the request's payload) as body
  *   webhook  POST {url}, auth 'hmac' with the key, the body a JSON object:
  *            connection, action, request_id, requested_at (UTC, ISO 8601),
  *            requested_by, database, and when set reason, block_writes,
@@ -3211,14 +4483,17 @@ BEGIN
         v_api := (c.options ->> 'region_url') || '/api/v3';
         auth := 'bearer';
         secret_file := c.options ->> 'token_file';
-        IF p_step = 'poll' OR r.action = 'refresh'
-           OR (r.action = 'reload' AND (m.remote_id IS NULL OR NOT r.params ? 'reload_baseline')) THEN
+        IF p_step = 'poll' OR r.action = 'refresh' OR (r.action = 'reload' AND m.remote_id IS NULL) THEN
             step := CASE WHEN p_step = 'poll' THEN 'poll' ELSE 'lookup' END;
             method := 'GET';
             url := format('%s/connections/%s?deep=true', v_api, c.options ->> 'connection_id');
         ELSIF r.action = 'reload' THEN
             method := 'POST';
             url := format('%s/mappings/%s/actions/reload', v_api, m.remote_id);
+        ELSIF r.action IN ('export', 'import') THEN
+            method := CASE r.action WHEN 'export' THEN 'GET' ELSE 'POST' END;
+            url := format('%s/connections/%s/actions/%s', v_api, c.options ->> 'connection_id', r.action);
+            body := r.payload::text;
         ELSE
             method := 'POST';
             url := format('%s/connections/%s/actions/%s', v_api, c.options ->> 'connection_id', r.action);
@@ -3349,135 +4624,40 @@ $$;
  * may start it a moment or minutes later.  Until then the deep GET shows
  * the mapping as it was, DATA_SYNCED, and taking that for done would lower
  * the reload fence while the table is about to be overwritten.  So a
- * reload is acknowledged only on a proof that a reload started after the
- * request, and then DATA_SYNCED:
- *
- *   - Connect was seen working on it: RELOAD_TABLE in a deep GET after
- *     the 202;
- *   - or the mapping's reload_started_at (when its last reload started,
- *     Connect's clock) is later than it was in a deep GET taken before the
- *     reload was asked for (the baseline, step 'lookup' of the request):
- *     a reload that started and finished between two polls, never seen
- *     running.  The field is an assumption about Connect's deep GET
- *     (README, the reload acknowledgement): the simulator shows it; where
- *     Connect does not, only the first proof is left.  The two times come
- *     from the same clock, Connect's, so no clock skew enters.
- *
+ * reload is acknowledged only once Connect was seen working on it
+ * (RELOAD_TABLE in a deep GET after the 202) and then reports DATA_SYNCED.
  * Until it is seen working, polls stay at most 2 s apart (request_poll_again),
- * so that a reload is seen running; one never proven ends the request at
- * its timeout, failed, with the mapping in RELOAD_TABLE and the fence up:
- * connect_mapping_reloaded() acknowledges it by hand.
+ * so that a reload is not over between two polls; one that still was ends
+ * the request at its timeout, failed, with the mapping in RELOAD_TABLE and
+ * the fence up: connect_mapping_reloaded() acknowledges it by hand.
  * ------------------------------------------------------------------------ */
 
 /*
- * connect_guard.reload_mapping_entry: the entry of a deep GET (p_body)
- * for the mapping of request r, by its remote id; NULL when there is none.
- */
-CREATE FUNCTION connect_guard.reload_mapping_entry(r connect_guard.request, p_body jsonb)
-RETURNS jsonb
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT x
-      FROM jsonb_array_elements(CASE WHEN jsonb_typeof(p_body -> 'mappings') = 'array'
-                                     THEN p_body -> 'mappings' ELSE '[]' END) x
-      JOIN connect_guard.mapping mp ON mp.mapping_id = r.mapping_id AND mp.remote_id = x ->> 'id'
-     LIMIT 1;
-$$;
-
-/* a timestamp Connect sent (ISO 8601), or NULL when absent or not one */
-CREATE FUNCTION connect_guard.remote_timestamp(p_value jsonb)
-RETURNS timestamptz
-LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF jsonb_typeof(p_value) IS DISTINCT FROM 'string'
-       OR p_value #>> '{}' !~ '^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}(:?\d{2})?)$' THEN
-        RETURN NULL;
-    END IF;
-    RETURN (p_value #>> '{}')::timestamptz;
-EXCEPTION WHEN datetime_field_overflow OR invalid_datetime_format THEN
-    RETURN NULL;
-END;
-$$;
-
-/*
- * connect_guard.reload_baseline records how the deep GET (p_body) showed
- * the mapping of request p_request_id before its reload is asked for: its
- * state and reload_started_at (null when Connect shows none).
- */
-CREATE FUNCTION connect_guard.reload_baseline(p_request_id bigint, p_body jsonb)
-RETURNS void
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    r connect_guard.request;
-    v_entry jsonb;
-BEGIN
-    SELECT * INTO r FROM connect_guard.request WHERE request_id = p_request_id;
-    v_entry := connect_guard.reload_mapping_entry(r, p_body);
-    UPDATE connect_guard.request
-       SET params = params || jsonb_build_object('reload_baseline', jsonb_build_object(
-                                  'state', v_entry ->> 'state',
-                                  -- as Connect wrote it, when it is a timestamp
-                                  'reload_started_at', CASE WHEN connect_guard.remote_timestamp(v_entry -> 'reload_started_at') IS NOT NULL
-                                                            THEN v_entry -> 'reload_started_at' END))
-     WHERE request_id = p_request_id;
-END;
-$$;
-
-/*
  * connect_guard.reload_acknowledged records what a poll showed of a
- * reload's mapping (p_entry, its entry of the deep GET) and says whether
- * the reload is done.
+ * reload's mapping (p_state) and says whether the reload is done.
  */
-CREATE FUNCTION connect_guard.reload_acknowledged(p_request_id bigint, p_entry jsonb)
+CREATE FUNCTION connect_guard.reload_acknowledged(p_request_id bigint, p_state text)
 RETURNS boolean
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     r connect_guard.request;
-    v_state text := p_entry ->> 'state';
-    v_started timestamptz := connect_guard.remote_timestamp(p_entry -> 'reload_started_at');
-    v_before timestamptz;
 BEGIN
     SELECT * INTO r FROM connect_guard.request WHERE request_id = p_request_id;
-    IF v_state = 'RELOAD_TABLE' THEN
+    IF p_state = 'RELOAD_TABLE' THEN
         IF NOT r.params ? 'reload_seen_at' THEN
             UPDATE connect_guard.request
                SET params = params || jsonb_build_object('reload_seen_at', clock_timestamp())
              WHERE request_id = p_request_id;
             PERFORM connect_guard.log_event(r.connection_id, 'reload_started',
                 jsonb_build_object('request_id', r.request_id, 'table', r.params ->> 'table',
-                                   'object_name', r.params ->> 'object_name', 'seen', 'running',
+                                   'object_name', r.params ->> 'object_name',
                                    'after_ms', round(extract(epoch FROM clock_timestamp() - r.created_at) * 1000)));
         END IF;
         RETURN false;
     END IF;
-    IF v_state IS DISTINCT FROM 'DATA_SYNCED' THEN
-        RETURN false;
-    END IF;
-    IF r.params ? 'reload_seen_at' THEN
-        RETURN true;
-    END IF;
-    -- never seen running: did a reload start after the baseline?  (no baseline: no proof)
-    IF NOT r.params ? 'reload_baseline' OR v_started IS NULL THEN
-        RETURN false;
-    END IF;
-    v_before := connect_guard.remote_timestamp(r.params -> 'reload_baseline' -> 'reload_started_at');
-    IF v_before IS NOT NULL AND v_started <= v_before THEN
-        RETURN false;       -- the reload that had started before the request: not this one
-    END IF;
-    PERFORM connect_guard.log_event(r.connection_id, 'reload_started',
-        jsonb_build_object('request_id', r.request_id, 'table', r.params ->> 'table',
-                           'object_name', r.params ->> 'object_name', 'seen', 'finished',
-                           'reload_started_at', p_entry -> 'reload_started_at',
-                           'before_request', r.params -> 'reload_baseline' -> 'reload_started_at',
-                           'after_ms', round(extract(epoch FROM clock_timestamp() - r.created_at) * 1000)));
-    RETURN true;
+    RETURN p_state = 'DATA_SYNCED' AND r.params ? 'reload_seen_at';
 END;
 $$;
 /* ------------------------------------------------------------------------
@@ -3491,7 +4671,7 @@ $$;
  * is leased (next_attempt_at moves past the HTTP timeout) so that a worker
  * that dies in the middle does not leave it stuck, nor have it sent twice
  * at once.  Steps: 'send' (the action), 'lookup' (a deep GET to find
- * mapping ids, for a refresh, or to see a mapping before its reload), 'poll' (a deep GET to see the effect),
+ * mapping ids, or for a refresh), 'poll' (a deep GET to see the effect),
  * 'apply' (nothing to send).  What is sent is the adapter's
  * (request_wire, 58_protocols.sql); secret is the connection's stored
  * token or key, and with secret NULL the worker reads secret_file.
@@ -3647,7 +4827,6 @@ DECLARE
     c connect_guard.connection;
     e record;
     v_json jsonb;
-    v_entry jsonb;
     v_ok boolean := coalesce(p_http_status BETWEEN 200 AND 299, false);
     v_state text;
     v_expected text;
@@ -3722,13 +4901,17 @@ BEGIN
      WHERE request_id = r.request_id;
 
     IF p_step = 'send' THEN
+        BEGIN
+            v_json := p_body::jsonb;
+        EXCEPTION WHEN OTHERS THEN
+            v_json := NULL;
+        END;
+        -- the answer is the result of an export (Connect's configuration file) or an import
+        IF r.action IN ('export', 'import') THEN
+            UPDATE connect_guard.request SET result = v_json WHERE request_id = r.request_id;
+        END IF;
         -- a webhook may answer with its own high-water mark, as Connect's deep GET does
         IF c.adapter = 'webhook' THEN
-            BEGIN
-                v_json := p_body::jsonb;
-            EXCEPTION WHEN OTHERS THEN
-                v_json := NULL;
-            END;
             IF jsonb_typeof(v_json) = 'object' THEN
                 PERFORM connect_guard.note_remote_hwm(c.connection_id, v_json);
             END IF;
@@ -3791,8 +4974,6 @@ BEGIN
                                                                                  THEN v_json -> 'mappings' ELSE '[]' END) x)));
             PERFORM connect_guard.request_close(r.request_id, 'succeeded');
         ELSIF EXISTS (SELECT 1 FROM connect_guard.mapping WHERE mapping_id = r.mapping_id AND remote_id IS NOT NULL) THEN
-            -- how the mapping stood before its reload is asked for (59_reload_acknowledgement.sql)
-            PERFORM connect_guard.reload_baseline(r.request_id, v_json);
             UPDATE connect_guard.request SET next_attempt_at = clock_timestamp() WHERE request_id = r.request_id;
         ELSE
             PERFORM connect_guard.request_close(r.request_id, 'failed',
@@ -3804,16 +4985,18 @@ BEGIN
 
     -- 'poll': has Connect done it?
     IF r.action = 'reload' THEN
-        v_entry := connect_guard.reload_mapping_entry(r, v_json);
-        v_state := v_entry ->> 'state';
-        v_expected := 'a reload started after the request (RELOAD_TABLE, or a later reload_started_at) and then DATA_SYNCED';
+        SELECT x ->> 'state' INTO v_state
+          FROM jsonb_array_elements(CASE WHEN jsonb_typeof(v_json -> 'mappings') = 'array'
+                                         THEN v_json -> 'mappings' ELSE '[]' END) x
+          JOIN connect_guard.mapping mp ON mp.mapping_id = r.mapping_id AND mp.remote_id = x ->> 'id';
+        v_expected := 'RELOAD_TABLE and then DATA_SYNCED';
     ELSE
         v_state := v_json ->> 'state';
         v_expected := CASE r.action WHEN 'pause' THEN 'PAUSED' ELSE 'IDLE' END;
     END IF;
     UPDATE connect_guard.request SET remote_state = v_state WHERE request_id = r.request_id;
-    -- a reload is done once it is proven to have started after the request (59_reload_acknowledgement.sql)
-    IF (CASE WHEN r.action = 'reload' THEN connect_guard.reload_acknowledged(r.request_id, v_entry)
+    -- a reload is done once Connect was seen working on it (59_reload_acknowledgement.sql)
+    IF (CASE WHEN r.action = 'reload' THEN connect_guard.reload_acknowledged(r.request_id, v_state)
              ELSE v_state = v_expected OR (r.action = 'resume' AND v_state = 'POLLING_DB_CHANGES') END) THEN
         PERFORM connect_guard.request_apply(r.request_id);
     ELSE
@@ -4341,6 +5524,753 @@ BEGIN
 END;
 $$;
 
+/* ------------------------------------------------------------------------
+ * A connection's configuration in Heroku Connect's export format
+ * (17_config_format.sql): connect_export_config(), connect_import_config()
+ * and, for a heroku connection, connect_wait_config().
+ *
+ * A connection without a sync service of its own to ask (local, webhook)
+ * answers at once: its export is built from its mappings (the
+ * configuration each one was given by a file, or derived from its table's
+ * columns), and an import maps the tables that exist and keeps the file's
+ * configuration on their mappings.
+ *
+ * A heroku connection's configuration is Connect's: the export is Connect's
+ * export endpoint, and an import goes to Connect's import endpoint.  No
+ * HTTP call is made in a user's transaction (the worker makes them, 50_requests.sql),
+ * so these work as connect_pause() and connect_wait_state() do: the call
+ * stores the request and returns a receipt, {"request_id", "status":
+ * "pending"}, and once it has committed, connect_wait_config() waits for
+ * Connect's answer and returns it (the file, for an export).  In psql,
+ * where every statement commits by itself:
+ *
+ *     SELECT connect_export_config('hc');     -- {"request_id": 12, "status": "pending", ...}
+ *     SELECT connect_wait_config('hc');       -- Connect's export file
+ *
+ * The answer also becomes the configuration of the mappings it names, and
+ * is compared with their tables (field drift, 19_table_shape_changes.sql).
+ * ------------------------------------------------------------------------ */
+
+/*
+ * connect_guard.map_table_problem says why table p_tbl cannot be mapped
+ * (connect_map_table's checks, without mapping it), or NULL.
+ */
+CREATE FUNCTION connect_guard.map_table_problem(p_tbl regclass)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE
+             WHEN cl.relkind NOT IN ('r', 'p') OR cl.relpersistence = 't' OR n.nspname = 'connect_guard'
+                 THEN 'it is no permanent or unlogged table of the application'
+             WHEN cl.relispartition THEN 'it is a partition'
+             WHEN NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = cl.oid AND i.indisprimary)
+                 THEN 'it has no primary key'
+           END
+      FROM pg_class cl JOIN pg_namespace n ON n.oid = cl.relnamespace
+     WHERE cl.oid = p_tbl
+$$;
+
+/*
+ * connect_export_config: the connection's configuration in Connect's
+ * export format.  heroku: asks Connect for it and returns a receipt; the
+ * file comes from connect_wait_config().
+ */
+CREATE FUNCTION connect_export_config(connection text)
+RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c connect_guard.connection;
+    v_id bigint;
+    v_doc jsonb;
+    v_problem text;
+    v_tables text[];
+BEGIN
+    c := connect_guard.require_connection(connection);
+    IF c.adapter = 'heroku' THEN
+        v_id := connect_guard.request_enqueue(c.connection_id, 'export');
+        RAISE NOTICE USING
+            MESSAGE = format('Heroku Connect''s configuration of connection "%s" is requested (request %s)', c.name, v_id),
+            HINT = format('The worker asks Connect once this transaction commits; then SELECT connect_wait_config(%L) returns the file.',
+                          c.name);
+        RETURN jsonb_build_object('request_id', v_id, 'action', 'export', 'status', 'pending',
+                                  'wait', format('SELECT connect_wait_config(%L)', c.name));
+    END IF;
+
+    SELECT coalesce(jsonb_agg(jsonb_build_object(
+                        'object_name', m.object_name,
+                        'config', coalesce(m.config, connect_guard.config_of_columns(
+                                                         connect_guard.table_columns(connect_guard.mapping_relid(m)))))
+                    ORDER BY lower(m.object_name), m.mapping_id), '[]'),
+           array_agg(format('%I.%I', m.table_schema, m.table_name) ORDER BY lower(m.object_name), m.mapping_id)
+      INTO v_doc, v_tables
+      FROM connect_guard.mapping m WHERE m.connection_id = c.connection_id;
+    v_doc := jsonb_build_object(
+        'version', 1,
+        'connection', jsonb_build_object('app_name', NULL, 'organization_id', NULL, 'features', '{}'::jsonb,
+                                         'api_version', NULL, 'logplex_log_enabled', false)
+                      || coalesce(c.config, '{}')
+                      || jsonb_build_object('name', c.name,
+                                            'exported_at', to_char(clock_timestamp() AT TIME ZONE 'UTC',
+                                                                   'YYYY-MM-DD"T"HH24:MI:SS"Z"')),
+        'mappings', v_doc);
+    v_problem := connect_guard.config_problem(v_doc);
+    IF v_problem IS NOT NULL THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('connection "%s" cannot be exported in Connect''s format: %s', c.name, v_problem),
+            DETAIL = format('The mappings in the file''s order: %s.',
+                            (SELECT string_agg(format('mappings[%s] %s', i - 1, t), ', ')
+                               FROM unnest(v_tables) WITH ORDINALITY u(t, i))),
+            HINT = 'Object names must be Salesforce API names (letters, digits and "_"), one per object: map the table again with another object_name, or import a configuration for it.';
+    END IF;
+    RETURN v_doc;
+END;
+$$;
+
+/*
+ * connect_import_config: gives a connection the configuration of a file in
+ * Connect's export format.  The file is checked first, whole: a malformed
+ * or inconsistent file changes nothing, and the error names the key.  Each
+ * of its objects is the connection's mapping of that object, or the table
+ * schema.<object in lower case> (Connect's naming), which is mapped; a
+ * table that does not exist is reported ("missing"), not created.  A local
+ * or webhook connection keeps each mapping's configuration; a heroku
+ * connection also sends the file to Connect (the configuration is Connect's
+ * once Connect has accepted it: connect_wait_config()).  dry_run only
+ * checks and says what it would do.  Returns the report.
+ */
+CREATE FUNCTION connect_import_config(connection text, config jsonb, schema text DEFAULT 'salesforce',
+                                      dry_run boolean DEFAULT false)
+RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c connect_guard.connection;
+    e jsonb;
+    i integer := 0;
+    v_existing connect_guard.mapping;
+    v_tbl regclass;
+    v_problem text;
+    v_owner text;
+    v_map jsonb := '[]';
+    v_update jsonb := '[]';
+    v_missing jsonb := '[]';
+    v_report jsonb;
+    v_id bigint;
+BEGIN
+    c := connect_guard.connection_for_update(connection);
+    PERFORM connect_guard.require_not_null(connect_import_config.config, 'config',
+        'Pass the file as jsonb, for example pg_read_file(''/path/export.json'')::jsonb, or psql''s \set with :''file''.');
+    PERFORM connect_guard.require_not_null(schema, 'schema',
+        'Pass the schema of the mapped tables (Connect''s is salesforce by default).');
+    PERFORM connect_guard.require_not_null(dry_run, 'dry_run', 'Pass true to only check the file, false to import it.');
+    PERFORM connect_guard.config_require_valid(connect_import_config.config, 'The file');
+
+    -- what each mapping of the file is here; nothing changes before every one is known to be possible
+    FOR e IN SELECT x FROM jsonb_array_elements(connect_import_config.config -> 'mappings') x LOOP
+        SELECT * INTO v_existing FROM connect_guard.mapping mp
+         WHERE mp.connection_id = c.connection_id AND lower(mp.object_name) = lower(e ->> 'object_name');
+        IF FOUND THEN
+            v_update := v_update || to_jsonb(format('%I.%I', v_existing.table_schema, v_existing.table_name));
+        ELSE
+            v_tbl := to_regclass(format('%I.%I', schema, lower(e ->> 'object_name')));
+            IF v_tbl IS NULL THEN
+                v_missing := v_missing || jsonb_build_object('object_name', e ->> 'object_name',
+                                                             'table', format('%I.%I', schema, lower(e ->> 'object_name')));
+            ELSE
+                SELECT mp.object_name INTO v_owner FROM connect_guard.mapping mp
+                  JOIN pg_class cl ON cl.oid = v_tbl JOIN pg_namespace n ON n.oid = cl.relnamespace
+                 WHERE mp.connection_id = c.connection_id AND mp.table_schema = n.nspname AND mp.table_name = cl.relname;
+                v_problem := CASE WHEN v_owner IS NOT NULL
+                                  THEN format('connection "%s" maps it as object %s', c.name, v_owner)
+                                  ELSE connect_guard.map_table_problem(v_tbl) END;
+                IF v_problem IS NOT NULL THEN
+                    RAISE EXCEPTION USING
+                        ERRCODE = 'invalid_parameter_value',
+                        MESSAGE = format('invalid configuration: mappings[%s].object_name: table %s cannot be mapped: %s',
+                                         i, v_tbl, v_problem),
+                        DETAIL = 'The file''s object would be that table; nothing was imported.',
+                        HINT = 'Fix the table (connect_map_table() says what it needs) or leave the object out of the file.';
+                END IF;
+                v_map := v_map || jsonb_build_object('object_name', e ->> 'object_name', 'table', v_tbl::text);
+            END IF;
+        END IF;
+        i := i + 1;
+    END LOOP;
+
+    v_report := jsonb_build_object('mapped', (SELECT coalesce(jsonb_agg(x -> 'table'), '[]') FROM jsonb_array_elements(v_map) x),
+                                   'updated', v_update, 'missing', v_missing);
+    IF dry_run THEN
+        RETURN jsonb_build_object('status', 'dry_run') || v_report;
+    END IF;
+
+    FOR e IN SELECT x FROM jsonb_array_elements(v_map) x LOOP
+        PERFORM @extschema@.connect_map_table(c.name, (e ->> 'table')::regclass, e ->> 'object_name');
+    END LOOP;
+    IF jsonb_array_length(v_missing) > 0 THEN
+        RAISE NOTICE USING
+            MESSAGE = format('%s object(s) of the file have no table here: %s', jsonb_array_length(v_missing),
+                             (SELECT string_agg(format('%s (%s)', x ->> 'object_name', x ->> 'table'), ', ')
+                                FROM jsonb_array_elements(v_missing) x)),
+            HINT = CASE WHEN c.adapter = 'heroku' THEN 'Connect creates the tables of new mappings; map them with connect_map_table() once they exist.'
+                        ELSE 'Create them, then import the file again (the objects mapped already are updated).' END;
+    END IF;
+
+    IF c.adapter = 'heroku' THEN
+        v_id := connect_guard.request_enqueue(c.connection_id, 'import', NULL,
+                                              jsonb_build_object('mappings', jsonb_array_length(connect_import_config.config -> 'mappings')));
+        UPDATE connect_guard.request SET payload = connect_import_config.config WHERE request_id = v_id;
+        RAISE NOTICE USING
+            MESSAGE = format('the configuration goes to Heroku Connect as import request %s', v_id),
+            HINT = format('The worker sends it once this transaction commits; then SELECT connect_wait_config(%L) waits for Connect''s answer.',
+                          c.name);
+        RETURN jsonb_build_object('request_id', v_id, 'action', 'import', 'status', 'pending',
+                                  'wait', format('SELECT connect_wait_config(%L)', c.name)) || v_report;
+    END IF;
+
+    UPDATE connect_guard.connection cn SET config = connect_import_config.config -> 'connection'
+     WHERE cn.connection_id = c.connection_id;
+    v_report := v_report || jsonb_build_object('schema_changes',
+        (connect_guard.config_store(c.connection_id, connect_import_config.config, 'import', 'import',
+                                    'connect_import_config') -> 'schema_changes'));
+    PERFORM connect_guard.log_event(c.connection_id, 'config_imported',
+        jsonb_build_object('mappings', jsonb_array_length(connect_import_config.config -> 'mappings')) || v_report);
+    RETURN jsonb_build_object('status', 'imported') || v_report;
+END;
+$$;
+
+/*
+ * connect_wait_config waits for the answer to the newest export or import
+ * request of a heroku connection (made in an earlier transaction) and
+ * returns it: Connect's export file, or its answer to the import.  It
+ * fails at once when Connect refused the request, with Connect's message
+ * (which names the key of the file at fault), and at the timeout.
+ */
+CREATE FUNCTION connect_wait_config(connection text, timeout interval DEFAULT '2 min')
+RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c connect_guard.connection;
+    r connect_guard.request;
+    v_deadline timestamptz;
+BEGIN
+    PERFORM connect_guard.require_timeout(timeout, 'timeout', '''2 min''');
+    v_deadline := clock_timestamp() + timeout;
+    PERFORM connect_guard.require_read_committed('connect_wait_config()');
+    c := connect_guard.require_connection(connection);
+    IF c.adapter <> 'heroku' THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('connection "%s" has no configuration request to wait for', c.name),
+            DETAIL = format('Its adapter is %s: connect_export_config() and connect_import_config() answer at once.', c.adapter),
+            HINT = 'Only heroku connections ask Connect, through the worker.';
+    END IF;
+    SELECT * INTO r FROM connect_guard.request q
+     WHERE q.connection_id = c.connection_id AND q.action IN ('export', 'import')
+     ORDER BY q.request_id DESC LIMIT 1;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('no export or import was requested for connection "%s"', c.name),
+            HINT = 'Call connect_export_config() or connect_import_config() first, and commit.';
+    END IF;
+    IF r.status = 'pending' AND r.created_xid = pg_current_xact_id_if_assigned() THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'invalid_transaction_state',
+            MESSAGE = 'connect_wait_config() cannot wait for a request made in its own transaction',
+            DETAIL = 'The worker sends a request only once the transaction that made it has committed.',
+            HINT = 'Commit after connect_export_config() or connect_import_config(), then call connect_wait_config().';
+    END IF;
+
+    LOOP
+        -- each statement sees what has committed since the last one (READ COMMITTED)
+        SELECT * INTO r FROM connect_guard.request WHERE request_id = r.request_id;
+        IF r.status = 'succeeded' THEN
+            RETURN r.result;
+        ELSIF r.status = 'failed' THEN
+            RAISE EXCEPTION USING
+                ERRCODE = CASE WHEN r.action = 'import' AND r.last_http_status IN (400, 422)
+                               THEN 'invalid_parameter_value' ELSE 'object_not_in_prerequisite_state' END,
+                MESSAGE = format('the %s of connection "%s" failed: %s', r.action, c.name, r.last_error),
+                DETAIL = format('Request %s, after %s attempt%s.', r.request_id, r.attempts,
+                                CASE WHEN r.attempts = 1 THEN '' ELSE 's' END),
+                HINT = CASE WHEN r.action = 'import' AND r.last_http_status IN (400, 422)
+                            THEN 'Connect refused the file and changed nothing: fix the key it names and import again.'
+                            ELSE 'Fix the cause (connect_requests and the event log have the details), then ask again.' END;
+        END IF;
+        IF clock_timestamp() > v_deadline THEN
+            RAISE EXCEPTION USING
+                ERRCODE = 'object_not_in_prerequisite_state',
+                MESSAGE = format('timed out after %s s waiting for the %s of connection "%s"',
+                                 round(extract(epoch FROM timeout)::numeric, 1), r.action, c.name),
+                DETAIL = format('Request %s is %s after %s attempt%s%s.', r.request_id, r.status, r.attempts,
+                                CASE WHEN r.attempts = 1 THEN '' ELSE 's' END,
+                                CASE WHEN r.last_error IS NOT NULL THEN '; last error: ' || r.last_error ELSE '' END),
+                HINT = 'See connect_requests; check that the connect_guard worker runs and reaches Connect. connect_wait_config() may be called again.';
+        END IF;
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+END;
+$$;
+/* ------------------------------------------------------------------------
+ * The schema watch: every change of a mapped table that could hide writes
+ * from the log, or that makes it differ from its mapping, is noticed at
+ * once (19_table_shape_changes.sql records it: SCHEMA_CHANGED, an event, a
+ * WARNING, a row of connect_schema_drift), by
+ *
+ *   - an event trigger on ddl_command_end (ALTER TABLE of every kind:
+ *     DISABLE/ENABLE [REPLICA|ALWAYS] TRIGGER, ALTER COLUMN ... TYPE,
+ *     ADD/DROP COLUMN, ATTACH/DETACH PARTITION, INHERIT; CREATE TABLE ...
+ *     INHERITS / PARTITION OF; CREATE [OR REPLACE] TRIGGER, ALTER TRIGGER)
+ *     on the mapped table, its partitions or its inheritance children;
+ *   - an event trigger on sql_drop (DROP TABLE of the table or of one of
+ *     its partitions, DROP TRIGGER of a capture trigger, DROP SCHEMA and
+ *     DROP OWNED that take them);
+ *   - the truncate watch (TRUNCATE of one partition, 19_table_shape.sql);
+ *   - the worker, every cycle (schema_watch_cycle), for what event triggers
+ *     do not see: a superuser's direct change of the catalog.
+ *
+ * The event triggers are ENABLE ALWAYS, so that a session with
+ * session_replication_role = replica is watched too.  They cost nothing
+ * for other commands (WHEN TAG), and little for these: one look at the
+ * mapping catalog and the command's relations.  They run as the
+ * extension's owner (SECURITY DEFINER), so that any role's DDL is watched
+ * without any right on connect_guard's catalog, and they stand aside while
+ * the extension is being created or dropped, and while connect_guard
+ * changes the triggers of a mapped table itself (own_ddl).  A failure of
+ * the watch itself is a WARNING, never the failure of the user's command
+ * (the worker's next cycle looks again).
+ *
+ * The way out is connect_save_mapping() (runbooks/field_change.sql): it
+ * repairs connect_guard's own triggers, accepts the table as it is now, and
+ * asks for a reload when writes may have been hidden.
+ * ------------------------------------------------------------------------ */
+
+/*
+ * connect_guard.on_ddl_command_end: checks the mappings of the relations a
+ * command created or altered, and of the tables whose triggers it changed.
+ * Cheap first: a temporary table, or a command on no mapped table, costs
+ * one look at the command and one at the mappings.
+ */
+CREATE FUNCTION connect_guard.on_ddl_command_end()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_relids oid[];
+    v_has_parent boolean;
+    v_mappings integer[];
+    v_message text;
+BEGIN
+    -- connect_guard changes the table itself, or the extension is being created or dropped (no catalog)
+    IF connect_guard.in_own_ddl() OR to_regclass('connect_guard.mapping') IS NULL THEN
+        RETURN;
+    END IF;
+    -- any failure of the watch is a WARNING, never the failure of the user's command
+    BEGIN
+        -- one query: the relations of the command (not temporary ones), and the mappings of those that
+        -- are mapped tables (a LATERAL per relation, by the catalogs' indexes)
+        SELECT array_agg(r.relid), array_agg(mp.mapping_id) FILTER (WHERE mp.mapping_id IS NOT NULL),
+               bool_or(EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = r.relid))
+          INTO v_relids, v_mappings, v_has_parent
+          FROM (SELECT CASE WHEN d.classid = 'pg_trigger'::regclass
+                            THEN (SELECT tg.tgrelid FROM pg_trigger tg WHERE tg.oid = d.objid)
+                            ELSE d.objid END AS relid
+                  FROM pg_event_trigger_ddl_commands() d
+                 WHERE d.classid IN ('pg_class'::regclass, 'pg_trigger'::regclass)
+                   AND d.schema_name IS DISTINCT FROM 'pg_temp') r
+          -- OFFSET 0: looked up per relation (a flattened join would start from every mapping)
+          LEFT JOIN LATERAL (SELECT n.nspname, cl.relname FROM pg_class cl JOIN pg_namespace n ON n.oid = cl.relnamespace
+                              WHERE cl.oid = r.relid OFFSET 0) nm ON true
+          LEFT JOIN LATERAL (SELECT m.mapping_id FROM connect_guard.mapping m
+                              WHERE m.table_schema = nm.nspname AND m.table_name = nm.relname OFFSET 0) mp ON true
+         WHERE r.relid IS NOT NULL;
+        IF v_has_parent THEN
+            -- a partition or an inheritance child: the mappings of its ancestors
+            v_mappings := connect_guard.mappings_of_relations(v_relids);
+        END IF;
+        IF v_mappings IS NULL THEN
+            RETURN;
+        END IF;
+        PERFORM connect_guard.schema_changes_record(v_mappings, 'ddl', tg_tag);
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT;
+        RAISE WARNING USING
+            MESSAGE = format('connect_guard could not check what %s changed: %s', tg_tag, v_message),
+            HINT = 'The command went through; the connect_guard worker checks the mapped tables on its next cycle.';
+    END;
+END;
+$$;
+
+/*
+ * connect_guard.on_sql_drop: checks the mappings whose table, partition or
+ * trigger a command dropped.
+ */
+CREATE FUNCTION connect_guard.on_sql_drop()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_dropped text[];
+    v_extension boolean;
+    v_mappings integer[];
+    v_message text;
+BEGIN
+    IF connect_guard.in_own_ddl() THEN
+        RETURN;
+    END IF;
+    BEGIN
+        -- schema.table of each table dropped, or whose trigger was; none when the extension itself goes
+        SELECT array_agg(format('%I.%I', d.address_names[1], d.address_names[2]))
+               FILTER (WHERE d.object_type IN ('table', 'trigger') AND NOT d.is_temporary),
+               bool_or(d.object_type = 'extension' AND d.object_identity = 'connect_guard')
+          INTO v_dropped, v_extension
+          FROM pg_event_trigger_dropped_objects() d;
+        IF v_dropped IS NULL OR v_extension OR to_regclass('connect_guard.mapping') IS NULL THEN
+            RETURN;
+        END IF;
+        SELECT array_agg(m.mapping_id) INTO v_mappings
+          FROM connect_guard.mapping m
+         WHERE format('%I.%I', m.table_schema, m.table_name) = ANY (v_dropped)
+            OR m.shape -> 'partitions' ?| v_dropped;
+        IF v_mappings IS NULL THEN
+            RETURN;
+        END IF;
+        PERFORM connect_guard.schema_changes_record(v_mappings, 'ddl', tg_tag);
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT;
+        RAISE WARNING USING
+            MESSAGE = format('connect_guard could not check what %s dropped: %s', tg_tag, v_message),
+            HINT = 'The command went through; the connect_guard worker checks the mapped tables on its next cycle.';
+    END;
+END;
+$$;
+
+CREATE EVENT TRIGGER connect_guard_ddl_watch ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'CREATE TRIGGER', 'ALTER TRIGGER')
+    EXECUTE FUNCTION connect_guard.on_ddl_command_end();
+CREATE EVENT TRIGGER connect_guard_drop_watch ON sql_drop
+    WHEN TAG IN ('DROP TABLE', 'DROP TRIGGER', 'DROP SCHEMA', 'DROP OWNED')
+    EXECUTE FUNCTION connect_guard.on_sql_drop();
+-- also in sessions with session_replication_role = replica (pg_restore --disable-triggers, by hand)
+ALTER EVENT TRIGGER connect_guard_ddl_watch ENABLE ALWAYS;
+ALTER EVENT TRIGGER connect_guard_drop_watch ENABLE ALWAYS;
+
+/*
+ * connect_guard.schema_watch_cycle is the worker's check of every mapped
+ * table, every cycle, for what the event triggers cannot see (a superuser
+ * changing pg_trigger by hand).  One query digests what each check would
+ * read (mapping_fingerprints); only the mappings whose digest moved since
+ * the last cycle, or whose table was never seen whole, are checked.  A
+ * mapping whose rows or table another transaction holds is left for the
+ * next cycle (lock_timeout).  A mapping that a reload moved back to
+ * DATA_SYNCED while its changes are still open goes back to
+ * SCHEMA_CHANGED: a reload alone does not accept a changed table.  Returns
+ * the number of new findings.
+ */
+CREATE FUNCTION connect_guard.schema_watch_cycle()
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '100ms'
+AS $$
+DECLARE
+    v_new integer := 0;
+    m connect_guard.mapping;
+    f record;
+BEGIN
+    FOR f IN
+        SELECT fp.mapping_id, fp.fingerprint
+          FROM connect_guard.mapping_fingerprints() fp
+          LEFT JOIN connect_guard.mapping_verified v USING (mapping_id)
+         WHERE v.verified_at IS NULL OR v.fingerprint IS DISTINCT FROM fp.fingerprint
+         ORDER BY fp.mapping_id
+    LOOP
+        BEGIN
+            SELECT * INTO m FROM connect_guard.mapping WHERE mapping_id = f.mapping_id;
+            v_new := v_new + connect_guard.schema_changes_check(m, 'worker', 'the worker''s check');
+            UPDATE connect_guard.mapping_verified SET fingerprint = f.fingerprint WHERE mapping_id = f.mapping_id;
+        EXCEPTION WHEN lock_not_available THEN
+            NULL;       -- another transaction holds the mapping or its table: next cycle
+        END;
+    END LOOP;
+    FOR m IN
+        SELECT mp.* FROM connect_guard.mapping mp
+         WHERE mp.state IN ('INITIAL', 'DATA_SYNCED')
+           AND EXISTS (SELECT 1 FROM connect_guard.schema_change s
+                        WHERE s.mapping_id = mp.mapping_id AND s.resolved_at IS NULL)
+    LOOP
+        PERFORM connect_guard.mappings_goto(m.connection_id, ARRAY[m.mapping_id], 'SCHEMA_CHANGED',
+            ARRAY['INITIAL', 'DATA_SYNCED'], 'schema_changed', jsonb_build_object(
+                'table', format('%I.%I', m.table_schema, m.table_name), 'object_name', m.object_name,
+                'source', 'worker',
+                'context', 'its schema changes are still open: a reload does not settle them, connect_save_mapping() does'));
+    END LOOP;
+    RETURN v_new;
+END;
+$$;
+
+/*
+ * connect_guard.trigger_sql: the statement that creates (or puts back)
+ * expected trigger e on relation p_rel.
+ */
+CREATE FUNCTION connect_guard.trigger_sql(p_name text, p_type smallint, p_function oid, p_arguments text[],
+                                          p_rel regclass)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT format('CREATE OR REPLACE TRIGGER %I %s %s ON %s FOR EACH %s EXECUTE FUNCTION %s(%s)',
+                  p_name, CASE WHEN p_type & 2 = 2 THEN 'BEFORE' ELSE 'AFTER' END,
+                  array_to_string(ARRAY[CASE WHEN p_type & 4 = 4 THEN 'INSERT' END,
+                                        CASE WHEN p_type & 16 = 16 THEN 'UPDATE' END,
+                                        CASE WHEN p_type & 8 = 8 THEN 'DELETE' END,
+                                        CASE WHEN p_type & 32 = 32 THEN 'TRUNCATE' END], ' OR '),
+                  p_rel, CASE WHEN p_type & 1 = 1 THEN 'ROW' ELSE 'STATEMENT' END,
+                  p_function::regproc,
+                  (SELECT coalesce(string_agg(quote_literal(a), ', ' ORDER BY i), '')
+                     FROM unnest(p_arguments) WITH ORDINALITY u(a, i)))
+$$;
+
+/*
+ * connect_guard.repair_triggers puts connect_guard's own triggers of
+ * mapping m back as it installs them: created again where missing or
+ * changed, enabled in the origin role where disabled, REPLICA or ALWAYS.
+ * Returns the triggers of others (Connect's) that are not as expected:
+ * connect_guard never touches those.
+ */
+CREATE FUNCTION connect_guard.repair_triggers(c connect_guard.connection, m connect_guard.mapping)
+RETURNS text[]
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_rel regclass := connect_guard.mapping_relid(m);
+    e record;
+    r regclass;
+    t pg_trigger;
+    v_not_ours text[] := '{}';
+    v_was boolean := connect_guard.own_ddl(true);
+BEGIN
+    FOR e IN SELECT * FROM connect_guard.capture_triggers_expected(c, m) ORDER BY placement DESC LOOP
+        FOR r IN
+            SELECT v_rel WHERE e.placement = 'table'
+            UNION ALL
+            SELECT p FROM connect_guard.partitions_of(v_rel) p
+             WHERE e.placement = 'each_partition' OR (e.placement = 'table' AND e.trigger_type & 1 = 1)
+        LOOP
+            SELECT * INTO t FROM pg_trigger tg WHERE tg.tgrelid = r AND tg.tgname = e.trigger_name;
+            IF EXISTS (SELECT 1 FROM connect_guard.mapping_findings(m, false) f
+                        WHERE f.kind LIKE 'trigger\_%' AND f.object = format('%I on %s', e.trigger_name, r)) THEN
+                IF e.owned_by <> 'connect_guard' THEN
+                    v_not_ours := v_not_ours || format('%I on %s', e.trigger_name, r);
+                ELSIF t.oid IS NULL OR t.tgtype <> e.trigger_type OR t.tgfoid <> e.function_oid
+                      OR connect_guard.trigger_arguments(t) IS DISTINCT FROM e.arguments
+                      OR t.tgqual IS NOT NULL OR cardinality(t.tgattr::int2[]) > 0 THEN
+                    -- a partition's clone is put back (created again) with its table's trigger
+                    EXECUTE connect_guard.trigger_sql(e.trigger_name, e.trigger_type, e.function_oid, e.arguments,
+                                                      CASE WHEN e.placement = 'table' THEN v_rel ELSE r END);
+                END IF;
+                SELECT * INTO t FROM pg_trigger tg WHERE tg.tgrelid = r AND tg.tgname = e.trigger_name;
+                IF e.owned_by = 'connect_guard' AND t.tgenabled IS DISTINCT FROM 'O' AND t.oid IS NOT NULL THEN
+                    EXECUTE format('ALTER TABLE %s ENABLE TRIGGER %I', r, e.trigger_name);
+                END IF;
+            END IF;
+        END LOOP;
+    END LOOP;
+    PERFORM connect_guard.own_ddl(v_was);
+    RETURN v_not_ours;
+END;
+$$;
+
+/*
+ * connect_save_mapping is the way out of SCHEMA_CHANGED, as saving the
+ * mapping is in Connect's dashboard: it puts connect_guard's own capture
+ * triggers back, accepts the table's shape as it is now, and (for a
+ * connection whose configuration is its own: local, webhook) takes the
+ * table's columns as the mapping's fields.  What it cannot mend stops it,
+ * with what to do: an inheritance child, a trigger of Connect's, fields of
+ * Connect's configuration that the table lacks.  When a change may have
+ * hidden writes (needs_reload), the mapping is reloaded
+ * (connect_reload_mapping: RELOAD_TABLE, then DATA_SYNCED once the sync
+ * service has reloaded it); reload => false skips that, reload => true
+ * reloads anyway.  Returns the mapping's state.
+ */
+CREATE FUNCTION connect_save_mapping(connection text, tbl regclass, reload boolean DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c connect_guard.connection;
+    m connect_guard.mapping;
+    v_not_ours text[];
+    v_left text;
+    v_needs_reload boolean;
+    v_reload boolean;
+    v_state_before text;
+    v_changes jsonb;
+    v_request bigint;
+    v_reloading boolean;
+    v_gone regclass;
+BEGIN
+    c := connect_guard.connection_for_update(connection);
+    PERFORM connect_guard.require_table(tbl);
+    m := connect_guard.mapping_of(c, tbl);
+
+    v_not_ours := connect_guard.repair_triggers(c, m);
+    IF cardinality(v_not_ours) > 0 THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('cannot save the mapping of %s: triggers that are not connect_guard''s are not as expected: %s',
+                             tbl, array_to_string(v_not_ours, ', ')),
+            DETAIL = 'connect_guard never changes the sync service''s own objects.',
+            HINT = 'Edit and save the mapping in Heroku Connect''s dashboard, so that Connect puts its trigger back; then call connect_save_mapping() again.';
+    END IF;
+
+    -- a connection that owns its configuration takes the table's columns as fields
+    IF c.adapter <> 'heroku' OR m.config_source IS DISTINCT FROM 'connect' THEN
+        UPDATE connect_guard.mapping mp
+           SET config = (SELECT (coalesce(mp.config, connect_guard.config_of_columns('{}')) - 'indexes' - 'upsert_field')
+                                || jsonb_build_object('fields', d.fields)
+                                -- indexes and the upsert field of fields that are gone go with them
+                                || jsonb_build_object('indexes', coalesce(
+                                       (SELECT jsonb_object_agg(i.key, i.value) FROM jsonb_each(mp.config -> 'indexes') i
+                                         WHERE i.key = 'Id' OR EXISTS (SELECT 1 FROM jsonb_object_keys(d.fields) f
+                                                                        WHERE lower(f) = lower(i.key))),
+                                       '{"Id": {"unique": true}}'))
+                                || coalesce((SELECT jsonb_build_object('upsert_field', mp.config -> 'upsert_field')
+                                               WHERE EXISTS (SELECT 1 FROM jsonb_object_keys(d.fields) f
+                                                              WHERE lower(f) = lower(mp.config ->> 'upsert_field'))), '{}')
+                           FROM (SELECT connect_guard.config_fields_for(mp.config, connect_guard.table_columns(tbl)) AS fields) d),
+               config_at = clock_timestamp()
+         WHERE mp.mapping_id = m.mapping_id;
+    END IF;
+    -- a partition that left the table keeps no truncate watch of ours
+    PERFORM connect_guard.own_ddl(true);
+    FOR v_gone IN SELECT to_regclass(p) FROM jsonb_array_elements_text(m.shape -> 'partitions') p
+                   WHERE p <> ALL (SELECT x::text FROM connect_guard.partitions_of(tbl) x) LOOP
+        IF v_gone IS NOT NULL AND NOT (SELECT relispartition FROM pg_class WHERE oid = v_gone) THEN
+            EXECUTE format('DROP TRIGGER IF EXISTS _connect_guard_truncate_watch ON %s', v_gone);
+        END IF;
+    END LOOP;
+    PERFORM connect_guard.own_ddl(false);
+    UPDATE connect_guard.mapping mp SET shape = connect_guard.table_shape(tbl) WHERE mp.mapping_id = m.mapping_id
+    RETURNING * INTO m;
+
+    -- what is left cannot be accepted
+    SELECT string_agg(connect_guard.schema_change_text(f.kind, f.object, f.expected, f.actual), '; ') INTO v_left
+      FROM connect_guard.mapping_findings(m) f;
+    IF v_left IS NOT NULL THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('cannot save the mapping of %s: %s', tbl, v_left),
+            DETAIL = 'Nothing was changed.',
+            HINT = CASE WHEN v_left LIKE '%inheritance_child%'
+                        THEN format('Move the child''s rows into %s and detach it (ALTER TABLE child NO INHERIT %s), then save again.', tbl, tbl)
+                        ELSE 'The fields are Connect''s: edit the mapping in Heroku Connect (or change the table) so that they match, fetch its configuration again (connect_export_config(), connect_wait_config()), then save again.' END;
+    END IF;
+
+    SELECT coalesce(bool_or(s.needs_reload), false), min(s.state_before),
+           coalesce(jsonb_agg(jsonb_build_object('kind', s.kind, 'object', s.object, 'needs_reload', s.needs_reload)
+                              ORDER BY s.schema_change_id), '[]')
+      INTO v_needs_reload, v_state_before, v_changes
+      FROM connect_guard.schema_change s WHERE s.mapping_id = m.mapping_id AND s.resolved_at IS NULL;
+    v_reload := coalesce(reload, v_needs_reload);
+    v_reloading := EXISTS (SELECT 1 FROM connect_guard.request r
+                            WHERE r.mapping_id = m.mapping_id AND r.action = 'reload' AND r.status = 'pending');
+    UPDATE connect_guard.schema_change s
+       SET resolved_at = clock_timestamp(),
+           resolution = format('saved by %s%s', session_user,
+                               CASE WHEN v_reload THEN ', reloaded'
+                                    WHEN v_needs_reload THEN ', without the reload it needed' ELSE '' END)
+     WHERE s.mapping_id = m.mapping_id AND s.resolved_at IS NULL;
+    INSERT INTO connect_guard.mapping_verified (mapping_id, verified_at) VALUES (m.mapping_id, clock_timestamp())
+    ON CONFLICT (mapping_id) DO UPDATE SET verified_at = excluded.verified_at;
+
+    IF v_reload AND NOT v_reloading THEN
+        v_request := @extschema@.connect_reload_mapping(c.name, tbl);
+    ELSIF m.state = 'SCHEMA_CHANGED' THEN
+        PERFORM connect_guard.mappings_goto(c.connection_id, ARRAY[m.mapping_id],
+                                            CASE WHEN v_reloading THEN 'RELOAD_TABLE'
+                                                 ELSE coalesce(v_state_before, 'DATA_SYNCED') END,
+                                            ARRAY['SCHEMA_CHANGED']);
+    END IF;
+    PERFORM connect_guard.log_event(c.connection_id, 'mapping_saved', jsonb_build_object(
+        'table', format('%I.%I', m.table_schema, m.table_name), 'object_name', m.object_name,
+        'resolved', v_changes, 'needed_reload', v_needs_reload, 'reload', v_reload OR v_reloading,
+        'request_id', v_request));
+    IF v_needs_reload AND NOT v_reload THEN
+        RAISE WARNING USING
+            MESSAGE = format('the mapping of %s is saved without the reload it needed', tbl),
+            DETAIL = 'Writes may have reached the table without a log entry; the sync service''s copy may differ from it.',
+            HINT = format('Reload it when you can: SELECT connect_reload_mapping(%L, %L).', c.name, tbl::text);
+    END IF;
+    RETURN (SELECT mp.state FROM connect_guard.mapping mp WHERE mp.mapping_id = m.mapping_id);
+END;
+$$;
+
+/*
+ * connect_unmap_dropped_table unmaps a mapped table that was dropped (a
+ * regclass cannot name it, so connect_unmap_table() cannot): table_name is
+ * schema.table as connect_mappings shows it.
+ */
+CREATE FUNCTION connect_unmap_dropped_table(connection text, table_name text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c connect_guard.connection;
+    m connect_guard.mapping;
+    v_name text[];
+BEGIN
+    c := connect_guard.connection_for_update(connection);
+    PERFORM connect_guard.require_not_null(table_name, 'table_name',
+        'Give it as schema.table, as connect_mappings shows it (table_schema, table_relname).');
+    BEGIN
+        v_name := parse_ident(table_name);
+    EXCEPTION WHEN invalid_parameter_value THEN
+        v_name := NULL;
+    END;
+    IF cardinality(v_name) IS DISTINCT FROM 2 THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('invalid table name %s', coalesce(quote_literal(table_name), 'NULL')),
+            HINT = 'Give it as schema.table, as connect_mappings shows it (table_schema, table_relname).';
+    END IF;
+    SELECT * INTO m FROM connect_guard.mapping mp
+     WHERE mp.connection_id = c.connection_id AND mp.table_schema = v_name[1] AND mp.table_name = v_name[2]
+       FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'undefined_object',
+            MESSAGE = format('table %s is not mapped by connection "%s"', table_name, c.name),
+            HINT = 'See connect_mappings for the tables each connection maps.';
+    END IF;
+    IF connect_guard.mapping_relid(m) IS NOT NULL THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('table %s still exists', table_name),
+            HINT = 'Unmap it with connect_unmap_table().';
+    END IF;
+    DELETE FROM connect_guard.mapping WHERE mapping_id = m.mapping_id;
+    PERFORM connect_guard.fence_refresh();
+    PERFORM connect_guard.log_event(c.connection_id, 'table_unmapped',
+                                    jsonb_build_object('table', format('%I.%I', m.table_schema, m.table_name),
+                                                       'dropped', true));
+END;
+$$;
 /* ------------------------------------------------------------------------
  * What identifies this database and how far it has come: its system, its
  * timeline, the log head and the high-water marks.  Upgrade plans record
@@ -5445,9 +7375,7 @@ BEGIN
         IF p.step = connect_wait_upgrade.step OR p.status = connect_wait_upgrade.step
            OR EXISTS (SELECT 1 FROM connect_guard.upgrade_step s
                        WHERE s.plan_id = p.plan_id AND s.step = connect_wait_upgrade.step) THEN
-            -- read again: the condition ran on a newer snapshot than p, and may have seen the
-            -- step's timeline row whose plan row p predates (both are written in one transaction)
-            RETURN (connect_guard.require_plan(plan)).step;
+            RETURN p.step;
         END IF;
         IF p.status IN ('failed', 'aborted') THEN
             RAISE EXCEPTION USING
@@ -6591,9 +8519,10 @@ $$;
 
 GRANT SELECT ON connect_connections, connect_mappings, connect_high_water_marks, connect_fences, connect_status,
       connect_worker, connect_upgrade_status, connect_rollback_incidents, connect_write_errors,
-      connect_consumers TO pg_monitor;
--- the views call these with the reader's rights (log_status and write_errors are SECURITY DEFINER:
--- they read Connect's log for the monitoring role, which may not)
+      connect_consumers, connect_schema_drift TO pg_monitor;
+-- the views call these with the reader's rights (log_status, write_errors and schema_change_present are
+-- SECURITY DEFINER: they read Connect's log, or the mapped tables' catalog, for the monitoring role, which may not)
 GRANT EXECUTE ON FUNCTION connect_guard.redact(jsonb), connect_guard.fence_list(),
       connect_guard.fence_relations(), connect_guard.worker_pid(), connect_guard.log_status(integer),
-      connect_guard.write_errors() TO pg_monitor;
+      connect_guard.write_errors(), connect_guard.mapping_relid(connect_guard.mapping),
+      connect_guard.schema_change_present(integer) TO pg_monitor;

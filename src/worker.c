@@ -867,6 +867,13 @@ worker_cycle_steps(const char *schema, bool *plan_active)
 						first_cycle ? "SELECT connect_guard.rollback_cycle(true)"
 						: "SELECT connect_guard.rollback_cycle(false)", 0);
 		fence_rollback_checked(as_primary); /* writes to mapped tables may go (fence_gate.c) */
+
+		/*
+		 * What event triggers do not see: the capture triggers changed in
+		 * the catalog by hand.
+		 */
+		(void) run_int8("connect_guard: checking the mapped tables",
+						"SELECT connect_guard.schema_watch_cycle()", 0);
 		last_rollback_check = GetCurrentTimestamp();
 		first_cycle = false;
 	}

@@ -25,6 +25,9 @@
  *            POST {region_url}/api/v3/mappings/{remote_id}/actions/reload
  *            POST {region_url}/api/v3/connections/{connection_id}/actions/{pause|resume}
  *            no body; auth 'bearer' with the token
+ *            GET  {region_url}/api/v3/connections/{connection_id}/actions/export
+ *            POST {region_url}/api/v3/connections/{connection_id}/actions/import
+ *                 with the configuration file (the request's payload) as body
  *   webhook  POST {url}, auth 'hmac' with the key, the body a JSON object:
  *            connection, action, request_id, requested_at (UTC, ISO 8601),
  *            requested_by, database, and when set reason, block_writes,
@@ -56,6 +59,10 @@ BEGIN
         ELSIF r.action = 'reload' THEN
             method := 'POST';
             url := format('%s/mappings/%s/actions/reload', v_api, m.remote_id);
+        ELSIF r.action IN ('export', 'import') THEN
+            method := CASE r.action WHEN 'export' THEN 'GET' ELSE 'POST' END;
+            url := format('%s/connections/%s/actions/%s', v_api, c.options ->> 'connection_id', r.action);
+            body := r.payload::text;
         ELSE
             method := 'POST';
             url := format('%s/connections/%s/actions/%s', v_api, c.options ->> 'connection_id', r.action);

@@ -240,13 +240,17 @@ BEGIN
      WHERE request_id = r.request_id;
 
     IF p_step = 'send' THEN
+        BEGIN
+            v_json := p_body::jsonb;
+        EXCEPTION WHEN OTHERS THEN
+            v_json := NULL;
+        END;
+        -- the answer is the result of an export (Connect's configuration file) or an import
+        IF r.action IN ('export', 'import') THEN
+            UPDATE connect_guard.request SET result = v_json WHERE request_id = r.request_id;
+        END IF;
         -- a webhook may answer with its own high-water mark, as Connect's deep GET does
         IF c.adapter = 'webhook' THEN
-            BEGIN
-                v_json := p_body::jsonb;
-            EXCEPTION WHEN OTHERS THEN
-                v_json := NULL;
-            END;
             IF jsonb_typeof(v_json) = 'object' THEN
                 PERFORM connect_guard.note_remote_hwm(c.connection_id, v_json);
             END IF;

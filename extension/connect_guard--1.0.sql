@@ -1,5 +1,5 @@
 /* connect_guard--1.0.sql: connect_guard 1.0 as released.  Frozen: never edit this file.
- * Made by scripts/freeze_release.sh from extension/parts at git tree 38992835db94d0e3fefea5fbf48d60467c3cd47a,
+ * Made by scripts/freeze_release.sh from extension/parts at git tree 1a7576bd844b22f75de6ea9f9e531612ec66b9fc,
  * parts left out: 80_preflight.sql.
  * Later changes ship as upgrade scripts (connect_guard--1.0--NEXT.sql). */
 
@@ -426,6 +426,17 @@ CREATE VIEW connect_worker AS
 SELECT a.pid, a.backend_type, a.state, a.query AS activity, a.backend_start, a.state_change
   FROM pg_stat_activity a
  WHERE a.pid = connect_guard.worker_pid();
+
+/*
+ * A CREATE EXTENSION run by a session that loads a dump (pg_restore, psql on
+ * a plain dump) is followed by the rows of the extension's tables: the
+ * worker writes nothing until that session ends (worker.c), or it would
+ * take their keys.
+ */
+CREATE FUNCTION connect_guard.hold_worker_for_restore()
+RETURNS boolean LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'connect_guard_hold_worker_for_restore';
+SELECT connect_guard.hold_worker_for_restore();
 
 SELECT connect_guard.wake_launcher();
 /* ------------------------------------------------------------------------
@@ -4452,8 +4463,9 @@ $$;
  * of mapping m) sends:
  *
  *   heroku   GET  {region_url}/api/v3/connections/{connection_id}?deep=true
- *                 to poll, for a refresh, and to look up a mapping's id
- *                 (step 'lookup') before its reload
+ *                 to poll, for a refresh, and before a reload (step
+ *                 'lookup': the mapping's id, and how the mapping stood
+ *                 before the reload, 59_reload_acknowledgement.sql)
  *            POST {region_url}/api/v3/mappings/{remote_id}/actions/reload
  *            POST {region_url}/api/v3/connections/{connection_id}/actions/{pause|resume}
  *            no body; auth 'bearer' with the token
@@ -4483,7 +4495,8 @@ BEGIN
         v_api := (c.options ->> 'region_url') || '/api/v3';
         auth := 'bearer';
         secret_file := c.options ->> 'token_file';
-        IF p_step = 'poll' OR r.action = 'refresh' OR (r.action = 'reload' AND m.remote_id IS NULL) THEN
+        IF p_step = 'poll' OR r.action = 'refresh'
+           OR (r.action = 'reload' AND (m.remote_id IS NULL OR NOT r.params ? 'reload_baseline')) THEN
             step := CASE WHEN p_step = 'poll' THEN 'poll' ELSE 'lookup' END;
             method := 'GET';
             url := format('%s/connections/%s?deep=true', v_api, c.options ->> 'connection_id');
@@ -4624,40 +4637,135 @@ $$;
  * may start it a moment or minutes later.  Until then the deep GET shows
  * the mapping as it was, DATA_SYNCED, and taking that for done would lower
  * the reload fence while the table is about to be overwritten.  So a
- * reload is acknowledged only once Connect was seen working on it
- * (RELOAD_TABLE in a deep GET after the 202) and then reports DATA_SYNCED.
+ * reload is acknowledged only on a proof that a reload started after the
+ * request, and then DATA_SYNCED:
+ *
+ *   - Connect was seen working on it: RELOAD_TABLE in a deep GET after
+ *     the 202;
+ *   - or the mapping's reload_started_at (when its last reload started,
+ *     Connect's clock) is later than it was in a deep GET taken before the
+ *     reload was asked for (the baseline, step 'lookup' of the request):
+ *     a reload that started and finished between two polls, never seen
+ *     running.  The field is an assumption about Connect's deep GET
+ *     (README, the reload acknowledgement): the simulator shows it; where
+ *     Connect does not, only the first proof is left.  The two times come
+ *     from the same clock, Connect's, so no clock skew enters.
+ *
  * Until it is seen working, polls stay at most 2 s apart (request_poll_again),
- * so that a reload is not over between two polls; one that still was ends
- * the request at its timeout, failed, with the mapping in RELOAD_TABLE and
- * the fence up: connect_mapping_reloaded() acknowledges it by hand.
+ * so that a reload is seen running; one never proven ends the request at
+ * its timeout, failed, with the mapping in RELOAD_TABLE and the fence up:
+ * connect_mapping_reloaded() acknowledges it by hand.
  * ------------------------------------------------------------------------ */
 
 /*
- * connect_guard.reload_acknowledged records what a poll showed of a
- * reload's mapping (p_state) and says whether the reload is done.
+ * connect_guard.reload_mapping_entry: the entry of a deep GET (p_body)
+ * for the mapping of request r, by its remote id; NULL when there is none.
  */
-CREATE FUNCTION connect_guard.reload_acknowledged(p_request_id bigint, p_state text)
+CREATE FUNCTION connect_guard.reload_mapping_entry(r connect_guard.request, p_body jsonb)
+RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT x
+      FROM jsonb_array_elements(CASE WHEN jsonb_typeof(p_body -> 'mappings') = 'array'
+                                     THEN p_body -> 'mappings' ELSE '[]' END) x
+      JOIN connect_guard.mapping mp ON mp.mapping_id = r.mapping_id AND mp.remote_id = x ->> 'id'
+     LIMIT 1;
+$$;
+
+/* a timestamp Connect sent (ISO 8601), or NULL when absent or not one */
+CREATE FUNCTION connect_guard.remote_timestamp(p_value jsonb)
+RETURNS timestamptz
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF jsonb_typeof(p_value) IS DISTINCT FROM 'string'
+       OR p_value #>> '{}' !~ '^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}(:?\d{2})?)$' THEN
+        RETURN NULL;
+    END IF;
+    RETURN (p_value #>> '{}')::timestamptz;
+EXCEPTION WHEN datetime_field_overflow OR invalid_datetime_format THEN
+    RETURN NULL;
+END;
+$$;
+
+/*
+ * connect_guard.reload_baseline records how the deep GET (p_body) showed
+ * the mapping of request p_request_id before its reload is asked for: its
+ * state and reload_started_at (null when Connect shows none).
+ */
+CREATE FUNCTION connect_guard.reload_baseline(p_request_id bigint, p_body jsonb)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r connect_guard.request;
+    v_entry jsonb;
+BEGIN
+    SELECT * INTO r FROM connect_guard.request WHERE request_id = p_request_id;
+    v_entry := connect_guard.reload_mapping_entry(r, p_body);
+    UPDATE connect_guard.request
+       SET params = params || jsonb_build_object('reload_baseline', jsonb_build_object(
+                                  'state', v_entry ->> 'state',
+                                  -- as Connect wrote it, when it is a timestamp
+                                  'reload_started_at', CASE WHEN connect_guard.remote_timestamp(v_entry -> 'reload_started_at') IS NOT NULL
+                                                            THEN v_entry -> 'reload_started_at' END))
+     WHERE request_id = p_request_id;
+END;
+$$;
+
+/*
+ * connect_guard.reload_acknowledged records what a poll showed of a
+ * reload's mapping (p_entry, its entry of the deep GET) and says whether
+ * the reload is done.
+ */
+CREATE FUNCTION connect_guard.reload_acknowledged(p_request_id bigint, p_entry jsonb)
 RETURNS boolean
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     r connect_guard.request;
+    v_state text := p_entry ->> 'state';
+    v_started timestamptz := connect_guard.remote_timestamp(p_entry -> 'reload_started_at');
+    v_before timestamptz;
 BEGIN
     SELECT * INTO r FROM connect_guard.request WHERE request_id = p_request_id;
-    IF p_state = 'RELOAD_TABLE' THEN
+    IF v_state = 'RELOAD_TABLE' THEN
         IF NOT r.params ? 'reload_seen_at' THEN
             UPDATE connect_guard.request
                SET params = params || jsonb_build_object('reload_seen_at', clock_timestamp())
              WHERE request_id = p_request_id;
             PERFORM connect_guard.log_event(r.connection_id, 'reload_started',
                 jsonb_build_object('request_id', r.request_id, 'table', r.params ->> 'table',
-                                   'object_name', r.params ->> 'object_name',
+                                   'object_name', r.params ->> 'object_name', 'seen', 'running',
                                    'after_ms', round(extract(epoch FROM clock_timestamp() - r.created_at) * 1000)));
         END IF;
         RETURN false;
     END IF;
-    RETURN p_state = 'DATA_SYNCED' AND r.params ? 'reload_seen_at';
+    IF v_state IS DISTINCT FROM 'DATA_SYNCED' THEN
+        RETURN false;
+    END IF;
+    IF r.params ? 'reload_seen_at' THEN
+        RETURN true;
+    END IF;
+    -- never seen running: did a reload start after the baseline?  (no baseline: no proof)
+    IF NOT r.params ? 'reload_baseline' OR v_started IS NULL THEN
+        RETURN false;
+    END IF;
+    v_before := connect_guard.remote_timestamp(r.params -> 'reload_baseline' -> 'reload_started_at');
+    IF v_before IS NOT NULL AND v_started <= v_before THEN
+        RETURN false;       -- the reload that had started before the request: not this one
+    END IF;
+    PERFORM connect_guard.log_event(r.connection_id, 'reload_started',
+        jsonb_build_object('request_id', r.request_id, 'table', r.params ->> 'table',
+                           'object_name', r.params ->> 'object_name', 'seen', 'finished',
+                           'reload_started_at', p_entry -> 'reload_started_at',
+                           'before_request', r.params -> 'reload_baseline' -> 'reload_started_at',
+                           'after_ms', round(extract(epoch FROM clock_timestamp() - r.created_at) * 1000)));
+    RETURN true;
 END;
 $$;
 /* ------------------------------------------------------------------------
@@ -4671,7 +4779,7 @@ $$;
  * is leased (next_attempt_at moves past the HTTP timeout) so that a worker
  * that dies in the middle does not leave it stuck, nor have it sent twice
  * at once.  Steps: 'send' (the action), 'lookup' (a deep GET to find
- * mapping ids, or for a refresh), 'poll' (a deep GET to see the effect),
+ * mapping ids, for a refresh, or to see a mapping before its reload), 'poll' (a deep GET to see the effect),
  * 'apply' (nothing to send).  What is sent is the adapter's
  * (request_wire, 58_protocols.sql); secret is the connection's stored
  * token or key, and with secret NULL the worker reads secret_file.
@@ -4827,6 +4935,7 @@ DECLARE
     c connect_guard.connection;
     e record;
     v_json jsonb;
+    v_entry jsonb;
     v_ok boolean := coalesce(p_http_status BETWEEN 200 AND 299, false);
     v_state text;
     v_expected text;
@@ -4974,6 +5083,8 @@ BEGIN
                                                                                  THEN v_json -> 'mappings' ELSE '[]' END) x)));
             PERFORM connect_guard.request_close(r.request_id, 'succeeded');
         ELSIF EXISTS (SELECT 1 FROM connect_guard.mapping WHERE mapping_id = r.mapping_id AND remote_id IS NOT NULL) THEN
+            -- how the mapping stood before its reload is asked for (59_reload_acknowledgement.sql)
+            PERFORM connect_guard.reload_baseline(r.request_id, v_json);
             UPDATE connect_guard.request SET next_attempt_at = clock_timestamp() WHERE request_id = r.request_id;
         ELSE
             PERFORM connect_guard.request_close(r.request_id, 'failed',
@@ -4985,18 +5096,16 @@ BEGIN
 
     -- 'poll': has Connect done it?
     IF r.action = 'reload' THEN
-        SELECT x ->> 'state' INTO v_state
-          FROM jsonb_array_elements(CASE WHEN jsonb_typeof(v_json -> 'mappings') = 'array'
-                                         THEN v_json -> 'mappings' ELSE '[]' END) x
-          JOIN connect_guard.mapping mp ON mp.mapping_id = r.mapping_id AND mp.remote_id = x ->> 'id';
-        v_expected := 'RELOAD_TABLE and then DATA_SYNCED';
+        v_entry := connect_guard.reload_mapping_entry(r, v_json);
+        v_state := v_entry ->> 'state';
+        v_expected := 'a reload started after the request (RELOAD_TABLE, or a later reload_started_at) and then DATA_SYNCED';
     ELSE
         v_state := v_json ->> 'state';
         v_expected := CASE r.action WHEN 'pause' THEN 'PAUSED' ELSE 'IDLE' END;
     END IF;
     UPDATE connect_guard.request SET remote_state = v_state WHERE request_id = r.request_id;
-    -- a reload is done once Connect was seen working on it (59_reload_acknowledgement.sql)
-    IF (CASE WHEN r.action = 'reload' THEN connect_guard.reload_acknowledged(r.request_id, v_state)
+    -- a reload is done once it is proven to have started after the request (59_reload_acknowledgement.sql)
+    IF (CASE WHEN r.action = 'reload' THEN connect_guard.reload_acknowledged(r.request_id, v_entry)
              ELSE v_state = v_expected OR (r.action = 'resume' AND v_state = 'POLLING_DB_CHANGES') END) THEN
         PERFORM connect_guard.request_apply(r.request_id);
     ELSE
@@ -7375,7 +7484,9 @@ BEGIN
         IF p.step = connect_wait_upgrade.step OR p.status = connect_wait_upgrade.step
            OR EXISTS (SELECT 1 FROM connect_guard.upgrade_step s
                        WHERE s.plan_id = p.plan_id AND s.step = connect_wait_upgrade.step) THEN
-            RETURN p.step;
+            -- read again: the condition ran on a newer snapshot than p, and may have seen the
+            -- step's timeline row whose plan row p predates (both are written in one transaction)
+            RETURN (connect_guard.require_plan(plan)).step;
         END IF;
         IF p.status IN ('failed', 'aborted') THEN
             RAISE EXCEPTION USING

@@ -2,8 +2,10 @@
 
 Each run kills one process, chosen at random, at a random moment of the
 changeover: the moment is a stage (below) drawn at random, plus a random
-delay of up to 0.3 s once the stage is seen, so that every step is hit,
-short ones too.  And it injects one to three API faults into the
+delay once the stage is seen (up to 20 ms for the plan's steps before
+ready, which take 10 to 40 ms each; up to 0.3 s for the others; anywhere in
+the load before the plan for "load"), so that every step is hit, short
+ones too.  "pausing" is the DBA's pause by hand (see dba.py).  And it injects one to three API faults into the
 simulator before the plan starts: HTTP 500, 409 or 503 answers, or a
 request that hangs until the client's timeout, on the pause, the resume or
 the deep GET; most are counted down within connect_guard's retries, a few
@@ -26,6 +28,8 @@ import psycopg2
 STAGES = ["load", "pausing", "checking", "fencing", "fencing_follower", "catching_up", "ready",
           "promoted", "completing", "completed", "resumed"]
 PROMOTED = STAGES.index("promoted")
+# each takes 10 to 40 ms: a kill meant for one of them must follow at once
+SHORT_STAGES = ("checking", "fencing", "fencing_follower", "catching_up")
 TARGETS = ["backend", "worker_old", "worker_new", "postmaster_old", "postmaster_new", "simulator"]
 
 PAUSE = r"/api/v3/connections/[^/]+/actions/pause"
@@ -53,7 +57,12 @@ def choose(rng, load_seconds):
     target = rng.choice(TARGETS)
     # the new primary's worker exists once the follower is promoted
     stage = rng.choice(STAGES[PROMOTED:] if target == "worker_new" else STAGES)
-    delay = rng.uniform(0, load_seconds if stage == "load" else 0.3)
+    if stage == "load":
+        delay = rng.uniform(0, load_seconds)
+    elif stage in SHORT_STAGES:
+        delay = rng.uniform(0, 0.02)
+    else:
+        delay = rng.uniform(0, 0.3)
     api = []
     for _ in range(rng.randint(1, 3)):
         mode, method, pattern = rng.choice(API_FAULTS)
@@ -91,9 +100,10 @@ class Watcher:
                 except psycopg2.Error:
                     pass
 
-    def stage(self, plan_seen):
+    def stage(self, plan_seen, old_only=False):
         """The furthest stage either server shows; plan_seen: whether the
-        DBA has prepared a plan yet (before that it is "load")."""
+        DBA has prepared a plan yet (before that it is "load"); old_only:
+        look at the old primary alone (quicker, for the plan's short steps)."""
         best = 0
         if not plan_seen:
             rows = self.query("old", "SELECT state FROM connect_guard.connection WHERE name = 'sync'")
@@ -107,6 +117,8 @@ class Watcher:
                     best = PROMOTED
                 elif step in STAGES:
                     best = STAGES.index(step)
+        if old_only:
+            return best
         rows = self.query("new", """
             SELECT pg_is_in_recovery(),
                    (SELECT status FROM connect_guard.upgrade_plan ORDER BY plan_id DESC LIMIT 1),
@@ -145,9 +157,11 @@ class Injector(threading.Thread):
 
     def fire_when_due(self):
         want = STAGES.index(self.plan.stage)
+        # the plan's steps up to ready take tens of milliseconds each: poll without pause
+        old_only = want < PROMOTED
         if want > 0:
-            while not self.stop.is_set() and self.watcher.stage(self.dba.plan_prepared.is_set()) < want:
-                time.sleep(0.01)
+            while not self.stop.is_set() and self.watcher.stage(self.dba.plan_prepared.is_set(), old_only) < want:
+                time.sleep(0.001 if old_only else 0.01)
         if self.stop.wait(self.plan.delay):
             return
         seen = STAGES[self.watcher.stage(self.dba.plan_prepared.is_set())]

@@ -21,7 +21,8 @@
 # campaign.py and its modules (one concern each, see their headers).
 source "$(dirname "$0")/../../../scripts/lib.sh"
 
-install_packages
+install_packages postgresql-15 postgresql-server-dev-15 postgresql-contrib libpq-dev \
+                 libcurl4-openssl-dev python3-psycopg2 make gcc
 build_and_install
 
 work=$(scratch_dir bench-faults)

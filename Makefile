@@ -12,7 +12,9 @@ DATA_built   = $(EXTENSION)--$(EXTVERSION).sql
 DATA         = $(sort $(wildcard extension/$(EXTENSION)--*--*.sql))
 INSTALL_PARTS = $(sort $(wildcard extension/$(EXTVERSION)/*.sql))
 
-PG_CPPFLAGS  = -I$(srcdir)/include -I$(libpq_srcdir)
+# CONNECT_GUARD_VERSION: the control file's default_version, for the C code
+# (the HTTP user agent), so that the version is written in one place.
+PG_CPPFLAGS  = -I$(srcdir)/include -I$(libpq_srcdir) -DCONNECT_GUARD_VERSION=\"$(EXTVERSION)\"
 PG_CFLAGS    = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
 SHLIB_LINK_INTERNAL = $(libpq)
 SHLIB_LINK   = -lcurl
@@ -28,7 +30,6 @@ ISOLATION_OPTS = --inputdir=test/isolation --outputdir=$(CURDIR)/results-isolati
 # TAP tests on PostgreSQL::Test::Cluster.
 TAP_TESTS    = 1
 PROVE_TESTS  = $(sort $(wildcard test/t/*.pl))
-PROVE_FLAGS  = -I test/perl
 
 EXTRA_CLEAN  = results-regress results-isolation tmp_check
 
@@ -36,7 +37,12 @@ PG_CONFIG   ?= pg_config
 PGXS        := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
-$(OBJS): $(wildcard include/*.h)
+# The TAP tests' shared modules (test/perl/ConnectGuard/).  Added after the
+# include: Makefile.global empties PROVE_FLAGS, which is left to the user
+# (e.g. PROVE_FLAGS=--verbose).
+PG_PROVE_FLAGS += -I $(srcdir)/test/perl
+
+$(OBJS): $(wildcard include/*.h) $(EXTENSION).control
 
 $(EXTENSION)--$(EXTVERSION).sql: extension/$(EXTVERSION)/header.txt $(INSTALL_PARTS) $(EXTENSION).control
 	cat extension/$(EXTVERSION)/header.txt $(INSTALL_PARTS) > $@

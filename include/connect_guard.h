@@ -1,20 +1,19 @@
 /*
  * connect_guard.h
- *		Settings and entry points shared by the modules of connect_guard.
+ *		The settings connect_guard.c defines for modules that have no _init
+ *		of their own to define them in.
  *
- * Every module registers its own GUCs and callbacks from an *_init function
- * that _PG_init calls, so that connect_guard.c stays the one place that
- * knows the order of initialisation.
+ * connect_guard.c is the module entry point: _PG_init defines these
+ * settings, then calls every module's *_init (declared in that module's
+ * own header), so that it stays the one place that knows the order of
+ * initialisation.  Names shared by every module (the private schema) are
+ * in catalog_names.h, not here: a module that only needs a name does not
+ * depend on the entry point.
  */
 #ifndef CONNECT_GUARD_H
 #define CONNECT_GUARD_H
 
-/* Name of the private schema that holds the catalog and the trigger log. */
-#define CONNECT_GUARD_SCHEMA "connect_guard"
-
 /* connect_guard.capture: off lets the sync service's own writes skip capture. */
 extern bool connect_guard_capture_enabled;
-
-extern void capture_init(void);
 
 #endif							/* CONNECT_GUARD_H */

@@ -33,10 +33,7 @@
 -- Stops with exit code 3 when a precondition fails, saying why and what to do.
 
 \set ON_ERROR_STOP on
-\set QUIET on
-\set SHOW_CONTEXT never
-\pset pager off
-\pset null '-'
+\ir common.psql
 
 \if :{?runbook} \else \set runbook follower_changeover \endif
 \if :{?max_lag} \else \set max_lag 16777216 \endif
@@ -46,42 +43,23 @@
 
 SET application_name = 'connect_guard runbook follower_changeover';
 
-\ir common.psql
-
 \echo '==' :runbook': preconditions'
-SELECT pg_temp.runbook_require(
-    EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'connect_guard'),
-    format('connect_guard is not installed in database %s', current_database()),
-    'Connect to the database that holds the connections (psql -d ...).') \gset
-SELECT pg_temp.runbook_require(NOT pg_is_in_recovery(),
-    'this server is a standby',
-    'Run the changeover on the current primary; it reaches the follower through follower_conninfo.') \gset
+SELECT pg_temp.runbook_require_primary(
+    standby_todo => 'Run the changeover on the current primary; it reaches the follower through follower_conninfo.') \gset
 SELECT pg_temp.runbook_require(:'promote' ~* '^(on|off|true|false|yes|no|1|0)$',
     format('promote must be on or off, not %s', :'promote'), 'For example -v promote=on.') \gset
 SELECT pg_temp.runbook_require(:'max_lag' ~ '^[0-9]+$',
     format('max_lag must be a number of bytes, not %s', :'max_lag'), 'For example -v max_lag=16777216 (16 MB).') \gset
 SELECT pg_temp.runbook_require(:'step_timeout' ~ '^[ 0-9a-z.]+$' AND :'wait_timeout' ~ '^[ 0-9a-z.]+$',
     'step_timeout and wait_timeout must be intervals', 'For example -v wait_timeout=''1 hour''.') \gset
-SELECT pg_temp.runbook_require(
-    current_setting('shared_preload_libraries') ~ '(^|[ ,])"?connect_guard"?([ ,]|$)',
-    'connect_guard is not in shared_preload_libraries: no worker drives the plan and no fence can be raised',
-    'Add connect_guard to shared_preload_libraries and restart, then run the runbook again.') \gset
-SELECT pg_temp.runbook_require(EXISTS (SELECT 1 FROM connect_worker),
-    format('the connect_guard worker of database %s is not running', current_database()),
-    'It drives the plan. See the server log; after CREATE EXTENSION it can take up to 30 s to start.') \gset
+SELECT pg_temp.runbook_require_worker() \gset
 
 \if :{?plan}
     -- ---------------------------------------------------- go on with a plan
-    SELECT pg_temp.runbook_require(count(*) = 1, format('upgrade plan %s does not exist', :'plan'),
-        'See SELECT * FROM connect_upgrade_status.')
-      FROM connect_upgrade_status WHERE plan::text = :'plan' \gset
-    SELECT pg_temp.runbook_require(method = 'follower' AND status IN ('running', 'ready', 'handed_over'),
-        format('upgrade plan %s is a %s plan, %s at step %s%s', plan, method, status, step,
-               coalesce(': ' || last_error, '')),
-        CASE WHEN status = 'failed'
-             THEN 'End it with SELECT connect_abort_upgrade(' || plan || ') (lifts the fences, resumes), fix the cause and start again.'
-             ELSE 'Pass the plan of a follower changeover that is still going on.' END)
-      FROM connect_upgrade_status WHERE plan::text = :'plan' \gset
+    SELECT pg_temp.runbook_require_plan(:'plan', 'follower', '{running,ready,handed_over}',
+        missing_todo => 'See SELECT * FROM connect_upgrade_status.',
+        wrong_todo => 'Pass the plan of a follower changeover that is still going on.',
+        failed_todo => format('End it with SELECT connect_abort_upgrade(%s) (lifts the fences, resumes), fix the cause and start again.', :'plan')) \gset
     \if :{?follower_conninfo}
     \else
         -- the conninfo the plan uses (it may hold a password: never printed)
@@ -97,12 +75,8 @@ SELECT pg_temp.runbook_require(EXISTS (SELECT 1 FROM connect_worker),
 \else
     -- ------------------------------------------------------- a new plan
     \if :{?follower} \else \set follower changeover \endif
-    SELECT pg_temp.runbook_require(p.plan IS NULL,
-        format('upgrade plan %s is already %s (step %s)', p.plan, p.status, p.step),
-        format('Go on with it: -v plan=%s, or end it with SELECT connect_abort_upgrade(%s).', p.plan, p.plan))
-      FROM (SELECT 1) one
-      LEFT JOIN (SELECT plan, status, step FROM connect_upgrade_status
-                  WHERE status IN ('running', 'ready') ORDER BY plan DESC LIMIT 1) p ON true \gset
+    SELECT pg_temp.runbook_require_no_plan('upgrade plan %s is already %s (step %s)',
+        'Go on with it: -v plan=%1$s, or end it with SELECT connect_abort_upgrade(%1$s).') \gset
 
     -- the follower: registered, or registered now (in the same transaction
     -- as its check, so that a follower that fails the check is not kept)

@@ -47,10 +47,7 @@
 -- Stops with exit code 3 when a precondition fails, saying why and what to do.
 
 \set ON_ERROR_STOP on
-\set QUIET on
-\set SHOW_CONTEXT never
-\pset pager off
-\pset null '-'
+\ir common.psql
 
 \if :{?variant} \else \set variant window \endif
 \if :{?phase} \else \set phase start \endif
@@ -63,8 +60,6 @@
 
 SET application_name = 'connect_guard runbook kafka_style_cutover';
 
-\ir common.psql
-
 \echo '== kafka_style_cutover (variant' :variant', phase' :phase'): preconditions'
 SELECT pg_temp.runbook_require(:'variant' IN ('window', 'double_write'),
     format('unknown variant %s', :'variant'),
@@ -72,12 +67,7 @@ SELECT pg_temp.runbook_require(:'variant' IN ('window', 'double_write'),
 SELECT pg_temp.runbook_require(:'phase' IN ('start', 'cutover'),
     format('unknown phase %s', :'phase'),
     'With variant=double_write: -v phase=start, later -v phase=cutover.') \gset
-SELECT pg_temp.runbook_require(
-    EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'connect_guard'),
-    format('connect_guard is not installed in database %s', current_database()),
-    'Connect to the database of the connections (psql -d ...).') \gset
-SELECT pg_temp.runbook_require(NOT pg_is_in_recovery(),
-    'this server is a standby', 'Run the runbook on the primary.') \gset
+SELECT pg_temp.runbook_require_primary('Connect to the database of the connections (psql -d ...).') \gset
 SELECT pg_temp.runbook_require(:'drop_old' ~* '^(on|off|true|false|yes|no|1|0)$',
     format('drop_old must be on or off, not %s', :'drop_old'), 'For example -v drop_old=off.') \gset
 SELECT pg_temp.runbook_require(:'timeout' ~ '^[ 0-9a-z.]+$' AND :'drain_timeout' ~ '^[ 0-9a-z.]+$'
@@ -86,21 +76,10 @@ SELECT pg_temp.runbook_require(:'timeout' ~ '^[ 0-9a-z.]+$' AND :'drain_timeout'
 SELECT pg_temp.runbook_require(pg_temp.is_json_object(:'new_options'),
     format('new_options must be a JSON object, not %s', :'new_options'),
     'For example -v new_options=''{"url": "https://hooks.example.com/connect", "secret_file": "/etc/connect_guard/hook.key"}''.') \gset
-SELECT pg_temp.runbook_require(p.plan IS NULL,
-    format('upgrade plan %s is %s (step %s): it pauses and resumes the connections itself', p.plan, p.status, p.step),
-    'Let the plan finish, or end it with SELECT connect_abort_upgrade(plan).')
-  FROM (SELECT 1) one
-  LEFT JOIN (SELECT plan, status, step FROM connect_upgrade_status
-              WHERE status IN ('running', 'ready') ORDER BY plan DESC LIMIT 1) p ON true \gset
+SELECT pg_temp.runbook_require_no_plan() \gset
 
-\if :{?old}
-\else
-    SELECT pg_temp.runbook_require(count(*) = 1,
-               format('-v old=NAME is needed: this database has %s connections (%s)',
-                      count(*), coalesce(string_agg(connection, ', ' ORDER BY connection), 'none')),
-               'Pass the connection to retire, e.g. -v old=sync.'),
-           min(connection) AS old
-      FROM connect_connections \gset
+\if :{?old} \else
+    SELECT pg_temp.runbook_only_connection('old', 'Pass the connection to retire, e.g. -v old=sync.') AS old \gset
 \endif
 \if :{?new}
 \else
@@ -109,10 +88,7 @@ SELECT pg_temp.runbook_require(p.plan IS NULL,
 \endif
 SELECT pg_temp.runbook_require(:'old' <> :'new', 'old and new are the same connection',
     'Pass two different names.') \gset
-SELECT pg_temp.runbook_require(count(*) = 1,
-    format('connection "%s" does not exist', :'old'),
-    'See SELECT connection, state FROM connect_status; pass -v old=NAME.')
-  FROM connect_status WHERE connection = :'old' \gset
+SELECT pg_temp.runbook_require_connection(:'old', 'old') \gset
 SELECT state AS old_state, state IN ('IDLE', 'POLLING_DB_CHANGES') AS old_running, state = 'PAUSED' AS old_paused,
        adapter AS old_adapter
   FROM connect_status WHERE connection = :'old' \gset
@@ -136,11 +112,8 @@ SELECT :'variant' = 'window' AS window_variant, :'phase' = 'start' AS starting \
     SELECT pg_temp.runbook_require(:'old_running'::boolean,
         format('connection "%s" is %s: it must run to drain its backlog', :'old', :'old_state'),
         'Resume it first (runbooks/pause_resume.sql -v action=resume).') \gset
-    SELECT pg_temp.runbook_require(f.fence_id IS NULL,
-        format('a maintenance fence is already up (fence %s, scope %s: %s)', f.fence_id, f.scope, f.reason),
-        'Lower it with SELECT connect_unfence() when its maintenance is over, then run again.')
-      FROM (SELECT 1) one
-      LEFT JOIN (SELECT * FROM connect_fences WHERE scope IN ('mapped', 'database') LIMIT 1) f ON true \gset
+    SELECT pg_temp.runbook_require_no_maintenance_fence(
+        'Lower it with SELECT connect_unfence() when its maintenance is over, then run again.') \gset
 
     -- a trial creation, rolled back: bad new_adapter/new_options stop the runbook before the window
     \set create_error ''
@@ -162,34 +135,22 @@ SELECT :'variant' = 'window' AS window_variant, :'phase' = 'start' AS starting \
     \echo '   fence' :fence_id 'is up: writes are refused, the trigger log head is final'
 
     \echo '== step 2 (consumers fully caught up): wait up to' :drain_timeout 'until' :old 'has consumed its backlog'
-    SELECT pg_temp.runbook_wait(
-               format('SELECT backlog = 0 AND open_batch IS NULL FROM connect_high_water_marks WHERE connection = %L', :'old'),
-               :'drain_timeout'::interval) AS drained \gset
+    SELECT pg_temp.runbook_drained(:'old', :'drain_timeout') AS drained \gset
     \if :drained
         \echo '   drained'
     \else
         SELECT connection, hwm_id, log_head, backlog, open_batch, last_batch_at FROM connect_high_water_marks WHERE connection = :'old';
-        SELECT connect_unfence() AS lowered \gset
-        SELECT pg_temp.runbook_require(false,
-            format('"%s" did not consume its backlog within %s', :'old', :'drain_timeout'),
-            'The fence was lowered again; nothing else changed. Check that its sync service runs, then run again, with a longer -v drain_timeout if needed.') \gset
+        CALL pg_temp.runbook_unfence_and_stop(format('"%s" did not consume its backlog within %s', :'old', :'drain_timeout'),
+            'The fence was lowered again; nothing else changed. Check that its sync service runs, then run again, with a longer -v drain_timeout if needed.');
     \endif
 
     \echo '== step 3: pause' :old '(its mark is final; the fence keeps the writes out)'
     \set ON_ERROR_STOP off
-    SELECT s AS pause_state, s = 'PAUSING' AS remote
-      FROM connect_pause(:'old', block_writes => false, timeout => :'timeout'::interval, reason => :'reason') s \gset
-    \if :ERROR
-        \set remote false
-    \endif
-    \if :remote
-        SELECT connect_wait_state(:'old', 'PAUSED', :'wait_timeout'::interval) AS pause_state \gset
-    \endif
+    CALL pg_temp.runbook_pause(:'old', false, :'timeout', :'reason', :'wait_timeout') \gset
     \set ON_ERROR_STOP on
     \if :ERROR
-        SELECT connect_unfence() AS lowered \gset
-        SELECT pg_temp.runbook_require(false, format('could not pause "%s": %s', :'old', :'LAST_ERROR_MESSAGE'),
-            'The fence was lowered again. Fix the cause and run again.') \gset
+        CALL pg_temp.runbook_unfence_and_stop(format('could not pause "%s": %s', :'old', :'LAST_ERROR_MESSAGE'),
+            'The fence was lowered again. Fix the cause and run again.');
     \endif
 
     \echo '== step 4 (switch over): create' :new '(adapter' :new_adapter') mapping the tables of' :old
@@ -211,9 +172,8 @@ SELECT :'variant' = 'window' AS window_variant, :'phase' = 'start' AS starting \
     SELECT :'create_error' <> '' AS create_failed \gset
     \if :create_failed
         SELECT connect_resume(:'old') AS resumed \gset
-        SELECT connect_unfence() AS lowered \gset
-        SELECT pg_temp.runbook_require(false, format('could not create "%s": %s', :'new', :'create_error'),
-            format('"%s" was resumed and the fence lowered: back where it started. Fix new_adapter/new_options and run again.', :'old')) \gset
+        CALL pg_temp.runbook_unfence_and_stop(format('could not create "%s": %s', :'new', :'create_error'),
+            format('"%s" was resumed and the fence lowered: back where it started. Fix new_adapter/new_options and run again.', :'old'));
     \endif
     \echo '   created' :new '(id' :new_id'), mapped' :mapped 'table(s); its mark starts where' :old 'ends'
 
@@ -264,11 +224,7 @@ SELECT :'variant' = 'window' AS window_variant, :'phase' = 'start' AS starting \
         \echo
         \if :old_running
             \echo '== step 1 (switch the consumers): pause' :old '(no fence: writes go on, and reach' :new')'
-            SELECT s AS pause_state, s = 'PAUSING' AS remote
-              FROM connect_pause(:'old', block_writes => false, timeout => :'timeout'::interval, reason => :'reason') s \gset
-            \if :remote
-                SELECT connect_wait_state(:'old', 'PAUSED', :'wait_timeout'::interval) AS pause_state \gset
-            \endif
+            CALL pg_temp.runbook_pause(:'old', false, :'timeout', :'reason', :'wait_timeout') \gset
         \else
             \echo '== step 1 (switch the consumers):' :old 'is paused already'
         \endif

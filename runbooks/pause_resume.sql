@@ -23,10 +23,7 @@
 -- fails, saying why and what to do.
 
 \set ON_ERROR_STOP on
-\set QUIET on
-\set SHOW_CONTEXT never
-\pset pager off
-\pset null '-'
+\ir common.psql
 
 \if :{?action} \else \set action pause \endif
 \if :{?block_writes} \else \set block_writes on \endif
@@ -37,16 +34,8 @@
 
 SET application_name = 'connect_guard runbook pause_resume';
 
-\ir common.psql
-
 \echo '== pause_resume: preconditions'
-SELECT pg_temp.runbook_require(
-    EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'connect_guard'),
-    format('connect_guard is not installed in database %s', current_database()),
-    'Connect to the database that holds the connection (psql -d ...).') \gset
-SELECT pg_temp.runbook_require(NOT pg_is_in_recovery(),
-    'this server is a standby',
-    'Run the runbook on the primary.') \gset
+SELECT pg_temp.runbook_require_primary('Connect to the database that holds the connection (psql -d ...).') \gset
 SELECT pg_temp.runbook_require(:'action' IN ('pause', 'resume'),
     format('unknown action %s', :'action'),
     'Pass -v action=pause or -v action=resume.') \gset
@@ -58,19 +47,11 @@ SELECT pg_temp.runbook_require(:'timeout' ~ '^[ 0-9a-z.]+$' AND :'wait_timeout' 
     'timeout and wait_timeout must be intervals', 'For example -v timeout=''2 min''.') \gset
 
 -- the connection: given, or the only one there is
-\if :{?connection}
-\else
-SELECT pg_temp.runbook_require(count(*) = 1,
-           format('-v connection=NAME is needed: this database has %s connections (%s)',
-                  count(*), coalesce(string_agg(connection, ', ' ORDER BY connection), 'none')),
-           'Pass the connection to pause or resume, e.g. -v connection=sync.'),
-       min(connection) AS connection
-  FROM connect_connections \gset
+\if :{?connection} \else
+    SELECT pg_temp.runbook_only_connection('connection',
+        'Pass the connection to pause or resume, e.g. -v connection=sync.') AS connection \gset
 \endif
-SELECT pg_temp.runbook_require(count(*) = 1,
-    format('connection "%s" does not exist', :'connection'),
-    'See SELECT connection, state FROM connect_status; pass -v connection=NAME.')
-  FROM connect_status WHERE connection = :'connection' \gset
+SELECT pg_temp.runbook_require_connection(:'connection', 'connection') \gset
 
 \echo
 \echo '== before'
@@ -86,12 +67,7 @@ SELECT :'action' = 'pause' AS pausing \gset
         CASE WHEN state = 'RESUMING' THEN 'It is resuming: wait for IDLE (connect_wait_state()), then pause again.'
              ELSE 'Leave it paused, or resume it first with -v action=resume.' END)
       FROM connect_status WHERE connection = :'connection' \gset
-    SELECT pg_temp.runbook_require(p.plan IS NULL,
-        format('upgrade plan %s is %s (step %s): it pauses and resumes the connections itself', p.plan, p.status, p.step),
-        'Let the plan finish, or end it with SELECT connect_abort_upgrade(plan).')
-      FROM (SELECT 1) one
-      LEFT JOIN (SELECT plan, status, step FROM connect_upgrade_status
-                  WHERE status IN ('running', 'ready') ORDER BY plan DESC LIMIT 1) p ON true \gset
+    SELECT pg_temp.runbook_require_no_plan() \gset
     SELECT open_batch IS NOT NULL AS has_open_batch, coalesce(open_batch::text, '') AS open_batch
       FROM connect_status WHERE connection = :'connection' \gset
     \if :has_open_batch
@@ -117,12 +93,8 @@ SELECT :'action' = 'pause' AS pausing \gset
         format('connection "%s" is not paused: it is %s since %s', :'connection', state, state_since),
         'Nothing to resume; see connect_status.')
       FROM connect_status WHERE connection = :'connection' \gset
-    SELECT pg_temp.runbook_require(p.plan IS NULL,
-        format('upgrade plan %s is %s (step %s) and paused the connections itself', p.plan, p.status, p.step),
-        'Resuming by hand would let the sync service run in the middle of the upgrade. Let the plan complete (it resumes the connections), or end it with SELECT connect_abort_upgrade(plan).')
-      FROM (SELECT 1) one
-      LEFT JOIN (SELECT plan, status, step FROM connect_upgrade_status
-                  WHERE status IN ('running', 'ready') ORDER BY plan DESC LIMIT 1) p ON true \gset
+    SELECT pg_temp.runbook_require_no_plan('upgrade plan %s is %s (step %s) and paused the connections itself',
+        'Resuming by hand would let the sync service run in the middle of the upgrade. Let the plan complete (it resumes the connections), or end it with SELECT connect_abort_upgrade(plan).') \gset
 
     \echo
     \echo '== step 1: resume' :connection

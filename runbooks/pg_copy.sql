@@ -31,10 +31,7 @@
 -- Stops with exit code 3 when a precondition fails, saying why and what to do.
 
 \set ON_ERROR_STOP on
-\set QUIET on
-\set SHOW_CONTEXT never
-\pset pager off
-\pset null '-'
+\ir common.psql
 
 \if :{?phase} \else \set phase prepare \endif
 \if :{?step_timeout} \else \set step_timeout '10 min' \endif
@@ -44,38 +41,23 @@
 
 SET application_name = 'connect_guard runbook pg_copy';
 
-\ir common.psql
-
 \echo '== pg_copy (phase' :phase'): preconditions'
 SELECT pg_temp.runbook_require(:'phase' IN ('prepare', 'complete'),
     format('unknown phase %s', :'phase'),
     'Pass -v phase=prepare on the old database, then -v phase=complete on the new one.') \gset
-SELECT pg_temp.runbook_require(
-    EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'connect_guard'),
-    format('connect_guard is not installed in database %s', current_database()),
+SELECT pg_temp.runbook_require_primary(
     CASE :'phase' WHEN 'prepare' THEN 'Connect to the database that holds the connections (psql -d ...).'
-         ELSE 'Connect to the new database after pg_restore (the dump creates the extension and its catalog).' END) \gset
-SELECT pg_temp.runbook_require(NOT pg_is_in_recovery(),
-    'this server is a standby', 'Run the runbook on a primary.') \gset
+         ELSE 'Connect to the new database after pg_restore (the dump creates the extension and its catalog).' END,
+    'Run the runbook on a primary.') \gset
 SELECT pg_temp.runbook_require(:'step_timeout' ~ '^[ 0-9a-z.]+$' AND :'wait_timeout' ~ '^[ 0-9a-z.]+$',
     'step_timeout and wait_timeout must be intervals', 'For example -v wait_timeout=''1 hour''.') \gset
 
 SELECT :'phase' = 'prepare' AS preparing \gset
 \if :preparing
     -- ================================================================ prepare
-    SELECT pg_temp.runbook_require(
-        current_setting('shared_preload_libraries') ~ '(^|[ ,])"?connect_guard"?([ ,]|$)',
-        'connect_guard is not in shared_preload_libraries: no worker drives the plan and no fence can be raised',
-        'Add connect_guard to shared_preload_libraries and restart, then run the runbook again.') \gset
-    SELECT pg_temp.runbook_require(EXISTS (SELECT 1 FROM connect_worker),
-        format('the connect_guard worker of database %s is not running', current_database()),
-        'It drives the plan. See the server log; after CREATE EXTENSION it can take up to 30 s to start.') \gset
-    SELECT pg_temp.runbook_require(p.plan IS NULL,
-        format('upgrade plan %s is already %s (step %s)', p.plan, p.status, p.step),
-        format('Wait for it, or end it with SELECT connect_abort_upgrade(%s).', p.plan))
-      FROM (SELECT 1) one
-      LEFT JOIN (SELECT plan, status, step FROM connect_upgrade_status
-                  WHERE status IN ('running', 'ready') ORDER BY plan DESC LIMIT 1) p ON true \gset
+    SELECT pg_temp.runbook_require_worker() \gset
+    SELECT pg_temp.runbook_require_no_plan('upgrade plan %s is already %s (step %s)',
+        'Wait for it, or end it with SELECT connect_abort_upgrade(%1$s).') \gset
     \if :{?source} \else
         SELECT concat_ws(' ', 'host=' || pg_temp.ci(:'HOST'), 'port=' || pg_temp.ci(:'PORT'),
                          'dbname=' || pg_temp.ci(:'DBNAME'), 'user=' || pg_temp.ci(:'USER')) AS source \gset
@@ -133,15 +115,9 @@ SELECT :'phase' = 'prepare' AS preparing \gset
         SELECT coalesce(max(plan)::text, '') AS plan FROM connect_upgrade_status
          WHERE method = 'copy' AND status IN ('ready', 'completed') \gset
     \endif
-    SELECT pg_temp.runbook_require(count(*) = 1,
-        CASE WHEN :'plan' = '' THEN 'this database has no copy plan'
-             ELSE format('upgrade plan %s does not exist', :'plan') END,
-        'Run phase=complete in the new database after pg_restore of a database whose copy plan was ready.')
-      FROM connect_upgrade_status WHERE plan::text = :'plan' \gset
-    SELECT pg_temp.runbook_require(method = 'copy' AND status IN ('ready', 'completed'),
-        format('upgrade plan %s is a %s plan, %s at step %s%s', plan, method, status, step, coalesce(': ' || last_error, '')),
-        'Pass the copy plan that was ready when the database was dumped: -v plan=N.')
-      FROM connect_upgrade_status WHERE plan::text = :'plan' \gset
+    SELECT pg_temp.runbook_require_plan(:'plan', 'copy', '{ready,completed}',
+        missing_todo => 'Run phase=complete in the new database after pg_restore of a database whose copy plan was ready.',
+        wrong_todo => 'Pass the copy plan that was ready when the database was dumped: -v plan=N.') \gset
     -- connect_complete_upgrade() would also "complete" the plan in the old
     -- database, resuming its connections under its fence: the old database
     -- is the one that still has the plan's fence up

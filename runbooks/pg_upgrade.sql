@@ -35,10 +35,7 @@
 -- Stops with exit code 3 when a precondition fails, saying why and what to do.
 
 \set ON_ERROR_STOP on
-\set QUIET on
-\set SHOW_CONTEXT never
-\pset pager off
-\pset null '-'
+\ir common.psql
 
 \if :{?phase} \else \set phase prepare \endif
 \if :{?step_timeout} \else \set step_timeout '10 min' \endif
@@ -46,42 +43,27 @@
 
 SET application_name = 'connect_guard runbook pg_upgrade';
 
-\ir common.psql
-
 \echo '== pg_upgrade (phase' :phase'): preconditions'
 SELECT pg_temp.runbook_require(:'phase' IN ('prepare', 'verify'),
     format('unknown phase %s', :'phase'),
     'Pass -v phase=prepare on the old cluster, then -v phase=verify on the upgraded one.') \gset
-SELECT pg_temp.runbook_require(
-    EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'connect_guard'),
-    format('connect_guard is not installed in database %s', current_database()),
-    'Connect to the database that holds the connections (psql -d ...).') \gset
-SELECT pg_temp.runbook_require(NOT pg_is_in_recovery(),
-    'this server is a standby',
-    'Run the runbook on the primary.') \gset
+SELECT pg_temp.runbook_require_primary() \gset
 SELECT pg_temp.runbook_require(:'step_timeout' ~ '^[ 0-9a-z.]+$' AND :'wait_timeout' ~ '^[ 0-9a-z.]+$',
     'step_timeout and wait_timeout must be intervals', 'For example -v wait_timeout=''1 hour''.') \gset
-SELECT pg_temp.runbook_require(
-    current_setting('shared_preload_libraries') ~ '(^|[ ,])"?connect_guard"?([ ,]|$)',
+SELECT pg_temp.runbook_require_worker(
     CASE :'phase' WHEN 'prepare'
          THEN 'connect_guard is not in shared_preload_libraries: no worker drives the plan and no fence can be raised'
          ELSE 'connect_guard is not in the upgraded cluster''s shared_preload_libraries: the fence file was not loaded and no worker completes the plan' END,
     CASE :'phase' WHEN 'prepare'
          THEN 'Add connect_guard to shared_preload_libraries and restart, then run the runbook again.'
-         ELSE 'Stop this cluster at once (writes are not fenced), add connect_guard to shared_preload_libraries in its postgresql.conf, copy the old cluster''s connect_guard.fences into its data directory again if it is gone, and start it.' END) \gset
-SELECT pg_temp.runbook_require(EXISTS (SELECT 1 FROM connect_worker),
-    format('the connect_guard worker of database %s is not running', current_database()),
+         ELSE 'Stop this cluster at once (writes are not fenced), add connect_guard to shared_preload_libraries in its postgresql.conf, copy the old cluster''s connect_guard.fences into its data directory again if it is gone, and start it.' END,
     'It drives the plan. See the server log; after CREATE EXTENSION or a start it can take up to 30 s to start.') \gset
 
 SELECT :'phase' = 'prepare' AS preparing \gset
 \if :preparing
     -- ================================================================ prepare
-    SELECT pg_temp.runbook_require(p.plan IS NULL,
-        format('upgrade plan %s is already %s (step %s)', p.plan, p.status, p.step),
-        format('Wait for it, or end it with SELECT connect_abort_upgrade(%s).', p.plan))
-      FROM (SELECT 1) one
-      LEFT JOIN (SELECT plan, status, step FROM connect_upgrade_status
-                  WHERE status IN ('running', 'ready') ORDER BY plan DESC LIMIT 1) p ON true \gset
+    SELECT pg_temp.runbook_require_no_plan('upgrade plan %s is already %s (step %s)',
+        'Wait for it, or end it with SELECT connect_abort_upgrade(%1$s).') \gset
 
     -- the shell steps' paths
     SELECT current_setting('data_directory') AS old_datadir,
@@ -176,17 +158,10 @@ SELECT :'phase' = 'prepare' AS preparing \gset
     \if :{?plan} \else
         SELECT coalesce(max(plan)::text, '') AS plan FROM connect_upgrade_status WHERE method = 'pg_upgrade' \gset
     \endif
-    SELECT pg_temp.runbook_require(count(*) = 1,
-        CASE WHEN :'plan' = '' THEN 'this database has no pg_upgrade plan'
-             ELSE format('upgrade plan %s does not exist', :'plan') END,
-        'Run phase=verify in the upgraded database of the cluster whose plan reached ready (see connect_upgrade_status).')
-      FROM connect_upgrade_status WHERE plan::text = :'plan' \gset
-    SELECT pg_temp.runbook_require(method = 'pg_upgrade' AND status IN ('ready', 'completed'),
-        format('upgrade plan %s is a %s plan, %s at step %s%s', plan, method, status, step, coalesce(': ' || last_error, '')),
-        CASE WHEN status = 'failed'
-             THEN 'The fence stays up. Fix the cause in last_error; then SELECT connect_unfence() and connect_resume(connection) end the window by hand.'
-             ELSE 'Pass the pg_upgrade plan that reached ready on the old cluster: -v plan=N.' END)
-      FROM connect_upgrade_status WHERE plan::text = :'plan' \gset
+    SELECT pg_temp.runbook_require_plan(:'plan', 'pg_upgrade', '{ready,completed}',
+        missing_todo => 'Run phase=verify in the upgraded database of the cluster whose plan reached ready (see connect_upgrade_status).',
+        wrong_todo => 'Pass the pg_upgrade plan that reached ready on the old cluster: -v plan=N.',
+        failed_todo => 'The fence stays up. Fix the cause in last_error; then SELECT connect_unfence() and connect_resume(connection) end the window by hand.') \gset
     -- the plan records the old cluster's system identifier (connect_upgrade_status does not show it)
     SELECT pg_temp.runbook_require(p.system_identifier IS DISTINCT FROM s.system_identifier,
         'this is the cluster plan ' || :'plan' || ' was prepared on (same system identifier), not the upgraded one',

@@ -36,10 +36,7 @@
 -- starts there.  Stops with exit code 3 when a precondition fails.
 
 \set ON_ERROR_STOP on
-\set QUIET on
-\set SHOW_CONTEXT never
-\pset pager off
-\pset null '-'
+\ir common.psql
 
 \if :{?phase} \else \set phase export \endif
 \if :{?timeout} \else \set timeout '30 s' \endif
@@ -49,44 +46,24 @@
 
 SET application_name = 'connect_guard runbook recreate_connection';
 
-\ir common.psql
-
 \echo '== recreate_connection (phase' :phase'): preconditions'
 SELECT pg_temp.runbook_require(:'phase' IN ('export', 'import'),
     format('unknown phase %s', :'phase'),
     'Pass -v phase=export (the default), then -v phase=import.') \gset
-SELECT pg_temp.runbook_require(
-    EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'connect_guard'),
-    format('connect_guard is not installed in database %s', current_database()),
-    'Connect to the database of the connection (psql -d ...).') \gset
-SELECT pg_temp.runbook_require(NOT pg_is_in_recovery(),
-    'this server is a standby', 'Run the runbook on the primary.') \gset
+SELECT pg_temp.runbook_require_primary('Connect to the database of the connection (psql -d ...).') \gset
 SELECT pg_temp.runbook_require(:'timeout' ~ '^[ 0-9a-z.]+$' AND :'drain_timeout' ~ '^[ 0-9a-z.]+$'
                                AND :'wait_timeout' ~ '^[ 0-9a-z.]+$',
     'timeout, drain_timeout and wait_timeout must be intervals', 'For example -v drain_timeout=''15 min''.') \gset
-SELECT pg_temp.runbook_require(p.plan IS NULL,
-    format('upgrade plan %s is %s (step %s): it pauses and resumes the connections itself', p.plan, p.status, p.step),
-    'Let the plan finish, or end it with SELECT connect_abort_upgrade(plan).')
-  FROM (SELECT 1) one
-  LEFT JOIN (SELECT plan, status, step FROM connect_upgrade_status
-              WHERE status IN ('running', 'ready') ORDER BY plan DESC LIMIT 1) p ON true \gset
+SELECT pg_temp.runbook_require_no_plan() \gset
 
 SELECT :'phase' = 'export' AS exporting \gset
 \if :exporting
     -- ================================================================= export
-    \if :{?connection}
-    \else
-        SELECT pg_temp.runbook_require(count(*) = 1,
-                   format('-v connection=NAME is needed: this database has %s connections (%s)',
-                          count(*), coalesce(string_agg(connection, ', ' ORDER BY connection), 'none')),
-                   'Pass the connection to export, e.g. -v connection=sync.'),
-               min(connection) AS connection
-          FROM connect_connections \gset
+    \if :{?connection} \else
+        SELECT pg_temp.runbook_only_connection('connection',
+            'Pass the connection to export, e.g. -v connection=sync.') AS connection \gset
     \endif
-    SELECT pg_temp.runbook_require(count(*) = 1,
-        format('connection "%s" does not exist', :'connection'),
-        'See SELECT connection, state FROM connect_status; pass -v connection=NAME.')
-      FROM connect_status WHERE connection = :'connection' \gset
+    SELECT pg_temp.runbook_require_connection(:'connection', 'connection') \gset
     \if :{?file} \else \set file connect_:connection.json \endif
     \if :{?reason} \else \set reason 'recreating connection ':connection \endif
 
@@ -109,11 +86,8 @@ SELECT :'phase' = 'export' AS exporting \gset
         format('connection "%s" is %s', :'connection', :'state'),
         'Wait until it is PAUSED or IDLE (connect_wait_state()), then run again.') \gset
     \if :running
-        SELECT pg_temp.runbook_require(f.fence_id IS NULL,
-            format('a maintenance fence is already up (fence %s, scope %s: %s)', f.fence_id, f.scope, f.reason),
-            'This runbook raises its own while the backlog drains: lower that one with SELECT connect_unfence() when its maintenance is over, then run again.')
-          FROM (SELECT 1) one
-          LEFT JOIN (SELECT * FROM connect_fences WHERE scope IN ('mapped', 'database') LIMIT 1) f ON true \gset
+        SELECT pg_temp.runbook_require_no_maintenance_fence(
+            'This runbook raises its own while the backlog drains: lower that one with SELECT connect_unfence() when its maintenance is over, then run again.') \gset
 
         \echo
         \echo '== step 2: stop the writes to the mapped tables (a maintenance fence); the sync service keeps consuming'
@@ -121,35 +95,23 @@ SELECT :'phase' = 'export' AS exporting \gset
         \echo '   fence' :fence_id 'is up: the trigger log head is final'
 
         \echo '== step 3: wait up to' :drain_timeout 'for the sync service to consume the backlog of' :connection
-        SELECT pg_temp.runbook_wait(
-                   format('SELECT backlog = 0 AND open_batch IS NULL FROM connect_high_water_marks WHERE connection = %L',
-                          :'connection'),
-                   :'drain_timeout'::interval) AS drained \gset
+        SELECT pg_temp.runbook_drained(:'connection', :'drain_timeout') AS drained \gset
         \if :drained
             \echo '   drained'
         \else
             SELECT backlog, open_batch FROM connect_high_water_marks WHERE connection = :'connection';
-            SELECT connect_unfence() AS lowered \gset
-            SELECT pg_temp.runbook_require(false,
+            CALL pg_temp.runbook_unfence_and_stop(
                 format('the sync service did not consume the backlog of "%s" within %s', :'connection', :'drain_timeout'),
-                'The maintenance fence was lowered again; nothing else changed. Check that the sync service runs (connect_status: last_batch_at), then run again, with a longer -v drain_timeout if needed.') \gset
+                'The maintenance fence was lowered again; nothing else changed. Check that the sync service runs (connect_status: last_batch_at), then run again, with a longer -v drain_timeout if needed.');
         \endif
 
         \echo '== step 4: pause' :connection 'with its own fence, then lower the maintenance fence'
         \set ON_ERROR_STOP off
-        SELECT s AS pause_state, s = 'PAUSING' AS remote
-          FROM connect_pause(:'connection', block_writes => true, timeout => :'timeout'::interval, reason => :'reason') s \gset
-        \if :ERROR
-            \set remote false
-        \endif
-        \if :remote
-            SELECT connect_wait_state(:'connection', 'PAUSED', :'wait_timeout'::interval) AS pause_state \gset
-        \endif
+        CALL pg_temp.runbook_pause(:'connection', true, :'timeout', :'reason', :'wait_timeout') \gset
         \set ON_ERROR_STOP on
         \if :ERROR
-            SELECT connect_unfence() AS lowered \gset
-            SELECT pg_temp.runbook_require(false, format('could not pause "%s": %s', :'connection', :'LAST_ERROR_MESSAGE'),
-                'The maintenance fence was lowered again. Fix the cause and run again.') \gset
+            CALL pg_temp.runbook_unfence_and_stop(format('could not pause "%s": %s', :'connection', :'LAST_ERROR_MESSAGE'),
+                'The maintenance fence was lowered again. Fix the cause and run again.');
         \endif
         SELECT connect_unfence() AS lowered \gset
         \echo '   the connection is' :pause_state

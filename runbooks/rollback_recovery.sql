@@ -26,10 +26,7 @@
 -- exit code 3 when a precondition fails, saying why and what to do.
 
 \set ON_ERROR_STOP on
-\set QUIET on
-\set SHOW_CONTEXT never
-\pset pager off
-\pset null '-'
+\ir common.psql
 
 \if :{?connection} \else \set connection '' \endif
 \if :{?force} \else \set force off \endif
@@ -37,15 +34,9 @@
 
 SET application_name = 'connect_guard runbook rollback_recovery';
 
-\ir common.psql
-
 \echo '== rollback_recovery: preconditions'
-SELECT pg_temp.runbook_require(
-    EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'connect_guard'),
-    format('connect_guard is not installed in database %s', current_database()),
-    'Connect to the database that holds the connections (psql -d ...).') \gset
-SELECT pg_temp.runbook_require(NOT pg_is_in_recovery(),
-    'this server is a standby', 'Run the runbook on the primary (after the restore, once it is promoted).') \gset
+SELECT pg_temp.runbook_require_primary(
+    standby_todo => 'Run the runbook on the primary (after the restore, once it is promoted).') \gset
 SELECT pg_temp.runbook_require(:'force' ~* '^(on|off|true|false|yes|no|1|0)$',
     format('force must be on or off, not %s', :'force'), 'For example -v force=on.') \gset
 SELECT pg_temp.runbook_require(:'wait_timeout' ~ '^[ 0-9a-z.]+$',

@@ -15,7 +15,8 @@ export PATH="$PG_BIN:$PATH"
 if [ "$(id -u)" = 0 ]; then RUN_USER=postgres; else RUN_USER=$(id -un); fi
 
 CG_APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-contrib libpq-dev
-                 libcurl4-openssl-dev libipc-run-perl python3-psycopg2 curl make gcc)
+                 libcurl4-openssl-dev libipc-run-perl python3-psycopg2 curl make gcc
+                 prometheus-postgres-exporter prometheus)
 
 log() { printf '\n== %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

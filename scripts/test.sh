@@ -44,10 +44,36 @@ suite "isolation specs (test/isolation)" REGRESS= TAP_TESTS=
 suite "TAP tests (test/t)" REGRESS= ISOLATION= ${PROVE_TESTS:+PROVE_TESTS="$PROVE_TESTS"}
 
 log "Connect simulator self-test (test/simulator)"
-if bash "$work/src/test/simulator/selftest.sh"; then
+if PGBIN="$PG_BIN" bash "$work/src/test/simulator/selftest.sh"; then
     passed=$((passed + 1))
 else
     failed=$((failed + 1)); failures+=("simulator self-test")
+fi
+
+# each part of the install script uses only what the parts before it create
+log "install script parts in dependency order (scripts/check_sql_order.pl)"
+if perl "$CG_ROOT/scripts/check_sql_order.pl"; then
+    passed=$((passed + 1))
+else
+    failed=$((failed + 1)); failures+=("install script order")
+fi
+
+# The Debian package is installed into /usr, tested there and purged: only
+# when this run's PostgreSQL is /usr's (CI), not a private copy beside it.
+if [ "$PG_BIN" = /usr/lib/postgresql/15/bin ]; then
+    log "Debian package and PGXN META.json (scripts/package.sh)"
+    if bash "$CG_ROOT/scripts/package.sh"; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1)); failures+=("Debian package")
+    fi
+else
+    log "PGXN META.json (the Debian package is not built: PG_BIN is not /usr's; see scripts/package.sh)"
+    if /usr/bin/python3 "$CG_ROOT/scripts/check_meta.py" "$CG_ROOT/META.json"; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1)); failures+=("META.json")
+    fi
 fi
 
 for f in "$work"/src/results-regress/regression.diffs "$work"/src/results-isolation/regression.diffs; do

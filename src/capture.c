@@ -49,6 +49,8 @@
 #include "utils/timestamp.h"
 #include "utils/xid8.h"
 
+#include "capture.h"
+#include "catalog_names.h"
 #include "connect_guard.h"
 #include "row_json.h"
 

@@ -12,6 +12,7 @@
 #include "fmgr.h"
 #include "utils/guc.h"
 
+#include "capture.h"
 #include "connect_guard.h"
 #include "fence.h"
 #include "lag.h"

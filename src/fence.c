@@ -52,7 +52,7 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
-#include "connect_guard.h"
+#include "catalog_names.h"
 #include "fence.h"
 
 PG_FUNCTION_INFO_V1(connect_guard_fence_raise);

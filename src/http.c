@@ -234,7 +234,7 @@ http_perform(const HttpRequest *req, HttpResponse *resp)
 		curl_easy_setopt(curl, CURLOPT_CAINFO, req->ca_file);
 	curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, (long) req->timeout_ms);
 	curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, (long) req->timeout_ms);
-	curl_easy_setopt(curl, CURLOPT_USERAGENT, "connect_guard/1.0");
+	curl_easy_setopt(curl, CURLOPT_USERAGENT, "connect_guard/" CONNECT_GUARD_VERSION);
 	curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
 	curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, errbuf);
 	curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, http_write);

@@ -57,6 +57,7 @@
 #include "storage/latch.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/json.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/numeric.h"
@@ -64,12 +65,14 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-#include "connect_guard.h"
+#include "catalog_names.h"
 #include "lag.h"
 #include "remote.h"
+#include "worker.h"
 
 PG_FUNCTION_INFO_V1(connect_guard_check_followers);
 PG_FUNCTION_INFO_V1(connect_guard_conninfo_masked);
+PG_FUNCTION_INFO_V1(connect_guard_follower_probe);
 
 /* GUC variables */
 int			lag_follower_timeout_ms = 5000;
@@ -110,8 +113,10 @@ int			lag_follower_timeout_ms = 5000;
 	"                      pg_catalog.pg_current_wal_lsn()), 8))::pg_catalog.bit(32)::pg_catalog.int4" \
 	"       END," \
 	"       pg_catalog.date_part('epoch', pg_catalog.now()" \
-	"           OPERATOR(pg_catalog.-) pg_catalog.pg_last_xact_replay_timestamp())" \
+	"           OPERATOR(pg_catalog.-) pg_catalog.pg_last_xact_replay_timestamp())," \
+	"       pg_catalog.current_database()" \
 	"  FROM (SELECT pg_catalog.pg_is_in_recovery() AS in_recovery) r"
+#define FOLLOWER_QUERY_NATTS 7
 
 /*
  * The write: only for a follower that still exists with the conninfo that
@@ -158,6 +163,7 @@ typedef struct FollowerCheck
 	int64		lag_bytes;
 	bool		has_lag_seconds;
 	double		lag_seconds;
+	char	   *database;		/* the database the conninfo reached, when answered */
 } FollowerCheck;
 
 /*
@@ -203,17 +209,43 @@ lag_init(void)
  * Entry points
  * ------------------------------------------------------------------------ */
 
+/* read_followers_step and write_results_step: lag_check_followers' two worker steps */
+typedef struct LagSteps
+{
+	MemoryContext cxt;
+	List	   *checks;
+} LagSteps;
+
+static void
+read_followers_step(void *arg)
+{
+	LagSteps   *steps = (LagSteps *) arg;
+
+	steps->checks = read_followers(steps->cxt);
+}
+
+static void
+write_results_step(void *arg)
+{
+	LagSteps   *steps = (LagSteps *) arg;
+
+	/* DROP EXTENSION may have run while we were away */
+	if (followers_catalog_present())
+		write_results(steps->checks);
+}
+
 /*
- * lag_check_followers is the worker's step.  Errors that are not about a
- * follower (the tables were dropped under us, a cancel) are reported and
- * end this cycle's step, never the worker: followers are checked again next
- * cycle.
+ * lag_check_followers is the worker's step: the list is read and the
+ * results written in worker steps of their own (worker_run_step: an error
+ * is logged and ends this cycle's checks, never the worker), and the
+ * followers are checked between them, with no transaction open.  An
+ * interrupt while a follower is checked (a cancel) is reported the same way.
  */
 void
 lag_check_followers(void)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
-	MemoryContext cxt;
+	LagSteps	steps;
 
 	Assert(!IsTransactionState());
 
@@ -221,57 +253,41 @@ lag_check_followers(void)
 	if (RecoveryInProgress())
 		return;
 
-	cxt = AllocSetContextCreate(TopMemoryContext, "connect_guard follower lag",
-								ALLOCSET_DEFAULT_SIZES);
-	PG_TRY();
+	steps.cxt = AllocSetContextCreate(TopMemoryContext, "connect_guard follower lag",
+									  ALLOCSET_DEFAULT_SIZES);
+	steps.checks = NIL;
+	if (worker_run_step("connect_guard: reading the followers", read_followers_step, &steps, NULL) &&
+		steps.checks != NIL)
 	{
-		List	   *checks;
-		ListCell   *lc;
+		volatile bool checked = true;
 
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
-		SPI_connect();
-		PushActiveSnapshot(GetTransactionSnapshot());
-		checks = read_followers(cxt);
-		SPI_finish();
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-
-		if (checks != NIL)
+		if (IsBackgroundWorker)
+			pgstat_report_activity(STATE_RUNNING, "connect_guard: checking followers");
+		PG_TRY();
 		{
-			if (IsBackgroundWorker)
-				pgstat_report_activity(STATE_RUNNING, "connect_guard: checking followers");
+			ListCell   *lc;
 
-			MemoryContextSwitchTo(cxt);
-			foreach(lc, checks)
+			MemoryContextSwitchTo(steps.cxt);
+			foreach(lc, steps.checks)
 				check_follower(lfirst(lc));
-			MemoryContextSwitchTo(oldcxt);
-
-			SetCurrentStatementStartTimestamp();
-			StartTransactionCommand();
-			SPI_connect();
-			PushActiveSnapshot(GetTransactionSnapshot());
-			/* DROP EXTENSION may have run while we were away */
-			if (followers_catalog_present())
-				write_results(checks);
-			SPI_finish();
-			PopActiveSnapshot();
-			CommitTransactionCommand();
 		}
-	}
-	PG_CATCH();
-	{
-		HOLD_INTERRUPTS();
+		PG_CATCH();
+		{
+			HOLD_INTERRUPTS();
+			MemoryContextSwitchTo(oldcxt);
+			errcontext("connect_guard: checking followers");
+			EmitErrorReport();
+			FlushErrorState();
+			RESUME_INTERRUPTS();
+			checked = false;
+		}
+		PG_END_TRY();
 		MemoryContextSwitchTo(oldcxt);
-		errcontext("connect_guard: checking followers");
-		EmitErrorReport();
-		AbortOutOfAnyTransaction();
-		FlushErrorState();
-		RESUME_INTERRUPTS();
+		if (checked)
+			(void) worker_run_step("connect_guard: writing the follower checks", write_results_step, &steps, NULL);
 	}
-	PG_END_TRY();
-
-	MemoryContextDelete(cxt);
+	MemoryContextSwitchTo(oldcxt);
+	MemoryContextDelete(steps.cxt);
 }
 
 /*
@@ -319,6 +335,55 @@ connect_guard_check_followers(PG_FUNCTION_ARGS)
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;
+}
+
+/* appends "key": value to a JSON object being built, the value a JSON string or null */
+static void
+append_json_text(StringInfo buf, const char *key, const char *value)
+{
+	appendStringInfo(buf, ", \"%s\": ", key);
+	if (value == NULL)
+		appendStringInfoString(buf, "null");
+	else
+		escape_json(buf, value);
+}
+
+/*
+ * connect_guard_follower_probe checks one follower exactly as the worker
+ * does (check_follower, and judge_answer's verdict), for the upgrade
+ * plans, and returns what it found as jsonb: answered (the lag query
+ * returned), reachable, error (NULL only for a standby of this primary
+ * that has replayed WAL), in_recovery, system_identifier_matches,
+ * database, timeline, replay_lsn (NULL for another cluster's server) and
+ * lag_bytes (from this primary's position when the answer arrived).
+ * Bounded by connect_guard.follower_timeout; never raises for the
+ * follower's problems, only for an interrupt.
+ */
+Datum
+connect_guard_follower_probe(PG_FUNCTION_ARGS)
+{
+	FollowerCheck check;
+	StringInfoData buf;
+
+	memset(&check, 0, sizeof(check));
+	check.name = "upgrade plan follower";
+	check.conninfo = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	check_follower(&check);
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "{\"answered\": %s, \"reachable\": %s",
+					 check.answered ? "true" : "false", check.reachable ? "true" : "false");
+	append_json_text(&buf, "error", check.error);
+	append_json_text(&buf, "in_recovery", check.answered ? (check.in_recovery ? "t" : "f") : NULL);
+	append_json_text(&buf, "system_identifier_matches",
+					 check.answered ? (check.sysid_matches ? "t" : "f") : NULL);
+	append_json_text(&buf, "database", check.database);
+	append_json_text(&buf, "timeline", check.has_timeline ? psprintf("%d", check.timeline) : NULL);
+	append_json_text(&buf, "replay_lsn",
+					 check.has_replay ? psprintf("%X/%X", LSN_FORMAT_ARGS(check.replay_lsn)) : NULL);
+	append_json_text(&buf, "lag_bytes", check.has_lag ? psprintf(INT64_FORMAT, check.lag_bytes) : NULL);
+	appendStringInfoChar(&buf, '}');
+	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
 }
 
 /*
@@ -518,7 +583,7 @@ judge_answer(FollowerCheck *check, PGresult *result, const PrimaryPosition *prim
 	const char *sysid;
 	bool		caught_up;
 
-	if (PQntuples(result) != 1 || PQnfields(result) != 6 ||
+	if (PQntuples(result) != 1 || PQnfields(result) != FOLLOWER_QUERY_NATTS ||
 		PQgetisnull(result, 0, 0) || PQgetisnull(result, 0, 3))
 	{
 		check->error = pstrdup("unexpected answer to the lag query");
@@ -526,6 +591,8 @@ judge_answer(FollowerCheck *check, PGresult *result, const PrimaryPosition *prim
 	}
 	check->answered = true;
 	check->in_recovery = PQgetvalue(result, 0, 0)[0] == 't';
+	if (!PQgetisnull(result, 0, 6))
+		check->database = pstrdup(PQgetvalue(result, 0, 6));
 	sysid = PQgetvalue(result, 0, 3);
 	check->sysid_matches = strcmp(sysid, primary->sysid) == 0;
 	if (!PQgetisnull(result, 0, 4))

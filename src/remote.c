@@ -22,6 +22,7 @@
 #include "utils/timestamp.h"
 #include "utils/wait_event.h"
 
+#include "lag.h"
 #include "remote.h"
 
 PG_FUNCTION_INFO_V1(connect_guard_remote_query);
@@ -189,7 +190,7 @@ connect_guard_remote_query(PG_FUNCTION_ARGS)
 {
 	char	   *conninfo = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	char	   *sql = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	int			timeout_ms = PG_ARGISNULL(2) ? 5000 : PG_GETARG_INT32(2);
+	int			timeout_ms = PG_ARGISNULL(2) ? lag_follower_timeout_ms : PG_GETARG_INT32(2);
 	RemoteAnswer answer;
 	PGresult   *result;
 	JsonbParseState *state = NULL;

@@ -6,8 +6,9 @@
  * Why from the worker: an HTTP call takes up to connect_guard.http_timeout,
  * and the sync service must not be told "pause" by a transaction that then
  * rolls back.  So the SQL functions only store a request in
- * connect_guard.request (62_signals.sql, which also holds the request's
- * state machine), and once per cycle the worker:
+ * connect_guard.request (50_requests.sql; its state machine is in
+ * 56_request_states.sql, what goes on the wire in 58_protocols.sql), and
+ * once per cycle the worker:
  *
  *   1. takes the due requests in a short transaction (request_take: each is
  *      locked, leased and counted as an attempt), and, while that
@@ -19,10 +20,11 @@
  *      state along (raising the fence once Connect is paused).
  *
  * Errors: nothing here may end the worker, and an HTTP problem is never an
- * ERROR: it is recorded in the request.  Each transaction runs under
- * PG_TRY; an error aborts that transaction only, and the request is told
- * about it in a new one, so that it is retried or failed like any other
- * failure.  libcurl's callbacks never ereport (see http.c).
+ * ERROR: it is recorded in the request.  Each transaction is a worker step
+ * (worker_run_step: an error is logged and aborts that transaction only),
+ * and the request is told about the error in a new one, so that it is
+ * retried or failed like any other failure.  libcurl's callbacks never
+ * ereport (see http.c).
  *
  * Secrets: the token or webhook key comes from connection_secret or from
  * the file the options name, read again before every attempt (a rotated
@@ -60,9 +62,10 @@
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 
-#include "connect_guard.h"
+#include "catalog_names.h"
 #include "http.h"
 #include "signals.h"
+#include "worker.h"
 
 PG_FUNCTION_INFO_V1(connect_guard_secret_file_problem);
 
@@ -117,7 +120,6 @@ static long next_wakeup_ms = -1;
 static const char *read_secret_file(const char *path, char **secret);
 static char *scrub(const char *text, const char *secret);
 static char *as_valid_text(const char *text);
-static bool run_in_transaction(const char *activity, void (*fn) (void *), void *arg, char **failure);
 static void take_in_transaction(void *arg);
 static SignalJob *make_job(HeapTuple tuple, TupleDesc tupdesc);
 static void run_job(SignalJob *job);
@@ -312,52 +314,6 @@ as_valid_text(const char *text)
 }
 
 /*
- * run_in_transaction runs fn in a transaction of its own, with SPI
- * connected and a snapshot set.  An error aborts that transaction only:
- * returns false with *failure saying why (in the caller's memory context,
- * which is current again on return either way).
- */
-static bool
-run_in_transaction(const char *activity, void (*fn) (void *), void *arg, char **failure)
-{
-	MemoryContext cxt = CurrentMemoryContext;
-	volatile bool ok = true;
-
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PG_TRY();
-	{
-		PushActiveSnapshot(GetTransactionSnapshot());
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		pgstat_report_activity(STATE_RUNNING, activity);
-		fn(arg);
-		SPI_finish();
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortCurrentTransaction();
-		if (failure != NULL)
-			*failure = edata->detail
-				? psprintf("%s (%s)", edata->message, edata->detail)
-				: pstrdup(edata->message);
-		FreeErrorData(edata);
-		ok = false;
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(cxt);
-	pgstat_report_stat(false);
-	return ok;
-}
-
-/*
  * take_in_transaction fetches the due requests (if this database has the
  * extension's tables) and prepares each one while the transaction is
  * open: its secret, its signature.
@@ -407,11 +363,26 @@ take_in_transaction(void *arg)
 		take->next_wakeup_ms = (long) Max(DatumGetInt64(wait), 0);
 }
 
+/*
+ * take_column finds a column of request_take()'s result by name: the
+ * contract between 60_request_worker.sql and this file is the column
+ * names, not their order.
+ */
+static int
+take_column(TupleDesc tupdesc, const char *name)
+{
+	int			column = SPI_fnumber(tupdesc, name);
+
+	if (column <= 0)
+		elog(ERROR, "connect_guard.request_take() returned no column \"%s\"", name);
+	return column;
+}
+
 /* column_text copies a text column of request_take()'s row into signal_context */
 static char *
-column_text(HeapTuple tuple, TupleDesc tupdesc, int column)
+column_text(HeapTuple tuple, TupleDesc tupdesc, const char *name)
 {
-	char	   *value = SPI_getvalue(tuple, tupdesc, column);
+	char	   *value = SPI_getvalue(tuple, tupdesc, take_column(tupdesc, name));
 	char	   *copy;
 
 	if (value == NULL)
@@ -423,9 +394,8 @@ column_text(HeapTuple tuple, TupleDesc tupdesc, int column)
 }
 
 /*
- * make_job builds a job from a row of request_take(): (request_id, step,
- * method, url, body, auth, secret, secret_file, description).  Runs inside
- * the take transaction.
+ * make_job builds a job from a row of request_take(), whose columns it
+ * reads by name.  Runs inside the take transaction.
  */
 static SignalJob *
 make_job(HeapTuple tuple, TupleDesc tupdesc)
@@ -435,15 +405,15 @@ make_job(HeapTuple tuple, TupleDesc tupdesc)
 	char	   *secret_file;
 	MemoryContext old;
 
-	job->request_id = DatumGetInt64(SPI_getbinval(tuple, tupdesc, 1, &isnull));
-	job->step = column_text(tuple, tupdesc, 2);
-	job->method = column_text(tuple, tupdesc, 3);
-	job->url = column_text(tuple, tupdesc, 4);
-	job->body = column_text(tuple, tupdesc, 5);
-	job->auth = column_text(tuple, tupdesc, 6);
-	job->secret = column_text(tuple, tupdesc, 7);
-	secret_file = column_text(tuple, tupdesc, 8);
-	job->description = column_text(tuple, tupdesc, 9);
+	job->request_id = DatumGetInt64(SPI_getbinval(tuple, tupdesc, take_column(tupdesc, "t_request_id"), &isnull));
+	job->step = column_text(tuple, tupdesc, "t_step");
+	job->method = column_text(tuple, tupdesc, "t_method");
+	job->url = column_text(tuple, tupdesc, "t_url");
+	job->body = column_text(tuple, tupdesc, "t_body");
+	job->auth = column_text(tuple, tupdesc, "t_auth");
+	job->secret = column_text(tuple, tupdesc, "t_secret");
+	secret_file = column_text(tuple, tupdesc, "t_secret_file");
+	job->description = column_text(tuple, tupdesc, "t_description");
 
 	if (job->method == NULL || job->auth == NULL)
 		return job;
@@ -574,21 +544,15 @@ record_job(SignalJob *job)
 		args.error = job->error_out;
 		args.body = job->body_out;
 	}
-	if (run_in_transaction(activity, outcome_in_transaction, &args, &failure))
+	if (worker_run_step(activity, outcome_in_transaction, &args, &failure))
 		return;
 
-	ereport(WARNING,
-			(errmsg("connect_guard: could not record the outcome of request " INT64_FORMAT ": %s",
-					job->request_id, failure)));
+	/* worker_run_step logged the error; if this fails too, the lease runs out and it is tried again */
 	memset(&args, 0, sizeof(args));
 	args.request_id = job->request_id;
 	args.step = "error";
 	args.error = failure;
-	if (!run_in_transaction(activity, outcome_in_transaction, &args, &failure))
-		ereport(WARNING,
-				(errmsg("connect_guard: could not record the failure of request " INT64_FORMAT ": %s",
-						job->request_id, failure),
-				 errdetail("The request is tried again once its lease runs out.")));
+	(void) worker_run_step(activity, outcome_in_transaction, &args, &failure);
 }
 
 static void
@@ -631,11 +595,9 @@ signal_process_requests(void)
 		ListCell   *lc;
 
 		MemoryContextReset(signal_context);
-		if (!run_in_transaction("connect_guard: taking due requests", take_in_transaction, &take, &failure))
+		if (!worker_run_step("connect_guard: taking due requests", take_in_transaction, &take, &failure))
 		{
 			wipe_secrets(take.jobs);
-			ereport(WARNING,
-					(errmsg("connect_guard: could not take the requests to send: %s", failure)));
 			break;
 		}
 		next_wakeup_ms = take.next_wakeup_ms;

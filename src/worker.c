@@ -50,7 +50,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-#include "connect_guard.h"
+#include "catalog_names.h"
 #include "lag.h"
 #include "signals.h"
 #include "worker.h"
@@ -59,6 +59,7 @@ PG_FUNCTION_INFO_V1(connect_guard_wake_worker);
 PG_FUNCTION_INFO_V1(connect_guard_wake_launcher);
 PG_FUNCTION_INFO_V1(connect_guard_worker_available);
 PG_FUNCTION_INFO_V1(connect_guard_worker_pid);
+PG_FUNCTION_INFO_V1(connect_guard_in_binary_upgrade);
 
 PGDLLEXPORT void connect_guard_launcher_main(Datum arg);
 PGDLLEXPORT void connect_guard_worker_main(Datum arg);
@@ -326,6 +327,17 @@ connect_guard_worker_pid(PG_FUNCTION_ARGS)
 	PG_RETURN_INT32(pid);
 }
 
+/*
+ * connect_guard.in_binary_upgrade(): whether this server is one that
+ * pg_upgrade started (postgres -b), where neither workers nor upgrade
+ * plans may write.
+ */
+Datum
+connect_guard_in_binary_upgrade(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(IsBinaryUpgrade);
+}
+
 /* ------------------------------------------------------------------------
  * The launcher
  * ------------------------------------------------------------------------ */
@@ -517,10 +529,17 @@ worker_detach(int code, Datum arg)
 
 /*
  * extension_schema returns the schema connect_guard is installed in, quoted,
- * or NULL when it is not installed in this database.
+ * or NULL when it is not installed in this database.  *restoring is set when
+ * pg_restore is loading this database: the extension's tables are dumped
+ * with their rows (pg_extension_config_dump), so a worker that wrote events
+ * or ticks between the restore's CREATE EXTENSION and its COPY of those rows
+ * would take their keys and break the restore (duplicate key in event).
+ * pg_restore names its sessions after itself (fallback_application_name); a
+ * restore whose sessions are renamed, or a plain-format dump run by psql, is
+ * not seen (README, Limits).
  */
 static char *
-extension_schema(void)
+extension_schema(bool *restoring)
 {
 	char	   *schema = NULL;
 	MemoryContext cxt = CurrentMemoryContext;
@@ -537,42 +556,105 @@ extension_schema(void)
 
 		schema = MemoryContextStrdup(cxt, value);
 	}
+	*restoring = false;
+	if (schema != NULL &&
+		SPI_execute("SELECT 1 FROM pg_stat_activity a "
+					"WHERE a.datid = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database()) "
+					"AND a.application_name = 'pg_restore' AND a.pid <> pg_backend_pid()",
+					true, 1) == SPI_OK_SELECT)
+		*restoring = SPI_processed > 0;
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	return schema;
 }
 
-/*
- * run_int8 runs one statement in a transaction of its own and returns its
- * int8 result (0 for NULL); worker steps are small so that none holds locks
- * or a snapshot for long.
- */
-static int64
-run_int8(const char *activity, const char *sql)
+bool
+worker_run_step(const char *activity, void (*step) (void *), void *arg, char **failure)
 {
-	int64		result = 0;
+	MemoryContext cxt = CurrentMemoryContext;
+	volatile bool ok = true;
 
+	Assert(!IsTransactionState());
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
-	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, activity);
-	if (SPI_execute(sql, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "connect_guard worker: statement failed: %s", sql);
+	PG_TRY();
+	{
+		PushActiveSnapshot(GetTransactionSnapshot());
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		if (IsBackgroundWorker)
+			pgstat_report_activity(STATE_RUNNING, activity);
+		step(arg);
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		HOLD_INTERRUPTS();
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		RESUME_INTERRUPTS();
+		ereport(WARNING,
+				(errcode(edata->sqlerrcode),
+				 errmsg("%s failed: %s", activity, edata->message),
+				 edata->detail ? errdetail_internal("%s", edata->detail) : 0,
+				 errhint("The worker goes on, and tries again on a later cycle.")));
+		if (failure != NULL)
+			*failure = edata->detail
+				? psprintf("%s (%s)", edata->message, edata->detail)
+				: pstrdup(edata->message);
+		FreeErrorData(edata);
+		ok = false;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	pgstat_report_stat(false);
+	return ok;
+}
+
+/* One statement whose int8 result the worker wants (0 for NULL) */
+typedef struct Int8Step
+{
+	const char *sql;
+	int64		result;
+} Int8Step;
+
+static void
+int8_step(void *arg)
+{
+	Int8Step   *st = (Int8Step *) arg;
+
+	if (SPI_execute(st->sql, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "connect_guard worker: statement failed: %s", st->sql);
 	if (SPI_processed == 1)
 	{
 		bool		isnull;
 		Datum		value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 
 		if (!isnull)
-			result = DatumGetInt64(value);
+			st->result = DatumGetInt64(value);
 	}
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	pgstat_report_stat(false);
-	return result;
+}
+
+/*
+ * run_int8 runs one statement as a worker step (worker_run_step) and
+ * returns its int8 result, or failed_result after an error; worker steps
+ * are small so that none holds locks or a snapshot for long.
+ */
+static int64
+run_int8(const char *activity, const char *sql, int64 failed_result)
+{
+	Int8Step	st = {sql, 0};
+
+	if (!worker_run_step(activity, int8_step, &st, NULL))
+		return failed_result;
+	return st.result;
 }
 
 /*
@@ -599,7 +681,7 @@ worker_cycle_steps(const char *schema, bool *plan_active)
 	{
 		(void) run_int8("connect_guard: checking for a rollback",
 						first_cycle ? "SELECT connect_guard.rollback_cycle(true)"
-						: "SELECT connect_guard.rollback_cycle(false)");
+						: "SELECT connect_guard.rollback_cycle(false)", 0);
 		last_rollback_check = GetCurrentTimestamp();
 		first_cycle = false;
 	}
@@ -609,18 +691,23 @@ worker_cycle_steps(const char *schema, bool *plan_active)
 	pgstat_report_activity(STATE_RUNNING, "connect_guard: checking followers");
 	lag_check_followers();
 
-	/* an upgrade plan moves as far as it can now, then is polled closely */
+	/*
+	 * An upgrade plan moves as far as it can now, then is polled closely.  A
+	 * step that failed backs off: the plan is tried again after the naptime,
+	 * not at the close polling pace (UPGRADE_FAILED is no value of the enum).
+	 */
+#define UPGRADE_FAILED (-1)
 	for (int step = 0; step < 20; step++)
 	{
-		plan = run_int8("connect_guard: driving the upgrade plan", advance);
-		if (plan != 2)
+		plan = run_int8("connect_guard: driving the upgrade plan", advance, UPGRADE_FAILED);
+		if (plan != UPGRADE_MOVED)
 			break;
 	}
 	pfree(advance);
-	*plan_active = plan > 0;
+	*plan_active = plan != UPGRADE_NO_PLAN;
 
 	/* retries and polls of the sync service go out when they are due */
-	sleep_ms = plan > 0 ? UPGRADE_POLL_MS : worker_naptime_ms;
+	sleep_ms = plan == UPGRADE_WAITING || plan == UPGRADE_MOVED ? UPGRADE_POLL_MS : worker_naptime_ms;
 	due = signal_next_wakeup_ms();
 	if (due >= 0 && due < sleep_ms)
 		sleep_ms = (int) Max(due, UPGRADE_POLL_MS);
@@ -642,9 +729,9 @@ retention_step(const char *schema)
 	if (archive_chunks == 0)
 		return;
 	for (int chunk = 0; chunk < archive_chunks; chunk++)
-		if (run_int8("connect_guard: archiving consumed entries", archive) == 0)
+		if (run_int8("connect_guard: archiving consumed entries", archive, 0) == 0)
 			break;
-	(void) run_int8("connect_guard: purging the archive", purge);
+	(void) run_int8("connect_guard: purging the archive", purge, 0);
 	pfree(archive);
 	pfree(purge);
 }
@@ -682,6 +769,7 @@ connect_guard_worker_main(Datum arg)
 		char	   *schema;
 		long		sleep_ms;
 		bool		plan_active;
+		bool		restoring;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -690,7 +778,7 @@ connect_guard_worker_main(Datum arg)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 
-		schema = extension_schema();
+		schema = extension_schema(&restoring);
 		if (schema == NULL)
 		{
 			/* not installed, or dropped: tell the launcher and go */
@@ -706,6 +794,17 @@ connect_guard_worker_main(Datum arg)
 			}
 			LWLockRelease(worker_shared->lock);
 			proc_exit(0);
+		}
+
+		if (restoring)
+		{
+			/* nothing of ours may be written until the restore has loaded */
+			pgstat_report_activity(STATE_IDLE, "connect_guard: waiting for pg_restore to finish");
+			pfree(schema);
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 worker_naptime_ms, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			continue;
 		}
 
 		sleep_ms = worker_cycle_steps(schema, &plan_active);

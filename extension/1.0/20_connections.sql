@@ -38,7 +38,7 @@ BEGIN
             HINT = 'Choose another name, or drop the old connection with connect_drop_connection().';
     END IF;
 
-    -- per adapter (62_signals.sql); an inline token or key goes to connection_secret, not options
+    -- per adapter (18_options.sql); an inline token or key goes to connection_secret, not options
     SELECT * INTO v_options FROM connect_guard.prepare_options(adapter, options);
 
     INSERT INTO connect_guard.connection (name, adapter, options, last_tick)

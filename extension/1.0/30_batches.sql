@@ -47,9 +47,7 @@ BEGIN
     INSERT INTO connect_guard.batch (connection_id, prev_tick, cur_tick)
     VALUES (c.connection_id, c.last_tick, t.tick_id)
     RETURNING batch_id INTO v_batch;
-    UPDATE connect_guard.connection
-       SET state = 'POLLING_DB_CHANGES', state_since = clock_timestamp()
-     WHERE connection_id = c.connection_id AND state = 'IDLE';
+    PERFORM connect_guard.connection_goto(c.connection_id, 'POLLING_DB_CHANGES', ARRAY['IDLE']);
     RETURN v_batch;
 END;
 $$;
@@ -130,12 +128,10 @@ BEGIN
     UPDATE connect_guard.connection
        SET last_tick = b.cur_tick,
            hwm_id = greatest(hwm_id, coalesce(v_max, 0)),
-           last_batch_at = clock_timestamp(),
-           state = CASE WHEN state = 'POLLING_DB_CHANGES' THEN 'IDLE' ELSE state END,
-           state_since = CASE WHEN state = 'POLLING_DB_CHANGES' THEN clock_timestamp() ELSE state_since END
+           last_batch_at = clock_timestamp()
      WHERE connection_id = c.connection_id;
-    UPDATE connect_guard.mapping SET state = 'DATA_SYNCED', state_since = clock_timestamp()
-     WHERE connection_id = c.connection_id AND state = 'INITIAL';
+    PERFORM connect_guard.connection_goto(c.connection_id, 'IDLE', ARRAY['POLLING_DB_CHANGES']);
+    PERFORM connect_guard.mappings_goto(c.connection_id, NULL, 'DATA_SYNCED', ARRAY['INITIAL']);
     RETURN v_count;
 END;
 $$;

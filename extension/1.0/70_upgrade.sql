@@ -14,9 +14,26 @@
  * The plan row travels with the data (WAL to the follower, pg_upgrade's
  * copy, pg_dump), which is how the new primary knows what was planned and
  * why its system identifier or timeline changed.
+ *
+ * Network I/O inside a transaction, the one exception to the worker's rule
+ * (worker.c: network I/O outside any transaction): a follower changeover
+ * talks to its follower through libpq (remote.c) from within a step, in
+ * the steps checking, fencing_follower, catching_up and ready
+ * (follower_probe, and remote_query to fence the follower), and from
+ * connect_abort_upgrade() and connect_promote_follower().  Why: the step
+ * must act on the answer atomically with the plan row it holds locked (a
+ * fence raised on the follower is recorded in the same commit that moves
+ * the plan on; an answer that is lost leaves the step to run again, which
+ * finds and reuses that fence).  Bounded: each call waits at most
+ * connect_guard.follower_timeout (pg_promote: 65 s, its own 60 s and a
+ * margin), on the latch, so a cancel or a shutdown ends the wait; while it
+ * waits the worker holds only the plan row (taken SKIP LOCKED, so no other
+ * session waits for it) and a snapshot, and this happens only while a
+ * changeover is in progress, with the database fenced.
  * ------------------------------------------------------------------------ */
 
-CREATE FUNCTION connect_guard.remote_query(conninfo text, sql text, timeout_ms integer DEFAULT 5000)
+-- with timeout_ms NULL, remote.c waits at most connect_guard.follower_timeout
+CREATE FUNCTION connect_guard.remote_query(conninfo text, sql text, timeout_ms integer DEFAULT NULL)
 RETURNS jsonb LANGUAGE C
 AS 'MODULE_PATHNAME', 'connect_guard_remote_query';
 
@@ -65,40 +82,6 @@ SELECT pg_catalog.pg_extension_config_dump('connect_guard.upgrade_plan', '');
 SELECT pg_catalog.pg_extension_config_dump('connect_guard.upgrade_plan_plan_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('connect_guard.upgrade_step', '');
 
-/* the timeline this server writes on, read from the WAL file name: pg_control lags after promotion */
-CREATE FUNCTION connect_guard.current_timeline()
-RETURNS integer
-LANGUAGE sql VOLATILE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::integer;
-$$;
-
-CREATE FUNCTION connect_guard.system_identifier()
-RETURNS bigint
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$ SELECT system_identifier FROM pg_control_system(); $$;
-
-/* the highest entry id the database holds, hot log or archive */
-CREATE FUNCTION connect_guard.log_head()
-RETURNS bigint
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT coalesce(greatest((SELECT max(id) FROM connect_guard.trigger_log),
-                             (SELECT max(id) FROM connect_guard.trigger_log_archive)), 0);
-$$;
-
-CREATE FUNCTION connect_guard.high_water_marks()
-RETURNS jsonb
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT coalesce(jsonb_object_agg(name, jsonb_build_object('last_tick', last_tick, 'hwm_id', hwm_id)), '{}')
-      FROM connect_guard.connection;
-$$;
-
 /*
  * connect_guard.upgrade_goto moves a plan to its next step (or ends it),
  * closing the current step of its timeline and opening the next.
@@ -135,18 +118,17 @@ AS $$
                                       'failed', jsonb_build_object('error', p_error), p_error);
 $$;
 
-/* the follower's view of itself, as jsonb, or an error */
+/*
+ * connect_guard.follower_probe checks the plan's follower exactly as the
+ * worker's lag checks do (lag.c: is it a standby of this primary, what has
+ * it replayed), and returns what it found as jsonb (answered, reachable,
+ * error, in_recovery, system_identifier_matches, database, timeline,
+ * replay_lsn, lag_bytes); the plan only adds what is its own (the database,
+ * the fence position).  Never raises for the follower's problems.
+ */
 CREATE FUNCTION connect_guard.follower_probe(p_conninfo text)
-RETURNS jsonb
-LANGUAGE sql VOLATILE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT connect_guard.remote_query(p_conninfo,
-        'SELECT pg_is_in_recovery() AS in_recovery, current_database() AS database,
-                (SELECT system_identifier FROM pg_control_system()) AS system_identifier,
-                coalesce(pg_last_wal_replay_lsn(), pg_current_wal_lsn()) AS replay_lsn',
-        5000);
-$$;
+RETURNS jsonb LANGUAGE C STRICT VOLATILE
+AS 'MODULE_PATHNAME', 'connect_guard_follower_probe';
 
 /*
  * connect_guard.resume_plan_connections resumes the connections a plan
@@ -191,7 +173,7 @@ BEGIN
                                'timeline', connect_guard.current_timeline()));
     END IF;
     IF p.method = 'follower' AND connect_guard.current_timeline() > 1 THEN
-        -- where this server's timeline forked from the old primary's (the history files, 74_witness.sql)
+        -- where this server's timeline forked from the old primary's (the history files, 68_database.sql)
         v_switch := connect_guard.timeline_switch_lsn(p.timeline);
         IF v_switch IS NULL OR v_switch < p.fence_lsn THEN
             PERFORM connect_guard.upgrade_fail(p.plan_id,
@@ -240,6 +222,10 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    -- what this returns, as the worker reads it (enum UpgradeAdvance, include/worker.h)
+    c_no_plan CONSTANT integer := 0;
+    c_waiting CONSTANT integer := 1;
+    c_moved CONSTANT integer := 2;
     p connect_guard.upgrade_plan;
     c connect_guard.connection;
     v_probe jsonb;
@@ -251,7 +237,7 @@ BEGIN
     SELECT * INTO p FROM connect_guard.upgrade_plan
      WHERE status IN ('running', 'ready') FOR UPDATE SKIP LOCKED;
     IF NOT FOUND THEN
-        RETURN 0;
+        RETURN c_no_plan;
     END IF;
     v_overdue := clock_timestamp() > p.step_since + p.step_timeout;
 
@@ -260,56 +246,60 @@ BEGIN
        AND (connect_guard.system_identifier() <> p.system_identifier
             OR connect_guard.current_timeline() <> p.timeline) THEN
         IF p.method = 'copy' THEN
-            RETURN 0;           -- finished by connect_complete_upgrade(), by hand
+            RETURN c_no_plan;           -- finished by connect_complete_upgrade(), by hand
         END IF;
         -- Not on a server that pg_upgrade itself started (postgres -b): pg_upgrade
         -- starts the new cluster with the data in place at its end, before the
         -- runbook has copied the fence file in; completing there would resume the
-        -- connections and leave the fence copied afterwards up for good.  This
-        -- call errors outside binary upgrade mode; false is the flag's default.
-        BEGIN
-            PERFORM pg_catalog.binary_upgrade_set_record_init_privs(false);
-            RETURN 0;
-        EXCEPTION WHEN cant_change_runtime_param THEN
-            NULL;
-        END;
+        -- connections and leave the fence copied afterwards up for good.
+        IF connect_guard.in_binary_upgrade() THEN
+            RETURN c_no_plan;
+        END IF;
         PERFORM connect_guard.upgrade_complete_here(p);
-        RETURN 2;
+        RETURN c_moved;
     END IF;
 
     CASE p.step
     WHEN 'checking' THEN
-        BEGIN
-            v_probe := connect_guard.follower_probe(p.follower);
-        EXCEPTION WHEN connection_failure THEN
-            PERFORM connect_guard.upgrade_fail(p.plan_id, 'the follower is unreachable: ' || SQLERRM);
-            RETURN 2;
-        END;
+        v_probe := connect_guard.follower_probe(p.follower);
+        IF NOT (v_probe->>'answered')::boolean THEN
+            PERFORM connect_guard.upgrade_fail(p.plan_id,
+                'the follower is unreachable: could not query the other server: ' || (v_probe->>'error'));
+            RETURN c_moved;
+        END IF;
         IF NOT (v_probe->>'in_recovery')::boolean THEN
             PERFORM connect_guard.upgrade_fail(p.plan_id, 'the follower is not a standby (it is not in recovery)');
-            RETURN 2;
+            RETURN c_moved;
         END IF;
-        IF (v_probe->>'system_identifier')::bigint <> connect_guard.system_identifier() THEN
+        IF NOT (v_probe->>'system_identifier_matches')::boolean THEN
             PERFORM connect_guard.upgrade_fail(p.plan_id, 'the follower is not a standby of this primary (different system identifier)');
-            RETURN 2;
+            RETURN c_moved;
         END IF;
         IF v_probe->>'database' <> current_database() THEN
             PERFORM connect_guard.upgrade_fail(p.plan_id,
                 format('the follower conninfo names database %s, but the plan is for %s', v_probe->>'database', current_database()));
-            RETURN 2;
+            RETURN c_moved;
         END IF;
-        v_lag := pg_wal_lsn_diff(pg_current_wal_lsn(), (v_probe->>'replay_lsn')::pg_lsn);
+        -- any other verdict of the lag check (a newer timeline, nothing replayed yet) is waited out
+        IF v_probe->>'error' IS NOT NULL THEN
+            IF v_overdue THEN
+                PERFORM connect_guard.upgrade_fail(p.plan_id, 'the follower is not a caught-up standby: ' || (v_probe->>'error'));
+                RETURN c_moved;
+            END IF;
+            RETURN c_waiting;
+        END IF;
+        v_lag := (v_probe->>'lag_bytes')::numeric;
         UPDATE connect_guard.upgrade_plan SET follower_lag_bytes = v_lag WHERE plan_id = p.plan_id;
         IF v_lag > p.max_lag_bytes THEN
             IF v_overdue THEN
                 PERFORM connect_guard.upgrade_fail(p.plan_id,
                     format('the follower stayed %s bytes behind, more than max_lag_bytes = %s', v_lag, p.max_lag_bytes));
-                RETURN 2;
+                RETURN c_moved;
             END IF;
-            RETURN 1;
+            RETURN c_waiting;
         END IF;
         PERFORM connect_guard.upgrade_goto(p.plan_id, 'pausing', 'running', jsonb_build_object('follower_lag_bytes', v_lag));
-        RETURN 2;
+        RETURN c_moved;
 
     WHEN 'pausing' THEN
         UPDATE connect_guard.upgrade_plan
@@ -330,14 +320,14 @@ BEGIN
             IF v_overdue THEN
                 PERFORM connect_guard.upgrade_fail(p.plan_id,
                     format('not every connection reached PAUSED within %s: %s', p.step_timeout, v_waiting));
-                RETURN 2;
+                RETURN c_moved;
             END IF;
-            RETURN 1;
+            RETURN c_waiting;
         END IF;
         PERFORM connect_guard.upgrade_goto(p.plan_id,
             CASE p.method WHEN 'copy' THEN 'ready' ELSE 'fencing' END,
             CASE p.method WHEN 'copy' THEN 'ready' ELSE 'running' END);
-        RETURN 2;
+        RETURN c_moved;
 
     WHEN 'fencing' THEN
         -- A fence is saved to the fence file when it is raised, not at commit, so a
@@ -361,7 +351,7 @@ BEGIN
             PERFORM connect_guard.upgrade_fail(p.plan_id,
                 format('could not fence the database within %s: writers still in flight, or another maintenance fence is up (the server log has the last try''s error)',
                        p.step_timeout));
-            RETURN 2;
+            RETURN c_moved;
         ELSE
             v_fid := @extschema@.connect_fence('database', format('upgrade plan %s (%s)', p.plan_id, p.method),
                                    timeout => p.step_timeout);
@@ -381,7 +371,7 @@ BEGIN
             CASE p.method WHEN 'pg_upgrade' THEN 'ready' ELSE 'running' END,
             jsonb_build_object('fence_id', v_fid, 'fence_lsn', pg_current_wal_insert_lsn(),
                                'log_head', connect_guard.log_head()));
-        RETURN 2;
+        RETURN c_moved;
 
     WHEN 'fencing_follower' THEN
         -- fenced while still a standby, so that it comes up fenced however it is promoted
@@ -394,54 +384,56 @@ BEGIN
                                         connect_guard.fence_raise(%L, NULL, NULL, %L, %L, %L)) AS fence_id',
                        'database', format('upgrade plan %s: fenced until the plan completes on this server', p.plan_id),
                        'database', format('upgrade plan %s: fenced until the plan completes on this server', p.plan_id),
-                       '{}', '{}'), 5000);
+                       '{}', '{}'));
         EXCEPTION WHEN connection_failure THEN
             IF v_overdue THEN
                 PERFORM connect_guard.upgrade_fail(p.plan_id, 'could not fence the follower: ' || SQLERRM);
-                RETURN 2;
+                RETURN c_moved;
             END IF;
-            RETURN 1;
+            RETURN c_waiting;
         END;
         UPDATE connect_guard.upgrade_plan SET follower_fence_id = (v_probe->>'fence_id')::integer
          WHERE plan_id = p.plan_id;
         PERFORM connect_guard.upgrade_goto(p.plan_id, 'catching_up', 'running',
             jsonb_build_object('follower_fence_id', (v_probe->>'fence_id')::integer));
-        RETURN 2;
+        RETURN c_moved;
 
     WHEN 'catching_up' THEN
         IF p.target_lsn IS NULL THEN
             -- everything up to here, the plan's own rows included, must be on the follower
             UPDATE connect_guard.upgrade_plan SET target_lsn = pg_current_wal_insert_lsn()
              WHERE plan_id = p.plan_id;
-            RETURN 2;
+            RETURN c_moved;
         END IF;
-        BEGIN
-            v_probe := connect_guard.follower_probe(p.follower);
-        EXCEPTION WHEN connection_failure THEN
+        v_probe := connect_guard.follower_probe(p.follower);
+        IF NOT (v_probe->>'answered')::boolean THEN
             IF v_overdue THEN
-                PERFORM connect_guard.upgrade_fail(p.plan_id, 'the follower is unreachable: ' || SQLERRM);
-                RETURN 2;
+                PERFORM connect_guard.upgrade_fail(p.plan_id,
+                    'the follower is unreachable: could not query the other server: ' || (v_probe->>'error'));
+                RETURN c_moved;
             END IF;
-            RETURN 1;
-        END;
-        v_lag := greatest(pg_wal_lsn_diff(p.target_lsn, (v_probe->>'replay_lsn')::pg_lsn), 0);
+            RETURN c_waiting;
+        END IF;
+        -- replay_lsn is NULL when the lag check found another cluster's server: never caught up
+        v_lag := CASE WHEN v_probe->>'replay_lsn' IS NULL THEN pg_wal_lsn_diff(p.target_lsn, '0/0')
+                      ELSE greatest(pg_wal_lsn_diff(p.target_lsn, (v_probe->>'replay_lsn')::pg_lsn), 0) END;
         UPDATE connect_guard.upgrade_plan SET follower_lag_bytes = v_lag WHERE plan_id = p.plan_id;
         IF v_lag > 0 THEN
             IF NOT (v_probe->>'in_recovery')::boolean THEN
                 PERFORM connect_guard.upgrade_fail(p.plan_id,
                     'the follower was promoted before it had replayed the fence; the old primary stays fenced');
-                RETURN 2;
+                RETURN c_moved;
             END IF;
             IF v_overdue THEN
                 PERFORM connect_guard.upgrade_fail(p.plan_id,
                     format('the follower is still %s bytes short of the fence after %s', v_lag, p.step_timeout));
-                RETURN 2;
+                RETURN c_moved;
             END IF;
-            RETURN 1;
+            RETURN c_waiting;
         END IF;
         PERFORM connect_guard.upgrade_goto(p.plan_id, 'ready', 'ready',
             jsonb_build_object('replay_lsn', v_probe->>'replay_lsn'));
-        RETURN 2;
+        RETURN c_moved;
 
     WHEN 'draining' THEN
         SELECT string_agg(format('%s (%s entries)', connection, backlog), ', ') INTO v_waiting
@@ -450,34 +442,30 @@ BEGIN
             IF v_overdue THEN
                 PERFORM connect_guard.upgrade_fail(p.plan_id,
                     format('the consumers did not drain the trigger log within %s: %s', p.step_timeout, v_waiting));
-                RETURN 2;
+                RETURN c_moved;
             END IF;
-            RETURN 1;
+            RETURN c_waiting;
         END IF;
         UPDATE connect_guard.upgrade_plan
            SET log_head = connect_guard.log_head(), high_water_marks = connect_guard.high_water_marks()
          WHERE plan_id = p.plan_id;
         PERFORM connect_guard.upgrade_goto(p.plan_id, 'pausing');
-        RETURN 2;
+        RETURN c_moved;
 
     WHEN 'ready' THEN
         IF p.method = 'follower' THEN
             -- the old primary learns that the follower took over; it stays fenced
-            BEGIN
-                v_probe := connect_guard.follower_probe(p.follower);
-                IF NOT (v_probe->>'in_recovery')::boolean THEN
-                    PERFORM connect_guard.upgrade_goto(p.plan_id, 'handed_over', 'handed_over',
-                        jsonb_build_object('note', 'the follower was promoted; this server stays fenced'));
-                    RETURN 2;
-                END IF;
-            EXCEPTION WHEN connection_failure THEN
-                NULL;
-            END;
+            v_probe := connect_guard.follower_probe(p.follower);
+            IF (v_probe->>'answered')::boolean AND NOT (v_probe->>'in_recovery')::boolean THEN
+                PERFORM connect_guard.upgrade_goto(p.plan_id, 'handed_over', 'handed_over',
+                    jsonb_build_object('note', 'the follower was promoted; this server stays fenced'));
+                RETURN c_moved;
+            END IF;
         END IF;
-        RETURN 1;
+        RETURN c_waiting;
 
     ELSE
-        RETURN 1;
+        RETURN c_waiting;
     END CASE;
 END;
 $$;
@@ -540,7 +528,11 @@ BEGIN
 END;
 $$;
 
-CREATE FUNCTION connect_guard.plan_for_update(p_plan bigint)
+/*
+ * connect_guard.require_plan returns the upgrade plan p_plan (locked with
+ * p_lock), or raises the error that says it does not exist.
+ */
+CREATE FUNCTION connect_guard.require_plan(p_plan bigint, p_lock boolean DEFAULT false)
 RETURNS connect_guard.upgrade_plan
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -548,7 +540,11 @@ AS $$
 DECLARE
     p connect_guard.upgrade_plan;
 BEGIN
-    SELECT * INTO p FROM connect_guard.upgrade_plan WHERE plan_id = p_plan FOR UPDATE;
+    IF p_lock THEN
+        SELECT * INTO p FROM connect_guard.upgrade_plan WHERE plan_id = p_plan FOR UPDATE;
+    ELSE
+        SELECT * INTO p FROM connect_guard.upgrade_plan WHERE plan_id = p_plan;
+    END IF;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING
             ERRCODE = 'undefined_object',
@@ -557,6 +553,14 @@ BEGIN
     END IF;
     RETURN p;
 END;
+$$;
+
+CREATE FUNCTION connect_guard.plan_for_update(p_plan bigint)
+RETURNS connect_guard.upgrade_plan
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT * FROM connect_guard.require_plan(p_plan, true);
 $$;
 
 /*
@@ -575,10 +579,7 @@ DECLARE
 BEGIN
     PERFORM connect_guard.require_read_committed('connect_wait_upgrade()');
     LOOP
-        SELECT * INTO p FROM connect_guard.upgrade_plan WHERE plan_id = plan;
-        IF NOT FOUND THEN
-            PERFORM connect_guard.plan_for_update(plan);     -- raises the error
-        END IF;
+        p := connect_guard.require_plan(plan);
         IF p.step = connect_wait_upgrade.step OR p.status = connect_wait_upgrade.step
            OR EXISTS (SELECT 1 FROM connect_guard.upgrade_step s
                        WHERE s.plan_id = p.plan_id AND s.step = connect_wait_upgrade.step) THEN
@@ -627,7 +628,7 @@ BEGIN
     IF p.follower_fence_id IS NOT NULL THEN
         BEGIN
             PERFORM connect_guard.remote_query(p.follower,
-                format('SELECT connect_guard.fence_lower(%s)', p.follower_fence_id), 5000);
+                format('SELECT connect_guard.fence_lower(%s)', p.follower_fence_id));
         EXCEPTION WHEN connection_failure THEN
             v_note := 'the follower could not be reached: its fence stays up until connect_unfence() there';
         END;
@@ -657,10 +658,7 @@ DECLARE
     p connect_guard.upgrade_plan;
     v_result jsonb;
 BEGIN
-    SELECT * INTO p FROM connect_guard.upgrade_plan WHERE plan_id = plan;
-    IF NOT FOUND THEN
-        PERFORM connect_guard.plan_for_update(plan);
-    END IF;
+    p := connect_guard.require_plan(plan);
     IF p.method <> 'follower' OR p.status <> 'ready' THEN
         RAISE EXCEPTION USING
             ERRCODE = 'object_not_in_prerequisite_state',

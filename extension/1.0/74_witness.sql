@@ -27,10 +27,6 @@ CREATE FUNCTION connect_guard.witness_flush_lsn()
 RETURNS pg_lsn LANGUAGE C
 AS 'MODULE_PATHNAME', 'connect_guard_witness_flush_lsn';
 
-CREATE FUNCTION connect_guard.timeline_switch_lsn(ancestor integer)
-RETURNS pg_lsn LANGUAGE C STRICT
-AS 'MODULE_PATHNAME', 'connect_guard_timeline_switch_lsn';
-
 /*
  * Which installation of the extension this is: a witness written before a
  * DROP EXTENSION describes a log and marks that are gone on purpose.  The
@@ -85,24 +81,6 @@ AS $$
                        'created_at', c.created_at, 'last_tick', c.last_tick, 'hwm_id', c.hwm_id,
                        'consumed_xid', t.xid_bound::text::bigint, 'remote_hwm', c.remote_hwm))
               FROM connect_guard.connection c LEFT JOIN connect_guard.tick t ON t.tick_id = c.last_tick), '{}'));
-$$;
-
-/*
- * connect_guard.note_remote_hwm records the high-water mark the sync
- * service reports (top-level "high_water_mark" of Connect's deep GET, or of
- * a webhook's answer): the witness keeps it, and a service that consumed
- * past the log head proves a rollback.
- */
-CREATE FUNCTION connect_guard.note_remote_hwm(p_connection_id integer, p_body jsonb)
-RETURNS void
-LANGUAGE sql
-SET search_path = pg_catalog, pg_temp
-AS $$
-    UPDATE connect_guard.connection
-       SET remote_hwm = (p_body ->> 'high_water_mark')::bigint, remote_hwm_at = clock_timestamp()
-     WHERE connection_id = p_connection_id
-       AND jsonb_typeof(p_body -> 'high_water_mark') = 'number'
-       AND (p_body ->> 'high_water_mark') ~ '^[0-9]{1,18}$';
 $$;
 
 /*

@@ -4,7 +4,7 @@
  * earlier point forgets writes the sync service already copied, and hands
  * out the same log ids again for new writes, which the service then skips
  * as already seen.  On every cycle the worker compares the database with
- * its witness (74_witness.sql), acts on a rollback (76_reloads.sql), and
+ * its witness (74_witness.sql), acts on a rollback (52_reloads.sql), and
  * writes the witness anew.
  *
  *   rollback:  same system, same timeline, LSN below the witnessed one
@@ -183,7 +183,10 @@ BEGIN
         SELECT * INTO l FROM connect_guard.witness_load();
     EXCEPTION WHEN invalid_parameter_value THEN
         GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT;
-        l := ROW(NULL::text, 'unusable', NULL::jsonb, v_message, NULL::integer);
+        -- a bare ROW() would lose the field names that the rest reads
+        SELECT NULL::text AS path, 'unusable'::text AS status, NULL::jsonb AS content,
+               v_message AS detail, NULL::integer AS predecessor
+          INTO l;
     END;
     path := l.path;
     IF l.status = 'ok' AND l.content ->> 'installation' IS DISTINCT FROM v_state ->> 'installation' THEN

@@ -6,47 +6,26 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use ConnectGuard::Test;
 
-my $node = PostgreSQL::Test::Cluster->new('primary');
-$node->init;
-$node->append_conf('postgresql.conf', "shared_preload_libraries = 'connect_guard'");
-$node->start;
-
-$node->safe_psql('postgres', q{
+my $node = cg_node('primary');
+sql($node, q{
     CREATE EXTENSION connect_guard;
     CREATE TABLE item (id int PRIMARY KEY, n int);
     SELECT connect_create_connection('sync');
     SELECT connect_map_table('sync', 'item');
-    -- what the consumer has applied, by log id: a stand-in for the sync service
-    CREATE TABLE consumed (entry_id bigint, record_id text, batch_id bigint);
 });
-
-# consume_all takes and finishes batches until none is left, recording every
-# delivered entry; it returns the number of batches.
-sub consume_all
-{
-    my $batches = 0;
-    while (1)
-    {
-        my $b = $node->safe_psql('postgres', "SELECT connect_next_batch('sync')");
-        last if $b eq '';
-        $node->safe_psql('postgres', qq{
-            INSERT INTO consumed SELECT id, record_id, $b FROM connect_batch_events($b);
-            SELECT connect_finish_batch($b);
-        });
-        $batches++;
-    }
-    return $batches;
-}
+# what the consumer has applied, by log id: a stand-in for the sync service
+create_consumed_table($node);
 
 # 1. writes, part consumed, a clean restart, the rest consumed
 $node->safe_psql('postgres',
     "INSERT INTO item SELECT g, 0 FROM generate_series(1, 500) g");
-ok(consume_all() >= 1, 'first writes consumed');
+ok(consume($node) >= 1, 'first writes consumed');
 $node->safe_psql('postgres', "UPDATE item SET n = n + 1 WHERE id <= 200");
 $node->restart;
 $node->safe_psql('postgres', "DELETE FROM item WHERE id > 450");
-consume_all();
+consume($node);
 
 # 2. an open batch at the moment of a crash is delivered again afterwards
 $node->safe_psql('postgres', "UPDATE item SET n = n + 1 WHERE id <= 100");
@@ -62,7 +41,7 @@ $node->start;
 
 is($node->safe_psql('postgres', "SELECT connect_next_batch('sync')"), $open,
     'the batch open at the crash is handed out again');
-consume_all();
+consume($node);
 
 # count: every committed change once, the rolled-back one never
 my $expected = 500 + 200 + 50 + 100 + 300;

@@ -7,15 +7,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use Time::HiRes qw(sleep);
+use ConnectGuard::Test;
 
-my $node = PostgreSQL::Test::Cluster->new('fenced');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'connect_guard'
-restart_after_crash = on
-});
-$node->start;
+my $node = cg_node('fenced', conf => 'restart_after_crash = on');
 
 $node->safe_psql('postgres', q{
     CREATE EXTENSION connect_guard;
@@ -27,20 +21,11 @@ $node->safe_psql('postgres', q{
     SELECT connect_pause('sync', reason => 'upgrade window');
 });
 
-# write_error returns the SQLSTATE a write to table gets ('' when it works)
-sub write_error
-{
-    my ($table, $id) = @_;
-    my ($ret, $stdout, $stderr) = $node->psql('postgres',
-        "\\set VERBOSITY sqlstate\nINSERT INTO $table VALUES ($id)");
-    return $ret == 0 ? '' : ($stderr =~ /ERROR:\s+(\w{5})/ ? $1 : $stderr);
-}
-
-is(write_error('item', 2), '25006', 'fenced before any restart');
-is(write_error('other', 2), '', 'an unmapped table is not fenced');
+is(write_error($node, 'INSERT INTO item VALUES (2)'), '25006', 'fenced before any restart');
+is(write_error($node, 'INSERT INTO other VALUES (2)'), '', 'an unmapped table is not fenced');
 
 $node->restart;
-is(write_error('item', 3), '25006', 'fenced after a clean restart');
+is(write_error($node, 'INSERT INTO item VALUES (3)'), '25006', 'fenced after a clean restart');
 is($node->safe_psql('postgres', 'SELECT reason FROM connect_fences'), 'upgrade window',
     'connect_fences shows the fence and its reason after the restart');
 
@@ -50,28 +35,20 @@ my $pid = $bg->query_safe('SELECT pg_backend_pid()');
 kill 'KILL', $pid;
 $node->poll_query_until('postgres', 'SELECT true') or die 'server did not come back';
 $bg->{run}->kill_kill;
-is(write_error('item', 4), '25006', 'fenced after a crash reset shared memory');
+is(write_error($node, 'INSERT INTO item VALUES (4)'), '25006', 'fenced after a crash reset shared memory');
 
 # kill -9 of the postmaster: its children exit when they notice, and only
 # then can a new postmaster start on the same shared memory key
 my $datadir = $node->data_dir;
-my $postmaster = $node->{_pid};
-my @children = split /\s+/, `pgrep -P $postmaster`;
-$node->kill9;
-foreach my $try (1 .. 200)
-{
-    last unless grep { kill 0, $_ } ($postmaster, @children);
-    sleep 0.1;
-}
-$node->start;
-is(write_error('item', 5), '25006', 'fenced after kill -9 of the postmaster');
+kill9_postmaster($node);
+is(write_error($node, 'INSERT INTO item VALUES (5)'), '25006', 'fenced after kill -9 of the postmaster');
 is($node->safe_psql('postgres', "SELECT state FROM connect_status"), 'PAUSED',
     'the connection is still paused');
 
 # lowering survives restarts too
 $node->safe_psql('postgres', "SELECT connect_resume('sync')");
 $node->restart;
-is(write_error('item', 6), '', 'writes work after resume and a restart');
+is(write_error($node, 'INSERT INTO item VALUES (6)'), '', 'writes work after resume and a restart');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM connect_fences'), '0', 'no fence left');
 
 # nothing written while fenced was lost or invented: the log holds exactly
@@ -91,7 +68,7 @@ my $log_offset = -s $node->logfile;
 $node->start;
 ok($node->log_contains('ignoring corrupt fence state file', $log_offset),
     'a corrupt fence file is reported in the server log');
-is(write_error('other', 7), '', 'and not trusted');
+is(write_error($node, 'INSERT INTO other VALUES (7)'), '', 'and not trusted');
 
 $node->stop;
 done_testing();

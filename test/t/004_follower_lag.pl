@@ -9,11 +9,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use ConnectGuard::Test;
 
-my $primary = PostgreSQL::Test::Cluster->new('primary');
-$primary->init(allows_streaming => 1);
-$primary->append_conf('postgresql.conf', "shared_preload_libraries = 'connect_guard'");
-$primary->start;
+my $primary = cg_node('primary', init => [ allows_streaming => 1 ]);
 $primary->safe_psql('postgres', q{
     CREATE EXTENSION connect_guard;
     -- for the wrong-password case; the role and its secret replicate to the standby
@@ -21,9 +19,7 @@ $primary->safe_psql('postgres', q{
     CREATE ROLE cg_lag_monitor LOGIN PASSWORD 'R1ght-pw';
 });
 
-$primary->backup('base');
-my $standby = PostgreSQL::Test::Cluster->new('standby');
-$standby->init_from_backup($primary, 'base', has_streaming => 1);
+my $standby = new_standby($primary, 'standby', start => 0);
 # on the standby, that role must give its password; everyone else is trusted
 my $hba = $standby->data_dir . '/pg_hba.conf';
 my $rules = slurp_file($hba);
@@ -60,10 +56,7 @@ ok($primary->poll_query_until('postgres', q{
 #    never mistaken for something else
 $primary->command_ok([ 'pgbench', '-i', '-s', '2', '-q', $primary->connstr('postgres') ],
     'pgbench -i');
-my ($out, $err) = ('', '');
-my $bench = IPC::Run::start(
-    [ 'pgbench', '-n', '-c', '4', '-j', '2', '-T', '5', $primary->connstr('postgres') ],
-    '>', \$out, '2>', \$err);
+my $bench = start_pgbench($primary, [ '-c', '4', '-j', '2', '-T', '5' ], script => '');
 my ($samples, $behind, $max_lag, $max_seconds, @bad) = (0, 0, 0, 0);
 my $both_sources = 0;
 # pump_nb reads pgbench's output, which is how the harness sees it end

@@ -6,94 +6,38 @@
 # in a view.  Needs the background worker.
 use strict;
 use warnings;
-use File::Spec;
-use HTTP::Tiny;
-use JSON::PP;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use Time::HiRes qw(sleep);
+use ConnectGuard::Simulator;
+use ConnectGuard::Test;
 
-my $token    = 'tok-' . join('', map { sprintf '%02x', int(rand(256)) } 1 .. 16);
-my $hook_key = 'key-' . join('', map { sprintf '%02x', int(rand(256)) } 1 .. 16);
+my $token    = random_secret('tok');
+my $hook_key = random_secret('key');
 my $conn_id  = '6a1b0f3e-0000-4000-8000-00000000d3e0';
-my $dir      = PostgreSQL::Test::Utils::tempdir;
-
-# secret_file writes a file only its owner (the server's user: ours) can read
-sub secret_file
-{
-	my ($name, $value) = @_;
-	my $path = "$dir/$name";
-	PostgreSQL::Test::Utils::append_to_file($path, "$value\n");
-	chmod 0600, $path or die "chmod $path: $!";
-	return $path;
-}
 my $token_file = secret_file('connect.token', $token);
 my $hook_file  = secret_file('hook.key', $hook_key);
 
 # -- the simulator: the token reaches it through its environment only -------
 
-my $config = "$dir/connect.json";
-PostgreSQL::Test::Utils::append_to_file($config, encode_json({
-	connections => [ {
+my $base = start_simulator(
+	token          => $token,
+	webhook_secret => $hook_key,
+	connections    => [ {
 		id => $conn_id, name => 'sync', schema_name => 'public',
-		mappings => [ { id => 'map-account', object_name => 'Account' } ] } ] }));
-my ($sim_out, $sim_err) = ('', '');
-my $sim;
-{
-	local $ENV{CONNECT_SIM_TOKEN}          = $token;
-	local $ENV{CONNECT_SIM_WEBHOOK_SECRET} = $hook_key;
-	$sim = IPC::Run::start(
-		[ '/usr/bin/python3', File::Spec->rel2abs('test/simulator/connect_sim.py'),
-		  '--port', '0', '--config', $config ],
-		'>', \$sim_out, '2>', \$sim_err);
-}
-foreach my $try (1 .. 300)
-{
-	last if $sim_out =~ /^LISTENING \d+$/m;
-	$sim->pump_nb;
-	sleep 0.1;
-}
-my ($port) = $sim_out =~ /^LISTENING (\d+)$/m
-  or BAIL_OUT("the simulator did not start: $sim_err");
-my $base = "http://127.0.0.1:$port";
-my $http = HTTP::Tiny->new(timeout => 10);
-
-sub sim
-{
-	my ($method, $path, $body) = @_;
-	my $r = $http->request($method, "$base$path",
-		$body ? { content => encode_json($body), headers => { 'Content-Type' => 'application/json' } } : {});
-	die "simulator: $method $path: $r->{status} $r->{content}" unless $r->{success};
-	return decode_json($r->{content});
-}
-sub sim_requests { return @{ sim('GET', '/_sim/requests')->{requests} }; }
+		mappings => [ { id => 'map-account', object_name => 'Account' } ] } ]);
 
 # -- the server ----------------------------------------------------------------
 
-my $node = PostgreSQL::Test::Cluster->new('signals');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'connect_guard'
-connect_guard.http_timeout = 1500
-});
-$node->start;
+my $node = cg_node('signals', conf => 'connect_guard.http_timeout = 1500');
 
-sub psql { return $node->safe_psql('postgres', $_[0]); }
+sub psql { return sql($node, $_[0]); }
 
 # psql_error returns a statement's error output ('' when it worked)
 sub psql_error
 {
 	my ($ret, $stdout, $stderr) = $node->psql('postgres', $_[0]);
 	return $ret == 0 ? '' : $stderr;
-}
-
-# write_error returns the SQLSTATE a write to account gets ('' when it works)
-sub write_error
-{
-	my ($ret, $stdout, $stderr) = $node->psql('postgres',
-		"\\set VERBOSITY sqlstate\nINSERT INTO account VALUES ($_[0])");
-	return $ret == 0 ? '' : ($stderr =~ /ERROR:\s+(\w{5})/ ? $1 : $stderr);
 }
 
 # wait_request waits until the newest request of connection satisfies cond
@@ -120,7 +64,7 @@ is(psql("SELECT connect_pause('sync', reason => 'upgrade window')"), 'PAUSING',
 	'connect_pause returns PAUSING: nothing is sent from its transaction');
 is(psql("SELECT connect_wait_state('sync', 'PAUSED', '60 s')"), 'PAUSED',
 	'the worker paused Connect, then the connection');
-is(write_error(1), '25006', 'the fence went up once Connect was paused');
+is(write_error($node, 'INSERT INTO account VALUES (1)'), '25006', 'the fence went up once Connect was paused');
 is(psql("SELECT remote_id FROM connect_mappings WHERE connection = 'sync'"), 'map-account',
 	"the mapping's Connect id was filled in from the deep GET, by object name");
 is(sim('GET', '/_sim/state')->{connections}[0]{state}, 'PAUSED', 'Connect is paused');
@@ -133,7 +77,7 @@ ok((grep { $_->{method} eq 'GET' && $_->{path} eq "/api/v3/connections/$conn_id?
 	'the worker read the state with the deep GET');
 
 is(psql("SELECT connect_resume('sync')"), 'RESUMING', 'connect_resume returns RESUMING');
-is(write_error(2), '', 'the fence went down at once');
+is(write_error($node, 'INSERT INTO account VALUES (2)'), '', 'the fence went down at once');
 is(psql("SELECT connect_wait_state('sync', 'IDLE', '60 s')"), 'IDLE', 'the connection is IDLE once Connect is');
 is(sim('GET', '/_sim/state')->{connections}[0]{state}, 'IDLE', 'Connect runs again');
 ok((grep { $_->{method} eq 'POST' && $_->{path} eq "/api/v3/connections/$conn_id/actions/resume" && $_->{status} == 202 }
@@ -233,6 +177,6 @@ foreach my $view (qw(connect_connections connect_status connect_requests connect
 	unlike($rows, qr/\Q$token\E|\Q$hook_key\E/, "$view holds neither the token nor the key");
 }
 
-$sim->kill_kill;
+stop_simulator();
 $node->stop;
 done_testing();

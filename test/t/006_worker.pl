@@ -7,14 +7,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use ConnectGuard::Test;
 
-my $node = PostgreSQL::Test::Cluster->new('workers');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'connect_guard'
-connect_guard.naptime = '100ms'
-});
-$node->start;
+my $node = cg_node('workers', conf => "connect_guard.naptime = '100ms'");
 $node->safe_psql('postgres', 'CREATE DATABASE app');
 $node->safe_psql('postgres', 'CREATE DATABASE other');
 

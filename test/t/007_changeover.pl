@@ -11,68 +11,24 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time);
+use ConnectGuard::Test;
 
-my $primary = PostgreSQL::Test::Cluster->new('old_primary');
-$primary->init(allows_streaming => 1);
 # both servers keep their rollback witness in one directory, as servers of
 # one lineage should: the promoted follower compares itself with what the
 # old primary recorded, and must not take the changeover for a rollback
 my $witness_dir = PostgreSQL::Test::Utils::tempdir;
-$primary->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'connect_guard'
-connect_guard.naptime = '200ms'
-connect_guard.witness_directory = '$witness_dir'
-});
-$primary->start;
-$primary->safe_psql('postgres', q{
-    CREATE EXTENSION connect_guard;
-    CREATE TABLE account (id int PRIMARY KEY, balance int NOT NULL DEFAULT 0);
-    INSERT INTO account SELECT g FROM generate_series(1, 100) g;
-    CREATE TABLE writes (n bigserial PRIMARY KEY, account_id int);
-    SELECT connect_create_connection('sync');
-    SELECT connect_map_table('sync', 'account');
-    CREATE TABLE consumed (entry_id bigint, batch_id bigint, via text);
-});
-$primary->backup('base');
-my $follower = PostgreSQL::Test::Cluster->new('follower');
-$follower->init_from_backup($primary, 'base', has_streaming => 1);
-$follower->start;
-$primary->wait_for_catchup($follower);
+my $primary = cg_node('old_primary', init => [ allows_streaming => 1 ], conf => [
+    "connect_guard.naptime = '200ms'",
+    "connect_guard.witness_directory = '$witness_dir'" ]);
+setup_accounts($primary);
+my $follower = new_standby($primary, 'follower', backup => 'base');
 
-my $script = $primary->basedir . '/writes.sql';
-append_to_file($script, q{
-\set id random(1, 100)
-BEGIN;
-UPDATE account SET balance = balance + 1 WHERE id = :id;
-INSERT INTO writes (account_id) VALUES (:id);
-END;
-});
-my ($out, $err) = ('', '');
 # writers keep going through the changeover; the fenced ones fail and are counted out
-my $bench = IPC::Run::start(
-    [ 'pgbench', '-n', '-c', '2', '-T', '6', '--max-tries', '1', '-f', $script, $primary->connstr('postgres') ],
-    '>', \$out, '2>', \$err);
-
-sub consume
-{
-    my ($node, $via) = @_;
-    my $n = 0;
-    while (1)
-    {
-        my ($rc, $b) = $node->psql('postgres', "SELECT connect_next_batch('sync')");
-        last if $rc != 0 || $b eq '';
-        $node->safe_psql('postgres', qq{
-            INSERT INTO consumed SELECT id, $b, '$via' FROM connect_batch_events($b);
-            SELECT connect_finish_batch($b);
-        });
-        $n++;
-    }
-    return $n;
-}
+my $bench = start_pgbench($primary, [ '-c', '2', '-T', '6', '--max-tries', '1' ]);
 
 # consume while the load runs, then start the plan
 my $until = time + 2;
-consume($primary, 'old') while time < $until;
+consume($primary, via => 'old', stop_on_error => 1) while time < $until;
 my $follower_conninfo = $follower->connstr('postgres');
 my $plan = $primary->safe_psql('postgres',
     "SELECT connect_prepare_upgrade('follower', follower => \$\$$follower_conninfo\$\$, max_lag_bytes => 10000000)");
@@ -106,9 +62,9 @@ like($e, qr/fenced for maintenance/, 'and stays fenced');
 # consumed on the old one first, as a sync service keeps its own state)
 my $old = $primary->safe_psql('postgres', "SELECT string_agg(format('(%s,%s,%L)', entry_id, batch_id, via), ',') FROM consumed");
 $follower->safe_psql('postgres', "TRUNCATE consumed; INSERT INTO consumed VALUES $old") if $old ne '';
-consume($follower, 'new');
+consume($follower, via => 'new', stop_on_error => 1);
 my $writes = $follower->safe_psql('postgres', 'SELECT count(*) FROM writes');
-my $log = '(SELECT id FROM connect_guard.trigger_log UNION ALL SELECT id FROM connect_guard.trigger_log_archive)';
+my $log = whole_log();
 is($follower->safe_psql('postgres', "SELECT count(*) FROM $log l"), $writes, "$writes committed writes, as many log entries");
 is($follower->safe_psql('postgres', 'SELECT count(DISTINCT entry_id) FROM consumed'), $writes, 'all delivered');
 is($follower->safe_psql('postgres', 'SELECT count(*) FROM consumed'), $writes, 'none twice');
@@ -127,9 +83,7 @@ is($primary->safe_psql('postgres', "SELECT count(*) FROM connect_guard.event WHE
 is($follower->safe_psql('postgres', "SELECT string_agg(finding, ',') FROM connect_check_rollback() WHERE rollback"), '',
     'connect_check_rollback agrees');
 
-my $timeline = $follower->safe_psql('postgres',
-    "SELECT string_agg(step || ' ' || coalesce(round(extract(epoch FROM duration) * 1000)::text || ' ms', '-'), ', ') FROM connect_upgrade_timeline($plan)");
-note "timeline: $timeline";
+note_timeline($follower, $plan);
 $primary->stop;
 $follower->stop;
 done_testing();

@@ -15,79 +15,37 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time);
+use ConnectGuard::Test;
 
-my $bindir = '/usr/lib/postgresql/15/bin';
+# the installation under test: make installcheck puts its bindir first on PATH
+my $bindir = `pg_config --bindir`;
+chomp $bindir;
 # one witness directory for both clusters: the new one finds the old one's
 # witness through the plan, which names the old system identifier
 my $witness_dir = PostgreSQL::Test::Utils::tempdir;
-my $conf = qq{
-shared_preload_libraries = 'connect_guard'
-connect_guard.naptime = '200ms'
-connect_guard.witness_directory = '$witness_dir'
-};
+my $conf = [ "connect_guard.naptime = '200ms'", "connect_guard.witness_directory = '$witness_dir'" ];
 
-my $old = PostgreSQL::Test::Cluster->new('old');
-$old->init;
-$old->append_conf('postgresql.conf', $conf);
-$old->start;
-$old->safe_psql('postgres', q{
-    CREATE EXTENSION connect_guard;
-    CREATE TABLE account (id int PRIMARY KEY, balance int NOT NULL DEFAULT 0);
-    INSERT INTO account SELECT g FROM generate_series(1, 100) g;
-    CREATE TABLE writes (n bigserial PRIMARY KEY, account_id int);
-    SELECT connect_create_connection('sync');
-    SELECT connect_map_table('sync', 'account');
-    CREATE TABLE consumed (entry_id bigint, batch_id bigint, via text);
-});
+my $old = cg_node('old', conf => $conf);
+setup_accounts($old);
 # the plans need the database's worker
-$old->poll_query_until('postgres', 'SELECT connect_guard.worker_pid() IS NOT NULL') or die 'no worker';
+wait_for_worker($old) or die 'no worker';
 # the 100 initial rows were inserted before the mapping: only the writes count
-my $log = '(SELECT id FROM connect_guard.trigger_log UNION ALL SELECT id FROM connect_guard.trigger_log_archive)';
+my $log = whole_log();
 
-my $script = $old->basedir . '/writes.sql';
-append_to_file($script, q{
-\set id random(1, 100)
-BEGIN;
-UPDATE account SET balance = balance + 1 WHERE id = :id;
-INSERT INTO writes (account_id) VALUES (:id);
-END;
-});
-
-# consume takes batches until none is left (or $max were taken) and
-# records their entries in the same transaction as it finishes them
-sub consume
+# this test's sync service: it goes on through the fence (an error from
+# connect_next_batch ends its turn), recording where it consumed
+sub consume_via
 {
     my ($node, $via, $max) = @_;
-    my $n = 0;
-    while (!defined $max || $n < $max)
-    {
-        my ($rc, $b) = $node->psql('postgres', "SELECT connect_next_batch('sync')");
-        last if $rc != 0 || $b eq '';
-        $node->safe_psql('postgres', qq{
-            INSERT INTO consumed SELECT id, $b, '$via' FROM connect_batch_events($b);
-            SELECT connect_finish_batch($b);
-        });
-        $n++;
-    }
-    return $n;
-}
-
-sub write_error
-{
-    my ($node, $sql) = @_;
-    my ($rc, $o, $e) = $node->psql('postgres', "\\set VERBOSITY sqlstate\n$sql");
-    return $rc == 0 ? '' : ($e =~ /ERROR:\s+(\w{5})/ ? $1 : $e);
+    return consume($node, via => $via, max => $max, stop_on_error => 1);
 }
 
 # writers keep going into the plan; the fenced ones fail and are counted out
-my ($out, $err) = ('', '');
-my $bench = IPC::Run::start(
-    [ 'pgbench', '-n', '-c', '2', '-T', '5', '--max-tries', '1', '-f', $script, $old->connstr('postgres') ],
-    '>', \$out, '2>', \$err);
+my $bench = start_pgbench($old, [ '-c', '2', '-T', '5', '--max-tries', '1' ]);
 my $until = time + 2;
 while (time < $until)
 {
-    consume($old, 'old', 1);
+    consume_via($old, 'old', 1);
     $bench->pump_nb if $bench->pumpable;
 }
 ok($old->safe_psql('postgres', 'SELECT count(*) FROM consumed') > 0, 'the consumer drained batches under load');
@@ -97,14 +55,14 @@ ok($plan > 0, "plan $plan prepared");
 # the consumer goes on while the plan pauses it: a batch it holds delays the pause
 until ($old->safe_psql('postgres', "SELECT status FROM connect_upgrade_status WHERE plan = $plan") ne 'running')
 {
-    consume($old, 'old', 1);
+    consume_via($old, 'old', 1);
     $bench->pump_nb if $bench->pumpable;
 }
 is($old->safe_psql('postgres', "SELECT connect_wait_upgrade($plan, 'ready', '60 s')"), 'ready',
     'the plan reaches ready: paused and fenced');
 $bench->pump_nb while $bench->pumpable;
 $bench->finish;
-note "pgbench: " . join(' ', grep { /aborted|processed|failed/ } split /\n/, $out . $err);
+note 'pgbench: ' . $bench->summary;
 
 is(write_error($old, 'INSERT INTO account VALUES (1000)'), '25006', 'the old cluster refuses writes to the mapped table');
 is(write_error($old, 'INSERT INTO writes (account_id) VALUES (1)'), '25006', 'and to every other table');
@@ -118,9 +76,7 @@ is($old->safe_psql('postgres', "SELECT count(*) FROM $log l"), $old_writes,
 $old->stop;
 
 # the new cluster: same locale and encoding (same initdb environment)
-my $new = PostgreSQL::Test::Cluster->new('new');
-$new->init;
-$new->append_conf('postgresql.conf', $conf);
+my $new = cg_node('new', conf => $conf, start => 0);
 my $cwd = getcwd();
 chdir $new->basedir or die $!;
 command_ok(
@@ -173,17 +129,14 @@ is($new->safe_psql('postgres', "SELECT count(*) FROM connect_guard.event WHERE k
 ok(-f "$witness_dir/connect_guard-$new_sysid-postgres.witness", 'the new cluster writes its own witness');
 
 # the consumer goes on, on the new cluster, under new load
-($out, $err) = ('', '');
-$bench = IPC::Run::start(
-    [ 'pgbench', '-n', '-c', '2', '-t', '200', '--max-tries', '1', '-f', $script, $new->connstr('postgres') ],
-    '>', \$out, '2>', \$err);
+$bench = start_pgbench($new, [ '-c', '2', '-t', '200', '--max-tries', '1' ]);
 while ($bench->pumpable)
 {
-    consume($new, 'new', 1);
+    consume_via($new, 'new', 1);
     $bench->pump_nb if $bench->pumpable;
 }
 ok($bench->finish, 'pgbench on the new cluster: no write refused');
-consume($new, 'new');
+consume_via($new, 'new');
 
 my $writes = $new->safe_psql('postgres', 'SELECT count(*) FROM writes');
 ok($writes >= $old_writes + 400, "$writes writes in all");
@@ -194,8 +147,6 @@ is($new->safe_psql('postgres', "SELECT count(*) FROM consumed c WHERE NOT EXISTS
     '0', 'every delivery is a log entry');
 ok($new->safe_psql('postgres', "SELECT count(*) FROM consumed WHERE via = 'new'") > 0, 'delivered on the new cluster too');
 
-my $timeline = $new->safe_psql('postgres',
-    "SELECT string_agg(step || ' ' || coalesce(round(extract(epoch FROM duration) * 1000)::text || ' ms', '-'), ', ') FROM connect_upgrade_timeline($plan)");
-note "timeline: $timeline";
+note_timeline($new, $plan);
 $new->stop;
 done_testing();

@@ -17,83 +17,43 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time);
+use ConnectGuard::Test;
 
-my $node = PostgreSQL::Test::Cluster->new('copy');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'connect_guard'
-connect_guard.naptime = '200ms'
-});
-$node->start;
+my $node = cg_node('copy', conf => "connect_guard.naptime = '200ms'");
 $node->safe_psql('postgres', q{
     CREATE DATABASE source;
     CREATE DATABASE sink;
 });
-$node->safe_psql('sink', 'CREATE TABLE consumed (entry_id bigint, batch_id bigint, via text)');
-$node->safe_psql('source', q{
-    CREATE EXTENSION connect_guard;
-    CREATE TABLE account (id int PRIMARY KEY, balance int NOT NULL DEFAULT 0);
-    INSERT INTO account SELECT g FROM generate_series(1, 100) g;
-    CREATE TABLE writes (n bigserial PRIMARY KEY, account_id int);
-    SELECT connect_create_connection('sync');
-    SELECT connect_map_table('sync', 'account');
-});
+create_consumed_table($node, 'sink');
+setup_accounts($node, db => 'source', consumed => 0);
 # the plans need the database's worker
-$node->poll_query_until('source', 'SELECT connect_guard.worker_pid() IS NOT NULL') or die 'no worker';
-my $log = '(SELECT id FROM connect_guard.trigger_log UNION ALL SELECT id FROM connect_guard.trigger_log_archive)';
+wait_for_worker($node, 'source') or die 'no worker';
+my $log = whole_log();
 
-my $script = $node->basedir . '/writes.sql';
-append_to_file($script, q{
-\set id random(1, 100)
-BEGIN;
-UPDATE account SET balance = balance + 1 WHERE id = :id;
-INSERT INTO writes (account_id) VALUES (:id);
-END;
-});
-
-# consume takes batches of $db until none is left (or $max were taken)
-sub consume
+# consume takes batches of $db until none is left (or $max were taken),
+# recording them in the sink database
+sub consume_into_sink
 {
     my ($db, $max) = @_;
-    my $n = 0;
-    while (!defined $max || $n < $max)
-    {
-        my ($rc, $b) = $node->psql($db, "SELECT connect_next_batch('sync')");
-        last if $rc != 0 || $b eq '';
-        my $ids = $node->safe_psql($db, "SELECT coalesce(string_agg(id::text, ','), '') FROM connect_batch_events($b)");
-        $node->safe_psql('sink', "INSERT INTO consumed SELECT unnest('{$ids}'::bigint[]), $b, '$db'");
-        $node->safe_psql($db, "SELECT connect_finish_batch($b)");
-        $n++;
-    }
-    return $n;
-}
-
-sub write_error
-{
-    my ($db, $sql) = @_;
-    my ($rc, $o, $e) = $node->psql($db, "\\set VERBOSITY sqlstate\n$sql");
-    return $rc == 0 ? '' : ($e =~ /ERROR:\s+(\w{5})/ ? $1 : $e);
+    return consume($node, db => $db, via => $db, max => $max, record_in => 'sink', stop_on_error => 1);
 }
 
 sub status
 {
     my ($db, $plan) = @_;
-    return $node->safe_psql($db, "SELECT status || ' ' || step FROM connect_upgrade_status WHERE plan = $plan");
+    return plan_status($node, $plan, $db);
 }
 
-my ($out, $err) = ('', '');
-my $bench = IPC::Run::start(
-    [ 'pgbench', '-n', '-c', '2', '-T', '5', '--max-tries', '1', '-f', $script, $node->connstr('source') ],
-    '>', \$out, '2>', \$err);
+my $bench = start_pgbench($node, [ '-c', '2', '-T', '5', '--max-tries', '1' ], db => 'source');
 my $until = time + 1.5;
 while (time < $until)
 {
-    consume('source', 1);
+    consume_into_sink('source', 1);
     $bench->pump_nb if $bench->pumpable;
 }
 
 # one more write, so that the plan surely finds a backlog to drain
-$node->safe_psql('source', 'BEGIN; UPDATE account SET balance = balance + 1 WHERE id = 1; INSERT INTO writes (account_id) VALUES (1); COMMIT');
+account_write($node, 1, 'source');
 my $plan = $node->safe_psql('source', "SELECT connect_prepare_upgrade('copy', timeout => '60 s')");
 ok($plan > 0, "plan $plan prepared");
 # the fence goes up first, so the backlog is final; the consumer drains it
@@ -101,10 +61,10 @@ ok($node->poll_query_until('source', "SELECT step <> 'fencing' FROM connect_upgr
     'the plan fences the database');
 is(status('source', $plan), 'running draining', 'and waits for the consumer to drain the trigger log');
 ok($node->safe_psql('source', 'SELECT backlog FROM connect_high_water_marks') > 0, 'there is a backlog to drain');
-is(write_error('source', 'INSERT INTO writes (account_id) VALUES (1)'), '25006', 'writes are refused while it drains');
+is(write_error($node, 'INSERT INTO writes (account_id) VALUES (1)', 'source'), '25006', 'writes are refused while it drains');
 while (status('source', $plan) eq 'running draining')
 {
-    consume('source', 1);
+    consume_into_sink('source', 1);
     $bench->pump_nb if $bench->pumpable;
 }
 ok($node->poll_query_until('source', "SELECT status = 'ready' FROM connect_upgrade_status WHERE plan = $plan"),
@@ -113,11 +73,11 @@ is($node->safe_psql('source', "SELECT string_agg(step, ' ') FROM connect_upgrade
     'fencing draining pausing ready', 'through fencing, draining, pausing');
 $bench->pump_nb while $bench->pumpable;
 $bench->finish;
-note "pgbench: " . join(' ', grep { /aborted|processed|failed/ } split /\n/, $out . $err);
+note 'pgbench: ' . $bench->summary;
 is($node->safe_psql('source', 'SELECT state FROM connect_connections'), 'PAUSED', 'the connection is paused');
 is($node->safe_psql('source', 'SELECT backlog FROM connect_high_water_marks'), '0', 'nothing left to deliver');
 is($node->safe_psql('source', "SELECT connect_next_batch('sync') IS NULL"), 't', 'the consumer gets nothing more');
-is(write_error('source', 'INSERT INTO account VALUES (1000)'), '25006', 'the source refuses writes');
+is(write_error($node, 'INSERT INTO account VALUES (1000)', 'source'), '25006', 'the source refuses writes');
 my $source_writes = $node->safe_psql('source', 'SELECT count(*) FROM writes');
 is($node->safe_psql('source', "SELECT count(*) FROM $log l"), $source_writes,
     "$source_writes committed writes in the source, as many log entries");
@@ -135,20 +95,17 @@ is($node->safe_psql('copy', "SELECT connect_complete_upgrade($plan)"), 'complete
 is(status('copy', $plan), 'completed completed', 'the plan is completed there');
 is($node->safe_psql('copy', 'SELECT state FROM connect_connections'), 'IDLE', 'the connection is resumed on the copy');
 is(status('source', $plan), 'ready ready', 'the source keeps its plan ready');
-is(write_error('source', 'INSERT INTO account VALUES (1001)'), '25006', 'and stays fenced');
+is(write_error($node, 'INSERT INTO account VALUES (1001)', 'source'), '25006', 'and stays fenced');
 
 # the consumer goes on, on the copy, under new load
-($out, $err) = ('', '');
-$bench = IPC::Run::start(
-    [ 'pgbench', '-n', '-c', '2', '-t', '200', '--max-tries', '1', '-f', $script, $node->connstr('copy') ],
-    '>', \$out, '2>', \$err);
+$bench = start_pgbench($node, [ '-c', '2', '-t', '200', '--max-tries', '1' ], db => 'copy');
 while ($bench->pumpable)
 {
-    consume('copy', 1);
+    consume_into_sink('copy', 1);
     $bench->pump_nb if $bench->pumpable;
 }
 ok($bench->finish, 'pgbench on the copy: no write refused');
-consume('copy');
+consume_into_sink('copy');
 
 my $writes = $node->safe_psql('copy', 'SELECT count(*) FROM writes');
 is($writes, $source_writes + 400, "$writes writes in all, 400 of them on the copy");
@@ -162,8 +119,6 @@ my $ids = $node->safe_psql('sink', "SELECT string_agg(entry_id::text, ',') FROM 
 is($node->safe_psql('copy', "SELECT count(*) FROM $log l WHERE id = ANY ('{$ids}'::bigint[])"), $writes,
     'every delivery is a log entry of the copy');
 
-my $timeline = $node->safe_psql('copy',
-    "SELECT string_agg(step || ' ' || coalesce(round(extract(epoch FROM duration) * 1000)::text || ' ms', '-'), ', ') FROM connect_upgrade_timeline($plan)");
-note "timeline: $timeline";
+note_timeline($node, $plan, 'copy');
 $node->stop;
 done_testing();

@@ -20,81 +20,28 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time sleep);
+use ConnectGuard::Test;
 
-my $primary = PostgreSQL::Test::Cluster->new('primary');
-$primary->init(allows_streaming => 1);
-$primary->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'connect_guard'
-connect_guard.naptime = '200ms'
-restart_after_crash = on
-});
-$primary->start;
-$primary->safe_psql('postgres', q{
-    CREATE EXTENSION connect_guard;
-    CREATE TABLE account (id int PRIMARY KEY, balance int NOT NULL DEFAULT 0);
-    INSERT INTO account SELECT g FROM generate_series(1, 100) g;
-    CREATE TABLE writes (n bigserial PRIMARY KEY, account_id int);
-    SELECT connect_create_connection('sync');
-    SELECT connect_map_table('sync', 'account');
-    CREATE TABLE consumed (entry_id bigint, batch_id bigint, via text);
-});
+my $primary = cg_node('primary', init => [ allows_streaming => 1 ],
+    conf => [ "connect_guard.naptime = '200ms'", 'restart_after_crash = on' ]);
+setup_accounts($primary);
 # the plans need the database's worker
-$primary->poll_query_until('postgres', 'SELECT connect_guard.worker_pid() IS NOT NULL') or die 'no worker';
-$primary->backup('base');
-my $follower = PostgreSQL::Test::Cluster->new('follower');
-$follower->init_from_backup($primary, 'base', has_streaming => 1);
-$follower->append_conf('postgresql.conf', "restart_after_crash = on\n");
-$follower->start;
-$primary->wait_for_catchup($follower);
+wait_for_worker($primary) or die 'no worker';
+my $follower = new_standby($primary, 'follower', backup => 'base', conf => 'restart_after_crash = on');
 my $follower_conninfo = $follower->connstr('postgres');
+my $script = writes_script($primary);
 
-my $script = $primary->basedir . '/writes.sql';
-append_to_file($script, q{
-\set id random(1, 100)
-BEGIN;
-UPDATE account SET balance = balance + 1 WHERE id = :id;
-INSERT INTO writes (account_id) VALUES (:id);
-END;
-});
-
-# consume takes batches until none is left (or $max were taken), recording
-# their entries in the transaction that finishes them
-sub consume
+# this test's sync service: it goes on through fences and crashes (an error
+# from connect_next_batch ends its turn), recording where it consumed
+sub consume_via
 {
     my ($node, $via, $max) = @_;
-    my $n = 0;
-    while (!defined $max || $n < $max)
-    {
-        my ($rc, $b) = $node->psql('postgres', "SELECT connect_next_batch('sync')");
-        last if $rc != 0 || $b eq '';
-        $node->safe_psql('postgres', qq{
-            INSERT INTO consumed SELECT id, $b, '$via' FROM connect_batch_events($b);
-            SELECT connect_finish_batch($b);
-        });
-        $n++;
-    }
-    return $n;
+    return consume($node, via => $via, max => $max, stop_on_error => 1);
 }
 
-sub write_one
-{
-    my ($id) = @_;
-    $primary->safe_psql('postgres',
-        "BEGIN; UPDATE account SET balance = balance + 1 WHERE id = $id; INSERT INTO writes (account_id) VALUES ($id); COMMIT");
-}
+sub write_one { account_write($primary, $_[0]); }
 
-sub write_error
-{
-    my ($node, $sql) = @_;
-    my ($rc, $o, $e) = $node->psql('postgres', "\\set VERBOSITY sqlstate\n$sql");
-    return $rc == 0 ? '' : ($e =~ /ERROR:\s+(\w{5})/ ? $1 : $e);
-}
-
-sub plan_is
-{
-    my ($plan) = @_;
-    return $primary->safe_psql('postgres', "SELECT status || ' ' || step FROM connect_upgrade_status WHERE plan = $plan");
-}
+sub plan_is { return plan_status($primary, $_[0]); }
 
 sub fences
 {
@@ -131,24 +78,9 @@ sub kill_worker
         or die 'no new worker after the crash restart';
 }
 
-# kill -9 of the postmaster: its children exit when they notice, and only
-# then can a new postmaster start on the same shared memory key
-sub kill9_postmaster
-{
-    my $postmaster = $primary->{_pid};
-    my @children = split /\s+/, `pgrep -P $postmaster`;
-    $primary->kill9;
-    foreach my $try (1 .. 300)
-    {
-        last unless grep { kill 0, $_ } ($postmaster, @children);
-        sleep 0.1;
-    }
-    $primary->start;
-}
-
 # some load and consumption before the plans
 $primary->command_ok([ 'pgbench', '-n', '-c', '2', '-t', '100', '--max-tries', '1', '-f', $script, 'postgres' ], 'some load');
-consume($primary, 'old');
+consume_via($primary, 'old');
 
 # ------------------------------------------------------------------------
 # (a) aborts
@@ -187,7 +119,7 @@ is($primary->safe_psql('postgres', "SELECT last_error FROM connect_upgrade_statu
     'with the reason given');
 is(state(), 'POLLING_DB_CHANGES', 'the connection was not paused: its batch is still open');
 is(fences($primary) . fences($follower), '00', 'no fence on the primary or the follower');
-ok(consume($primary, 'old') >= 1, 'the consumer finishes its batch');
+ok(consume_via($primary, 'old') >= 1, 'the consumer finishes its batch');
 
 # fencing: a writer in flight holds the fence; the abort waits for the step and undoes it
 my $writer = $primary->background_psql('postgres');
@@ -211,7 +143,7 @@ $aborter->quit;
 is(state(), 'IDLE', 'the connection is resumed');
 is(fences($primary) . fences($follower), '00', 'no fence on the primary or the follower');
 is(write_error($primary, 'INSERT INTO writes (account_id) VALUES (NULL)'), '', 'writes go on');
-consume($primary, 'old');
+consume_via($primary, 'old');
 
 # fencing, with a writer that does not end within the step's timeout: the
 # try times out (and its fence is lowered with its transaction), the plan fails
@@ -232,7 +164,7 @@ $writer->query_safe('COMMIT');
 $writer->quit;
 is($primary->safe_psql('postgres', "SELECT connect_abort_upgrade($plan)"), 'aborted', 'aborted');
 is(state(), 'IDLE', 'the connection is resumed');
-consume($primary, 'old');
+consume_via($primary, 'old');
 
 # catching_up: the follower's replay is paused; both are fenced
 $follower->safe_psql('postgres', 'SELECT pg_wal_replay_pause()');
@@ -249,7 +181,7 @@ is(state(), 'IDLE', 'the connection is resumed');
 is(fences($primary) . fences($follower), '00', 'both fences are lowered');
 is(write_error($primary, 'INSERT INTO writes (account_id) VALUES (NULL)'), '', 'writes go on');
 $follower->safe_psql('postgres', 'SELECT pg_wal_replay_resume()');
-consume($primary, 'old');
+consume_via($primary, 'old');
 
 # ready
 $plan = prepare($follower_conninfo);
@@ -274,10 +206,7 @@ is($primary->safe_psql('postgres',
 # pausing, under load: an open batch holds the plan; kill -9 of the worker
 write_one(4);
 $held = $primary->safe_psql('postgres', "SELECT connect_next_batch('sync')");
-my ($out, $err) = ('', '');
-my $bench = IPC::Run::start(
-    [ 'pgbench', '-n', '-c', '2', '-T', '30', '--max-tries', '1', '-f', $script, $primary->connstr('postgres') ],
-    '>', \$out, '2>', \$err);
+my $bench = start_pgbench($primary, [ '-c', '2', '-T', '30', '--max-tries', '1' ], script => $script);
 $plan = prepare($follower_conninfo);
 # a fence on the follower left by an earlier try of fencing_follower whose
 # answer was lost (it commits there first): the plan must reuse it
@@ -290,7 +219,7 @@ $bench->pump_nb if $bench->pumpable;
 kill_worker();
 $bench->pump_nb while $bench->pumpable;    # the crash ended pgbench's sessions
 $bench->finish;
-note "pgbench: " . join(' ', grep { /aborted|processed|failed/ } split /\n/, $out . $err);
+note 'pgbench: ' . $bench->summary;
 is(plan_is($plan), 'running pausing', 'after the crash restart the plan is still at pausing');
 is(state(), 'POLLING_DB_CHANGES', 'nothing paused yet: the batch is still open');
 
@@ -300,7 +229,7 @@ $writer = $primary->background_psql('postgres');
 $writer->query_safe('BEGIN');
 $writer->query_safe('UPDATE account SET balance = balance + 1 WHERE id = 5');
 $writer->query_safe('INSERT INTO writes (account_id) VALUES (-5)');
-ok(consume($primary, 'old') >= 1, 'the consumer takes the open batch again and finishes it');
+ok(consume_via($primary, 'old') >= 1, 'the consumer takes the open batch again and finishes it');
 ok($primary->poll_query_until('postgres', worker_waits_sql()), 'the plan waits at fencing for the writer in flight');
 is(plan_is($plan), 'running fencing', 'at fencing');
 kill_worker();
@@ -315,7 +244,7 @@ is($primary->safe_psql('postgres', "SELECT fence_id FROM connect_guard.upgrade_p
     $primary->safe_psql('postgres', 'SELECT fence_id FROM connect_fences'), 'the plan owns it');
 
 # catching_up: kill -9 of the postmaster
-kill9_postmaster();
+kill9_postmaster($primary);
 is(write_error($primary, 'INSERT INTO writes (account_id) VALUES (NULL)'), '25006', 'fenced after kill -9 of the postmaster');
 is(plan_is($plan), 'running catching_up', 'the plan is still at catching_up');
 $follower->safe_psql('postgres', 'SELECT pg_wal_replay_resume()');
@@ -329,7 +258,7 @@ is(fences($primary) . fences($follower), '11', 'the primary and the follower are
 is(write_error($primary, 'INSERT INTO account VALUES (1001)'), '25006', 'the primary refuses writes');
 
 # ready: kill -9 of the postmaster
-kill9_postmaster();
+kill9_postmaster($primary);
 is(plan_is($plan), 'ready ready', 'still ready after kill -9 of the postmaster');
 is(fences($primary) . fences($follower), '11', 'the primary and the follower are still fenced');
 is(write_error($primary, 'INSERT INTO account VALUES (1001)'), '25006', 'the primary refuses writes');
@@ -346,10 +275,10 @@ ok($primary->poll_query_until('postgres',
 is(write_error($primary, 'INSERT INTO account VALUES (1002)'), '25006', 'and stays fenced');
 
 # counting, on the new primary
-$follower->safe_psql('postgres', 'BEGIN; UPDATE account SET balance = balance + 1 WHERE id = 7; INSERT INTO writes (account_id) VALUES (7); COMMIT');
-consume($follower, 'new');
+account_write($follower, 7);
+consume_via($follower, 'new');
 my $writes = $follower->safe_psql('postgres', 'SELECT count(*) FROM writes WHERE account_id IS NOT NULL');
-my $log = '(SELECT id FROM connect_guard.trigger_log UNION ALL SELECT id FROM connect_guard.trigger_log_archive)';
+my $log = whole_log();
 is($follower->safe_psql('postgres', "SELECT count(*) FROM $log l"), $writes, "$writes committed writes, as many log entries");
 is($follower->safe_psql('postgres', 'SELECT count(DISTINCT entry_id) FROM consumed'), $writes, 'all delivered');
 is($follower->safe_psql('postgres', 'SELECT count(*) FROM consumed'), $writes, 'none twice');
@@ -358,9 +287,7 @@ is($follower->safe_psql('postgres', "SELECT count(*) FROM consumed c WHERE NOT E
 is($follower->safe_psql('postgres', 'SELECT count(*) FROM writes WHERE account_id = -3'), '1', 'the writer that committed during the aborted fencing counts once');
 is($follower->safe_psql('postgres', 'SELECT count(*) FROM writes WHERE account_id = -5'), '0', 'the writer killed by the crash wrote nothing');
 
-my $timeline = $follower->safe_psql('postgres',
-    "SELECT string_agg(step || ' ' || coalesce(round(extract(epoch FROM duration) * 1000)::text || ' ms', '-'), ', ') FROM connect_upgrade_timeline($plan)");
-note "timeline: $timeline";
+note_timeline($follower, $plan);
 $primary->stop;
 $follower->stop;
 done_testing();

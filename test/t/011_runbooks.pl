@@ -19,11 +19,9 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep);
+use ConnectGuard::Test;
 
-my $conf = qq{
-shared_preload_libraries = 'connect_guard'
-connect_guard.naptime = '200ms'
-};
+my $conf = "connect_guard.naptime = '200ms'";
 
 # runbook_cmd is the psql command line of a runbook; -db picks the database
 sub runbook_cmd
@@ -50,10 +48,7 @@ sub runbook
 sub consume_once
 {
     my ($node, $connection, $db) = @_;
-    my ($rc, $batch) = $node->psql($db // 'postgres', "SELECT connect_next_batch('$connection')");
-    return 0 if $rc != 0 || $batch eq '';
-    $node->psql($db // 'postgres', "SELECT connect_finish_batch($batch)");
-    return 1;
+    return consume($node, connection => $connection, db => $db, max => 1, record => 0, stop_on_error => 1);
 }
 
 # runbook_consuming runs a runbook while the sync services of
@@ -76,32 +71,16 @@ sub runbook_consuming
     return ($rc, $out, $err);
 }
 
-# write_error is the SQLSTATE a write fails with, or '' when it succeeds
-sub write_error
-{
-    my ($node, $sql, $db) = @_;
-    my ($rc, $o, $e) = $node->psql($db // 'postgres', "\\set VERBOSITY sqlstate\n$sql");
-    return $rc == 0 ? '' : ($e =~ /ERROR:\s+(\w{5})/ ? $1 : $e);
-}
+sub q1 { return sql(@_); }
 
-sub q1
-{
-    my ($node, $sql, $db) = @_;
-    return $node->safe_psql($db // 'postgres', $sql);
-}
-
-sub wait_for_worker
+sub worker_runs
 {
     my ($node, $db) = @_;
     # after CREATE EXTENSION the worker may take up to the launcher's 30 s recheck
-    ok($node->poll_query_until($db // 'postgres', 'SELECT count(*) = 1 FROM connect_worker'),
-        $node->name . ': the worker runs');
+    ok(wait_for_worker($node, $db), $node->name . ': the worker runs');
 }
 
-my $primary = PostgreSQL::Test::Cluster->new('primary');
-$primary->init(allows_streaming => 1);
-$primary->append_conf('postgresql.conf', $conf);
-$primary->start;
+my $primary = cg_node('primary', init => [ allows_streaming => 1 ], conf => $conf);
 $primary->safe_psql('postgres', q{
     CREATE EXTENSION connect_guard;
     CREATE TABLE account (id int PRIMARY KEY, balance int NOT NULL DEFAULT 0);
@@ -113,7 +92,7 @@ $primary->safe_psql('postgres', q{
 # extension is committed (the worker then finds no extension and the next
 # try is 30 s later); waking the launcher again once it is committed avoids that
 $primary->safe_psql('postgres', 'SELECT connect_guard.wake_launcher()');
-wait_for_worker($primary);
+worker_runs($primary);
 my ($rc, $out, $err);
 
 # ------------------------------------------------------------------ pause_resume
@@ -315,11 +294,7 @@ is(q1($primary, "SELECT string_agg(connection || ' ' || state || ' ' || fenced, 
 is(write_error($primary, 'INSERT INTO contact VALUES (11)'), '', 'pg_upgrade: writes work again');
 
 # ----------------------------------------------------------- follower_changeover
-$primary->backup('base');
-my $standby = PostgreSQL::Test::Cluster->new('standby');
-$standby->init_from_backup($primary, 'base', has_streaming => 1);
-$standby->start;
-$primary->wait_for_catchup($standby);
+my $standby = new_standby($primary, 'standby', backup => 'base');
 
 my $nobody = PostgreSQL::Test::Cluster::get_free_port();
 ($rc, $out, $err) = runbook($primary, 'follower_changeover', follower => 'ghost',
@@ -365,12 +340,8 @@ is(write_error($standby, 'INSERT INTO contact VALUES (12)'), '', 'follower_chang
 $primary->stop;
 
 # ------------------------------------------------------------------- plan_change
-wait_for_worker($standby);
-$standby->backup('base2');
-my $bigger = PostgreSQL::Test::Cluster->new('bigger');
-$bigger->init_from_backup($standby, 'base2', has_streaming => 1);
-$bigger->start;
-$standby->wait_for_catchup($bigger);
+worker_runs($standby);
+my $bigger = new_standby($standby, 'bigger', backup => 'base2');
 ($rc, $out, $err) = runbook($standby, 'plan_change', follower_conninfo => $bigger->connstr('postgres'), wait_timeout => '90 s');
 is($rc, 0, 'plan_change: the changeover to the bigger server, promoted');
 like($out, qr/a follower changeover without a version change.*step 4: promote the follower.*== the new primary/s,
@@ -382,11 +353,9 @@ is(q1($standby, "SELECT status FROM connect_upgrade_status WHERE plan = $plan"),
 $standby->stop;
 
 # -------------------------------------------- pg_upgrade, for real: the shell steps
-wait_for_worker($bigger);
+worker_runs($bigger);
 my $bindir = q1($bigger, "SELECT setting FROM pg_config WHERE name = 'BINDIR'");
-my $upgraded = PostgreSQL::Test::Cluster->new('upgraded');
-$upgraded->init;
-$upgraded->append_conf('postgresql.conf', $conf);
+my $upgraded = cg_node('upgraded', conf => $conf, start => 0);
 ($rc, $out, $err) = runbook($bigger, 'pg_upgrade',
     new_bindir => $bindir, new_datadir => $upgraded->data_dir, new_logfile => $upgraded->logfile, wait_timeout => '60 s',
     pg_upgrade_options => '--no-sync -p ' . $bigger->port . ' -P ' . $upgraded->port . ' --socketdir ' . $upgraded->host);
@@ -408,7 +377,7 @@ is(q1($upgraded, "SELECT string_agg(connection || ' ' || state || ' ' || fenced,
     'crm3 IDLE false, sync IDLE false', 'pg_upgrade: connections resumed, unfenced');
 
 # ----------------------------------------------------------------------- pg_copy
-wait_for_worker($upgraded);
+worker_runs($upgraded);
 $upgraded->safe_psql('postgres', 'CREATE DATABASE copydb');
 $upgraded->safe_psql('postgres', 'INSERT INTO account VALUES (100); INSERT INTO contact VALUES (100)');
 ($rc, $out, $err) = runbook_consuming($upgraded, 'pg_copy', ['sync', 'crm3'], target => $upgraded->connstr('copydb'),
@@ -440,7 +409,7 @@ like($out, qr/was completed in this database already/, 'pg_copy: and says so');
 
 # ------------------------------------------------------------- rollback_recovery
 # in the copy: two local connections, sync (account) and crm3 (contact)
-wait_for_worker($upgraded, 'copydb');
+worker_runs($upgraded, 'copydb');
 ok($upgraded->poll_query_until('copydb', "SELECT string_agg(finding, ',') FROM connect_check_rollback()", 'no_rollback'),
     'rollback_recovery: the worker has witnessed copydb');
 ($rc, $out, $err) = runbook($upgraded, 'rollback_recovery', -db => 'copydb');

@@ -17,65 +17,31 @@
 #      not trusted, written anew
 use strict;
 use warnings;
-use File::Spec;
-use HTTP::Tiny;
 use JSON::PP;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(sleep);
+use ConnectGuard::Simulator;
+use ConnectGuard::Test;
 
-my $dir     = PostgreSQL::Test::Utils::tempdir;
 my $wdir    = PostgreSQL::Test::Utils::tempdir;    # the witness directory of every node
-my $token   = 'tok-' . join('', map { sprintf '%02x', int(rand(256)) } 1 .. 16);
+my $token   = random_secret('tok');
 my $conn_id = '6a1b0f3e-0000-4000-8000-0000000012b0';
 my %remote  = (account => 'map-account', contact => 'map-contact');
 my $header_re = qr/^connect_guard witness 1 crc32c=[0-9a-f]{8} bytes=\d+$/;
 
 # -- the simulator: a reload stays RELOAD_TABLE until the test acknowledges it
 
-my $token_file = "$dir/connect.token";
-append_to_file($token_file, "$token\n");
-chmod 0600, $token_file or die "chmod: $!";
-my $config = "$dir/connect.json";
-append_to_file($config, encode_json({ connections => [ {
-	id => $conn_id, name => 'sync', schema_name => 'public',
-	mappings => [ map { { id => $remote{$_}, object_name => ucfirst $_ } } sort keys %remote ] } ] }));
-my ($sim_out, $sim_err) = ('', '');
-my $sim;
-{
-	local $ENV{CONNECT_SIM_TOKEN} = $token;
-	$sim = IPC::Run::start(
-		[ '/usr/bin/python3', File::Spec->rel2abs('test/simulator/connect_sim.py'),
-		  '--port', '0', '--config', $config, '--reload-seconds', '600' ],
-		'>', \$sim_out, '2>', \$sim_err);
-}
-foreach (1 .. 300) { last if $sim_out =~ /^LISTENING \d+$/m; $sim->pump_nb; sleep 0.1; }
-my ($port) = $sim_out =~ /^LISTENING (\d+)$/m or BAIL_OUT("the simulator did not start: $sim_err");
-my $base = "http://127.0.0.1:$port";
-my $http = HTTP::Tiny->new(timeout => 10);
-
-sub sim
-{
-	my ($method, $path, $body) = @_;
-	my $r = $http->request($method, "$base$path",
-		$body ? { content => encode_json($body), headers => { 'Content-Type' => 'application/json' } } : {});
-	die "simulator: $method $path: $r->{status} $r->{content}" unless $r->{success};
-	return decode_json($r->{content});
-}
-sub sim_posts { return grep { $_->{method} eq 'POST' } @{ sim('GET', '/_sim/requests')->{requests} }; }
+my $token_file = secret_file('connect.token', $token);
+my $base = start_simulator(
+	token       => $token,
+	args        => [ '--reload-seconds', '600' ],
+	connections => [ {
+		id => $conn_id, name => 'sync', schema_name => 'public',
+		mappings => [ map { { id => $remote{$_}, object_name => ucfirst $_ } } sort keys %remote ] } ]);
 
 # -- helpers -------------------------------------------------------------------
-
-sub sql { my ($node, $query) = @_; return $node->safe_psql('postgres', $query); }
-
-# write_error returns the SQLSTATE a statement gets ('' when it works)
-sub write_error
-{
-	my ($node, $query) = @_;
-	my ($rc, $o, $e) = $node->psql('postgres', "\\set VERBOSITY sqlstate\n$query");
-	return $rc == 0 ? '' : ($e =~ /ERROR:\s+(\w{5})/ ? $1 : $e);
-}
 
 # write_rows writes $n rows into each mapped table: 2 * $n log entries
 sub write_rows
@@ -84,15 +50,11 @@ sub write_rows
 	sql($node, join(';', map { "INSERT INTO $_ (name) SELECT 'n' || g FROM generate_series(1, $n) g" } qw(account contact)));
 }
 
-# consume drains both connections as a sync service does
-sub consume
+# consume_all drains both connections as a sync service does
+sub consume_all
 {
 	my ($node) = @_;
-	foreach my $c ('sync', 'archive')
-	{
-		while ((my $b = sql($node, "SELECT connect_next_batch('$c')")) ne '')
-		{ sql($node, "SELECT count(*) FROM connect_batch_events($b); SELECT connect_finish_batch($b)"); }
-	}
+	consume($node, connection => $_, record => 0) for ('sync', 'archive');
 }
 
 sub hwm { return sql($_[0], "SELECT hwm_id FROM connect_high_water_marks WHERE connection = 'sync'"); }
@@ -134,7 +96,7 @@ sub settle
 {
 	my ($node) = @_;
 	write_rows($node, 1);
-	consume($node);
+	consume_all($node);
 	my $hwms = hwms($node);
 	my $w = wait_witness(sub { witnessed_hwms($_[0]) eq $hwms });
 	sleep 0.6;
@@ -160,14 +122,8 @@ sub no_rollback
 
 # -- 1. the primary ------------------------------------------------------------
 
-my $primary = PostgreSQL::Test::Cluster->new('primary');
-$primary->init(has_archiving => 1, allows_streaming => 1);
-$primary->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'connect_guard'
-connect_guard.naptime = '200ms'
-connect_guard.witness_directory = '$wdir'
-});
-$primary->start;
+my $primary = cg_node('primary', init => [ has_archiving => 1, allows_streaming => 1 ], conf => [
+	"connect_guard.naptime = '200ms'", "connect_guard.witness_directory = '$wdir'" ]);
 $sysid = sql($primary, 'SELECT system_identifier FROM pg_control_system()');
 sql($primary, qq{
 	CREATE EXTENSION connect_guard;
@@ -186,7 +142,7 @@ ok($primary->poll_query_until('postgres', q{SELECT string_agg(table_relname || '
 	FROM connect_mappings WHERE connection = 'sync'}, 'account=map-account,contact=map-contact'),
 	'connect_refresh filled in the remote ids by object name');
 write_rows($primary, 5);
-consume($primary);
+consume_all($primary);
 
 my $w = settle($primary);
 ok($w, 'the worker writes the witness, with the HWM of every connection, into connect_guard.witness_directory');
@@ -216,7 +172,7 @@ $standby->init_from_backup($primary, 'for_standby', has_streaming => 1);
 $standby->enable_archiving;    # once promoted, for the restore of part 4
 $standby->start;
 write_rows($primary, 10);
-consume($primary);
+consume_all($primary);
 settle($primary);
 $primary->wait_for_catchup($standby);
 $primary->stop;    # fast: the standby receives everything up to the shutdown checkpoint
@@ -235,15 +191,15 @@ is(sql($standby, "SELECT count(*) FROM connect_check_rollback() WHERE finding NO
 my $new_primary = $standby;
 $new_primary->backup('before_pitr');
 write_rows($new_primary, 10);
-consume($new_primary);
+consume_all($new_primary);
 write_rows($new_primary, 10);
-consume($new_primary);
+consume_all($new_primary);
 my $target = sql($new_primary, 'SELECT pg_current_wal_lsn()');
 my $hwm_at_target = hwm($new_primary);
 # 100 entries: more than a sequence logs ahead (32), so that a restored log
 # id sequence would hand out witnessed ids again unless it is advanced
 write_rows($new_primary, 50);
-consume($new_primary);
+consume_all($new_primary);
 my ($hwm_last, $hwms_last) = (hwm($new_primary), hwms($new_primary));
 ok(wait_witness(sub { witnessed_hwms($_[0]) eq $hwms_last }), "the witness records the last batch: $hwms_last");
 my $walfile = sql($new_primary, 'SELECT pg_walfile_name(pg_switch_wal())');
@@ -376,6 +332,6 @@ like($w->{_header}, $header_re, 'with a valid header');
 is(events($restored, 'rollback_detected'), '1', 'no rollback detected');
 is(sql($restored, 'SELECT count(*) FROM connect_check_rollback() WHERE rollback'), '0', 'connect_check_rollback() is clean');
 
-$sim->kill_kill;
+stop_simulator();
 $restored->stop;
 done_testing();

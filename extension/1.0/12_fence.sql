@@ -1,7 +1,8 @@
 /* ------------------------------------------------------------------------
- * Pause, resume and the write fence.  The fence itself is shared memory
- * kept by fence.c; these functions decide which tables it covers, wait for
- * the writers already in flight, and record every transition.
+ * The write fence.  The fence itself is shared memory kept by fence.c;
+ * these functions decide which tables it covers, wait for the writers
+ * already in flight, and raise and lower the maintenance window's fence.
+ * A connection's pause raises its fence through 54_pause.sql.
  * ------------------------------------------------------------------------ */
 
 CREATE FUNCTION connect_guard.fence_available()
@@ -30,6 +31,27 @@ AS 'MODULE_PATHNAME', 'connect_guard_fence_list';
 CREATE FUNCTION connect_guard.fence_relations(OUT fence_id integer, OUT relid oid, OUT connections text)
 RETURNS SETOF record LANGUAGE C STRICT
 AS 'MODULE_PATHNAME', 'connect_guard_fence_relations';
+
+/*
+ * connect_guard.require_fence stops a call that would raise a fence where
+ * none can be raised, before it changes anything (fence.c raises the same
+ * error itself).
+ */
+CREATE FUNCTION connect_guard.require_fence()
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT connect_guard.fence_available() THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = 'the connect_guard write fence is not available',
+            DETAIL = 'connect_guard was not loaded through shared_preload_libraries.',
+            HINT = 'Add connect_guard to shared_preload_libraries in postgresql.conf and restart the server.';
+    END IF;
+END;
+$$;
 
 /*
  * connect_guard.fence_targets returns the tables a fence covers: the mapped
@@ -155,129 +177,6 @@ BEGIN
             HINT = 'Let those transactions finish and try again with a longer timeout, or pass cancel_writers => true to terminate them.';
     END;
     PERFORM set_config('lock_timeout', v_lock_timeout, true);
-END;
-$$;
-
-/*
- * connect_pause: Connect's Pause.  Pending work completes first: an open
- * batch must be finished by its consumer within the timeout.  Then the
- * connection is PAUSED (connect_next_batch hands out nothing), and with
- * block_writes its mapped tables are fenced and the writers in flight have
- * ended, so the trigger log head is final when this returns.
- */
-CREATE FUNCTION connect_pause(connection text, block_writes boolean DEFAULT true,
-                              timeout interval DEFAULT '30 s', reason text DEFAULT NULL,
-                              cancel_writers boolean DEFAULT false)
-RETURNS text
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    c connect_guard.connection;
-    b connect_guard.batch;
-    t record;
-    v_deadline timestamptz := clock_timestamp() + coalesce(timeout, '30 s');
-    v_started timestamptz := clock_timestamp();
-    v_reason text;
-BEGIN
-    PERFORM connect_guard.require_read_committed('connect_pause()');
-    SELECT * INTO c FROM connect_guard.connection WHERE name = connect_pause.connection;
-    IF NOT FOUND THEN
-        PERFORM connect_guard.connection_for_update(connection);   -- raises the error
-    END IF;
-    IF c.adapter <> 'local' THEN
-        -- a remote sync service is asked by the worker; this returns PAUSING (62_signals.sql)
-        RETURN connect_guard.request_pause(connection, block_writes, timeout, reason, cancel_writers);
-    END IF;
-    IF c.state IN ('PAUSED', 'PAUSING') THEN
-        RAISE EXCEPTION USING
-            ERRCODE = 'object_not_in_prerequisite_state',
-            MESSAGE = format('connection "%s" is already paused', connection),
-            DETAIL = format('It has been %s since %s.', c.state, c.state_since),
-            HINT = 'Resume it with connect_resume() first, or leave it paused.';
-    END IF;
-    IF block_writes AND NOT connect_guard.fence_available() THEN
-        PERFORM connect_guard.fence_raise('connection', NULL, NULL, NULL, '{}', '{}');  -- raises the error
-    END IF;
-
-    -- Wait for the open batch without holding the connection's lock (its
-    -- consumer needs the lock to finish it); each try locks the connection
-    -- inside a subtransaction that is rolled back while a batch is open.
-    LOOP
-        BEGIN
-            SELECT * INTO c FROM connect_guard.connection WHERE connection_id = c.connection_id FOR UPDATE;
-            SELECT * INTO b FROM connect_guard.batch
-             WHERE connection_id = c.connection_id AND finished_at IS NULL;
-            IF FOUND THEN
-                RAISE EXCEPTION USING ERRCODE = 'CGW01';
-            END IF;
-            UPDATE connect_guard.connection
-               SET state = 'PAUSED', state_since = clock_timestamp(),
-                   state_reason = coalesce(connect_pause.reason, 'paused for maintenance')
-             WHERE connection_id = c.connection_id;
-            EXIT;
-        EXCEPTION WHEN SQLSTATE 'CGW01' THEN
-            IF clock_timestamp() > v_deadline THEN
-                RAISE EXCEPTION USING
-                    ERRCODE = 'object_not_in_prerequisite_state',
-                    MESSAGE = format('cannot pause connection "%s": batch %s has been open for %s s',
-                                     connection, b.batch_id,
-                                     round(extract(epoch FROM clock_timestamp() - b.taken_at)::numeric, 1)),
-                    DETAIL = format('Connect pauses only when idle: the batch taken by "%s" at %s must be finished first.',
-                                    b.taken_by, b.taken_at),
-                    HINT = 'Let the consumer call connect_finish_batch(), or call connect_pause() with a longer timeout.';
-            END IF;
-            PERFORM pg_sleep(0.02);
-        END;
-    END LOOP;
-
-    IF block_writes THEN
-        v_reason := coalesce(connect_pause.reason, format('connection "%s" paused for maintenance', connection));
-        t := connect_guard.fence_targets(c.connection_id);
-        c.fence_id := connect_guard.fence_raise('connection', c.connection_id, connection, v_reason,
-                                                t.relids, t.relconnections);
-        UPDATE connect_guard.connection SET fence_id = c.fence_id WHERE connection_id = c.connection_id;
-        PERFORM connect_guard.wait_for_writers(t.relids, v_deadline, cancel_writers);
-    END IF;
-
-    PERFORM connect_guard.log_event(c.connection_id, 'paused',
-        jsonb_build_object('block_writes', block_writes, 'fence_id', c.fence_id,
-                           'reason', connect_pause.reason,
-                           'waited_ms', round(extract(epoch FROM clock_timestamp() - v_started) * 1000)));
-    RETURN 'PAUSED';
-END;
-$$;
-
-CREATE FUNCTION connect_resume(connection text)
-RETURNS text
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    c connect_guard.connection;
-BEGIN
-    c := connect_guard.connection_for_update(connection);
-    IF c.adapter <> 'local' THEN
-        -- lowers the fence now, asks the sync service through the worker; returns RESUMING (62_signals.sql)
-        RETURN connect_guard.request_resume(connection);
-    END IF;
-    IF c.state NOT IN ('PAUSED', 'PAUSING') THEN
-        RAISE EXCEPTION USING
-            ERRCODE = 'object_not_in_prerequisite_state',
-            MESSAGE = format('connection "%s" is not paused', connection),
-            DETAIL = format('It is %s.', c.state),
-            HINT = 'Only a paused connection can be resumed; see connect_status.';
-    END IF;
-    IF c.fence_id IS NOT NULL THEN
-        PERFORM connect_guard.fence_lower(c.fence_id);
-    END IF;
-    UPDATE connect_guard.connection
-       SET state = 'IDLE', state_since = clock_timestamp(), state_reason = NULL, fence_id = NULL
-     WHERE connection_id = c.connection_id;
-    PERFORM connect_guard.log_event(c.connection_id, 'resumed',
-        jsonb_build_object('paused_for_ms', round(extract(epoch FROM clock_timestamp() - c.state_since) * 1000),
-                           'fence_id', c.fence_id));
-    RETURN 'IDLE';
 END;
 $$;
 

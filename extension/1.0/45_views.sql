@@ -42,7 +42,18 @@ SELECT c.name AS connection,
          WHERE b.connection_id = c.connection_id AND b.finished_at IS NULL) AS open_batch,
        c.last_batch_at,
        c.remote_hwm AS sync_service_hwm,
-       c.remote_hwm_at AS sync_service_hwm_at
+       c.remote_hwm_at AS sync_service_hwm_at,
+       -- for monitoring: how long the oldest entry of the backlog has waited,
+       -- and since when the mark has not moved (a consumer that stopped polling)
+       (SELECT min(l.created_at)
+          FROM connect_guard.trigger_log l
+         WHERE l.id > t.scan_from
+           AND NOT pg_visible_in_snapshot(l.txid, t.snapshot)
+           AND EXISTS (SELECT 1 FROM connect_guard.mapping m
+                        WHERE m.connection_id = c.connection_id
+                          AND m.table_schema = l.table_schema
+                          AND m.table_name = l.table_name)) AS oldest_pending_at,
+       t.created_at AS hwm_at
   FROM connect_guard.connection c JOIN connect_guard.tick t ON t.tick_id = c.last_tick;
 
 CREATE VIEW connect_fences AS

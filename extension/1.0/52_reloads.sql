@@ -36,8 +36,11 @@ AS $$
 DECLARE
     t record;
 BEGIN
-    IF NOT coalesce(current_setting('connect_guard.fence_on_rollback', true), 'on')::boolean
-       OR NOT connect_guard.fence_available()
+    -- fence_available() first: calling it loads the library, which registers fence_on_rollback (witness.c)
+    IF NOT connect_guard.fence_available() THEN
+        RETURN NULL;
+    END IF;
+    IF NOT current_setting('connect_guard.fence_on_rollback')::boolean
        OR EXISTS (SELECT 1 FROM connect_guard.fence_list() f WHERE f.scope = 'database') THEN
         RETURN NULL;
     END IF;
@@ -64,10 +67,9 @@ DECLARE
     v_ids bigint[] := '{}';
 BEGIN
     FOR m IN
-        UPDATE connect_guard.mapping mp SET state = 'RELOAD_TABLE', state_since = clock_timestamp()
-          FROM connect_guard.connection c
-         WHERE mp.mapping_id = ANY (p_mapping_ids) AND c.connection_id = mp.connection_id
-        RETURNING mp.*, c.adapter
+        SELECT mp.*, c.adapter
+          FROM connect_guard.mappings_goto(NULL, p_mapping_ids, 'RELOAD_TABLE') mp
+          JOIN connect_guard.connection c USING (connection_id)
     LOOP
         IF m.adapter IN ('heroku', 'webhook')
            AND NOT EXISTS (SELECT 1 FROM connect_guard.request r
@@ -190,11 +192,10 @@ BEGIN
             DETAIL = format('Its mapping is %s.', m.state),
             HINT = 'Only a mapping in RELOAD_TABLE (see connect_mappings) can be acknowledged.';
     END IF;
-    UPDATE connect_guard.mapping SET state = 'DATA_SYNCED', state_since = clock_timestamp()
-     WHERE mapping_id = m.mapping_id;
-    PERFORM connect_guard.log_event(c.connection_id, 'table_reloaded', jsonb_build_object(
-        'table', format('%I.%I', m.table_schema, m.table_name), 'object_name', m.object_name,
-        'acknowledged_by', session_user));
+    PERFORM connect_guard.mappings_goto(c.connection_id, ARRAY[m.mapping_id], 'DATA_SYNCED', NULL,
+        'table_reloaded', jsonb_build_object(
+            'table', format('%I.%I', m.table_schema, m.table_name), 'object_name', m.object_name,
+            'acknowledged_by', session_user));
     PERFORM connect_guard.rollback_release();
 END;
 $$;

@@ -1,0 +1,255 @@
+/* ------------------------------------------------------------------------
+ * The worker's side of the requests.  signals.c calls request_take() and
+ * request_outcome(), and nothing else here.
+ * ------------------------------------------------------------------------ */
+
+/*
+ * connect_guard.request_take hands the worker the requests that are due:
+ * per connection the oldest pending one, locked, with what to send.  Each
+ * is leased (next_attempt_at moves past the HTTP timeout) so that a worker
+ * that dies in the middle does not leave it stuck, nor have it sent twice
+ * at once.  Steps: 'send' (the action), 'lookup' (a deep GET to find
+ * mapping ids, or for a refresh), 'poll' (a deep GET to see the effect),
+ * 'apply' (nothing to send).  What is sent is the adapter's
+ * (request_wire, 58_protocols.sql); secret is the connection's stored
+ * token or key, and with secret NULL the worker reads secret_file.
+ * signals.c reads these columns by name.
+ */
+CREATE FUNCTION connect_guard.request_take(p_limit integer, p_lease_ms integer)
+RETURNS TABLE (t_request_id bigint, t_step text, t_method text, t_url text, t_body text,
+               t_auth text, t_secret text, t_secret_file text, t_description text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r connect_guard.request;
+    c connect_guard.connection;
+    m connect_guard.mapping;
+    s record;
+    w record;
+BEGIN
+    -- a pause or resume that a newer one replaced is not sent any more
+    FOR s IN
+        UPDATE connect_guard.request o
+           SET status = 'failed', completed_at = clock_timestamp(), updated_at = clock_timestamp(),
+               last_error = format('superseded by %s request %s before it completed', l.action, l.request_id)
+          FROM (SELECT DISTINCT ON (q.connection_id) q.connection_id, q.request_id, q.action
+                  FROM connect_guard.request q
+                 WHERE q.status = 'pending' AND q.action IN ('pause', 'resume')
+                 ORDER BY q.connection_id, q.request_id DESC) l
+         WHERE o.connection_id = l.connection_id AND o.status = 'pending'
+           AND o.action IN ('pause', 'resume') AND o.request_id < l.request_id
+        RETURNING o.connection_id, o.request_id, o.action, l.request_id AS by_request
+    LOOP
+        PERFORM connect_guard.log_event(s.connection_id, 'request_superseded',
+            jsonb_build_object('request_id', s.request_id, 'action', s.action, 'by_request', s.by_request));
+    END LOOP;
+
+    FOR r IN
+        SELECT q.* FROM connect_guard.request q
+         WHERE q.status = 'pending' AND q.next_attempt_at <= clock_timestamp()
+           AND NOT EXISTS (SELECT 1 FROM connect_guard.request o
+                            WHERE o.connection_id = q.connection_id AND o.status = 'pending'
+                              AND o.request_id < q.request_id
+                              -- reloads of different mappings go out together: after a
+                              -- rollback, N tables must not take N reload times
+                              AND NOT (o.action = 'reload' AND q.action = 'reload'))
+         ORDER BY q.request_id
+         LIMIT p_limit
+           FOR UPDATE SKIP LOCKED
+    LOOP
+        SELECT * INTO c FROM connect_guard.connection WHERE connection_id = r.connection_id;
+        m := NULL;
+        IF r.mapping_id IS NOT NULL THEN
+            SELECT * INTO m FROM connect_guard.mapping WHERE mapping_id = r.mapping_id;
+        END IF;
+        IF r.action = 'reload' AND m.mapping_id IS NULL THEN
+            PERFORM connect_guard.request_close(r.request_id, 'failed',
+                'the table was unmapped before the reload was sent');
+            CONTINUE;
+        END IF;
+
+        t_request_id := r.request_id;
+        t_step := CASE r.phase WHEN 'apply' THEN 'apply' WHEN 'confirm' THEN 'poll' ELSE 'send' END;
+        t_method := NULL; t_url := NULL; t_body := NULL; t_auth := NULL; t_secret := NULL; t_secret_file := NULL;
+        t_description := format('connect_guard: %s request %s of connection "%s"', r.action, r.request_id, c.name);
+        IF t_step <> 'apply' THEN
+            SELECT * INTO w FROM connect_guard.request_wire(r, c, m, t_step);
+            t_step := w.step; t_method := w.method; t_url := w.url; t_body := w.body;
+            t_auth := w.auth; t_secret_file := w.secret_file;
+            SELECT cs.secret INTO t_secret FROM connect_guard.connection_secret cs
+             WHERE cs.connection_id = c.connection_id;
+            IF t_secret IS NOT NULL THEN
+                t_secret_file := NULL;
+            END IF;
+        END IF;
+
+        UPDATE connect_guard.request q
+           SET attempts = q.attempts + CASE WHEN t_step IN ('send', 'lookup') THEN 1 ELSE 0 END,
+               polls = q.polls + CASE WHEN t_step = 'poll' THEN 1 ELSE 0 END,
+               next_attempt_at = clock_timestamp() + make_interval(secs => p_lease_ms / 1000.0),
+               updated_at = clock_timestamp()
+         WHERE q.request_id = r.request_id;
+        RETURN NEXT;
+    END LOOP;
+END;
+$$;
+
+/*
+ * connect_guard.request_outcome records what one step of a request gave
+ * and moves the request and the local state along (see the top of this
+ * file).  p_step is what request_take() said; or 'unsent' when the worker
+ * could not send it (e.g. an unreadable token file), or 'error' when it
+ * failed recording an outcome (p_error says why).
+ */
+CREATE FUNCTION connect_guard.request_outcome(p_request_id bigint, p_step text, p_http_status integer,
+                                              p_error text, p_body text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r connect_guard.request;
+    c connect_guard.connection;
+    e record;
+    v_json jsonb;
+    v_ok boolean := coalesce(p_http_status BETWEEN 200 AND 299, false);
+    v_state text;
+    v_expected text;
+    v_error text;
+BEGIN
+    -- the connection first, then the request: the order the user's calls lock in
+    SELECT cn.* INTO c FROM connect_guard.connection cn
+     WHERE cn.connection_id = (SELECT q.connection_id FROM connect_guard.request q WHERE q.request_id = p_request_id)
+       FOR UPDATE;
+    SELECT * INTO r FROM connect_guard.request WHERE request_id = p_request_id FOR UPDATE;
+    IF NOT FOUND OR r.status <> 'pending' THEN
+        RETURN;                 -- dropped or superseded while it was sent
+    END IF;
+
+    IF p_step IN ('error', 'unsent') THEN
+        v_error := CASE p_step WHEN 'error' THEN 'the worker failed: ' || p_error ELSE p_error END;
+        IF r.phase = 'send' THEN
+            PERFORM connect_guard.request_retry(r.request_id, NULL, v_error, false);
+        ELSIF r.phase = 'confirm' THEN
+            UPDATE connect_guard.request SET last_error = v_error WHERE request_id = r.request_id;
+            PERFORM connect_guard.request_poll_again(r.request_id, 'the new state');
+        ELSE
+            PERFORM connect_guard.request_close(r.request_id, 'failed', v_error);
+        END IF;
+        RETURN;
+    END IF;
+
+    IF p_step = 'apply' THEN
+        PERFORM connect_guard.request_apply(r.request_id);
+        RETURN;
+    END IF;
+
+    IF NOT v_ok THEN
+        SELECT * INTO e FROM connect_guard.request_http_error(c.adapter, r.action, p_http_status, p_error, p_body);
+        IF p_step = 'poll' THEN
+            UPDATE connect_guard.request
+               SET last_http_status = p_http_status, last_error = e.message, updated_at = clock_timestamp()
+             WHERE request_id = r.request_id;
+            PERFORM connect_guard.request_poll_again(r.request_id, 'the new state');
+        ELSE
+            PERFORM connect_guard.request_retry(r.request_id, p_http_status, e.message, e.permanent);
+        END IF;
+        RETURN;
+    END IF;
+
+    UPDATE connect_guard.request SET last_http_status = p_http_status, updated_at = clock_timestamp()
+     WHERE request_id = r.request_id;
+
+    IF p_step = 'send' THEN
+        -- a webhook may answer with its own high-water mark, as Connect's deep GET does
+        IF c.adapter = 'webhook' THEN
+            BEGIN
+                v_json := p_body::jsonb;
+            EXCEPTION WHEN OTHERS THEN
+                v_json := NULL;
+            END;
+            IF jsonb_typeof(v_json) = 'object' THEN
+                PERFORM connect_guard.note_remote_hwm(c.connection_id, v_json);
+            END IF;
+        END IF;
+        PERFORM connect_guard.log_event(c.connection_id, 'request_accepted',
+            jsonb_build_object('request_id', r.request_id, 'action', r.action, 'attempt', r.attempts,
+                               'http_status', p_http_status));
+        IF c.adapter = 'webhook' AND r.action = 'reload' AND p_http_status = 202 THEN
+            -- 202 Accepted: the receiver reloads later and acknowledges with connect_mapping_reloaded()
+            UPDATE connect_guard.request SET remote_state = 'RELOAD_TABLE' WHERE request_id = r.request_id;
+            PERFORM connect_guard.request_close(r.request_id, 'succeeded');
+        ELSIF c.adapter = 'heroku' AND r.action IN ('pause', 'resume', 'reload') THEN
+            UPDATE connect_guard.request
+               SET phase = 'confirm', next_attempt_at = clock_timestamp(),
+                   deadline = clock_timestamp() + make_interval(secs => coalesce((params ->> 'timeout_s')::double precision, 300))
+             WHERE request_id = r.request_id;
+        ELSE
+            PERFORM connect_guard.request_apply(r.request_id);
+        END IF;
+        RETURN;
+    END IF;
+
+    -- 'lookup' and 'poll': a deep GET of the connection
+    BEGIN
+        v_json := p_body::jsonb;
+    EXCEPTION WHEN OTHERS THEN
+        v_json := NULL;
+    END;
+    IF jsonb_typeof(v_json) IS DISTINCT FROM 'object' THEN
+        SELECT * INTO e FROM connect_guard.request_http_error(c.adapter, r.action, p_http_status, NULL, p_body);
+        IF p_step = 'poll' THEN
+            UPDATE connect_guard.request SET last_error = 'Connect answered without a JSON object: ' || e.message
+             WHERE request_id = r.request_id;
+            PERFORM connect_guard.request_poll_again(r.request_id, 'the new state');
+        ELSE
+            PERFORM connect_guard.request_retry(r.request_id, p_http_status,
+                                                'Connect answered without a JSON object: ' || e.message, false);
+        END IF;
+        RETURN;
+    END IF;
+    PERFORM connect_guard.remote_ids_from(c.connection_id, v_json);
+    PERFORM connect_guard.note_remote_hwm(c.connection_id, v_json);
+
+    IF p_step = 'lookup' THEN
+        UPDATE connect_guard.request SET remote_state = v_json ->> 'state' WHERE request_id = r.request_id;
+        IF r.action = 'refresh' THEN
+            PERFORM connect_guard.log_event(c.connection_id, 'refreshed',
+                jsonb_build_object('request_id', r.request_id, 'remote_state', v_json ->> 'state',
+                                   'mappings', (SELECT jsonb_agg(jsonb_build_object('id', x ->> 'id',
+                                                                                    'object_name', x ->> 'object_name',
+                                                                                    'state', x ->> 'state'))
+                                                  FROM jsonb_array_elements(CASE WHEN jsonb_typeof(v_json -> 'mappings') = 'array'
+                                                                                 THEN v_json -> 'mappings' ELSE '[]' END) x)));
+            PERFORM connect_guard.request_close(r.request_id, 'succeeded');
+        ELSIF EXISTS (SELECT 1 FROM connect_guard.mapping WHERE mapping_id = r.mapping_id AND remote_id IS NOT NULL) THEN
+            UPDATE connect_guard.request SET next_attempt_at = clock_timestamp() WHERE request_id = r.request_id;
+        ELSE
+            PERFORM connect_guard.request_close(r.request_id, 'failed',
+                format('Connect lists no mapping for object %s on connection %s: set its id with connect_set_mapping_remote_id()',
+                       r.params ->> 'object_name', c.options ->> 'connection_id'));
+        END IF;
+        RETURN;
+    END IF;
+
+    -- 'poll': has Connect done it?
+    IF r.action = 'reload' THEN
+        SELECT x ->> 'state' INTO v_state
+          FROM jsonb_array_elements(CASE WHEN jsonb_typeof(v_json -> 'mappings') = 'array'
+                                         THEN v_json -> 'mappings' ELSE '[]' END) x
+          JOIN connect_guard.mapping mp ON mp.mapping_id = r.mapping_id AND mp.remote_id = x ->> 'id';
+        v_expected := 'DATA_SYNCED';
+    ELSE
+        v_state := v_json ->> 'state';
+        v_expected := CASE r.action WHEN 'pause' THEN 'PAUSED' ELSE 'IDLE' END;
+    END IF;
+    UPDATE connect_guard.request SET remote_state = v_state WHERE request_id = r.request_id;
+    IF v_state = v_expected OR (r.action = 'resume' AND v_state = 'POLLING_DB_CHANGES') THEN
+        PERFORM connect_guard.request_apply(r.request_id);
+    ELSE
+        PERFORM connect_guard.request_poll_again(r.request_id, v_expected);
+    END IF;
+END;
+$$;
+

@@ -133,6 +133,7 @@ class Campaign:
         rng = random.Random("%d/%d" % (self.seed, n))
         started = time.monotonic()
         rdir = os.path.join(self.work, "r%d" % n)
+        mirror_db = "mirror_r%d" % n
         old = Server("old primary", os.path.join(rdir, "old"), 6411, self.pg_bin)
         new = Server("follower", os.path.join(rdir, "new"), 6412, self.pg_bin)
         for server in (old, new):
@@ -143,51 +144,53 @@ class Campaign:
         os.makedirs(os.path.join(rdir, "witness"))
         new.configure("primary_conninfo = '%s application_name=follower'" % old.dsn("postgres"))
         open(os.path.join(new.data, "standby.signal"), "w").close()
-        old.start()
-        new.start()
-
-        mirror_db = "mirror_r%d" % n
         psql(self.mirror, "postgres", "CREATE DATABASE %s TEMPLATE mirror_template" % mirror_db)
         # Connect follows the primary: of the two servers, the one that takes writes
         source = "host=%s,%s port=%d,%d dbname=app user=postgres target_session_attrs=read-write" % (
             old.dir, new.dir, old.port, new.port)
         sim = Simulator(self.simulator, rdir, self.sim_port, self.token, source, self.mirror.dsn(mirror_db))
-        sim.start()
-
-        plan = choose(rng, LOAD_SECONDS)
-        for rule in plan.api:
-            sim.add_fault(rule)
         log_path = os.path.join(rdir, "dba.log")
 
         def log(text):
             with open(log_path, "a") as f:
                 f.write("%.3f %s\n" % (time.monotonic() - started, text))
 
+        plan = choose(rng, LOAD_SECONDS)
         dba = DBA(old, new, sim, new.dsn(connect_timeout=2), PLAN_TIMEOUT, log, pause_first=not self.plan_pauses)
         load = Load([old.dsn(), new.dsn()])
         injector = Injector(plan, rng, old, new, sim, dba)
-        load.start()
-        injector.start()
-        time.sleep(LOAD_SECONDS)
-        outcome = dba.changeover(time.monotonic() + RUN_DEADLINE)
-        log("changeover: " + outcome)
-        injector.join(timeout=15)
-        injector.stop.set()
-        final = new if outcome == "changed over" or dba.promoted() else old
-        if not outcome.startswith("stuck") and not dba.settle(final, time.monotonic() + 60):
-            outcome = "stuck: %s does not run again after the kill" % final.name
-        time.sleep(AFTER_SECONDS)
-        committed, in_doubt = load.finish()
-        if final is new:
+        try:
+            old.start()
+            new.start()
+            sim.start()
+            for rule in plan.api:
+                sim.add_fault(rule)
+            load.start()
+            injector.start()
+            time.sleep(LOAD_SECONDS)
+            outcome = dba.changeover(time.monotonic() + RUN_DEADLINE)
+            log("changeover: " + outcome)
+            injector.join(timeout=15)
+            injector.stop.set()
+            final = new if outcome == "changed over" or dba.promoted() else old
+            if not outcome.startswith("stuck") and not dba.settle(final, time.monotonic() + 60):
+                outcome = "stuck: %s does not run again after the kill" % final.name
+            time.sleep(AFTER_SECONDS)
+            committed, in_doubt = load.finish()
+            if final is new:
+                dba.close()
+                dba.retire(old)         # as after any changeover; the consumer moves on
+            if self.sabotage:
+                self.break_the_count(final, committed)
+            result = self.drain_and_count(dba, final, mirror_db, committed, in_doubt)
+        finally:
+            # whatever failed, nothing of this run stays up
+            injector.stop.set()
+            load.stop.set()
             dba.close()
-            dba.retire(old)         # as after any changeover; the consumer moves on
-        if self.sabotage:
-            self.break_the_count(final, committed)
-        result = self.drain_and_count(dba, final, mirror_db, committed, in_doubt)
-        dba.close()
-        sim.stop()
-        for server in (old, new):
-            server.stop("immediate")
+            sim.stop()
+            for server in (old, new):
+                server.stop("immediate")
 
         result["seconds"] = round(time.monotonic() - started, 1)
         result["redelivered"] = sim.redelivered()
@@ -206,9 +209,11 @@ class Campaign:
 
     def break_the_count(self, final, committed):
         """BENCH_SABOTAGE: shows that the count sees what it is meant to
-        see.  One write the log does not capture (lost_capture 1), one
-        write acknowledged but absent (lost_commit 1), one entry logged
-        twice (doubled 1)."""
+        see: one write the log does not capture, one write acknowledged but
+        absent (so without an entry either), one entry logged twice.  The
+        run then reports lost 3 (commit 1, capture 2), doubled 1 and
+        mirror_diff 1 or 2 (the uncaptured row never reached the mirror;
+        the doubled INSERT, applied again, may undo its row's update)."""
         psql(final, "app", """
             SET connect_guard.capture = off;
             INSERT INTO item VALUES (1, 0, 'not captured');
@@ -308,7 +313,12 @@ def main():
         for n in range(1, c.runs + 1):
             if c.only and n not in c.only:
                 continue
-            c.run(n)
+            try:
+                c.run(n)
+            except Exception:
+                c.bad_runs.append(n)        # keeps the work directory
+                c.say("run %d broke off (a fault of the campaign, not a finding):" % n)
+                raise
     finally:
         c.summary()
         c.finish()

@@ -16,11 +16,12 @@ DBA to:
 
 Before it prepares a plan, the DBA pauses the connection by hand
 (connect_pause with a 30 s timeout) and waits for PAUSED: the plan's own
-pausing step gives a heroku connection's pause request a 100 ms timeout,
-which a batch in flight when Connect pauses always outlasts, and then never
-asks again, so under load the plan fails at pausing after its step timeout
-(found by this campaign; BENCH_PLAN_PAUSES=1 leaves the pause to the plan
-and shows it).
+pausing step gives a heroku connection's pause request a 100 ms timeout
+(for Connect to report PAUSED, and then for the batch the consumer still
+applies), which a batch under load easily outlasts, and then never asks
+again for a connection left PAUSING, so the plan fails at pausing after its
+step timeout (found by this campaign; BENCH_PLAN_PAUSES=1 leaves the pause
+to the plan and shows it).
 
 Every call is retried on the next turn of the loop when a server is
 unreachable.  `actions` counts what the DBA had to do.
@@ -67,10 +68,11 @@ class DBA:
                 return cur.fetchall() if cur.description else []
         except psycopg2.Error:
             self.conns.pop(key, None)
-            try:
-                conn is not None and conn.close()
-            except psycopg2.Error:
-                pass
+            if conn is not None:
+                try:
+                    conn.close()
+                except psycopg2.Error:
+                    pass
             raise
 
     def try_sql(self, server, query, args=None, what=None):

@@ -13,7 +13,7 @@
 #   BENCH_SEED=123 bash test/bench/faults/run.sh            # the same faults again
 #   BENCH_SEED=123 BENCH_ONLY="7 12" bash test/bench/faults/run.sh   # only runs 7 and 12
 #   BENCH_KEEP=1 ...                       # keep every run's directory
-#   BENCH_SABOTAGE=1 BENCH_RUNS=1 ...      # breaks the count on purpose: lost 2, doubled 1
+#   BENCH_SABOTAGE=1 BENCH_RUNS=1 ...      # breaks the count on purpose: lost 3, doubled 1
 #   BENCH_PLAN_PAUSES=1 ...                # the plan pauses Connect itself (see dba.py)
 # Runs that lose, double or get stuck are kept for inspection whatever
 # BENCH_KEEP says.  Exit status 1 when anything was lost or doubled.

@@ -28,7 +28,9 @@
 -- lets the sync service consume the whole backlog, pauses the connection
 -- with its own fence and lowers the maintenance fence, then writes the
 -- configuration: adapter, options (secrets redacted by connect_connections),
--- mappings (table, object name, state, remote id), high-water mark.
+-- mappings (table, object name, state, remote id), high-water mark, the
+-- roles that consume it (connect_consumers; granted again on import where
+-- they exist).
 -- import: in one transaction, locks the mapped tables against writers,
 -- drops the paused connection of that name (if this database has it),
 -- creates the connection and maps every table, so that no write falls
@@ -145,7 +147,9 @@ SELECT :'phase' = 'export' AS exporting \gset
                                    ORDER BY m.table_schema, m.table_relname), '[]')
                               FROM connect_mappings m WHERE m.connection = c.connection),
                'high_water_mark', (SELECT jsonb_build_object('hwm_id', h.hwm_id, 'log_head', h.log_head)
-                                     FROM connect_high_water_marks h WHERE h.connection = c.connection)))
+                                     FROM connect_high_water_marks h WHERE h.connection = c.connection),
+               'consumers', (SELECT coalesce(jsonb_agg(k.role ORDER BY k.role), '[]')
+                               FROM connect_consumers k WHERE k.connection = c.connection)))
       FROM connect_connections c WHERE c.connection = :'connection' \g :file
     \pset tuples_only off
     \pset format aligned
@@ -239,6 +243,11 @@ SELECT :'phase' = 'export' AS exporting \gset
                                    m ->> 'object_name')) AS mapped
       FROM jsonb_array_elements(:'config'::jsonb -> 'mappings') m \gset
     \echo '   mapped' :mapped 'table(s)'
+    -- the roles that consumed it consume it again (those that exist here)
+    SELECT count(connect_grant_consumer(:'connection', r)) AS consumers
+      FROM jsonb_array_elements_text(coalesce(:'config'::jsonb -> 'consumers', '[]')) r
+     WHERE EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) \gset
+    \echo '   granted it to' :consumers 'consumer role(s)'
     COMMIT;
 
     \echo

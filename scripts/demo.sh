@@ -11,6 +11,10 @@
 # promoted and its own worker lifts its fence and resumes; the simulator
 # carries on from the new primary.  At the end: the plan's timeline, the
 # write-blocked window, and the check that the mirror equals the tables.
+#   bash scripts/demo.sh --adopted
+# is the second act: the same on a schema Heroku Connect already manages
+# (scripts/demo_adopted.sh).
+if [ "${1:-}" = --adopted ]; then exec bash "$(dirname "$0")/demo_adopted.sh"; fi
 source "$(dirname "$0")/lib.sh"
 
 install_packages

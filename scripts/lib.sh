@@ -17,6 +17,9 @@ if [ "$(id -u)" = 0 ]; then RUN_USER=postgres; else RUN_USER=$(id -un); fi
 CG_APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-contrib libpq-dev
                  libcurl4-openssl-dev libipc-run-perl python3-psycopg2 curl make gcc
                  prometheus-postgres-exporter prometheus)
+# the HA managers the changeover hands promotions to (test/t/021, 022; test/bench/ha):
+# optional, their tests skip when these cannot be installed
+CG_APT_HA_PACKAGES=(patroni etcd-server postgresql-15-auto-failover)
 
 log() { printf '\n== %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -42,6 +45,11 @@ install_packages() {
     log "installing ${missing[*]}"
     as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# install_optional_packages installs what it can of a list, and says what it could not.
+install_optional_packages() {
+    install_packages "$@" || log "could not install $*: the tests that need them are skipped"
 }
 
 # build_and_install builds the extension and installs it into PostgreSQL 15.

@@ -7,6 +7,7 @@
 source "$(dirname "$0")/lib.sh"
 
 install_packages
+install_optional_packages "${CG_APT_HA_PACKAGES[@]}"
 build_and_install
 
 work=$(scratch_dir test)

@@ -55,11 +55,10 @@ BEGIN ISOLATION LEVEL REPEATABLE READ;
 SELECT connect_next_batch('sync');
 ROLLBACK;
 
--- a batch taken by one role cannot be finished by another
+-- a batch taken by one role cannot be finished by another, even a consumer of its connection
 CREATE ROLE cg_regress_consumer LOGIN;
 CREATE ROLE cg_regress_other LOGIN;
-GRANT EXECUTE ON FUNCTION connect_next_batch(text), connect_batch_events(bigint),
-      connect_finish_batch(bigint) TO cg_regress_consumer, cg_regress_other;
+SELECT connect_grant_consumer('sync', 'cg_regress_consumer'), connect_grant_consumer('sync', 'cg_regress_other');
 SET SESSION AUTHORIZATION cg_regress_consumer;
 SELECT connect_next_batch('sync') AS b4 \gset
 SELECT record_id FROM connect_batch_events(:b4);

@@ -14,7 +14,7 @@ SELECT connect_create_connection('bad name');
 SELECT connect_create_connection(NULL);
 SELECT connect_create_connection('x', 'salesforce');
 SELECT connect_create_connection('x', 'local', '[1,2]');
-SELECT connect_create_connection('secret', 'webhook', '{"url": "http://127.0.0.1:9/hook", "secret": "s3cr3t"}');
+SELECT connect_create_connection('secret', 'webhook', '{"url": "https://hooks.example.com/hook", "secret": "s3cr3t"}');
 
 SELECT connect_map_table('sync', 'account');
 SELECT connect_map_table('sync', 'account');

@@ -31,10 +31,10 @@ DELETE FROM account;
 RESET SESSION AUTHORIZATION;
 SELECT action, record_id FROM connect_guard.trigger_log ORDER BY id;
 
--- the sync service: granted the consumer functions and the right to skip
--- capture of its own writes, nothing else
-GRANT EXECUTE ON FUNCTION connect_next_batch(text), connect_batch_events(bigint),
-      connect_finish_batch(bigint) TO cg_regress_sync;
+-- the sync service: a consumer of its connection (connect_grant_consumer
+-- grants it the consumer functions) with the right to skip capture of its
+-- own writes, nothing else (sql/consumers.sql has the rest)
+SELECT connect_grant_consumer('sync', 'cg_regress_sync');
 GRANT SET ON PARAMETER connect_guard.capture TO cg_regress_sync;
 SET SESSION AUTHORIZATION cg_regress_sync;
 SELECT connect_next_batch('sync') AS b \gset

@@ -174,6 +174,11 @@ SELECT connect_guard.request_outcome(11, 'lookup', 200, NULL,
     '{"state": "IDLE", "mappings": [{"id": "map-account", "object_name": "Account", "state": "DATA_SYNCED"}]}');
 SELECT t_step, t_method, t_url FROM connect_guard.request_take(8, 60000);
 SELECT connect_guard.request_outcome(11, 'send', 202, NULL, '');
+-- done once Connect was seen reloading (sql/reload_acknowledgement.sql)
+SELECT t_step FROM connect_guard.request_take(8, 60000);
+SELECT connect_guard.request_outcome(11, 'poll', 200, NULL,
+    '{"state": "IDLE", "mappings": [{"id": "map-account", "object_name": "Account", "state": "RELOAD_TABLE"}]}');
+UPDATE connect_guard.request SET next_attempt_at = clock_timestamp() WHERE request_id = 11;
 SELECT t_step FROM connect_guard.request_take(8, 60000);
 SELECT connect_guard.request_outcome(11, 'poll', 200, NULL,
     '{"state": "IDLE", "mappings": [{"id": "map-account", "object_name": "Account", "state": "DATA_SYNCED"}]}');

@@ -1,118 +1,83 @@
 /*
  * fence.c
- *		The write fence: blocks writes to fenced tables while a connection is
- *		paused for maintenance, or while a DBA holds a maintenance window.
+ *		The write fence: its shared state, and raising, lowering and
+ *		changing fences, transactionally.
  *
  * Why hooks and not default_transaction_read_only: pg_readonly showed that
  * a read-only flag per session is easy to bypass (SET transaction_read_only
  * = off) and blocks too much (every table, temp tables, the sync service's
  * own bookkeeping).  Here the fence is shared state that every backend
- * checks in ExecutorStart (which covers plain statements, prepared
- * statements, cached PL/pgSQL plans, writable CTEs, triggers and foreign-key
- * actions, since all of them start an executor) and in ProcessUtility (COPY
- * FROM, TRUNCATE, ALTER TABLE, DROP TABLE, renames).
- *
- * Cost when no fence is up: one unlocked atomic read per statement.  When a
- * fence is up, each backend keeps a sorted copy of its database's fenced
- * relation OIDs, rebuilt only when the shared generation counter moves, so a
- * check is a binary search and never a catalog lookup (a database-wide fence
- * needs one syscache lookup to exempt temporary tables).
+ * checks in its hooks (fence_check.c, fence_ddl.c).
  *
  * Changes take effect at once, not at commit: raising a fence must stop new
- * writers before it waits for the writers already in flight.  If the
- * transaction that changed a fence aborts, the change is undone by the
- * transaction callback below.
+ * writers before it waits for the writers already in flight.  So a change
+ * is "in doubt" until its transaction ends: the fence entry records what
+ * changed (FENCE_CHANGE_*), and by which transaction, and the transaction
+ * callback below settles it at commit or undoes it at abort.  The state
+ * file (fence_file.c) is written at the change, in-doubt marks included,
+ * so that a crash or an immediate shutdown in between leaves a file whose
+ * in-doubt changes are settled after recovery by the fate of their
+ * transaction (fence_resolve_orphans): a fence whose raising transaction
+ * never committed does not survive, one whose lowering never committed
+ * comes back.  For that the transaction's xid must be in the WAL that
+ * recovery reads before the file names it (fence_change_xid), or a new
+ * transaction could reuse it.
  *
  * Locking: the state is guarded by one LWLock.  Readers of the shared state
  * take it shared, changes take it exclusive and save the file while holding
- * it, so that the file and memory never disagree for long.
+ * it, so that the file and memory never disagree for long.  Before that, a
+ * transaction that changes a fence takes a heavyweight lock on it (an
+ * advisory lock with field4 = FENCE_LOCKTAG_FIELD4, held to the end of the
+ * transaction), so that one transaction at a time has a change in doubt on
+ * a fence; the heavyweight lock is never waited for while holding the
+ * LWLock.
  */
 #include "postgres.h"
 
+#include "access/transam.h"
 #include "access/xact.h"
-#include "catalog/namespace.h"
-#include "catalog/partition.h"
-#include "catalog/pg_class.h"
-#include "catalog/pg_type.h"
-#include "executor/executor.h"
+#include "access/xlog.h"
 #include "fmgr.h"
-#include "funcapi.h"
 #include "miscadmin.h"
-#include "nodes/parsenodes.h"
-#include "parser/parsetree.h"
+#include "replication/message.h"
 #include "storage/ipc.h"
 #include "storage/lmgr.h"
 #include "storage/lwlock.h"
+#include "storage/procarray.h"
 #include "storage/shmem.h"
-#include "tcop/utility.h"
-#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
-#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #include "catalog_names.h"
 #include "fence.h"
 
-PG_FUNCTION_INFO_V1(connect_guard_fence_raise);
-PG_FUNCTION_INFO_V1(connect_guard_fence_lower);
-PG_FUNCTION_INFO_V1(connect_guard_fence_set_relations);
-PG_FUNCTION_INFO_V1(connect_guard_fence_list);
-PG_FUNCTION_INFO_V1(connect_guard_fence_relations);
-PG_FUNCTION_INFO_V1(connect_guard_fence_available);
-PG_FUNCTION_INFO_V1(connect_guard_wait_for_lockers);
+/* the advisory lock a fence change holds: (database, "CGF", fence_id, 3) */
+#define FENCE_LOCKTAG_KEY		0x00434746
+#define FENCE_LOCKTAG_FIELD4	3
 
 /* GUC variables */
 int			fence_max_tables = 10000;
-static bool fence_bypass = false;
+bool		fence_bypass = false;
 
 /* Saved hook values */
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
-static ExecutorStart_hook_type prev_ExecutorStart = NULL;
-static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 
 /* Shared state */
-static FenceShared *fence_state = NULL;
-static LWLock *fence_lock = NULL;
+FenceShared *fence_state = NULL;
+LWLock	   *fence_lock = NULL;
 
-/* This backend's copy of its database's fences (see header comment) */
-static uint64 local_generation = PG_UINT64_MAX;
-static int	local_nfences = 0;
-static FenceEntry local_fences[FENCE_MAX_FENCES];
-static int	local_nrels = 0;
-static FencedRelation *local_rels = NULL;
-static int	local_rels_size = 0;
-static int	local_database_fence = -1;	/* index into local_fences, or -1 */
+/* The fences this transaction changed, settled by fence_xact_callback */
+static List *fence_touched = NIL;
 
-/* Changes of this transaction, to undo if it aborts */
-typedef enum FenceUndoKind
-{
-	UNDO_RAISE,					/* remove fence_id */
-	UNDO_LOWER,					/* put entry and rels back */
-	UNDO_SET_RELATIONS			/* put rels back */
-} FenceUndoKind;
-
-typedef struct FenceUndo
-{
-	FenceUndoKind kind;
-	FenceEntry	entry;
-	int			nrels;
-	FencedRelation *rels;
-} FenceUndo;
-
-static List *fence_undo = NIL;
+/* The transaction whose xid is known to be in flushed WAL */
+static FullTransactionId fence_logged_xid = {0};
 
 static void fence_shmem_request(void);
 static void fence_shmem_startup(void);
-static void fence_ExecutorStart(QueryDesc *queryDesc, int eflags);
-static void fence_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
-								 bool readOnlyTree, ProcessUtilityContext context,
-								 ParamListInfo params, QueryEnvironment *queryEnv,
-								 DestReceiver *dest, QueryCompletion *qc);
 static void fence_xact_callback(XactEvent event, void *arg);
-static void fence_check_relation(Oid relid, const char *operation);
 
 static Size
 fence_shmem_size(void)
@@ -154,11 +119,9 @@ fence_init(void)
 	shmem_request_hook = fence_shmem_request;
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = fence_shmem_startup;
-	prev_ExecutorStart = ExecutorStart_hook;
-	ExecutorStart_hook = fence_ExecutorStart;
-	prev_ProcessUtility = ProcessUtility_hook;
-	ProcessUtility_hook = fence_ProcessUtility;
 	RegisterXactCallback(fence_xact_callback, NULL);
+	fence_check_init();
+	fence_ddl_init();
 }
 
 static void
@@ -189,14 +152,16 @@ fence_shmem_startup(void)
 	{
 		memset(fence_state, 0, offsetof(FenceShared, rels));
 		pg_atomic_init_u32(&fence_state->nactive, 0);
+		pg_atomic_init_u32(&fence_state->norphans, 0);
 		pg_atomic_init_u64(&fence_state->generation, 1);
 		fence_state->next_fence_id = 1;
+		ConditionVariableInit(&fence_state->gate_cv);
 		fence_file_load(fence_state);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
 
-static void
+void
 fence_require_shmem(void)
 {
 	if (fence_state == NULL)
@@ -208,360 +173,54 @@ fence_require_shmem(void)
 }
 
 /* ------------------------------------------------------------------------
- * The checks
+ * What is in force.  A change in doubt counts as made (the fence acts at
+ * once), except that a change left in doubt by a stopped server counts as
+ * whichever keeps more fenced, until it is resolved.
  * ------------------------------------------------------------------------ */
 
-static int
-fenced_relation_cmp(const void *a, const void *b)
+bool
+fence_entry_in_force(const FenceEntry *entry)
 {
-	Oid			ra = ((const FencedRelation *) a)->relid;
-	Oid			rb = ((const FencedRelation *) b)->relid;
-
-	return (ra > rb) - (ra < rb);
-}
-
-/*
- * fence_refresh_local copies this database's fences out of shared memory
- * when they changed since the last copy.
- */
-static void
-fence_refresh_local(void)
-{
-	uint64		generation = pg_atomic_read_u64(&fence_state->generation);
-
-	if (generation == local_generation)
-		return;
-
-	LWLockAcquire(fence_lock, LW_SHARED);
-	generation = pg_atomic_read_u64(&fence_state->generation);
-	if (local_rels_size < fence_state->nrels)
-	{
-		int			size = Max(fence_state->nrels, 64);
-
-		local_rels = local_rels == NULL
-			? MemoryContextAlloc(TopMemoryContext, sizeof(FencedRelation) * size)
-			: repalloc(local_rels, sizeof(FencedRelation) * size);
-		local_rels_size = size;
-	}
-	local_nfences = 0;
-	local_database_fence = -1;
-	for (int i = 0; i < FENCE_MAX_FENCES; i++)
-	{
-		FenceEntry *entry = &fence_state->fences[i];
-
-		if (entry->fence_id == 0 || entry->dbid != MyDatabaseId)
-			continue;
-		if (entry->scope == FENCE_SCOPE_DATABASE && local_database_fence < 0)
-			local_database_fence = local_nfences;
-		local_fences[local_nfences++] = *entry;
-	}
-	local_nrels = 0;
-	for (int i = 0; i < fence_state->nrels; i++)
-		if (fence_state->rels[i].dbid == MyDatabaseId)
-			local_rels[local_nrels++] = fence_state->rels[i];
-	LWLockRelease(fence_lock);
-
-	qsort(local_rels, local_nrels, sizeof(FencedRelation), fenced_relation_cmp);
-	local_generation = generation;
-}
-
-static FenceEntry *
-local_fence_by_id(int32 fence_id)
-{
-	for (int i = 0; i < local_nfences; i++)
-		if (local_fences[i].fence_id == fence_id)
-			return &local_fences[i];
-	return NULL;
-}
-
-static char *
-qualified_relation_name(Oid relid)
-{
-	char	   *relname = get_rel_name(relid);
-	char	   *nspname = get_namespace_name(get_rel_namespace(relid));
-
-	if (relname == NULL || nspname == NULL)
-		return psprintf("%u", relid);
-	return quote_qualified_identifier(nspname, relname);
-}
-
-static void
-fence_report(Oid relid, const char *operation, FenceEntry *fence, const char *connections)
-{
-	const char *since = timestamptz_to_str(fence->since);
-	const char *reason = fence->reason[0] ? fence->reason : "no reason given";
-
-	if (fence->scope == FENCE_SCOPE_DATABASE)
-		ereport(ERROR,
-				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
-				 errmsg("cannot %s table %s: the database is fenced for maintenance",
-						operation, qualified_relation_name(relid)),
-				 errdetail("Every table of this database is write-blocked by fence %d (connections: %s).",
-						   fence->fence_id, connections[0] ? connections : "none"),
-				 errhint("Fenced since %s by %s, because: %s. Reads still work; writes resume after connect_unfence().",
-						 since, NameStr(fence->raised_by), reason)));
-	if (fence->scope == FENCE_SCOPE_RELOAD)
-		ereport(ERROR,
-				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
-				 errmsg("cannot %s table %s: the sync service is reloading it (connection %s)",
-						operation, qualified_relation_name(relid), connections),
-				 errdetail("A reload overwrites the table from the sync target, so writes wait until it is "
-						   "acknowledged (fence %d).", fence->fence_id),
-				 errhint("Fenced since %s by %s, because: %s. Reads still work; writes resume when every reload "
-						 "is acknowledged (see connect_mappings), or after connect_unfence().",
-						 since, NameStr(fence->raised_by), reason)));
-	ereport(ERROR,
-			(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
-			 fence->scope == FENCE_SCOPE_CONNECTION
-			 ? errmsg("cannot %s table %s: it is fenced while connection \"%s\" is paused",
-					  operation, qualified_relation_name(relid), NameStr(fence->connection))
-			 : errmsg("cannot %s table %s, synced by connection \"%s\": a maintenance fence is up",
-					  operation, qualified_relation_name(relid), connections),
-			 fence->scope == FENCE_SCOPE_CONNECTION
-			 ? errdetail("Writes to the tables this connection syncs are blocked while it is paused (fence %d).",
-						 fence->fence_id)
-			 : errdetail("Writes to every synced table are blocked for a maintenance window (fence %d).",
-						 fence->fence_id),
-			 errhint("Fenced since %s by %s, because: %s. Reads still work; writes resume after %s.",
-					 since, NameStr(fence->raised_by), reason,
-					 fence->scope == FENCE_SCOPE_CONNECTION ? "connect_resume()" : "connect_unfence()")));
-}
-
-/*
- * fence_check_relation raises the fence's error if relid may not be written
- * by this session.
- */
-static void
-fence_check_relation(Oid relid, const char *operation)
-{
-	FencedRelation key;
-	FencedRelation *hit;
-
-	if (fence_bypass || !OidIsValid(relid))
-		return;
-	fence_refresh_local();
-	if (local_nfences == 0)
-		return;
-
-	key.relid = relid;
-	hit = bsearch(&key, local_rels, local_nrels, sizeof(FencedRelation), fenced_relation_cmp);
-
-	/* a partition attached after the fence went up is fenced with its parent */
-	if (hit == NULL && local_nrels > 0 && get_rel_relispartition(relid))
-	{
-		ListCell   *lc;
-
-		foreach(lc, get_partition_ancestors(relid))
-		{
-			key.relid = lfirst_oid(lc);
-			hit = bsearch(&key, local_rels, local_nrels, sizeof(FencedRelation), fenced_relation_cmp);
-			if (hit != NULL)
-				break;
-		}
-	}
-	if (hit != NULL)
-	{
-		FenceEntry *fence = local_fence_by_id(hit->fence_id);
-
-		if (fence != NULL)
-			fence_report(relid, operation, fence, NameStr(hit->connections));
-	}
-
-	if (local_database_fence >= 0 && relid >= FirstNormalObjectId)
-	{
-		char		persistence = get_rel_persistence(relid);
-
-		/* temp tables are private to the session; our own catalog keeps working */
-		if (persistence == RELPERSISTENCE_TEMP ||
-			get_rel_namespace(relid) == get_namespace_oid(CONNECT_GUARD_SCHEMA, true))
-			return;
-		fence_report(relid, operation, &local_fences[local_database_fence], "");
-	}
-}
-
-static const char *
-operation_name(CmdType operation)
-{
-	switch (operation)
-	{
-		case CMD_INSERT:
-			return "INSERT into";
-		case CMD_UPDATE:
-			return "UPDATE";
-		case CMD_DELETE:
-			return "DELETE from";
-		case CMD_MERGE:
-			return "MERGE into";
-		default:
-			return "write to";	/* a data-modifying WITH in a SELECT */
-	}
-}
-
-/*
- * fence_ExecutorStart checks every result relation of the plan: this is
- * where plain, prepared, PL/pgSQL, trigger and foreign-key-action writes all
- * pass.
- */
-static void
-fence_ExecutorStart(QueryDesc *queryDesc, int eflags)
-{
-	/* pg_upgrade's restore must pass, and a copied fence file must survive it */
-	if (pg_atomic_read_u32(&fence_state->nactive) > 0 && !IsBinaryUpgrade &&
-		!(eflags & EXEC_FLAG_EXPLAIN_ONLY))
-	{
-		PlannedStmt *pstmt = queryDesc->plannedstmt;
-		ListCell   *lc;
-
-		foreach(lc, pstmt->resultRelations)
-		{
-			RangeTblEntry *rte = rt_fetch(lfirst_int(lc), pstmt->rtable);
-
-			fence_check_relation(rte->relid, operation_name(queryDesc->operation));
-		}
-	}
-
-	if (prev_ExecutorStart)
-		prev_ExecutorStart(queryDesc, eflags);
-	else
-		standard_ExecutorStart(queryDesc, eflags);
-}
-
-static void
-check_range_var(RangeVar *rv, const char *operation)
-{
-	if (rv != NULL)
-		fence_check_relation(RangeVarGetRelid(rv, NoLock, true), operation);
-}
-
-/*
- * fence_check_utility covers the writes that do not start an executor.
- */
-static void
-fence_check_utility(Node *stmt)
-{
-	ListCell   *lc;
-
-	switch (nodeTag(stmt))
-	{
-		case T_CopyStmt:
-			if (((CopyStmt *) stmt)->is_from)
-				check_range_var(((CopyStmt *) stmt)->relation, "COPY into");
-			break;
-		case T_TruncateStmt:
-			foreach(lc, ((TruncateStmt *) stmt)->relations)
-				check_range_var(lfirst_node(RangeVar, lc), "TRUNCATE");
-			break;
-		case T_AlterTableStmt:
-			check_range_var(((AlterTableStmt *) stmt)->relation, "ALTER");
-			break;
-		case T_RenameStmt:
-			check_range_var(((RenameStmt *) stmt)->relation, "rename");
-			break;
-		case T_DropStmt:
-			if (((DropStmt *) stmt)->removeType == OBJECT_TABLE)
-				foreach(lc, ((DropStmt *) stmt)->objects)
-					check_range_var(makeRangeVarFromNameList(lfirst(lc)), "DROP");
-			break;
-		default:
-			break;
-	}
-}
-
-static bool
-is_drop_of_this_extension(Node *stmt)
-{
-	DropStmt   *drop = (DropStmt *) stmt;
-	ListCell   *lc;
-
-	if (!IsA(stmt, DropStmt) || drop->removeType != OBJECT_EXTENSION)
+	if (entry->fence_id == 0)
 		return false;
-	foreach(lc, drop->objects)
-		if (strcmp(strVal(lfirst(lc)), "connect_guard") == 0)
-			return true;
-	return false;
+	return !(entry->change & FENCE_CHANGE_LOWER) || entry->orphan;
 }
 
-static void fence_lower_all_in_database(void);
-
-static void
-fence_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
-					 bool readOnlyTree, ProcessUtilityContext context,
-					 ParamListInfo params, QueryEnvironment *queryEnv,
-					 DestReceiver *dest, QueryCompletion *qc)
+bool
+fence_relation_in_force(const FencedRelation *rel, const FenceEntry *entry)
 {
-	Node	   *stmt = pstmt->utilityStmt;
+	return fence_entry_in_force(entry) &&
+		(rel->state != FENCED_RELATION_REMOVING || entry->orphan);
+}
 
-	if (pg_atomic_read_u32(&fence_state->nactive) > 0 && !IsBinaryUpgrade)
-		fence_check_utility(stmt);
+static int
+count_in_force(void)
+{
+	int			n = 0;
 
-	if (prev_ProcessUtility)
-		prev_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
-							queryEnv, dest, qc);
-	else
-		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
-								queryEnv, dest, qc);
+	for (int i = 0; i < FENCE_MAX_FENCES; i++)
+		if (fence_entry_in_force(&fence_state->fences[i]))
+			n++;
+	return n;
+}
 
-	/* nothing could lower a fence left behind by a dropped extension */
-	if (pg_atomic_read_u32(&fence_state->nactive) > 0 && !IsBinaryUpgrade &&
-		is_drop_of_this_extension(stmt))
-		fence_lower_all_in_database();
+static int
+count_orphans(void)
+{
+	int			n = 0;
+
+	for (int i = 0; i < FENCE_MAX_FENCES; i++)
+		if (fence_state->fences[i].fence_id != 0 && fence_state->fences[i].orphan)
+			n++;
+	return n;
 }
 
 /* ------------------------------------------------------------------------
  * Changing the shared state.  Caller holds fence_lock exclusively.
  * ------------------------------------------------------------------------ */
 
-static void
-fence_changed(void)
-{
-	pg_atomic_fetch_add_u64(&fence_state->generation, 1);
-}
-
-static int
-count_fences(void)
-{
-	int			n = 0;
-
-	for (int i = 0; i < FENCE_MAX_FENCES; i++)
-		if (fence_state->fences[i].fence_id != 0)
-			n++;
-	return n;
-}
-
-/* remove_relations drops the relations of fence_id, returning a copy. */
-static FencedRelation *
-remove_relations(int32 fence_id, int *nremoved)
-{
-	FencedRelation *removed = palloc(sizeof(FencedRelation) * Max(fence_state->nrels, 1));
-	int			kept = 0;
-
-	*nremoved = 0;
-	for (int i = 0; i < fence_state->nrels; i++)
-	{
-		if (fence_state->rels[i].fence_id == fence_id)
-			removed[(*nremoved)++] = fence_state->rels[i];
-		else
-			fence_state->rels[kept++] = fence_state->rels[i];
-	}
-	fence_state->nrels = kept;
-	return removed;
-}
-
-static void
-add_relations(const FencedRelation *rels, int nrels)
-{
-	if (fence_state->nrels + nrels > fence_max_tables)
-		ereport(ERROR,
-				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("cannot fence %d more tables: %d of connect_guard.max_fenced_tables = %d are in use",
-						nrels, fence_state->nrels, fence_max_tables),
-				 errhint("Raise connect_guard.max_fenced_tables and restart, or use a database-wide fence.")));
-	memcpy(&fence_state->rels[fence_state->nrels], rels, sizeof(FencedRelation) * nrels);
-	fence_state->nrels += nrels;
-}
-
 static FenceEntry *
-find_fence(int32 fence_id)
+find_entry(int32 fence_id)
 {
 	for (int i = 0; i < FENCE_MAX_FENCES; i++)
 		if (fence_state->fences[i].fence_id == fence_id &&
@@ -570,28 +229,128 @@ find_fence(int32 fence_id)
 	return NULL;
 }
 
+/* remove_relations drops the relations of fence_id for which keep() says no */
 static void
-install_entry(const FenceEntry *entry)
+remove_relations(int32 fence_id, bool (*drop) (FencedRelation *rel, void *arg), void *arg)
 {
-	for (int i = 0; i < FENCE_MAX_FENCES; i++)
+	int			kept = 0;
+
+	for (int i = 0; i < fence_state->nrels; i++)
 	{
-		if (fence_state->fences[i].fence_id == 0)
-		{
-			fence_state->fences[i] = *entry;
-			return;
-		}
+		FencedRelation *rel = &fence_state->rels[i];
+
+		if (rel->fence_id == fence_id && (drop == NULL || drop(rel, arg)))
+			continue;
+		if (kept != i)
+			fence_state->rels[kept] = *rel;
+		kept++;
 	}
-	ereport(ERROR,
-			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-			 errmsg("cannot raise more than %d fences at once", FENCE_MAX_FENCES),
-			 errhint("Lower fences that are no longer needed; see connect_fences.")));
+	fence_state->nrels = kept;
+}
+
+static void
+remove_entry(FenceEntry *entry)
+{
+	remove_relations(entry->fence_id, NULL, NULL);
+	memset(entry, 0, sizeof(FenceEntry));
+}
+
+static void
+require_room(int nrels)
+{
+	if (fence_state->nrels + nrels > fence_max_tables)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("cannot fence %d more tables: %d of connect_guard.max_fenced_tables = %d are in use",
+						nrels, fence_state->nrels, fence_max_tables),
+				 errhint("Raise connect_guard.max_fenced_tables and restart, or use a database-wide fence.")));
+}
+
+static void
+add_relations(const FencedRelation *rels, int nrels, int32 state)
+{
+	require_room(nrels);
+	for (int i = 0; i < nrels; i++)
+	{
+		fence_state->rels[fence_state->nrels] = rels[i];
+		fence_state->rels[fence_state->nrels].state = state;
+		fence_state->nrels++;
+	}
+}
+
+/* settling the relations of a change: what goes when it commits, or aborts */
+static bool
+drop_on_commit(FencedRelation *rel, void *arg)
+{
+	bool		committed = *(bool *) arg;
+
+	if (rel->state == FENCED_RELATION_ADDING)
+	{
+		rel->state = FENCED_RELATION_SETTLED;
+		return !committed;
+	}
+	if (rel->state == FENCED_RELATION_REMOVING)
+	{
+		rel->state = FENCED_RELATION_SETTLED;
+		return committed;
+	}
+	return false;
+}
+
+static bool
+drop_adding(FencedRelation *rel, void *arg)
+{
+	return rel->state == FENCED_RELATION_ADDING;
+}
+
+static bool
+settle_keeping_all(FencedRelation *rel, void *arg)
+{
+	rel->state = FENCED_RELATION_SETTLED;
+	return false;
+}
+
+/*
+ * settle_entry ends the change in doubt on entry: its transaction
+ * committed, or not.
+ */
+static void
+settle_entry(FenceEntry *entry, bool committed)
+{
+	if (entry->fence_id == 0 || entry->change == 0)
+		return;
+	if (((entry->change & FENCE_CHANGE_RAISE) && !committed) ||
+		((entry->change & FENCE_CHANGE_LOWER) && committed))
+	{
+		remove_entry(entry);
+		return;
+	}
+	remove_relations(entry->fence_id, drop_on_commit, &committed);
+	entry->change = 0;
+	entry->orphan = false;
+	entry->change_xid = InvalidFullTransactionId;
+}
+
+/*
+ * settle_fenced ends an orphan's doubt on the side that keeps everything
+ * fenced, when a change must be made on it before its transaction's fate
+ * can be known (in hot standby).
+ */
+static void
+settle_fenced(FenceEntry *entry)
+{
+	remove_relations(entry->fence_id, settle_keeping_all, NULL);
+	entry->change = 0;
+	entry->orphan = false;
+	entry->change_xid = InvalidFullTransactionId;
 }
 
 static void
 publish(int elevel)
 {
-	pg_atomic_write_u32(&fence_state->nactive, count_fences());
-	fence_changed();
+	pg_atomic_write_u32(&fence_state->nactive, count_in_force());
+	pg_atomic_write_u32(&fence_state->norphans, count_orphans());
+	pg_atomic_fetch_add_u64(&fence_state->generation, 1);
 	if (elevel >= ERROR)
 		fence_file_save(fence_state);
 	else
@@ -609,374 +368,354 @@ publish(int elevel)
 	}
 }
 
+/* ------------------------------------------------------------------------
+ * Transactions
+ * ------------------------------------------------------------------------ */
+
+/*
+ * fence_change_xid returns the top transaction id a change is recorded
+ * under, after making sure it is in flushed WAL: crash recovery then moves
+ * the next xid past it, so that no later transaction can reuse it and lend
+ * its commit to a change that never committed.  A transactional logical
+ * message is the smallest record that carries an xid (logical decoding
+ * sees it as a "connect_guard" message only if the transaction commits).
+ * In hot standby there is no xid: such changes count as committed after a
+ * crash (the fence stays up).
+ */
+static FullTransactionId
+fence_change_xid(void)
+{
+	FullTransactionId xid;
+
+	if (RecoveryInProgress())
+		return InvalidFullTransactionId;
+	xid = GetTopFullTransactionId();
+	if (!FullTransactionIdEquals(xid, fence_logged_xid))
+	{
+		XLogFlush(LogLogicalMessage("connect_guard", "fence", 5, true));
+		fence_logged_xid = xid;
+	}
+	return xid;
+}
+
+/* lock_fence takes the transaction's lock on a fence (not holding fence_lock) */
 static void
-remember_undo(FenceUndoKind kind, const FenceEntry *entry, FencedRelation *rels, int nrels)
+lock_fence(int32 fence_id)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, FENCE_LOCKTAG_KEY, (uint32) fence_id, FENCE_LOCKTAG_FIELD4);
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+}
+
+static void
+touch(int32 fence_id)
 {
 	MemoryContext oldcxt = MemoryContextSwitchTo(TopMemoryContext);
-	FenceUndo  *undo = palloc0(sizeof(FenceUndo));
 
-	undo->kind = kind;
-	undo->entry = *entry;
-	undo->nrels = nrels;
-	if (nrels > 0)
-	{
-		undo->rels = palloc(sizeof(FencedRelation) * nrels);
-		memcpy(undo->rels, rels, sizeof(FencedRelation) * nrels);
-	}
-	fence_undo = lcons(undo, fence_undo);
+	fence_touched = list_append_unique_int(fence_touched, fence_id);
 	MemoryContextSwitchTo(oldcxt);
 }
 
+/* begin_change marks entry as changed by this transaction */
+static void
+begin_change(FenceEntry *entry, int32 change, FullTransactionId xid)
+{
+	if (entry->orphan)
+		settle_fenced(entry);
+	entry->change |= change;
+	entry->change_xid = xid;
+}
+
 /*
- * fence_xact_callback undoes, in reverse order, the fence changes of a
- * transaction that aborted.
+ * fence_xact_callback settles, at commit, or undoes, at abort, the fence
+ * changes of the transaction.  A prepared transaction could end in
+ * another session, which would not know what to settle: refused.
  */
 static void
 fence_xact_callback(XactEvent event, void *arg)
 {
 	ListCell   *lc;
+	bool		committed;
 
-	if (fence_undo == NIL)
+	if (fence_touched == NIL)
 		return;
-	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
-	{
-		LWLockAcquire(fence_lock, LW_EXCLUSIVE);
-		foreach(lc, fence_undo)
-		{
-			FenceUndo  *undo = lfirst(lc);
-			FenceEntry *entry = find_fence(undo->entry.fence_id);
-			int			n;
+	if (event == XACT_EVENT_PRE_PREPARE)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot prepare a transaction that raised, lowered or changed a write fence"),
+				 errhint("Commit it instead; PREPARE TRANSACTION is not supported with connect_guard's fence functions.")));
+	if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_PARALLEL_COMMIT &&
+		event != XACT_EVENT_ABORT && event != XACT_EVENT_PARALLEL_ABORT)
+		return;
 
-			switch (undo->kind)
-			{
-				case UNDO_RAISE:
-					if (entry != NULL)
-						entry->fence_id = 0;
-					pfree(remove_relations(undo->entry.fence_id, &n));
-					break;
-				case UNDO_LOWER:
-					if (entry == NULL && count_fences() < FENCE_MAX_FENCES &&
-						fence_state->nrels + undo->nrels <= fence_max_tables)
-					{
-						install_entry(&undo->entry);
-						add_relations(undo->rels, undo->nrels);
-					}
-					break;
-				case UNDO_SET_RELATIONS:
-					pfree(remove_relations(undo->entry.fence_id, &n));
-					if (fence_state->nrels + undo->nrels <= fence_max_tables)
-						add_relations(undo->rels, undo->nrels);
-					break;
-			}
-		}
-		publish(WARNING);
-		LWLockRelease(fence_lock);
-	}
-	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT ||
-		event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT ||
-		event == XACT_EVENT_PREPARE)
+	committed = (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT);
+	LWLockAcquire(fence_lock, LW_EXCLUSIVE);
+	foreach(lc, fence_touched)
 	{
-		list_free_deep(fence_undo);
-		fence_undo = NIL;
+		FenceEntry *entry = find_entry(lfirst_int(lc));
+
+		if (entry != NULL && !entry->orphan)
+			settle_entry(entry, committed);
 	}
+	/* after commit, an error would be a PANIC: a failed save is a WARNING */
+	publish(WARNING);
+	LWLockRelease(fence_lock);
+	list_free(fence_touched);
+	fence_touched = NIL;
 }
 
-static void
-fence_lower_all_in_database(void)
+/*
+ * orphan_committed tells whether an orphan's transaction committed: 1 yes,
+ * 0 no, -1 not known yet (in hot standby, a transaction of the primary
+ * still running or not replayed yet).
+ */
+static int
+orphan_committed(FullTransactionId fxid)
 {
-	int			n;
+	TransactionId xid = XidFromFullTransactionId(fxid);
+	FullTransactionId next = ReadNextFullTransactionId();
+	bool		too_old;
+	int			result;
 
+	if (!FullTransactionIdIsValid(fxid))
+		return 1;				/* changed in hot standby: keep the fence */
+	if (!FullTransactionIdPrecedes(fxid, next))
+		return RecoveryInProgress() ? -1 : 0;
+
+	LWLockAcquire(XactTruncationLock, LW_SHARED);
+	too_old = TransactionIdPrecedes(xid, ShmemVariableCache->oldestClogXid) ||
+		U64FromFullTransactionId(next) - U64FromFullTransactionId(fxid) > (uint64) MaxTransactionId / 2;
+	if (too_old)
+		result = 1;				/* cannot happen in practice: keep the fence */
+	else if (TransactionIdIsInProgress(xid))
+		result = -1;
+	else if (TransactionIdDidCommit(xid))
+		result = 1;
+	else if (RecoveryInProgress() && !TransactionIdDidAbort(xid))
+		result = -1;			/* a crashed primary writes no abort record: wait for promotion */
+	else
+		result = 0;
+	LWLockRelease(XactTruncationLock);
+	return result;
+}
+
+/*
+ * fence_resolve_orphans settles the changes left in doubt by a server that
+ * stopped while their transactions ran, by those transactions' fate.
+ * Called by every backend that reads the fence while orphans are left;
+ * needs a transaction (it reads the commit log).
+ */
+void
+fence_resolve_orphans(void)
+{
+	int			resolved = 0;
+
+	if (fence_state == NULL || pg_atomic_read_u32(&fence_state->norphans) == 0 ||
+		!IsTransactionState())
+		return;
 	LWLockAcquire(fence_lock, LW_EXCLUSIVE);
 	for (int i = 0; i < FENCE_MAX_FENCES; i++)
 	{
 		FenceEntry *entry = &fence_state->fences[i];
+		int32		fence_id = entry->fence_id;
+		int			committed;
 
-		if (entry->fence_id == 0 || entry->dbid != MyDatabaseId)
+		if (fence_id == 0 || !entry->orphan)
 			continue;
-		remember_undo(UNDO_LOWER, entry, NULL, 0);
-		pfree(remove_relations(entry->fence_id, &n));
-		entry->fence_id = 0;
+		committed = orphan_committed(entry->change_xid);
+		if (committed < 0)
+			continue;
+		ereport(LOG,
+				(errmsg("connect_guard: fence %d: the %s by transaction %llu %s",
+						fence_id,
+						(entry->change & FENCE_CHANGE_RAISE) ? "raise" :
+						(entry->change & FENCE_CHANGE_LOWER) ? "lowering" : "change of tables",
+						(unsigned long long) U64FromFullTransactionId(entry->change_xid),
+						committed ? "had committed when the server stopped: kept"
+						: "had not committed when the server stopped: undone")));
+		settle_entry(entry, committed == 1);
+		resolved++;
+	}
+	if (resolved > 0)
+		publish(WARNING);
+	LWLockRelease(fence_lock);
+}
+
+/*
+ * fence_lower_all_in_database lowers the fences of this database: nothing
+ * could lower a fence left behind by a dropped extension.
+ */
+void
+fence_lower_all_in_database(void)
+{
+	List	   *ids = NIL;
+	ListCell   *lc;
+	FullTransactionId xid = fence_change_xid();
+
+	LWLockAcquire(fence_lock, LW_SHARED);
+	for (int i = 0; i < FENCE_MAX_FENCES; i++)
+		if (fence_state->fences[i].fence_id != 0 && fence_state->fences[i].dbid == MyDatabaseId)
+			ids = lappend_int(ids, fence_state->fences[i].fence_id);
+	LWLockRelease(fence_lock);
+
+	foreach(lc, ids)
+		lock_fence(lfirst_int(lc));
+	LWLockAcquire(fence_lock, LW_EXCLUSIVE);
+	foreach(lc, ids)
+	{
+		FenceEntry *entry = find_entry(lfirst_int(lc));
+
+		if (entry == NULL || !fence_entry_in_force(entry))
+			continue;
+		touch(entry->fence_id);
+		if (entry->change & FENCE_CHANGE_RAISE && !entry->orphan)
+			remove_entry(entry);
+		else
+			begin_change(entry, FENCE_CHANGE_LOWER, xid);
 	}
 	publish(ERROR);
 	LWLockRelease(fence_lock);
 }
 
 /* ------------------------------------------------------------------------
- * SQL functions (private; the connect_* functions in the install script
- * call them and do the waiting and the event log)
+ * Raising, lowering, changing a fence (fence_sql.c calls these for the
+ * install script's functions)
  * ------------------------------------------------------------------------ */
 
-static FencedRelation *
-relations_from_arrays(ArrayType *relids, ArrayType *connections, int32 fence_id, int *nrels)
+/*
+ * fence_raise raises a fence at once: entry says what it is (its id,
+ * change and xid are filled in here), rels what it covers.  Returns its id.
+ */
+int32
+fence_raise(FenceEntry *entry, FencedRelation *rels, int nrels)
 {
-	Datum	   *oids;
-	Datum	   *names;
-	bool	   *nulls;
-	int			n;
-	int			nnames;
-	FencedRelation *rels;
+	FenceEntry *slot = NULL;
 
-	deconstruct_array(relids, OIDOID, sizeof(Oid), true, TYPALIGN_INT, &oids, &nulls, &n);
-	deconstruct_array(connections, TEXTOID, -1, false, TYPALIGN_INT, &names, NULL, &nnames);
-	if (nnames != n)
-		elog(ERROR, "relation and connection arrays differ in length");
-	rels = palloc0(sizeof(FencedRelation) * Max(n, 1));
-	for (int i = 0; i < n; i++)
+	fence_require_shmem();
+	fence_resolve_orphans();
+	entry->dbid = MyDatabaseId;
+	entry->change = FENCE_CHANGE_RAISE;
+	entry->change_xid = fence_change_xid();
+
+	LWLockAcquire(fence_lock, LW_EXCLUSIVE);
+	entry->fence_id = fence_state->next_fence_id++;
+	LWLockRelease(fence_lock);
+	/* nobody knows the id yet: this cannot wait */
+	lock_fence(entry->fence_id);
+	for (int i = 0; i < nrels; i++)
 	{
 		rels[i].dbid = MyDatabaseId;
-		rels[i].relid = DatumGetObjectId(oids[i]);
-		rels[i].fence_id = fence_id;
-		namestrcpy(&rels[i].connections, TextDatumGetCString(names[i]));
+		rels[i].fence_id = entry->fence_id;
 	}
-	*nrels = n;
-	return rels;
-}
-
-static FenceScope
-scope_from_text(const char *scope)
-{
-	if (strcmp(scope, "connection") == 0)
-		return FENCE_SCOPE_CONNECTION;
-	if (strcmp(scope, "mapped") == 0)
-		return FENCE_SCOPE_MAPPED;
-	if (strcmp(scope, "database") == 0)
-		return FENCE_SCOPE_DATABASE;
-	if (strcmp(scope, "reload") == 0)
-		return FENCE_SCOPE_RELOAD;
-	ereport(ERROR,
-			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("unknown fence scope \"%s\"", scope),
-			 errhint("Use 'mapped' (the tables of every connection), 'database' (every table), 'connection' or 'reload'.")));
-	return 0;					/* keep compiler quiet */
-}
-
-static const char *
-scope_to_text(int32 scope)
-{
-	switch (scope)
-	{
-		case FENCE_SCOPE_CONNECTION:
-			return "connection";
-		case FENCE_SCOPE_MAPPED:
-			return "mapped";
-		case FENCE_SCOPE_RELOAD:
-			return "reload";
-		default:
-			return "database";
-	}
-}
-
-/*
- * connect_guard.fence_raise(scope, connection_id, connection, reason,
- * relids, relconnections) raises a fence at once and returns its id.
- */
-Datum
-connect_guard_fence_raise(PG_FUNCTION_ARGS)
-{
-	FenceEntry	entry;
-	FencedRelation *rels;
-	int			nrels;
-	char	   *reason = PG_ARGISNULL(3) ? "" : text_to_cstring(PG_GETARG_TEXT_PP(3));
-
-	fence_require_shmem();
-	memset(&entry, 0, sizeof(entry));
-	entry.dbid = MyDatabaseId;
-	entry.scope = scope_from_text(text_to_cstring(PG_GETARG_TEXT_PP(0)));
-	entry.connection_id = PG_ARGISNULL(1) ? 0 : PG_GETARG_INT32(1);
-	entry.since = GetCurrentTimestamp();
-	namestrcpy(&entry.raised_by, GetUserNameFromId(GetSessionUserId(), false));
-	if (!PG_ARGISNULL(2))
-		namestrcpy(&entry.connection, text_to_cstring(PG_GETARG_TEXT_PP(2)));
-	strlcpy(entry.reason, reason, FENCE_REASON_LEN);
 
 	LWLockAcquire(fence_lock, LW_EXCLUSIVE);
-	entry.fence_id = fence_state->next_fence_id++;
-	rels = relations_from_arrays(PG_GETARG_ARRAYTYPE_P(4), PG_GETARG_ARRAYTYPE_P(5),
-								 entry.fence_id, &nrels);
-	install_entry(&entry);
+	for (int i = 0; i < FENCE_MAX_FENCES && slot == NULL; i++)
+		if (fence_state->fences[i].fence_id == 0)
+			slot = &fence_state->fences[i];
+	if (slot == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("cannot raise more than %d fences at once", FENCE_MAX_FENCES),
+				 errhint("Lower fences that are no longer needed; see connect_fences.")));
+	require_room(nrels);
+	touch(entry->fence_id);
+	*slot = *entry;
+	add_relations(rels, nrels, FENCED_RELATION_SETTLED);
 	PG_TRY();
 	{
-		add_relations(rels, nrels);
+		publish(ERROR);
 	}
 	PG_CATCH();
 	{
-		FenceEntry *installed = find_fence(entry.fence_id);
-
-		if (installed)
-			installed->fence_id = 0;
+		/*
+		 * Not saved: not raised, even if a caller's exception block lets
+		 * the transaction commit (its caller would not know the id).
+		 */
+		remove_entry(slot);
+		pg_atomic_write_u32(&fence_state->nactive, count_in_force());
+		pg_atomic_fetch_add_u64(&fence_state->generation, 1);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
-	remember_undo(UNDO_RAISE, &entry, NULL, 0);
-	publish(ERROR);
 	LWLockRelease(fence_lock);
-
-	PG_RETURN_INT32(entry.fence_id);
+	return entry->fence_id;
 }
 
-/* connect_guard.fence_lower(fence_id) lowers a fence of this database. */
-Datum
-connect_guard_fence_lower(PG_FUNCTION_ARGS)
+/* fence_lower lowers a fence of this database; false if there is none */
+bool
+fence_lower(int32 fence_id)
 {
-	int32		fence_id = PG_GETARG_INT32(0);
 	FenceEntry *entry;
-	FencedRelation *rels;
-	int			nrels;
+	FullTransactionId xid;
 
 	fence_require_shmem();
+	fence_resolve_orphans();
+	xid = fence_change_xid();
+	lock_fence(fence_id);
 	LWLockAcquire(fence_lock, LW_EXCLUSIVE);
-	entry = find_fence(fence_id);
-	if (entry == NULL)
+	entry = find_entry(fence_id);
+	if (entry == NULL || !fence_entry_in_force(entry))
 	{
 		LWLockRelease(fence_lock);
-		PG_RETURN_BOOL(false);
+		return false;
 	}
-	rels = remove_relations(fence_id, &nrels);
-	remember_undo(UNDO_LOWER, entry, rels, nrels);
-	entry->fence_id = 0;
+	touch(fence_id);
+	/* raised by this very transaction: nothing to bring back if it aborts */
+	if ((entry->change & FENCE_CHANGE_RAISE) && !entry->orphan)
+		remove_entry(entry);
+	else
+		begin_change(entry, FENCE_CHANGE_LOWER, xid);
 	publish(ERROR);
 	LWLockRelease(fence_lock);
-	PG_RETURN_BOOL(true);
+	return true;
 }
 
 /*
- * connect_guard.fence_set_relations(fence_id, relids, relconnections)
- * replaces the tables of a fence, when mappings change while it is up.
+ * fence_set_relations replaces the tables of a fence, when mappings change
+ * while it is up; false if there is no such fence.
  */
-Datum
-connect_guard_fence_set_relations(PG_FUNCTION_ARGS)
+bool
+fence_set_relations(int32 fence_id, FencedRelation *rels, int nrels)
 {
-	int32		fence_id = PG_GETARG_INT32(0);
-	FencedRelation *rels;
-	FencedRelation *old;
-	int			nrels;
-	int			nold;
+	FenceEntry *entry;
+	FullTransactionId xid;
 
 	fence_require_shmem();
+	fence_resolve_orphans();
+	for (int i = 0; i < nrels; i++)
+	{
+		rels[i].dbid = MyDatabaseId;
+		rels[i].fence_id = fence_id;
+	}
+	xid = fence_change_xid();
+	lock_fence(fence_id);
 	LWLockAcquire(fence_lock, LW_EXCLUSIVE);
-	if (find_fence(fence_id) == NULL)
+	entry = find_entry(fence_id);
+	if (entry == NULL || !fence_entry_in_force(entry))
 	{
 		LWLockRelease(fence_lock);
-		PG_RETURN_BOOL(false);
+		return false;
 	}
-	rels = relations_from_arrays(PG_GETARG_ARRAYTYPE_P(1), PG_GETARG_ARRAYTYPE_P(2),
-								 fence_id, &nrels);
-	old = remove_relations(fence_id, &nold);
-	PG_TRY();
+	require_room(nrels);
+	touch(fence_id);
+	if ((entry->change & FENCE_CHANGE_RAISE) && !entry->orphan)
 	{
-		add_relations(rels, nrels);
+		/* raised by this transaction: its tables simply change */
+		remove_relations(fence_id, NULL, NULL);
+		add_relations(rels, nrels, FENCED_RELATION_SETTLED);
 	}
-	PG_CATCH();
+	else
 	{
-		add_relations(old, nold);
-		PG_RE_THROW();
+		begin_change(entry, FENCE_CHANGE_RELATIONS, xid);
+		/* what this transaction added before goes; the rest is on its way out */
+		remove_relations(fence_id, drop_adding, NULL);
+		for (int i = 0; i < fence_state->nrels; i++)
+			if (fence_state->rels[i].fence_id == fence_id)
+				fence_state->rels[i].state = FENCED_RELATION_REMOVING;
+		add_relations(rels, nrels, FENCED_RELATION_ADDING);
 	}
-	PG_END_TRY();
-	remember_undo(UNDO_SET_RELATIONS, find_fence(fence_id), old, nold);
 	publish(ERROR);
 	LWLockRelease(fence_lock);
-	PG_RETURN_BOOL(true);
-}
-
-/* connect_guard.fence_list() returns the fences of this database. */
-Datum
-connect_guard_fence_list(PG_FUNCTION_ARGS)
-{
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-
-	InitMaterializedSRF(fcinfo, 0);
-	if (fence_state == NULL)
-		return (Datum) 0;		/* not preloaded: no fence can be up */
-	LWLockAcquire(fence_lock, LW_SHARED);
-	for (int i = 0; i < FENCE_MAX_FENCES; i++)
-	{
-		FenceEntry *entry = &fence_state->fences[i];
-		Datum		values[8];
-		bool		nulls[8] = {false};
-		int			tables = 0;
-
-		if (entry->fence_id == 0 || entry->dbid != MyDatabaseId)
-			continue;
-		for (int r = 0; r < fence_state->nrels; r++)
-			if (fence_state->rels[r].fence_id == entry->fence_id)
-				tables++;
-		values[0] = Int32GetDatum(entry->fence_id);
-		values[1] = CStringGetTextDatum(scope_to_text(entry->scope));
-		values[2] = Int32GetDatum(entry->connection_id);
-		nulls[2] = entry->connection_id == 0;
-		values[3] = CStringGetTextDatum(NameStr(entry->connection));
-		nulls[3] = NameStr(entry->connection)[0] == '\0';
-		values[4] = CStringGetTextDatum(entry->reason);
-		nulls[4] = entry->reason[0] == '\0';
-		values[5] = TimestampTzGetDatum(entry->since);
-		values[6] = NameGetDatum(&entry->raised_by);
-		values[7] = Int32GetDatum(tables);
-		nulls[7] = entry->scope == FENCE_SCOPE_DATABASE;
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-	}
-	LWLockRelease(fence_lock);
-	return (Datum) 0;
-}
-
-/* connect_guard.fence_relations() returns the fenced tables of this database. */
-Datum
-connect_guard_fence_relations(PG_FUNCTION_ARGS)
-{
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-
-	InitMaterializedSRF(fcinfo, 0);
-	if (fence_state == NULL)
-		return (Datum) 0;
-	LWLockAcquire(fence_lock, LW_SHARED);
-	for (int i = 0; i < fence_state->nrels; i++)
-	{
-		FencedRelation *rel = &fence_state->rels[i];
-		Datum		values[3];
-		bool		nulls[3] = {false};
-
-		if (rel->dbid != MyDatabaseId)
-			continue;
-		values[0] = Int32GetDatum(rel->fence_id);
-		values[1] = ObjectIdGetDatum(rel->relid);
-		values[2] = CStringGetTextDatum(NameStr(rel->connections));
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-	}
-	LWLockRelease(fence_lock);
-	return (Datum) 0;
-}
-
-/* connect_guard.fence_available() tells whether fences can be raised here. */
-Datum
-connect_guard_fence_available(PG_FUNCTION_ARGS)
-{
-	PG_RETURN_BOOL(fence_state != NULL);
-}
-
-/*
- * connect_guard.wait_for_lockers(relids) waits until every transaction that
- * holds a write lock on one of relids has ended, as CREATE INDEX
- * CONCURRENTLY does.  The waits are ordinary lock waits, so lock_timeout
- * bounds them and pg_blocking_pids() shows them.
- */
-Datum
-connect_guard_wait_for_lockers(PG_FUNCTION_ARGS)
-{
-	ArrayType  *relids = PG_GETARG_ARRAYTYPE_P(0);
-	Datum	   *oids;
-	bool	   *nulls;
-	int			n;
-	List	   *locktags = NIL;
-
-	deconstruct_array(relids, OIDOID, sizeof(Oid), true, TYPALIGN_INT, &oids, &nulls, &n);
-	for (int i = 0; i < n; i++)
-	{
-		LOCKTAG    *tag = palloc(sizeof(LOCKTAG));
-
-		SET_LOCKTAG_RELATION(*tag, MyDatabaseId, DatumGetObjectId(oids[i]));
-		locktags = lappend(locktags, tag);
-	}
-	/* ShareLock conflicts with RowExclusiveLock and every stronger mode */
-	if (locktags != NIL)
-		WaitForLockersMultiple(locktags, ShareLock, false);
-	PG_RETURN_VOID();
+	return true;
 }

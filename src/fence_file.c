@@ -12,6 +12,11 @@
  * what a changeover wants: the new primary comes up fenced until the plan
  * lifts it.  A file that fails its checks is reported and ignored.
  *
+ * The file holds the changes in doubt too (fence.h: FENCE_CHANGE_*): at
+ * load they become orphans, in force on the side that fences more, until
+ * a backend can read the commit log and settle them
+ * (fence_resolve_orphans).
+ *
  * Caller holds the fence lock.
  */
 #include "postgres.h"
@@ -29,7 +34,7 @@
 
 #define FENCE_FILE		"connect_guard.fences"
 #define FENCE_FILE_TMP	"connect_guard.fences.tmp"
-#define FENCE_FILE_MAGIC	0x43474631	/* "CGF1" */
+#define FENCE_FILE_MAGIC	0x43474632	/* "CGF2": with the changes in doubt */
 
 typedef struct FenceFileHeader
 {
@@ -92,6 +97,8 @@ fence_file_load(FenceShared *state)
 	pg_crc32c	filecrc;
 	int			fd;
 	bool		ok;
+	uint32		nactive = 0;
+	uint32		norphans = 0;
 
 	fd = OpenTransientFile(FENCE_FILE, O_RDONLY | PG_BINARY);
 	if (fd < 0)
@@ -137,9 +144,20 @@ fence_file_load(FenceShared *state)
 
 	state->next_fence_id = header.next_fence_id;
 	state->nrels = header.nrels;
-	pg_atomic_write_u32(&state->nactive, header.nfences);
+	for (int i = 0; i < header.nfences; i++)
+	{
+		FenceEntry *entry = &state->fences[i];
+
+		entry->orphan = entry->change != 0;
+		if (entry->orphan)
+			norphans++;
+		if (fence_entry_in_force(entry))
+			nactive++;
+	}
+	pg_atomic_write_u32(&state->nactive, nactive);
+	pg_atomic_write_u32(&state->norphans, norphans);
 	if (header.nfences > 0)
 		ereport(LOG,
-				(errmsg("connect_guard: %d write fence(s) restored from \"%s\"",
-						header.nfences, FENCE_FILE)));
+				(errmsg("connect_guard: %d write fence(s) restored from \"%s\", %d with a change in doubt",
+						header.nfences, FENCE_FILE, norphans)));
 }

@@ -29,10 +29,14 @@
  * Secrets: the token or webhook key comes from connection_secret or from
  * the file the options name, read again before every attempt (a rotated
  * token is picked up without touching the database).  It lives in this
- * cycle's memory only, is wiped after the call, and is scrubbed from
- * everything that goes back to SQL (answers, error texts).  Only superusers
- * and members of pg_read_server_files may name such a file, since the
- * worker sends its content to a URL.
+ * round's memory only: each job's copy is wiped after its call, and the
+ * copies registered with scrub.c (so that every form of them is scrubbed
+ * from the answers and error texts that go back to SQL, and from what SQL
+ * stores while the outcomes are recorded) are wiped at the end of the
+ * round.  Only superusers and members of pg_read_server_files may name
+ * such a file, since the worker sends its content to a URL.  A secret goes
+ * over https:// only (or plain http:// to a loopback address, with
+ * connect_guard.http_allow_insecure_loopback, for tests).
  *
  * Locking: requests are taken FOR UPDATE SKIP LOCKED and leased past the
  * HTTP timeout, so no request is sent twice at once; request_outcome locks
@@ -40,7 +44,9 @@
  */
 #include "postgres.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -64,10 +70,12 @@
 
 #include "catalog_names.h"
 #include "http.h"
+#include "scrub.h"
 #include "signals.h"
 #include "worker.h"
 
 PG_FUNCTION_INFO_V1(connect_guard_secret_file_problem);
+PG_FUNCTION_INFO_V1(connect_guard_url_transport_problem);
 
 #define SECRET_MAX_LEN		4096
 #define SIGNAL_BATCH		8	/* requests taken per round */
@@ -78,6 +86,7 @@ PG_FUNCTION_INFO_V1(connect_guard_secret_file_problem);
 int			signal_http_timeout_ms = 10000;
 int			signal_http_max_attempts = 8;
 char	   *signal_http_ca_file = NULL;
+bool		signal_http_allow_insecure_loopback = false;
 
 /* One request to send, as request_take() described it */
 typedef struct SignalJob
@@ -94,7 +103,7 @@ typedef struct SignalJob
 	char	   *problem;		/* why it could not be sent */
 	bool		answered;
 	HttpResponse resp;
-	char	   *error_out;		/* resp.error, scrubbed */
+	char	   *error_out;		/* resp.error, scrubbed (scrub.c) */
 	char	   *body_out;		/* resp.body, scrubbed, valid in the database encoding */
 } SignalJob;
 
@@ -118,7 +127,6 @@ static MemoryContext signal_context = NULL;
 static long next_wakeup_ms = -1;
 
 static const char *read_secret_file(const char *path, char **secret);
-static char *scrub(const char *text, const char *secret);
 static char *as_valid_text(const char *text);
 static void take_in_transaction(void *arg);
 static SignalJob *make_job(HeapTuple tuple, TupleDesc tupdesc);
@@ -158,6 +166,15 @@ signal_init(void)
 							   PGC_SIGHUP,
 							   0,
 							   NULL, NULL, NULL);
+	DefineCustomBoolVariable("connect_guard.http_allow_insecure_loopback",
+							 "Lets the worker send the API token or a webhook signature over plain http:// to a loopback address.",
+							 "For tests against a sync service simulated on this machine (127.0.0.0/8, ::1, localhost). "
+							 "Any other http:// URL is always refused for requests that carry a secret.",
+							 &signal_http_allow_insecure_loopback,
+							 false,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
 }
 
 long
@@ -270,29 +287,79 @@ connect_guard_secret_file_problem(PG_FUNCTION_ARGS)
 	PG_RETURN_TEXT_P(cstring_to_text(problem));
 }
 
-/* scrub returns text with every occurrence of secret replaced by ******** */
-static char *
-scrub(const char *text, const char *secret)
+/*
+ * is_loopback_host says whether the URL part after "http://" names a
+ * loopback host: 127.0.0.0/8, ::1 (also as ::ffff:127.x.y.z), localhost.
+ */
+static bool
+is_loopback_host(const char *rest)
 {
-	StringInfoData out;
-	const char *p = text;
-	const char *hit;
+	char		host[256];
 	size_t		len;
+	struct in_addr a4;
+	struct in6_addr a6;
 
-	if (text == NULL)
-		return NULL;
-	if (secret == NULL || secret[0] == '\0' || strstr(text, secret) == NULL)
-		return pstrdup(text);
-	len = strlen(secret);
-	initStringInfo(&out);
-	while ((hit = strstr(p, secret)) != NULL)
+	if (rest[0] == '[')
 	{
-		appendBinaryStringInfo(&out, p, hit - p);
-		appendStringInfoString(&out, "********");
-		p = hit + len;
+		const char *close = strchr(rest, ']');
+
+		if (close == NULL || close - rest - 1 >= sizeof(host))
+			return false;
+		len = close - rest - 1;
+		memcpy(host, rest + 1, len);
 	}
-	appendStringInfoString(&out, p);
-	return out.data;
+	else
+	{
+		len = strcspn(rest, ":/");
+		if (len >= sizeof(host))
+			return false;
+		memcpy(host, rest, len);
+	}
+	host[len] = '\0';
+	if (pg_strcasecmp(host, "localhost") == 0)
+		return true;
+	if (inet_pton(AF_INET, host, &a4) == 1)
+		return (ntohl(a4.s_addr) >> 24) == 127;
+	if (inet_pton(AF_INET6, host, &a6) == 1)
+		return IN6_IS_ADDR_LOOPBACK(&a6) ||
+			(IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127);
+	return false;
+}
+
+/*
+ * url_transport_problem says why a request that carries a secret (every
+ * request of the heroku and webhook adapters: a bearer token, or a
+ * signature that a listener could replay) must not go to url, or returns
+ * NULL: only https://, or plain http:// to a loopback address when
+ * connect_guard.http_allow_insecure_loopback is on.
+ */
+static const char *
+url_transport_problem(const char *url)
+{
+	if (pg_strncasecmp(url, "https://", 8) == 0)
+		return NULL;
+	if (pg_strncasecmp(url, "http://", 7) != 0)
+		return "It is not an https:// URL";
+	if (!is_loopback_host(url + 7))
+		return "Plain http:// would send the token or the signature in clear";
+	if (!signal_http_allow_insecure_loopback)
+		return "Plain http:// would send the token or the signature in clear, "
+			"and connect_guard.http_allow_insecure_loopback (for tests against a local simulator) is off";
+	return NULL;
+}
+
+/*
+ * connect_guard.url_transport_problem(url) is url_transport_problem for
+ * connect_create_connection(): NULL when the worker will send to url.
+ */
+Datum
+connect_guard_url_transport_problem(PG_FUNCTION_ARGS)
+{
+	const char *problem = url_transport_problem(text_to_cstring(PG_GETARG_TEXT_PP(0)));
+
+	if (problem == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(cstring_to_text(problem));
 }
 
 /*
@@ -419,7 +486,24 @@ make_job(HeapTuple tuple, TupleDesc tupdesc)
 		return job;
 
 	old = MemoryContextSwitchTo(signal_context);
-	if (job->secret == NULL && secret_file != NULL)
+	if (url_transport_problem(job->url) != NULL)
+	{
+		/*
+		 * checked again here: the setting may have changed, or the connection
+		 * come from a dump
+		 */
+		const char *problem = url_transport_problem(job->url);
+
+		job->problem = psprintf("refusing to send the %s to %s: %c%s",
+								strcmp(job->auth, "bearer") == 0 ? "API token" : "webhook signature",
+								job->url, pg_tolower((unsigned char) problem[0]), problem + 1);
+		if (job->secret != NULL)
+		{
+			explicit_bzero(job->secret, strlen(job->secret));
+			job->secret = NULL;
+		}
+	}
+	else if (job->secret == NULL && secret_file != NULL)
 	{
 		const char *problem = read_secret_file(secret_file, &job->secret);
 
@@ -473,9 +557,9 @@ run_job(SignalJob *job)
 	{
 		job->answered = http_perform(&req, &job->resp);
 		if (job->answered)
-			job->body_out = scrub(as_valid_text(job->resp.body), job->secret);
+			job->body_out = scrub_registered(as_valid_text(job->resp.body));
 		else
-			job->error_out = scrub(as_valid_text(job->resp.error), job->secret);
+			job->error_out = scrub_registered(as_valid_text(job->resp.error));
 	}
 	PG_CATCH();
 	{
@@ -604,6 +688,14 @@ signal_process_requests(void)
 		if (take.jobs == NIL)
 			break;
 
+		/*
+		 * Every secret of the round is scrubbed from every answer and from
+		 * what SQL stores while the outcomes are recorded: an answer to one
+		 * connection could quote another's secret.
+		 */
+		foreach(lc, take.jobs)
+			scrub_register(((SignalJob *) lfirst(lc))->secret);
+
 		foreach(lc, take.jobs)
 		{
 			SignalJob  *job = (SignalJob *) lfirst(lc);
@@ -623,10 +715,12 @@ signal_process_requests(void)
 			record_job(job);
 		}
 		wipe_secrets(take.jobs);
+		scrub_forget();
 		if (round == SIGNAL_MAX_ROUNDS - 1)
 			next_wakeup_ms = 0;
 	}
 
+	scrub_forget();
 	MemoryContextSwitchTo(oldcxt);
 	MemoryContextReset(signal_context);
 	pgstat_report_activity(STATE_IDLE, NULL);

@@ -31,6 +31,8 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/pg_database.h"
+#include "catalog/pg_extension.h"
+#include "commands/extension.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -39,6 +41,7 @@
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/lmgr.h"
 #include "storage/lwlock.h"
 #include "storage/proc.h"
 #include "storage/procarray.h"
@@ -51,7 +54,9 @@
 #include "utils/timestamp.h"
 
 #include "catalog_names.h"
+#include "fence.h"
 #include "lag.h"
+#include "scrub.h"
 #include "signals.h"
 #include "worker.h"
 
@@ -569,6 +574,22 @@ extension_schema(bool *restoring)
 	return schema;
 }
 
+/*
+ * worker_lock_extension holds the extension in share mode for the step's
+ * transaction.  DROP EXTENSION locks the extension first and then each of
+ * its objects, in an order of its own; a step that reads several of them
+ * would otherwise deadlock with it.  Now DROP EXTENSION waits for the step,
+ * or the step waits for DROP EXTENSION (and then fails, the extension gone).
+ */
+static void
+worker_lock_extension(void)
+{
+	Oid			extension = get_extension_oid("connect_guard", true);
+
+	if (OidIsValid(extension))
+		LockDatabaseObject(ExtensionRelationId, extension, 0, AccessShareLock);
+}
+
 bool
 worker_run_step(const char *activity, void (*step) (void *), void *arg, char **failure)
 {
@@ -585,6 +606,7 @@ worker_run_step(const char *activity, void (*step) (void *), void *arg, char **f
 			elog(ERROR, "SPI_connect failed");
 		if (IsBackgroundWorker)
 			pgstat_report_activity(STATE_RUNNING, activity);
+		worker_lock_extension();
 		step(arg);
 		SPI_finish();
 		PopActiveSnapshot();
@@ -600,6 +622,13 @@ worker_run_step(const char *activity, void (*step) (void *), void *arg, char **f
 		FlushErrorState();
 		AbortOutOfAnyTransaction();
 		RESUME_INTERRUPTS();
+
+		/*
+		 * an error while recording an answer may quote it: scrub.c takes the
+		 * secrets out
+		 */
+		edata->message = scrub_registered(edata->message);
+		edata->detail = scrub_registered(edata->detail);
 		ereport(WARNING,
 				(errcode(edata->sqlerrcode),
 				 errmsg("%s failed: %s", activity, edata->message),
@@ -679,9 +708,15 @@ worker_cycle_steps(const char *schema, bool *plan_active)
 	if (first_cycle ||
 		TimestampDifferenceExceeds(last_rollback_check, GetCurrentTimestamp(), worker_naptime_ms))
 	{
+		bool		as_primary = !RecoveryInProgress();	/* in recovery the check is skipped */
+
+		/* a tick of each adopted trigger log, for its processed mark (15_log_sources.sql) */
+		(void) run_int8("connect_guard: reading Heroku Connect's trigger logs",
+						"SELECT connect_guard.log_sources_cycle()", 0);
 		(void) run_int8("connect_guard: checking for a rollback",
 						first_cycle ? "SELECT connect_guard.rollback_cycle(true)"
 						: "SELECT connect_guard.rollback_cycle(false)", 0);
+		fence_rollback_checked(as_primary); /* writes to mapped tables may go (fence_gate.c) */
 		last_rollback_check = GetCurrentTimestamp();
 		first_cycle = false;
 	}

@@ -197,10 +197,15 @@ DECLARE
     v_fence integer;
 BEGIN
     PERFORM connect_guard.require_read_committed('connect_fence()');
-    IF scope IS NULL OR scope NOT IN ('mapped', 'database') THEN
+    PERFORM connect_guard.require_timeout(timeout, 'timeout', '''30 s''');
+    PERFORM connect_guard.require_not_null(cancel_writers, 'cancel_writers',
+        'Pass false (the default) to wait for the writers in flight, or true to terminate them.');
+    PERFORM connect_guard.require_not_null(scope, 'scope',
+        'Use ''mapped'' (the tables of every connection) or ''database'' (every table of this database).');
+    IF scope NOT IN ('mapped', 'database') THEN
         RAISE EXCEPTION USING
             ERRCODE = 'invalid_parameter_value',
-            MESSAGE = format('unknown fence scope %s', coalesce(quote_literal(scope), 'NULL')),
+            MESSAGE = format('unknown fence scope %s', quote_literal(scope)),
             HINT = 'Use ''mapped'' (the tables of every connection) or ''database'' (every table of this database).';
     END IF;
     SELECT * INTO f FROM connect_guard.fence_list() l WHERE l.scope IN ('mapped', 'database');
@@ -218,7 +223,7 @@ BEGIN
     v_fence := connect_guard.fence_raise(scope, NULL, NULL, coalesce(reason, 'maintenance window'),
                                          coalesce(v_relids, '{}'), v_connections);
     PERFORM connect_guard.wait_for_writers(coalesce(v_relids, connect_guard.database_tables()),
-                                           clock_timestamp() + coalesce(timeout, '30 s'), cancel_writers);
+                                           clock_timestamp() + timeout, cancel_writers);
     PERFORM connect_guard.log_event(NULL, 'fence_raised',
         jsonb_build_object('fence_id', v_fence, 'scope', scope, 'reason', reason));
     RETURN v_fence;

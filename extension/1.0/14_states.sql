@@ -58,7 +58,9 @@ $$;
 
 /*
  * connect_guard.connection_note says why a connection stays where it is
- * (a failed pause or resume request), without a transition.
+ * (a failed pause or resume request), without a transition.  It never
+ * waits: when another transaction (a consumer) holds the connection's lock
+ * the note is left out; the request and the event log say it all the same.
  */
 CREATE FUNCTION connect_guard.connection_note(p_connection_id integer, p_reason text)
 RETURNS void
@@ -66,7 +68,46 @@ LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 AS $$
     UPDATE connect_guard.connection SET state_reason = left(p_reason, 2000)
-     WHERE connection_id = p_connection_id;
+     WHERE connection_id = (SELECT c.connection_id FROM connect_guard.connection c
+                             WHERE c.connection_id = p_connection_id FOR UPDATE SKIP LOCKED);
+$$;
+
+/*
+ * A local connect_pause() waits for the open batch in its own transaction,
+ * so its PAUSING could not be seen before it commits.  Instead it holds a
+ * transaction-scoped advisory lock, (pause_lock_class(), connection id),
+ * while it waits, and connect_next_batch() opens no new batch while that
+ * lock is held: a consumer that finishes a batch and takes the next at
+ * once cannot keep a pause from ever finding the connection idle.
+ */
+CREATE FUNCTION connect_guard.pause_lock_class()
+RETURNS integer
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT 1128747091 $$;     -- 'CGPS'
+
+-- connect_guard.pause_announce: takes the lock, unless another pause of the connection holds it
+CREATE FUNCTION connect_guard.pause_announce(p_connection_id integer)
+RETURNS boolean
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT pg_try_advisory_xact_lock(connect_guard.pause_lock_class(), p_connection_id);
+$$;
+
+-- connect_guard.pause_announced: whether a pause of the connection waits (the lock is held)
+CREATE FUNCTION connect_guard.pause_announced(p_connection_id integer)
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF pg_try_advisory_lock_shared(connect_guard.pause_lock_class(), p_connection_id) THEN
+        PERFORM pg_advisory_unlock_shared(connect_guard.pause_lock_class(), p_connection_id);
+        RETURN false;
+    END IF;
+    RETURN true;
+END;
 $$;
 
 /*

@@ -1,10 +1,18 @@
 /* ------------------------------------------------------------------------
  * Secrets: a token or webhook key given inline is kept in
  * connect_guard.connection_secret (superusers only) and replaced in the
- * connection's options by "********"; token_file/secret_file name a file the
+ * connection's options by "********"; but the SQL text that gave it shows
+ * in statement logs (log_statement = all, log_min_error_statement) and in
+ * pg_stat_activity while it runs.  token_file/secret_file name a file the
  * worker reads before every attempt (so a rotated token is picked up), and
- * keep the secret out of SQL text and so out of statement logs.  Neither
- * the events, the views, nor last_error ever hold a secret.
+ * keep the secret out of SQL text altogether: prefer them.
+ *
+ * A sync service may echo the secret in an answer, in any encoding: the
+ * worker scrubs every form of it (scrub.c has the rule) from the answers
+ * it hands to SQL, and the trigger scrub_stored scrubs again every value
+ * written to a column that can hold an answer's words, whoever writes it:
+ * connection.state_reason and event.detail here, request.last_error and
+ * remote_state in 50_requests.sql.
  * ------------------------------------------------------------------------ */
 
 CREATE TABLE connect_guard.connection_secret (
@@ -28,3 +36,34 @@ CREATE FUNCTION connect_guard.secret_file_problem(path text)
 RETURNS text LANGUAGE C STRICT
 AS 'MODULE_PATHNAME', 'connect_guard_secret_file_problem';
 
+
+/*
+ * connect_guard.scrub returns its text with every form of the secrets the
+ * worker holds right now taken out (in any other backend: unchanged).
+ */
+CREATE FUNCTION connect_guard.scrub(text)
+RETURNS text LANGUAGE C STRICT VOLATILE
+AS 'MODULE_PATHNAME', 'connect_guard_scrub';
+
+-- for the regression tests: hold secrets in this backend as the worker does, and forget them
+CREATE FUNCTION connect_guard.scrub_hold(secrets text[])
+RETURNS void LANGUAGE C STRICT VOLATILE
+AS 'MODULE_PATHNAME', 'connect_guard_scrub_hold';
+CREATE FUNCTION connect_guard.scrub_release()
+RETURNS void LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'connect_guard_scrub_release';
+
+/*
+ * connect_guard.scrub_stored(column, ...) is a BEFORE INSERT OR UPDATE row
+ * trigger that scrubs the named text and jsonb columns (a jsonb's strings,
+ * not its keys) the same way.  It costs nothing where no secret is held.
+ */
+CREATE FUNCTION connect_guard.scrub_stored()
+RETURNS trigger LANGUAGE C
+AS 'MODULE_PATHNAME', 'connect_guard_scrub_stored';
+
+CREATE TRIGGER scrub_stored BEFORE INSERT OR UPDATE OF state_reason ON connect_guard.connection
+    FOR EACH ROW WHEN (NEW.state_reason IS NOT NULL)
+    EXECUTE FUNCTION connect_guard.scrub_stored('state_reason');
+CREATE TRIGGER scrub_stored BEFORE INSERT OR UPDATE ON connect_guard.event
+    FOR EACH ROW EXECUTE FUNCTION connect_guard.scrub_stored('detail');

@@ -4,14 +4,24 @@
  * ------------------------------------------------------------------------ */
 
 /*
- * connect_guard.check_url refuses what is not an http(s) URL, and URLs with
- * credentials in them (they would show in the views and the event log).
+ * connect_guard.check_url refuses what is not an http(s) URL, URLs with
+ * credentials in them (they would show in the views and the event log),
+ * and plain http:// (every request of the heroku and webhook adapters
+ * carries the token or a signature), unless it goes to a loopback address
+ * and connect_guard.http_allow_insecure_loopback is on, for tests.  The
+ * worker checks again before every request (signals.c).
  */
+CREATE FUNCTION connect_guard.url_transport_problem(url text)
+RETURNS text LANGUAGE C STRICT
+AS 'MODULE_PATHNAME', 'connect_guard_url_transport_problem';
+
 CREATE FUNCTION connect_guard.check_url(p_adapter text, p_key text, p_url text, p_example text)
 RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    v_problem text;
 BEGIN
     IF p_url IS NULL THEN
         RAISE EXCEPTION USING
@@ -25,6 +35,15 @@ BEGIN
             MESSAGE = format('option "%s" is not an http:// or https:// URL: %s', p_key, p_url),
             DETAIL = 'The URL must start with http:// or https://, hold no spaces, no query string and no user name or password.',
             HINT = format('For example: %s.', p_example);
+    END IF;
+    v_problem := connect_guard.url_transport_problem(p_url);
+    IF v_problem IS NOT NULL THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('option "%s" must be an https:// URL: %s', p_key, p_url),
+            DETAIL = v_problem || '.',
+            HINT = 'Use https://. For tests against a simulator on this machine, connect_guard.http_allow_insecure_loopback = on '
+                   '(postgresql.conf) allows http:// to 127.0.0.1, ::1 or localhost.';
     END IF;
     RETURN rtrim(p_url, '/');
 END;
@@ -117,6 +136,12 @@ BEGIN
                 HINT = format('Check the value, or use "%s".', v_file);
         END IF;
         options := jsonb_set(options, ARRAY[v_inline], '"********"');
+        RAISE WARNING USING
+            MESSAGE = format('the %s given inline (option "%s") is in the text of this statement', v_what, v_inline),
+            DETAIL = 'It is stored where only superusers can read it, but the statement''s text reaches the server log '
+                     'with log_statement = all, or when the statement fails or runs slow (log_min_error_statement, '
+                     'log_min_duration_statement), and shows in pg_stat_activity while it runs.',
+            HINT = format('Write it to a file that only the server can read (chmod 600) and give "%s" instead.', v_file);
     ELSE
         v_problem := connect_guard.secret_file_problem(p_options ->> v_file);
         IF v_problem IS NOT NULL THEN

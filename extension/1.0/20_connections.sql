@@ -13,19 +13,24 @@ DECLARE
     v_id integer;
     v_options record;
 BEGIN
-    IF name IS NULL OR name !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$' THEN
+    PERFORM connect_guard.require_not_null(name, 'connection name',
+        'Use 1 to 63 letters, digits, "_", "." or "-", starting with a letter or digit.');
+    PERFORM connect_guard.require_not_null(adapter, 'adapter',
+        'Use ''local'' (the consumer reads the local state), ''heroku'' (Heroku Connect API) or ''webhook''.');
+    PERFORM connect_guard.require_not_null(options, 'options', 'Pass options as jsonb, for example ''{}''::jsonb.');
+    IF name !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$' THEN
         RAISE EXCEPTION USING
             ERRCODE = 'invalid_name',
-            MESSAGE = format('invalid connection name %s', coalesce(quote_literal(name), 'NULL')),
+            MESSAGE = format('invalid connection name %s', quote_literal(name)),
             HINT = 'Use 1 to 63 letters, digits, "_", "." or "-", starting with a letter or digit.';
     END IF;
-    IF adapter IS NULL OR adapter NOT IN ('local', 'heroku', 'webhook') THEN
+    IF adapter NOT IN ('local', 'heroku', 'webhook') THEN
         RAISE EXCEPTION USING
             ERRCODE = 'invalid_parameter_value',
-            MESSAGE = format('unknown adapter %s', coalesce(quote_literal(adapter), 'NULL')),
+            MESSAGE = format('unknown adapter %s', quote_literal(adapter)),
             HINT = 'Use ''local'' (the consumer reads the local state), ''heroku'' (Heroku Connect API) or ''webhook''.';
     END IF;
-    IF options IS NULL OR jsonb_typeof(options) <> 'object' THEN
+    IF jsonb_typeof(options) <> 'object' THEN
         RAISE EXCEPTION USING
             ERRCODE = 'invalid_parameter_value',
             MESSAGE = 'connection options must be a JSON object',
@@ -65,11 +70,12 @@ DECLARE
     v_id integer;
 BEGIN
     c := connect_guard.connection_for_update(connection);
-    IF tbl IS NULL THEN
+    PERFORM connect_guard.require_table(tbl);
+    IF btrim(object_name) = '' THEN
         RAISE EXCEPTION USING
-            ERRCODE = 'null_value_not_allowed',
-            MESSAGE = 'table to map must not be NULL',
-            HINT = 'Pass the table as a regclass, for example ''public.contact''.';
+            ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'object name must not be empty',
+            HINT = 'Pass the Salesforce object''s API name, for example ''Contact'', or NULL for the table''s name.';
     END IF;
     SELECT n.nspname, cl.relname, cl.relkind, cl.relpersistence, cl.relispartition
       INTO r
@@ -104,9 +110,11 @@ BEGIN
             HINT = 'See connect_mappings; unmap it first with connect_unmap_table() to map it again.';
     END IF;
 
+    -- which log the table's changes reach (77_connect_schema.sql): Connect's tables get no trigger of ours
+    PERFORM connect_guard.check_table_log_source(c, tbl);
     -- one pair of triggers per table, whatever the number of connections mapping it
-    IF NOT EXISTS (SELECT 1 FROM pg_trigger t
-                    WHERE t.tgrelid = tbl AND t.tgname = '_connect_guard_capture') THEN
+    IF c.log_schema IS NULL AND NOT EXISTS (SELECT 1 FROM pg_trigger t
+                                             WHERE t.tgrelid = tbl AND t.tgname = '_connect_guard_capture') THEN
         EXECUTE format('CREATE TRIGGER _connect_guard_capture AFTER INSERT OR UPDATE OR DELETE ON %I.%I '
                        'FOR EACH ROW EXECUTE FUNCTION connect_guard.capture(%L, %L)',
                        r.nspname, r.relname, r.nspname, r.relname);
@@ -136,9 +144,12 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    -- a table of an adopted schema has none (and DROP TRIGGER would lock it for nothing)
     IF NOT EXISTS (SELECT 1 FROM connect_guard.mapping m
                     WHERE m.table_schema = p_schema AND m.table_name = p_table)
-       AND to_regclass(format('%I.%I', p_schema, p_table)) IS NOT NULL THEN
+       AND EXISTS (SELECT 1 FROM pg_trigger t
+                    WHERE t.tgrelid = to_regclass(format('%I.%I', p_schema, p_table))
+                      AND t.tgname IN ('_connect_guard_capture', '_connect_guard_truncate')) THEN
         EXECUTE format('DROP TRIGGER IF EXISTS _connect_guard_capture ON %I.%I', p_schema, p_table);
         EXECUTE format('DROP TRIGGER IF EXISTS _connect_guard_truncate ON %I.%I', p_schema, p_table);
     END IF;
@@ -154,6 +165,7 @@ AS $$
 DECLARE
     m connect_guard.mapping;
 BEGIN
+    PERFORM connect_guard.require_table(tbl);
     SELECT mp.* INTO m
       FROM connect_guard.mapping mp
       JOIN pg_class cl ON cl.oid = tbl

@@ -1,7 +1,8 @@
 /* ------------------------------------------------------------------------
  * The consumer side: snapshot-safe batches and high-water marks.  These run
  * as the extension owner (SECURITY DEFINER) so that the sync service's role
- * needs EXECUTE on them and nothing else.
+ * needs EXECUTE on them and nothing else; each checks that the role is a
+ * consumer of the batch's connection (25_consumers.sql).
  * ------------------------------------------------------------------------ */
 
 CREATE FUNCTION connect_next_batch(connection text)
@@ -15,21 +16,27 @@ DECLARE
     t connect_guard.tick;
     v_batch bigint;
 BEGIN
-    -- The tick comes first, before this transaction takes an xid by locking
+    -- Only a consumer of the connection gets further (reading takes no xid).
+    -- The tick comes next, before this transaction takes an xid by locking
     -- the connection: a snapshot held back by our own xid would give the
     -- next tick a lower scan_from, and retention would lag one tick more.
+    c := connect_guard.require_connection(connection);
+    PERFORM connect_guard.require_consumer(c.connection_id);
     t := connect_guard.new_tick();
     c := connect_guard.connection_for_update(connection);
+    PERFORM connect_guard.require_own_log(c, 'connect_next_batch()');
 
-    -- an unfinished batch is handed out again: delivery is at least once
-    UPDATE connect_guard.batch b SET deliveries = b.deliveries + 1
+    -- an unfinished batch is handed out again: delivery is at least once; its
+    -- taker now finishes it (the role that took it before may have gone for good)
+    UPDATE connect_guard.batch b SET deliveries = b.deliveries + 1, taken_by = session_user
      WHERE b.connection_id = c.connection_id AND b.finished_at IS NULL
     RETURNING b.batch_id INTO v_batch;
     IF FOUND THEN
         RETURN v_batch;
     END IF;
 
-    IF c.state IN ('PAUSING', 'PAUSED') THEN
+    -- paused, or a connect_pause() waits for the connection to be idle (14_states.sql)
+    IF c.state IN ('PAUSING', 'PAUSED') OR connect_guard.pause_announced(c.connection_id) THEN
         RETURN NULL;
     END IF;
 
@@ -82,9 +89,10 @@ BEGIN
 END;
 $$;
 
+-- STRICT: no batch (the NULL connect_next_batch returns when nothing is new) has no events
 CREATE FUNCTION connect_batch_events(batch_id bigint)
 RETURNS SETOF connect_guard.trigger_log
-LANGUAGE plpgsql
+LANGUAGE plpgsql STRICT
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -92,13 +100,15 @@ DECLARE
     b connect_guard.batch;
 BEGIN
     b := connect_guard.open_batch(batch_id);
+    PERFORM connect_guard.require_consumer(b.connection_id);
     RETURN QUERY SELECT * FROM connect_guard.tick_entries(b.connection_id, b.prev_tick, b.cur_tick);
 END;
 $$;
 
+-- STRICT: no batch, nothing to finish (NULL)
 CREATE FUNCTION connect_finish_batch(batch_id bigint)
 RETURNS bigint
-LANGUAGE plpgsql
+LANGUAGE plpgsql STRICT
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -109,6 +119,7 @@ DECLARE
     v_max bigint;
 BEGIN
     b := connect_guard.open_batch(batch_id);
+    PERFORM connect_guard.require_consumer(b.connection_id);
     SELECT * INTO c FROM connect_guard.connection WHERE connection_id = b.connection_id FOR UPDATE;
     -- re-read under the connection lock: a concurrent finish may have won
     b := connect_guard.open_batch(batch_id);
@@ -117,8 +128,8 @@ BEGIN
         RAISE EXCEPTION USING
             ERRCODE = 'insufficient_privilege',
             MESSAGE = format('batch %s belongs to role "%s"', batch_id, b.taken_by),
-            DETAIL = format('Only the consumer that took a batch finishes it; you are "%s".', session_user),
-            HINT = 'Finish the batch from the sync service''s own role, or as a superuser.';
+            DETAIL = format('Only the consumer that took a batch last finishes it; you are "%s".', session_user),
+            HINT = 'Finish the batch from the sync service''s own role, take it over with connect_next_batch() (an open batch is handed out again), or finish it as a superuser.';
     END IF;
 
     SELECT count(*), max(e.id) INTO v_count, v_max

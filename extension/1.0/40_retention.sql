@@ -19,16 +19,19 @@ DECLARE
     v_moved bigint;
     v_keep_tick bigint;
 BEGIN
-    IF max_rows IS NULL OR max_rows < 1 THEN
+    PERFORM connect_guard.require_not_null(max_rows, 'max_rows', 'Pass the number of entries to move in this call, for example 10000.');
+    IF max_rows < 1 THEN
         RAISE EXCEPTION USING
             ERRCODE = 'invalid_parameter_value',
-            MESSAGE = format('max_rows must be at least 1, not %s', coalesce(max_rows::text, 'NULL')),
+            MESSAGE = format('max_rows must be at least 1, not %s', max_rows),
             HINT = 'Pass the number of entries to move in this call, for example 10000.';
     END IF;
 
     -- every entry with id <= scan_from of the oldest high-water mark is consumed by all
+    -- (connections with a log of their own: Connect archives its log itself, 15_log_sources.sql)
     SELECT min(t.scan_from) INTO v_bound
-      FROM connect_guard.connection c JOIN connect_guard.tick t ON t.tick_id = c.last_tick;
+      FROM connect_guard.connection c JOIN connect_guard.tick t ON t.tick_id = c.last_tick
+     WHERE c.log_schema IS NULL;
     IF v_bound IS NULL THEN
         v_bound := (connect_guard.new_tick()).scan_from;
     END IF;
@@ -48,7 +51,7 @@ BEGIN
 
     -- keep every tick a connection stands on, and the newest tick settled
     -- for every snapshot to come (new ticks compute scan_from from it)
-    SELECT least((SELECT min(last_tick) FROM connect_guard.connection),
+    SELECT least((SELECT min(last_tick) FROM connect_guard.connection WHERE log_schema IS NULL),
                  (SELECT max(tick_id) FROM connect_guard.tick
                    WHERE xid_bound <= pg_snapshot_xmin(pg_current_snapshot())))
       INTO v_keep_tick;
@@ -69,16 +72,30 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_purged bigint;
+    v_cutoff timestamptz;
 BEGIN
-    IF older_than IS NULL OR older_than < interval '0' THEN
+    PERFORM connect_guard.require_not_null(older_than, 'older_than', 'Pass how long archived entries are kept, for example ''7 days''.');
+    PERFORM connect_guard.require_not_null(max_rows, 'max_rows', 'Pass the number of entries to delete in this call, for example 10000.');
+    IF older_than < interval '0' THEN
         RAISE EXCEPTION USING
             ERRCODE = 'invalid_parameter_value',
             MESSAGE = 'older_than must be a non-negative interval',
             HINT = 'Pass how long archived entries are kept, for example ''7 days''.';
     END IF;
+    IF max_rows < 1 THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('max_rows must be at least 1, not %s', max_rows),
+            HINT = 'Pass the number of entries to delete in this call, for example 10000.';
+    END IF;
+    BEGIN
+        v_cutoff := clock_timestamp() - older_than;
+    EXCEPTION WHEN datetime_field_overflow THEN
+        v_cutoff := '-infinity';        -- older than the calendar goes back: nothing is
+    END;
     DELETE FROM connect_guard.trigger_log_archive a
      WHERE a.id IN (SELECT id FROM connect_guard.trigger_log_archive
-                     WHERE processed_at < clock_timestamp() - older_than
+                     WHERE processed_at < v_cutoff
                      ORDER BY id LIMIT max_rows);
     GET DIAGNOSTICS v_purged = ROW_COUNT;
     RETURN v_purged;

@@ -23,21 +23,14 @@ SELECT c.name AS connection,
        m.remote_id
   FROM connect_guard.mapping m JOIN connect_guard.connection c USING (connection_id);
 
+-- what each connection's log says, own or Connect's (15_log_sources.sql)
 CREATE VIEW connect_high_water_marks AS
 SELECT c.name AS connection,
-       c.last_tick AS hwm_tick,
-       c.hwm_id,
-       pg_snapshot_xmin(t.snapshot) AS hwm_txid,
-       greatest((SELECT max(id) FROM connect_guard.trigger_log),
-                (SELECT max(id) FROM connect_guard.trigger_log_archive)) AS log_head,
-       (SELECT count(*)
-          FROM connect_guard.trigger_log l
-         WHERE l.id > t.scan_from
-           AND NOT pg_visible_in_snapshot(l.txid, t.snapshot)
-           AND EXISTS (SELECT 1 FROM connect_guard.mapping m
-                        WHERE m.connection_id = c.connection_id
-                          AND m.table_schema = l.table_schema
-                          AND m.table_name = l.table_name)) AS backlog,
+       s.hwm_tick,
+       s.hwm_id,
+       s.hwm_txid,
+       s.log_head,
+       s.backlog,
        (SELECT b.batch_id FROM connect_guard.batch b
          WHERE b.connection_id = c.connection_id AND b.finished_at IS NULL) AS open_batch,
        c.last_batch_at,
@@ -45,16 +38,14 @@ SELECT c.name AS connection,
        c.remote_hwm_at AS sync_service_hwm_at,
        -- for monitoring: how long the oldest entry of the backlog has waited,
        -- and since when the mark has not moved (a consumer that stopped polling)
-       (SELECT min(l.created_at)
-          FROM connect_guard.trigger_log l
-         WHERE l.id > t.scan_from
-           AND NOT pg_visible_in_snapshot(l.txid, t.snapshot)
-           AND EXISTS (SELECT 1 FROM connect_guard.mapping m
-                        WHERE m.connection_id = c.connection_id
-                          AND m.table_schema = l.table_schema
-                          AND m.table_name = l.table_name)) AS oldest_pending_at,
-       t.created_at AS hwm_at
-  FROM connect_guard.connection c JOIN connect_guard.tick t ON t.tick_id = c.last_tick;
+       s.oldest_pending_at,
+       s.hwm_at,
+       s.log_kind,
+       s.log_table,
+       s.failed,
+       s.ids_left,
+       s.ids_used_pct
+  FROM connect_guard.connection c CROSS JOIN LATERAL connect_guard.log_status(c.connection_id) s;
 
 CREATE VIEW connect_fences AS
 SELECT f.fence_id,
@@ -82,7 +73,11 @@ SELECT c.name AS connection,
        h.log_head,
        h.backlog,
        h.open_batch,
-       h.last_batch_at
+       h.last_batch_at,
+       h.log_table,
+       h.oldest_pending_at,
+       h.failed,
+       h.ids_used_pct
   FROM connect_guard.connection c
   JOIN connect_high_water_marks h ON h.connection = c.name
   LEFT JOIN connect_guard.fence_list() f ON f.fence_id = c.fence_id

@@ -58,6 +58,10 @@ CREATE TABLE connect_guard.request (
 );
 CREATE INDEX request_pending ON connect_guard.request (connection_id, request_id) WHERE status = 'pending';
 CREATE INDEX ON connect_guard.request (connection_id, request_id);
+-- what the sync service answered, and what was made of it, holds no secret (16_secrets.sql)
+CREATE TRIGGER scrub_stored BEFORE INSERT OR UPDATE OF last_error, remote_state ON connect_guard.request
+    FOR EACH ROW WHEN (NEW.last_error IS NOT NULL OR NEW.remote_state IS NOT NULL)
+    EXECUTE FUNCTION connect_guard.scrub_stored('last_error', 'remote_state');
 
 SELECT pg_catalog.pg_extension_config_dump('connect_guard.request', '');
 SELECT pg_catalog.pg_extension_config_dump('connect_guard.request_request_id_seq', '');

@@ -17,6 +17,8 @@ CREATE TABLE connect_guard.rollback_incident (
     mapping_ids     integer[] NOT NULL,
     fence_id        integer,
     reload_requests bigint[] NOT NULL DEFAULT '{}',
+    -- entries of Connect's logs the restore brought back unfinished though processed (77_connect_schema.sql)
+    restored_as_new jsonb NOT NULL DEFAULT '[]',
     resolved_at     timestamptz,
     resolution      text
 );
@@ -48,7 +50,10 @@ BEGIN
     IF cardinality(t.relids) = 0 THEN
         RETURN NULL;
     END IF;
-    RETURN connect_guard.fence_raise('reload', NULL, NULL, p_reason, t.relids, t.relconnections);
+    -- for a reload fence the connection id is the role whose sessions with xmlbinary = 'hex' write through
+    -- (the sync service's reload, fence.c; 77_connect_schema.sql)
+    RETURN connect_guard.fence_raise('reload', connect_guard.reload_fence_writer(p_mapping_ids), NULL, p_reason,
+                                     t.relids, t.relconnections);
 END;
 $$;
 
@@ -143,6 +148,7 @@ DECLARE
 BEGIN
     c := connect_guard.connection_for_update(connection);
     m := connect_guard.mapping_of(c, tbl);
+    PERFORM connect_guard.require_timeout(timeout, 'timeout', '''1 day''');
     IF EXISTS (SELECT 1 FROM connect_guard.request r
                 WHERE r.mapping_id = m.mapping_id AND r.action = 'reload' AND r.status = 'pending') THEN
         RAISE EXCEPTION USING
@@ -151,7 +157,7 @@ BEGIN
             DETAIL = format('Its mapping has been %s since %s, and its reload request is pending.', m.state, m.state_since),
             HINT = 'See connect_requests; a failed reload can be asked for again.';
     END IF;
-    v_requests := connect_guard.reload_mappings(ARRAY[m.mapping_id], 'requested by hand', coalesce(timeout, '1 day'));
+    v_requests := connect_guard.reload_mappings(ARRAY[m.mapping_id], 'requested by hand', timeout);
     -- a table an open incident already fences keeps that one fence
     IF NOT EXISTS (SELECT 1 FROM connect_guard.rollback_incident i
                     WHERE i.resolved_at IS NULL AND i.fence_id IS NOT NULL AND m.mapping_id = ANY (i.mapping_ids)) THEN
@@ -212,5 +218,6 @@ SELECT i.incident_id,
                    WHERE m.mapping_id = ANY (i.mapping_ids) AND m.state = 'RELOAD_TABLE') END AS reloads_pending,
        i.fence_id,
        i.resolved_at,
-       i.resolution
+       i.resolution,
+       i.restored_as_new
   FROM connect_guard.rollback_incident i;

@@ -98,7 +98,10 @@ BEGIN
                    CASE WHEN r.last_error IS NOT NULL THEN '; last error: ' || r.last_error ELSE '' END));
     ELSE
         UPDATE connect_guard.request q
-           SET next_attempt_at = clock_timestamp() + make_interval(secs => least(10, 0.5 * power(1.5, r.polls))),
+           SET next_attempt_at = clock_timestamp()
+                                 + make_interval(secs => least(CASE WHEN r.action = 'reload' AND NOT r.params ? 'reload_seen_at'
+                                                                    THEN 2 ELSE 10 END,
+                                                               0.5 * power(1.5, r.polls))),
                updated_at = clock_timestamp()
          WHERE q.request_id = r.request_id;
     END IF;
@@ -126,6 +129,7 @@ DECLARE
     v_deadline timestamptz;
     v_message text;
     v_detail text;
+    v_in_flight text;
 BEGIN
     SELECT * INTO r FROM connect_guard.request WHERE request_id = p_request_id;
     SELECT * INTO c FROM connect_guard.connection WHERE connection_id = r.connection_id FOR UPDATE;
@@ -145,6 +149,20 @@ BEGIN
                 PERFORM connect_guard.request_close(r.request_id, 'failed',
                     format('batch %s, taken by "%s", has been open for %s s: the connection pauses only when idle',
                            b.batch_id, b.taken_by, round(extract(epoch FROM clock_timestamp() - b.taken_at)::numeric, 1)));
+            ELSE
+                UPDATE connect_guard.request q
+                   SET phase = 'apply', deadline = v_deadline, updated_at = clock_timestamp(),
+                       next_attempt_at = clock_timestamp() + interval '200 ms'
+                 WHERE q.request_id = r.request_id;
+            END IF;
+            RETURN;
+        END IF;
+        -- an adopted log: Connect's entries still being sent (15_log_sources.sql)
+        v_in_flight := connect_guard.log_sends_in_flight(c.connection_id);
+        IF v_in_flight IS NOT NULL THEN
+            IF clock_timestamp() > v_deadline THEN
+                PERFORM connect_guard.request_close(r.request_id, 'failed',
+                    format('Connect reports PAUSED, but %s', v_in_flight));
             ELSE
                 UPDATE connect_guard.request q
                    SET phase = 'apply', deadline = v_deadline, updated_at = clock_timestamp(),

@@ -138,10 +138,16 @@ BEGIN
         RETURN;
     END IF;
     FOR m IN
-        UPDATE connect_guard.mapping mp SET remote_id = rm.id
-          FROM (SELECT lower(e ->> 'object_name') AS object_name, min(e ->> 'id') AS id
+        -- an object name that is only the table's name (adopted schemas) takes Connect's spelling
+        UPDATE connect_guard.mapping mp
+           SET remote_id = rm.id,
+               object_name = CASE WHEN mp.object_name = mp.table_name THEN rm.spelling ELSE mp.object_name END
+          FROM (SELECT lower(e ->> 'object_name') AS object_name, min(e ->> 'id') AS id,
+                       min(e ->> 'object_name') AS spelling
                   FROM jsonb_array_elements(p_body -> 'mappings') e
                  WHERE e ->> 'id' ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$'
+                   -- an id that spells a secret is an echo, not an id (16_secrets.sql)
+                   AND connect_guard.scrub(e ->> 'id') = e ->> 'id'
                  GROUP BY 1 HAVING count(*) = 1) rm
          WHERE mp.connection_id = p_connection_id AND mp.remote_id IS NULL
            AND lower(mp.object_name) = rm.object_name

@@ -96,6 +96,58 @@ END;
 $$;
 
 /*
+ * connect_guard.request_defer records what it can of a successful step
+ * (or an 'apply') when the connection's lock is not to be had (a
+ * consumer's transaction holds it): what the worker sent and the sync
+ * service accepted is not sent again (a heroku action goes on to
+ * 'confirm', a webhook's to 'apply'); a poll, a lookup or an apply is
+ * tried again a second later, and a request past its deadline fails, as
+ * it would with the lock.  p_why says who holds it.  The caller has
+ * locked the request.
+ */
+CREATE FUNCTION connect_guard.request_defer(p_request_id bigint, p_step text, p_http_status integer, p_why text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r connect_guard.request;
+    v_adapter text;
+    v_timeout interval;
+BEGIN
+    SELECT * INTO r FROM connect_guard.request WHERE request_id = p_request_id;
+    SELECT c.adapter INTO v_adapter FROM connect_guard.connection c WHERE c.connection_id = r.connection_id;
+    v_timeout := make_interval(secs => coalesce((r.params ->> 'timeout_s')::double precision,
+                                                CASE WHEN v_adapter = 'heroku' THEN 300 ELSE 30 END));
+    IF p_step = 'send' AND p_http_status BETWEEN 200 AND 299 THEN
+        PERFORM connect_guard.log_event(r.connection_id, 'request_accepted',
+            jsonb_build_object('request_id', r.request_id, 'action', r.action, 'attempt', r.attempts,
+                               'http_status', p_http_status));
+        IF v_adapter = 'webhook' AND r.action = 'reload' AND p_http_status = 202 THEN
+            UPDATE connect_guard.request SET last_http_status = p_http_status, remote_state = 'RELOAD_TABLE'
+             WHERE request_id = r.request_id;
+            PERFORM connect_guard.request_close(r.request_id, 'succeeded');
+            RETURN;
+        END IF;
+        UPDATE connect_guard.request q
+           SET last_http_status = p_http_status, last_error = p_why, updated_at = clock_timestamp(),
+               phase = CASE WHEN v_adapter = 'heroku' AND r.action IN ('pause', 'resume', 'reload') THEN 'confirm'
+                            ELSE 'apply' END,
+               deadline = clock_timestamp() + v_timeout,
+               next_attempt_at = clock_timestamp() + interval '1 s'
+         WHERE q.request_id = r.request_id;
+    ELSIF r.deadline IS NOT NULL AND clock_timestamp() > r.deadline THEN
+        PERFORM connect_guard.request_close(r.request_id, 'failed',
+            format('the %s could not be completed within its timeout: %s', r.action, p_why));
+    ELSE
+        UPDATE connect_guard.request q
+           SET last_error = p_why, updated_at = clock_timestamp(), next_attempt_at = clock_timestamp() + interval '1 s'
+         WHERE q.request_id = r.request_id;
+    END IF;
+END;
+$$;
+
+/*
  * connect_guard.request_outcome records what one step of a request gave
  * and moves the request and the local state along (see the top of this
  * file).  p_step is what request_take() said; or 'unsent' when the worker
@@ -117,11 +169,26 @@ DECLARE
     v_state text;
     v_expected text;
     v_error text;
+    v_connection_id integer;
+    v_message text;
+    v_detail text;
+    v_busy text;            -- why the connection's lock was not to be had
 BEGIN
-    -- the connection first, then the request: the order the user's calls lock in
-    SELECT cn.* INTO c FROM connect_guard.connection cn
-     WHERE cn.connection_id = (SELECT q.connection_id FROM connect_guard.request q WHERE q.request_id = p_request_id)
-       FOR UPDATE;
+    -- The connection first, then the request: the order the user's calls
+    -- lock in.  A consumer's transaction may hold the connection's lock:
+    -- the worker waits a second at most, records what needs no lock (a
+    -- failure), and defers the rest (request_defer).
+    SELECT q.connection_id INTO v_connection_id FROM connect_guard.request q WHERE q.request_id = p_request_id;
+    IF NOT FOUND THEN
+        RETURN;                 -- dropped with its connection while it was sent
+    END IF;
+    BEGIN
+        c := connect_guard.lock_connection(v_connection_id, clock_timestamp() + interval '1 s');
+    EXCEPTION WHEN lock_not_available THEN
+        GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT, v_detail = PG_EXCEPTION_DETAIL;
+        v_busy := v_message || ': ' || v_detail;
+        SELECT * INTO c FROM connect_guard.connection WHERE connection_id = v_connection_id;
+    END;
     SELECT * INTO r FROM connect_guard.request WHERE request_id = p_request_id FOR UPDATE;
     IF NOT FOUND OR r.status <> 'pending' THEN
         RETURN;                 -- dropped or superseded while it was sent
@@ -141,7 +208,11 @@ BEGIN
     END IF;
 
     IF p_step = 'apply' THEN
-        PERFORM connect_guard.request_apply(r.request_id);
+        IF v_busy IS NOT NULL THEN
+            PERFORM connect_guard.request_defer(r.request_id, p_step, p_http_status, v_busy);
+        ELSE
+            PERFORM connect_guard.request_apply(r.request_id);
+        END IF;
         RETURN;
     END IF;
 
@@ -155,6 +226,12 @@ BEGIN
         ELSE
             PERFORM connect_guard.request_retry(r.request_id, p_http_status, e.message, e.permanent);
         END IF;
+        RETURN;
+    END IF;
+
+    -- what the sync service did is applied under the connection's lock
+    IF v_busy IS NOT NULL THEN
+        PERFORM connect_guard.request_defer(r.request_id, p_step, p_http_status, v_busy);
         RETURN;
     END IF;
 
@@ -172,6 +249,13 @@ BEGIN
             IF jsonb_typeof(v_json) = 'object' THEN
                 PERFORM connect_guard.note_remote_hwm(c.connection_id, v_json);
             END IF;
+        END IF;
+        IF c.adapter = 'heroku' AND r.action = 'reload' AND p_http_status <> 202 THEN
+            -- only 202 Accepted says Connect queued the reload (59_reload_acknowledgement.sql)
+            PERFORM connect_guard.request_retry(r.request_id, p_http_status,
+                format('Connect answered HTTP %s to the reload, not 202 Accepted: it is not known to have queued it',
+                       p_http_status), true);
+            RETURN;
         END IF;
         PERFORM connect_guard.log_event(c.connection_id, 'request_accepted',
             jsonb_build_object('request_id', r.request_id, 'action', r.action, 'attempt', r.attempts,
@@ -239,13 +323,15 @@ BEGIN
           FROM jsonb_array_elements(CASE WHEN jsonb_typeof(v_json -> 'mappings') = 'array'
                                          THEN v_json -> 'mappings' ELSE '[]' END) x
           JOIN connect_guard.mapping mp ON mp.mapping_id = r.mapping_id AND mp.remote_id = x ->> 'id';
-        v_expected := 'DATA_SYNCED';
+        v_expected := 'RELOAD_TABLE and then DATA_SYNCED';
     ELSE
         v_state := v_json ->> 'state';
         v_expected := CASE r.action WHEN 'pause' THEN 'PAUSED' ELSE 'IDLE' END;
     END IF;
     UPDATE connect_guard.request SET remote_state = v_state WHERE request_id = r.request_id;
-    IF v_state = v_expected OR (r.action = 'resume' AND v_state = 'POLLING_DB_CHANGES') THEN
+    -- a reload is done once Connect was seen working on it (59_reload_acknowledgement.sql)
+    IF (CASE WHEN r.action = 'reload' THEN connect_guard.reload_acknowledged(r.request_id, v_state)
+             ELSE v_state = v_expected OR (r.action = 'resume' AND v_state = 'POLLING_DB_CHANGES') END) THEN
         PERFORM connect_guard.request_apply(r.request_id);
     ELSE
         PERFORM connect_guard.request_poll_again(r.request_id, v_expected);

@@ -50,20 +50,17 @@ AS $$
 DECLARE
     v_masked text;
 BEGIN
-    IF name IS NULL OR name !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$' THEN
+    PERFORM connect_guard.require_not_null(name, 'follower name',
+        'Use 1 to 63 letters, digits, "_", "." or "-", starting with a letter or digit.');
+    IF name !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$' THEN
         RAISE EXCEPTION USING
             ERRCODE = 'invalid_name',
-            MESSAGE = format('invalid follower name %s', coalesce(quote_literal(name), 'NULL')),
+            MESSAGE = format('invalid follower name %s', quote_literal(name)),
             DETAIL = 'The name identifies the follower in connect_follower_lag and in the runbooks.',
             HINT = 'Use 1 to 63 letters, digits, "_", "." or "-", starting with a letter or digit.';
     END IF;
-    IF conninfo IS NULL THEN
-        RAISE EXCEPTION USING
-            ERRCODE = 'null_value_not_allowed',
-            MESSAGE = 'follower connection string must not be NULL',
-            DETAIL = 'The worker connects to the follower with it to measure its lag.',
-            HINT = 'Pass a libpq connection string, e.g. ''host=standby.example.com port=5432 dbname=app user=monitor''.';
-    END IF;
+    PERFORM connect_guard.require_not_null(conninfo, 'conninfo',
+        'Pass a libpq connection string, e.g. ''host=standby.example.com port=5432 dbname=app user=monitor''.');
     -- rejects a conninfo libpq cannot parse, with libpq's message
     v_masked := connect_guard.conninfo_masked(conninfo);
 
@@ -92,13 +89,15 @@ AS $$
 DECLARE
     v_conninfo text;
 BEGIN
+    PERFORM connect_guard.require_not_null(name, 'follower name',
+        'Pass the name given to connect_add_follower(); see SELECT name FROM connect_follower_lag WHERE source = ''libpq''.');
     -- its status row goes with it (ON DELETE CASCADE)
     DELETE FROM connect_guard.follower f WHERE f.name = connect_remove_follower.name
     RETURNING f.conninfo INTO v_conninfo;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING
             ERRCODE = 'undefined_object',
-            MESSAGE = format('follower %s does not exist', coalesce('"' || name || '"', 'NULL')),
+            MESSAGE = format('follower "%s" does not exist', name),
             DETAIL = 'Only followers added with connect_add_follower() can be removed.',
             HINT = 'See SELECT name FROM connect_follower_lag WHERE source = ''libpq''.';
     END IF;
@@ -172,3 +171,13 @@ SELECT 'libpq',
 GRANT SELECT ON connect_follower_lag TO pg_monitor;
 -- a view calls its functions with the reader's rights, and 99_privileges revokes them from PUBLIC
 GRANT EXECUTE ON FUNCTION connect_guard.conninfo_masked(text, boolean) TO pg_monitor;
+
+/*
+ * connect_guard.remote_query: one query on another server (remote.c), for
+ * the upgrade plans (70_upgrade.sql) and the HA managers' monitor
+ * (69_ha_managers.sql).  With timeout_ms NULL, remote.c waits at most
+ * connect_guard.follower_timeout.
+ */
+CREATE FUNCTION connect_guard.remote_query(conninfo text, sql text, timeout_ms integer DEFAULT NULL)
+RETURNS jsonb LANGUAGE C
+AS 'MODULE_PATHNAME', 'connect_guard_remote_query';

@@ -22,11 +22,18 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     c connect_guard.connection;
-    v_deadline timestamptz := clock_timestamp() + coalesce(timeout, '30 s');
+    v_deadline timestamptz;
     v_started timestamptz := clock_timestamp();
+    v_announced boolean := false;
 BEGIN
     PERFORM connect_guard.require_read_committed('connect_pause()');
     c := connect_guard.require_connection(connection);
+    PERFORM connect_guard.require_not_null(block_writes, 'block_writes',
+        'Pass true (the default) to fence the mapped tables while paused, or false to let writes reach the log.');
+    PERFORM connect_guard.require_timeout(timeout, 'timeout', '''30 s''');
+    PERFORM connect_guard.require_not_null(cancel_writers, 'cancel_writers',
+        'Pass false (the default) to wait for the writers in flight, or true to terminate them.');
+    v_deadline := clock_timestamp() + timeout;
     IF c.adapter <> 'local' THEN
         -- a remote sync service is asked by the worker; this returns PAUSING (request_pause below)
         RETURN connect_guard.request_pause(connection, block_writes, timeout, reason, cancel_writers);
@@ -45,9 +52,14 @@ BEGIN
     -- Wait for the open batch without holding the connection's lock (its
     -- consumer needs the lock to finish it): each try locks the connection
     -- in a subtransaction, which require_no_open_batch's error rolls back.
+    -- Neither the lock nor the batch is waited for past the deadline, and
+    -- while this waits, connect_next_batch() opens no new batch.
     LOOP
+        IF NOT v_announced THEN
+            v_announced := connect_guard.pause_announce(c.connection_id);
+        END IF;
         BEGIN
-            c := connect_guard.connection_for_update(connection);
+            c := connect_guard.lock_connection(c.connection_id, v_deadline);
             PERFORM connect_guard.require_no_open_batch(c.connection_id, connection);
             EXIT;
         EXCEPTION WHEN object_not_in_prerequisite_state THEN
@@ -57,6 +69,14 @@ BEGIN
             PERFORM pg_sleep(0.02);
         END;
     END LOOP;
+    -- under the lock: another pause may have committed while this one waited
+    IF c.state IN ('PAUSED', 'PAUSING') THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('connection "%s" is already paused', connection),
+            DETAIL = format('It has been %s since %s.', c.state, c.state_since),
+            HINT = 'Resume it with connect_resume() first, or leave it paused.';
+    END IF;
 
     PERFORM connect_guard.pause_apply(c, block_writes, reason, cancel_writers, v_deadline, v_started);
     RETURN 'PAUSED';
@@ -109,7 +129,9 @@ DECLARE
     r connect_guard.request;
     v_id bigint;
 BEGIN
-    c := connect_guard.connection_for_update(p_connection);
+    -- a consumer holding the connection's lock must not keep this waiting past the pause's timeout
+    c := connect_guard.require_connection(p_connection);
+    c := connect_guard.lock_connection(c.connection_id, clock_timestamp() + p_timeout);
     r := connect_guard.latest_state_request(c.connection_id);
     IF c.state = 'PAUSED' OR (c.state = 'PAUSING' AND r.action IS DISTINCT FROM 'pause')
        OR (c.state = 'PAUSING' AND r.status <> 'failed') THEN
@@ -125,12 +147,12 @@ BEGIN
         PERFORM connect_guard.require_fence();
     END IF;
     v_id := connect_guard.request_enqueue(c.connection_id, 'pause', NULL,
-        jsonb_build_object('block_writes', coalesce(p_block_writes, false),
-                           'cancel_writers', coalesce(p_cancel_writers, false),
+        jsonb_build_object('block_writes', p_block_writes,
+                           'cancel_writers', p_cancel_writers,
                            'reason', p_reason,
-                           'timeout_s', extract(epoch FROM coalesce(p_timeout, '30 s'))::double precision));
+                           'timeout_s', extract(epoch FROM p_timeout)::double precision));
     PERFORM connect_guard.connection_goto(c.connection_id, 'PAUSING', NULL, 'pausing',
-        jsonb_build_object('request_id', v_id, 'adapter', c.adapter, 'block_writes', coalesce(p_block_writes, false),
+        jsonb_build_object('request_id', v_id, 'adapter', c.adapter, 'block_writes', p_block_writes,
                            'reason', p_reason),
         coalesce(p_reason, 'paused for maintenance'));
     RETURN 'PAUSING';
@@ -246,15 +268,18 @@ AS $$
 DECLARE
     c connect_guard.connection;
     r connect_guard.request;
-    v_deadline timestamptz := clock_timestamp() + coalesce(timeout, '5 min');
+    v_deadline timestamptz;
     v_targets text[];
     v_last text;
 BEGIN
     PERFORM connect_guard.require_read_committed('connect_wait_state()');
-    IF state IS NULL OR state NOT IN ('IDLE', 'POLLING_DB_CHANGES', 'PAUSING', 'PAUSED', 'RESUMING') THEN
+    PERFORM connect_guard.require_timeout(timeout, 'timeout', '''5 min''');
+    v_deadline := clock_timestamp() + timeout;
+    PERFORM connect_guard.require_not_null(state, 'state', 'Wait for PAUSED (after connect_pause) or IDLE (after connect_resume).');
+    IF state NOT IN ('IDLE', 'POLLING_DB_CHANGES', 'PAUSING', 'PAUSED', 'RESUMING') THEN
         RAISE EXCEPTION USING
             ERRCODE = 'invalid_parameter_value',
-            MESSAGE = format('unknown connection state %s', coalesce(quote_literal(state), 'NULL')),
+            MESSAGE = format('unknown connection state %s', quote_literal(state)),
             HINT = 'Wait for PAUSED (after connect_pause) or IDLE (after connect_resume).';
     END IF;
     v_targets := CASE WHEN state = 'IDLE' THEN ARRAY['IDLE', 'POLLING_DB_CHANGES'] ELSE ARRAY[state] END;
@@ -300,7 +325,7 @@ BEGIN
             RAISE EXCEPTION USING
                 ERRCODE = 'object_not_in_prerequisite_state',
                 MESSAGE = format('timed out after %s s waiting for connection "%s" to be %s',
-                                 round(extract(epoch FROM coalesce(timeout, '5 min'))::numeric, 1), connection, state),
+                                 round(extract(epoch FROM timeout)::numeric, 1), connection, state),
                 DETAIL = format('It is %s since %s.%s', c.state, c.state_since, v_last),
                 HINT = 'See connect_requests; check that the connect_guard worker runs (shared_preload_libraries) and reaches the sync service.';
         END IF;

@@ -29,12 +29,13 @@ AS $$
                              (SELECT max(id) FROM connect_guard.trigger_log_archive)), 0);
 $$;
 
+-- each connection's position in its log, own or Connect's (15_log_sources.sql)
 CREATE FUNCTION connect_guard.high_water_marks()
 RETURNS jsonb
-LANGUAGE sql STABLE
+LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT coalesce(jsonb_object_agg(name, jsonb_build_object('last_tick', last_tick, 'hwm_id', hwm_id)), '{}')
+    SELECT coalesce(jsonb_object_agg(name, connect_guard.log_position(connection_id)), '{}')
       FROM connect_guard.connection;
 $$;
 

@@ -5,7 +5,8 @@
  * per transaction, each step safe to run again after a crash.
  *
  *   follower:   checking -> pausing -> fencing -> fencing_follower -> catching_up -> ready
- *               ... promotion ... the new primary's worker: completing -> completed
+ *               ... promotion (pg_promote, or switching_over: the HA manager's, 69_ha_managers.sql)
+ *               ... the new primary's worker: completing -> completed
  *   pg_upgrade: pausing -> fencing -> ready
  *               ... pg_upgrade ... the new cluster's worker: completing -> completed
  *   copy:       fencing -> draining -> pausing -> ready
@@ -26,16 +27,15 @@
  * the plan on; an answer that is lost leaves the step to run again, which
  * finds and reuses that fence).  Bounded: each call waits at most
  * connect_guard.follower_timeout (pg_promote: 65 s, its own 60 s and a
- * margin), on the latch, so a cancel or a shutdown ends the wait; while it
+ * margin), on the latch, so a cancel or a shutdown ends the wait.  The same
+ * holds for the HA manager of a changeover that has one, asked in the steps
+ * checking and switching_over (69_ha_managers.sql: libpq to the
+ * pg_auto_failover monitor, or HTTP to Patroni, at most 30 s for a
+ * switchover, which Patroni answers once done; a shutdown aborts it).  While it
  * waits the worker holds only the plan row (taken SKIP LOCKED, so no other
  * session waits for it) and a snapshot, and this happens only while a
  * changeover is in progress, with the database fenced.
  * ------------------------------------------------------------------------ */
-
--- with timeout_ms NULL, remote.c waits at most connect_guard.follower_timeout
-CREATE FUNCTION connect_guard.remote_query(conninfo text, sql text, timeout_ms integer DEFAULT NULL)
-RETURNS jsonb LANGUAGE C
-AS 'MODULE_PATHNAME', 'connect_guard_remote_query';
 
 CREATE TABLE connect_guard.upgrade_plan (
     plan_id             serial PRIMARY KEY,
@@ -63,7 +63,13 @@ CREATE TABLE connect_guard.upgrade_plan (
     paused_connections  text[] NOT NULL DEFAULT '{}',
     fence_id            integer,
     follower_fence_id   integer,
-    completed_on        bigint              -- system identifier of the database that completed it
+    completed_on        bigint,             -- system identifier of the database that completed it
+    -- who promotes the follower (69_ha_managers.sql): pg_promote() over libpq, or the HA manager
+    promote_with        text NOT NULL DEFAULT 'connect_guard'
+                        CHECK (promote_with IN ('connect_guard', 'patroni', 'pg_auto_failover')),
+    ha_endpoint         text,               -- Patroni's REST API, or the monitor's conninfo: may hold a password
+    ha_member           text,               -- the follower's name there, when given
+    ha_target           jsonb NOT NULL DEFAULT '{}'     -- leader, candidate (formation), what was asked and answered
 );
 -- one plan at a time
 CREATE UNIQUE INDEX upgrade_plan_one_active ON connect_guard.upgrade_plan ((true))
@@ -210,6 +216,51 @@ END;
 $$;
 
 /*
+ * connect_guard.plan_pause asks every connection (or, with
+ * p_adopted_only, every connection of an adopted Connect schema) that is
+ * not PAUSED to pause, without a fence of its own (the plan fences the
+ * whole database), and returns those not PAUSED yet (NULL when all are).
+ * A local consumer's pause waits a moment per try for the open batch; a
+ * sync service gets the step's time to pause and to finish what it is
+ * sending; a pause whose request failed is asked again.  The plan records
+ * the connections it pauses, to resume them.  A copy pauses the adopted
+ * connections before its fence: a copy carries Connect's log as rows,
+ * unfinished entries included (Heroku's pg:copy runbook: pause Connect
+ * with the maintenance mode), and under the fence Connect's own writes
+ * (marking what it sent) would be refused.
+ */
+CREATE FUNCTION connect_guard.plan_pause(p connect_guard.upgrade_plan, p_adopted_only boolean)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c connect_guard.connection;
+    v_waiting text;
+BEGIN
+    UPDATE connect_guard.upgrade_plan
+       SET paused_connections = ARRAY(SELECT name FROM connect_guard.connection ORDER BY name)
+     WHERE plan_id = p.plan_id AND paused_connections = '{}';
+    FOR c IN SELECT * FROM connect_guard.connection cn
+              WHERE (NOT p_adopted_only OR cn.log_schema IS NOT NULL)
+                AND (cn.state NOT IN ('PAUSED', 'PAUSING')
+                     OR (cn.state = 'PAUSING' AND (connect_guard.latest_state_request(cn.connection_id)).status = 'failed'))
+              ORDER BY cn.name LOOP
+        BEGIN
+            PERFORM @extschema@.connect_pause(c.name, block_writes => false,
+                                              timeout => CASE WHEN c.adapter = 'local' THEN interval '100 ms' ELSE p.step_timeout END,
+                                              reason => format('upgrade plan %s', p.plan_id));
+        EXCEPTION WHEN object_not_in_prerequisite_state OR lock_not_available THEN
+            NULL;           -- a batch is open, or a consumer holds the connection: try again next time
+        END;
+    END LOOP;
+    SELECT string_agg(format('%s (%s)', name, state), ', ' ORDER BY name) INTO v_waiting
+      FROM connect_guard.connection WHERE state <> 'PAUSED' AND (NOT p_adopted_only OR log_schema IS NOT NULL);
+    RETURN v_waiting;
+END;
+$$;
+
+/*
  * connect_guard.upgrade_advance runs one step of the active plan, if there
  * is one, and returns 0 when there is no plan to drive, 1 when the plan
  * waits (poll again soon), 2 when it moved (run again at once).  The worker
@@ -298,24 +349,26 @@ BEGIN
             END IF;
             RETURN c_waiting;
         END IF;
-        PERFORM connect_guard.upgrade_goto(p.plan_id, 'pausing', 'running', jsonb_build_object('follower_lag_bytes', v_lag));
+        IF p.promote_with <> 'connect_guard' THEN
+            -- the HA manager must agree before anything is paused or fenced (69_ha_managers.sql)
+            v_probe := connect_guard.ha_check(p.promote_with, p.ha_endpoint, p.ha_member, p.follower);
+            IF NOT (v_probe->>'ok')::boolean THEN
+                IF (v_probe->>'retry')::boolean AND NOT v_overdue THEN
+                    UPDATE connect_guard.upgrade_plan SET last_error = v_probe->>'error' WHERE plan_id = p.plan_id;
+                    RETURN c_waiting;
+                END IF;
+                PERFORM connect_guard.upgrade_fail(p.plan_id, v_probe->>'error');
+                RETURN c_moved;
+            END IF;
+            UPDATE connect_guard.upgrade_plan SET ha_target = v_probe->'target', last_error = NULL
+             WHERE plan_id = p.plan_id;
+        END IF;
+        PERFORM connect_guard.upgrade_goto(p.plan_id, 'pausing', 'running',
+            jsonb_build_object('follower_lag_bytes', v_lag) || coalesce(v_probe->'target', '{}'));
         RETURN c_moved;
 
     WHEN 'pausing' THEN
-        UPDATE connect_guard.upgrade_plan
-           SET paused_connections = ARRAY(SELECT name FROM connect_guard.connection ORDER BY name)
-         WHERE plan_id = p.plan_id AND paused_connections = '{}';
-        FOR c IN SELECT * FROM connect_guard.connection WHERE state NOT IN ('PAUSED', 'PAUSING') ORDER BY name LOOP
-            BEGIN
-                -- the plan fences the whole database itself; a short wait per try
-                PERFORM @extschema@.connect_pause(c.name, block_writes => false, timeout => '100 ms',
-                                      reason => format('upgrade plan %s', p.plan_id));
-            EXCEPTION WHEN object_not_in_prerequisite_state THEN
-                NULL;           -- a batch is open: try again next time
-            END;
-        END LOOP;
-        SELECT string_agg(format('%s (%s)', name, state), ', ' ORDER BY name) INTO v_waiting
-          FROM connect_guard.connection WHERE state <> 'PAUSED';
+        v_waiting := connect_guard.plan_pause(p, false);
         IF v_waiting IS NOT NULL THEN
             IF v_overdue THEN
                 PERFORM connect_guard.upgrade_fail(p.plan_id,
@@ -330,6 +383,18 @@ BEGIN
         RETURN c_moved;
 
     WHEN 'fencing' THEN
+        -- a copy carries Connect's log as rows: Connect pauses first (plan_pause)
+        IF p.method = 'copy' AND p.fence_id IS NULL THEN
+            v_waiting := connect_guard.plan_pause(p, true);
+            IF v_waiting IS NOT NULL THEN
+                IF v_overdue THEN
+                    PERFORM connect_guard.upgrade_fail(p.plan_id,
+                        format('not every adopted connection reached PAUSED within %s: %s', p.step_timeout, v_waiting));
+                    RETURN c_moved;
+                END IF;
+                RETURN c_waiting;
+            END IF;
+        END IF;
         -- A fence is saved to the fence file when it is raised, not at commit, so a
         -- crash while this step waited for the writers in flight leaves the fence up
         -- (restored from the file) but not in the plan, whose update never
@@ -437,7 +502,8 @@ BEGIN
 
     WHEN 'draining' THEN
         SELECT string_agg(format('%s (%s entries)', connection, backlog), ', ') INTO v_waiting
-          FROM @extschema@.connect_high_water_marks WHERE backlog > 0 OR open_batch IS NOT NULL;
+          FROM @extschema@.connect_high_water_marks
+         WHERE (backlog > 0 OR open_batch IS NOT NULL) AND log_kind = 'own';     -- Connect's log goes with the copy
         IF v_waiting IS NOT NULL THEN
             IF v_overdue THEN
                 PERFORM connect_guard.upgrade_fail(p.plan_id,
@@ -451,6 +517,44 @@ BEGIN
          WHERE plan_id = p.plan_id;
         PERFORM connect_guard.upgrade_goto(p.plan_id, 'pausing');
         RETURN c_moved;
+
+    WHEN 'switching_over' THEN
+        -- the HA manager promotes the follower and stops this server (69_ha_managers.sql);
+        -- if this server still runs when the follower is out of recovery, it was handed over
+        v_probe := connect_guard.follower_probe(p.follower);
+        IF (v_probe->>'answered')::boolean AND NOT (v_probe->>'in_recovery')::boolean THEN
+            PERFORM connect_guard.upgrade_goto(p.plan_id, 'handed_over', 'handed_over',
+                jsonb_build_object('note', format('%s promoted the follower; this server stays fenced', p.promote_with)));
+            RETURN c_moved;
+        END IF;
+        -- once a second: each try asks the HA manager over the network
+        IF (p.ha_target->>'tried_at')::timestamptz > clock_timestamp() - interval '1 s' THEN
+            RETURN c_waiting;
+        END IF;
+        v_probe := connect_guard.ha_request(p.promote_with, p.ha_endpoint, p.ha_target);
+        UPDATE connect_guard.upgrade_plan
+           SET ha_target = ha_target || jsonb_build_object('tried_at', clock_timestamp(), 'answer', v_probe->>'detail')
+                           || CASE WHEN v_probe->>'outcome' = 'requested'
+                                   THEN jsonb_build_object('requested_at', clock_timestamp()) ELSE '{}' END,
+               last_error = CASE WHEN v_probe->>'outcome' = 'retry' THEN v_probe->>'detail' END
+         WHERE plan_id = p.plan_id;
+        IF v_probe->>'outcome' = 'requested' THEN
+            -- (Patroni answers once it has stopped this server: then this never commits)
+            PERFORM connect_guard.log_event(NULL, 'upgrade_switchover_requested',
+                jsonb_build_object('plan_id', p.plan_id, 'promote_with', p.promote_with, 'target', p.ha_target,
+                                   'answer', v_probe->>'detail'));
+        ELSIF v_probe->>'outcome' = 'refused' THEN
+            PERFORM connect_guard.upgrade_fail(p.plan_id,
+                format('%s refused the switchover to %s: %s', p.promote_with, p.ha_target->>'candidate', v_probe->>'detail'));
+            RETURN c_moved;
+        END IF;
+        IF v_overdue THEN
+            PERFORM connect_guard.upgrade_fail(p.plan_id,
+                format('%s did not promote %s within %s (last: %s)', p.promote_with, p.ha_target->>'candidate',
+                       p.step_timeout, v_probe->>'detail'));
+            RETURN c_moved;
+        END IF;
+        RETURN c_waiting;
 
     WHEN 'ready' THEN
         IF p.method = 'follower' THEN
@@ -475,7 +579,9 @@ $$;
  * ------------------------------------------------------------------------ */
 
 CREATE FUNCTION connect_prepare_upgrade(method text DEFAULT 'pg_upgrade', follower text DEFAULT NULL,
-                                        max_lag_bytes bigint DEFAULT 0, timeout interval DEFAULT '10 min')
+                                        max_lag_bytes bigint DEFAULT 0, timeout interval DEFAULT '10 min',
+                                        promote_with text DEFAULT 'connect_guard', ha_endpoint text DEFAULT NULL,
+                                        ha_member text DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -485,6 +591,10 @@ DECLARE
     v_active connect_guard.upgrade_plan;
 BEGIN
     PERFORM connect_guard.require_worker('connect_prepare_upgrade()');
+    PERFORM connect_guard.require_not_null(method, 'method',
+        'Use ''pg_upgrade'' (in place), ''follower'' (changeover to a promoted follower) or ''copy'' (pg_dump into a new database).');
+    PERFORM connect_guard.require_not_null(max_lag_bytes, 'max_lag_bytes', 'For example max_lag_bytes => 16 * 1024 * 1024.');
+    PERFORM connect_guard.require_timeout(timeout, 'timeout', '''10 min''');
     IF method IS NULL OR method NOT IN ('pg_upgrade', 'follower', 'copy') THEN
         RAISE EXCEPTION USING
             ERRCODE = 'invalid_parameter_value',
@@ -501,6 +611,7 @@ BEGIN
     IF follower IS NOT NULL THEN
         PERFORM connect_guard.conninfo_masked(follower);     -- rejects a malformed conninfo
     END IF;
+    PERFORM connect_guard.ha_validate(method, promote_with, ha_endpoint, ha_member);
     IF max_lag_bytes IS NULL OR max_lag_bytes < 0 OR timeout IS NULL OR timeout <= interval '0' THEN
         RAISE EXCEPTION USING
             ERRCODE = 'invalid_parameter_value',
@@ -515,14 +626,17 @@ BEGIN
             HINT = 'Wait for it, or end it with connect_abort_upgrade().';
     END IF;
 
-    INSERT INTO connect_guard.upgrade_plan (method, follower, max_lag_bytes, step_timeout, step)
+    INSERT INTO connect_guard.upgrade_plan (method, follower, max_lag_bytes, step_timeout, step,
+                                            promote_with, ha_endpoint, ha_member)
     VALUES (method, follower, max_lag_bytes, timeout,
-            CASE method WHEN 'follower' THEN 'checking' WHEN 'copy' THEN 'fencing' ELSE 'pausing' END)
+            CASE method WHEN 'follower' THEN 'checking' WHEN 'copy' THEN 'fencing' ELSE 'pausing' END,
+            promote_with, ha_endpoint, ha_member)
     RETURNING plan_id INTO v_plan;
     INSERT INTO connect_guard.upgrade_step (plan_id, step)
     SELECT v_plan, step FROM connect_guard.upgrade_plan WHERE plan_id = v_plan;
     PERFORM connect_guard.log_event(NULL, 'upgrade_prepared',
-        jsonb_build_object('plan_id', v_plan, 'method', method, 'max_lag_bytes', max_lag_bytes, 'timeout', timeout));
+        jsonb_build_object('plan_id', v_plan, 'method', method, 'max_lag_bytes', max_lag_bytes, 'timeout', timeout,
+                           'promote_with', promote_with));
     PERFORM connect_guard.wake_worker();
     RETURN v_plan;
 END;
@@ -540,6 +654,7 @@ AS $$
 DECLARE
     p connect_guard.upgrade_plan;
 BEGIN
+    PERFORM connect_guard.require_not_null(p_plan, 'plan', 'Pass the plan id connect_prepare_upgrade() returned; see connect_upgrade_status.');
     IF p_lock THEN
         SELECT * INTO p FROM connect_guard.upgrade_plan WHERE plan_id = p_plan FOR UPDATE;
     ELSE
@@ -548,7 +663,7 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION USING
             ERRCODE = 'undefined_object',
-            MESSAGE = format('upgrade plan %s does not exist', coalesce(p_plan::text, 'NULL')),
+            MESSAGE = format('upgrade plan %s does not exist', p_plan),
             HINT = 'See connect_upgrade_status for the plans.';
     END IF;
     RETURN p;
@@ -575,9 +690,12 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     p connect_guard.upgrade_plan;
-    v_deadline timestamptz := clock_timestamp() + coalesce(timeout, '10 min');
+    v_deadline timestamptz;
 BEGIN
     PERFORM connect_guard.require_read_committed('connect_wait_upgrade()');
+    PERFORM connect_guard.require_not_null(step, 'step', 'Pass a step or status of the plan, for example ''ready''.');
+    PERFORM connect_guard.require_timeout(timeout, 'timeout', '''10 min''');
+    v_deadline := clock_timestamp() + timeout;
     LOOP
         p := connect_guard.require_plan(plan);
         IF p.step = connect_wait_upgrade.step OR p.status = connect_wait_upgrade.step
@@ -647,7 +765,10 @@ $$;
 /*
  * connect_promote_follower promotes the follower of a ready changeover
  * through libpq (pg_promote waits until it is done); its own worker then
- * completes the plan there.
+ * completes the plan there.  A plan whose promotion belongs to an HA
+ * manager moves to switching_over instead: the worker asks the HA manager
+ * (over HTTP, which a user's transaction never does), and the HA manager
+ * stops this server.
  */
 CREATE FUNCTION connect_promote_follower(plan bigint)
 RETURNS text
@@ -665,6 +786,20 @@ BEGIN
             MESSAGE = format('upgrade plan %s is not a ready follower changeover', p.plan_id),
             DETAIL = format('It is a %s plan, %s at step %s.', p.method, p.status, p.step),
             HINT = 'Wait with connect_wait_upgrade(plan, ''ready''); promote only a caught-up follower.';
+    END IF;
+    IF p.promote_with <> 'connect_guard' THEN
+        IF p.step = 'switching_over' THEN
+            RAISE EXCEPTION USING
+                ERRCODE = 'object_not_in_prerequisite_state',
+                MESSAGE = format('upgrade plan %s has already asked %s for the switchover', p.plan_id, p.promote_with),
+                DETAIL = format('Since %s; last answer: %s.', p.step_since, coalesce(p.ha_target->>'answer', 'none yet')),
+                HINT = 'Wait on the follower with connect_wait_upgrade(plan, ''completed''); see connect_upgrade_status.';
+        END IF;
+        PERFORM connect_guard.upgrade_goto(p.plan_id, 'switching_over', 'ready',
+            jsonb_build_object('promote_with', p.promote_with, 'leader', p.ha_target->>'leader',
+                               'candidate', p.ha_target->>'candidate'));
+        PERFORM connect_guard.wake_worker();
+        RETURN 'switchover requested';
     END IF;
     v_result := connect_guard.remote_query(p.follower, 'SELECT pg_promote(true, 60) AS promoted', 65000);
     IF NOT (v_result->>'promoted')::boolean THEN
@@ -715,6 +850,13 @@ BEGIN
                              connect_guard.log_head(), p.log_head),
             HINT = 'Copy again from the fenced database; nothing was resumed.';
     END IF;
+    IF connect_guard.log_positions_differ(p.high_water_marks) IS NOT NULL THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'data_corrupted',
+            MESSAGE = 'the copied Heroku Connect trigger log differs from the one the copy began with',
+            DETAIL = connect_guard.log_positions_differ(p.high_water_marks) || '.',
+            HINT = 'Copy again from the fenced database; nothing was resumed.';
+    END IF;
     PERFORM connect_guard.upgrade_goto(p.plan_id, 'completing', 'ready');
     WITH moved AS (DELETE FROM connect_guard.trigger_log RETURNING *)
     INSERT INTO connect_guard.trigger_log_archive
@@ -748,12 +890,18 @@ SELECT p.plan_id AS plan,
        p.last_error,
        coalesce(p.finished_at, clock_timestamp()) - p.created_at AS elapsed,
        p.created_at,
-       p.created_by
+       p.created_by,
+       p.promote_with,
+       CASE p.promote_with
+           WHEN 'patroni' THEN regexp_replace(p.ha_endpoint, '^(https?://)[^/@]*@', '\1********@')
+           WHEN 'pg_auto_failover' THEN connect_guard.conninfo_masked(p.ha_endpoint, false)
+       END AS ha_endpoint,
+       coalesce(p.ha_target->>'candidate', p.ha_member) AS ha_member
   FROM connect_guard.upgrade_plan p;
 
 CREATE FUNCTION connect_upgrade_timeline(plan bigint)
 RETURNS TABLE (step text, started_at timestamptz, finished_at timestamptz, duration interval, detail jsonb)
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT s.step, s.started_at, s.finished_at, s.finished_at - s.started_at, s.detail

@@ -47,13 +47,13 @@ CREATE TABLE connect_guard.witness (
     reported        jsonb NOT NULL DEFAULT '[]'
 );
 
-/* the last id the trigger log's sequence handed out: unlike max(id), retention cannot lower it */
+/* the last id the own trigger log's sequence handed out: unlike max(id), retention cannot lower it */
 CREATE FUNCTION connect_guard.log_sequence_head()
 RETURNS bigint
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM connect_guard.trigger_log_id_seq;
+    SELECT connect_guard.log_sequence_head(NULL::text);     -- 15_log_sources.sql
 $$;
 
 /*
@@ -74,13 +74,16 @@ AS $$
         'installation', (SELECT i.installation_id FROM connect_guard.installation i
                           ORDER BY i.installed_at LIMIT 1),
         'timeline', connect_guard.current_timeline(),
+        -- where this timeline's history left each ancestor: a former primary on one of them
+        -- learns that it was failed over, not rolled back (72_failovers.sql)
+        'history', connect_guard.timeline_ancestry(),
         'next_xid', pg_snapshot_xmax(pg_current_snapshot())::text::bigint,
         'log_head', connect_guard.log_sequence_head(),
+        -- each connection's position in its log, own or Connect's (15_log_sources.sql)
         'connections', coalesce((
-            SELECT jsonb_object_agg(c.name, jsonb_build_object(
-                       'created_at', c.created_at, 'last_tick', c.last_tick, 'hwm_id', c.hwm_id,
-                       'consumed_xid', t.xid_bound::text::bigint, 'remote_hwm', c.remote_hwm))
-              FROM connect_guard.connection c LEFT JOIN connect_guard.tick t ON t.tick_id = c.last_tick), '{}'));
+            SELECT jsonb_object_agg(c.name, jsonb_build_object('created_at', c.created_at, 'remote_hwm', c.remote_hwm)
+                                            || connect_guard.log_witness_marks(c.connection_id))
+              FROM connect_guard.connection c), '{}'));
 $$;
 
 /*

@@ -19,6 +19,8 @@
  *              a new system identifier announced by an upgrade plan that came
  *              with the data (pg_upgrade, copy): compared with the witness of
  *              the old system, marks and log head only
+ *              a former primary whose timeline the witness's descends from
+ *              (failed over by an HA manager: 72_failovers.sql)
  *
  * Acting: the affected mappings go to RELOAD_TABLE and their reloads are
  * requested through the connection's adapter; the log's id sequence moves
@@ -89,7 +91,8 @@ BEGIN
                     RETURN QUERY SELECT 'promoted', 'info', NULL::text,
                         format('timeline %s left timeline %s at %s, at or after %s that the witness recorded%s',
                                v_dtli, v_wtli, v_switch, v_protected,
-                               CASE WHEN p.plan_id IS NOT NULL THEN format(' (the fence of plan %s)', p.plan_id) ELSE '' END);
+                               CASE WHEN p.plan_id IS NOT NULL THEN format(' (the fence of plan %s)', p.plan_id)
+                                    ELSE ' (no upgrade plan: a failover, by an HA manager or by hand)' END);
                 END IF;
             END IF;
         ELSIF EXISTS (SELECT 1 FROM connect_guard.upgrade_plan u
@@ -99,6 +102,10 @@ BEGIN
                 format('a server on timeline %s, a follower promoted after this server (timeline %s) fenced itself for a changeover, writes the witness now: this server leaves it alone',
                        v_wtli, v_dtli);
             -- the new primary's log and marks have moved on; this server is not behind, it is retired
+            RETURN;
+        ELSIF connect_guard.failed_over_detail(w, d) IS NOT NULL THEN
+            RETURN QUERY SELECT 'failed_over', 'warning', NULL::text, connect_guard.failed_over_detail(w, d);
+            -- as for a superseded primary: the new timeline's log and marks have moved on
             RETURN;
         ELSE
             RETURN QUERY SELECT 'timeline_behind_witness', 'rollback', NULL::text,
@@ -138,6 +145,11 @@ BEGIN
                 RETURN QUERY SELECT 'hwm_behind_witness', 'rollback', c.name,
                     format('connection "%s" has consumed up to entry %s (tick %s) here, but had consumed up to entry %s (tick %s)',
                            c.name, c.now ->> 'hwm_id', c.now ->> 'last_tick', c.was ->> 'hwm_id', c.was ->> 'last_tick');
+            ELSIF (c.now ->> 'log_head')::bigint < (c.was ->> 'log_head')::bigint THEN
+                -- an adopted log (15_log_sources.sql): Connect's sequence went back
+                RETURN QUERY SELECT 'log_head_behind_witness', 'rollback', c.name,
+                    format('Heroku Connect''s log %s hands out ids from %s here, but had reached %s',
+                           c.now ->> 'log', c.now ->> 'log_head', c.was ->> 'log_head');
             ELSIF p_predecessor IS NULL AND (d ->> 'next_xid')::bigint < (c.was ->> 'consumed_xid')::bigint THEN
                 RETURN QUERY SELECT 'txid_behind_witness', 'rollback', c.name,
                     format('connection "%s" had consumed transactions up to xid %s, beyond the next xid %s here',
@@ -149,15 +161,17 @@ BEGIN
     -- the sync service's own mark needs no witness
     FOR c IN
         SELECT dc.key AS name,
+               -- an adopted connection's service counts in the ids of Connect's log
+               coalesce((dc.value ->> 'log_head')::bigint, v_dhead) AS head,
                greatest((dc.value ->> 'remote_hwm')::bigint,
                         CASE WHEN w #> ARRAY['connections', dc.key, 'created_at'] = dc.value -> 'created_at'
                              THEN (w #>> ARRAY['connections', dc.key, 'remote_hwm'])::bigint END) AS remote
           FROM jsonb_each(d -> 'connections') dc ORDER BY dc.key
     LOOP
-        IF c.remote > v_dhead THEN
+        IF c.remote > c.head THEN
             RETURN QUERY SELECT 'sync_service_ahead', 'rollback', c.name,
                 format('the sync service of connection "%s" reports it has consumed up to entry %s, but the trigger log''s ids reach %s here',
-                       c.name, c.remote, v_dhead);
+                       c.name, c.remote, c.head);
         END IF;
     END LOOP;
 END;
@@ -221,7 +235,8 @@ BEGIN
                         ELSE format('%s; it is not trusted and is replaced', l.detail) END)) || findings;
     END IF;
     write := l.status NOT IN ('disabled', 'unusable')
-             AND NOT findings @> '[{"finding": "superseded"}]';
+             AND NOT findings @> '[{"finding": "superseded"}]'
+             AND NOT findings @> '[{"finding": "failed_over"}]';
 END;
 $$;
 
@@ -256,9 +271,10 @@ BEGIN
         OR v_rollbacks @> jsonb_build_array(jsonb_build_object('connection', c.name));
 
     -- every id the sync service may have seen stays spent: new writes get new ids
-    SELECT greatest(max((w.value ->> 'hwm_id')::bigint), max((w.value ->> 'remote_hwm')::bigint),
+    -- (of connections with a log of their own: Connect's ids are its log's, whose sequence is Connect's)
+    SELECT greatest(max((w.value ->> 'hwm_id')::bigint), max((w.value ->> 'remote_hwm')::bigint) FILTER (WHERE NOT w.value ? 'log'),
                     (p_witness ->> 'log_head')::bigint,
-                    (SELECT max(remote_hwm) FROM connect_guard.connection))
+                    (SELECT max(remote_hwm) FROM connect_guard.connection WHERE log_schema IS NULL))
       INTO v_seen
       FROM jsonb_each(coalesce(p_witness -> 'connections', '{}')) w;
     IF v_seen > v_head THEN
@@ -283,6 +299,8 @@ BEGIN
     INSERT INTO connect_guard.rollback_incident (source, findings, mapping_ids, fence_id, reload_requests)
     VALUES (p_source, v_rollbacks, v_mappings, v_fence, v_requests)
     RETURNING incident_id INTO v_incident;
+    -- entries of Connect's logs the restore made unfinished again (77_connect_schema.sql)
+    PERFORM connect_guard.note_restored_entries(v_incident, v_mappings, p_witness);
     PERFORM connect_guard.log_event(NULL, 'rollback_detected', jsonb_build_object(
         'incident_id', v_incident, 'source', p_source, 'first_cycle', p_first_cycle,
         'findings', v_rollbacks,
@@ -326,6 +344,7 @@ BEGIN
     END IF;
     k := connect_guard.rollback_check();
     v_incident := connect_guard.rollback_act(k.findings, k.witness, 'worker', p_first_cycle);
+    PERFORM connect_guard.failover_fence(k.findings);
     PERFORM connect_guard.rollback_release();
     IF k.write THEN
         v_problem := connect_guard.witness_refresh(k.path,

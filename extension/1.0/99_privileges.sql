@@ -1,7 +1,7 @@
 /* ------------------------------------------------------------------------
  * Privileges: nothing for PUBLIC; monitoring roles may read the views
- * (which redact secrets); the DBA grants the consumer functions to the sync
- * service's role.
+ * (which redact secrets); connect_grant_consumer() grants the consumer
+ * functions to the sync service's role, for one connection at a time.
  * ------------------------------------------------------------------------ */
 
 DO $$
@@ -20,7 +20,10 @@ END;
 $$;
 
 GRANT SELECT ON connect_connections, connect_mappings, connect_high_water_marks, connect_fences, connect_status,
-      connect_worker, connect_upgrade_status, connect_rollback_incidents TO pg_monitor;
--- the views call these with the reader's rights
+      connect_worker, connect_upgrade_status, connect_rollback_incidents, connect_write_errors,
+      connect_consumers TO pg_monitor;
+-- the views call these with the reader's rights (log_status and write_errors are SECURITY DEFINER:
+-- they read Connect's log for the monitoring role, which may not)
 GRANT EXECUTE ON FUNCTION connect_guard.redact(jsonb), connect_guard.fence_list(),
-      connect_guard.fence_relations(), connect_guard.worker_pid() TO pg_monitor;
+      connect_guard.fence_relations(), connect_guard.worker_pid(), connect_guard.log_status(integer),
+      connect_guard.write_errors() TO pg_monitor;

@@ -29,7 +29,7 @@ my $base = start_simulator(
 
 # -- the server ----------------------------------------------------------------
 
-my $node = cg_node('signals', conf => 'connect_guard.http_timeout = 1500');
+my $node = cg_node('signals', conf => [ 'connect_guard.http_timeout = 1500', simulator_conf() ]);
 
 sub psql { return sql($node, $_[0]); }
 

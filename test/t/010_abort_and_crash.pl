@@ -8,8 +8,9 @@
 # (b) one changeover survives a kill -9 of the worker (a crash restart of
 #     the postmaster) at pausing, at fencing and at ready, and a kill -9 of
 #     the postmaster at catching_up and at ready: the plan resumes after
-#     each restart, the fence is back before any write, and the follower
-#     completes it.  A follower fence left by a try whose answer was lost is
+#     each restart, a fence raised by a committed step is back before any
+#     write (one whose step had not committed is raised again), and the
+#     follower completes it.  A follower fence left by a try whose answer was lost is
 #     reused, not doubled.
 #
 # Counting: every committed write reached the log once and was delivered
@@ -234,8 +235,14 @@ ok($primary->poll_query_until('postgres', worker_waits_sql()), 'the plan waits a
 is(plan_is($plan), 'running fencing', 'at fencing');
 kill_worker();
 eval { $writer->quit };    # its session died with the crash
+# the fencing step had not committed: its fence went with the crash, as a
+# fence whose raise did not commit must (017_fence_holes.pl), and the plan
+# raises it again (a write in between comes before the fence LSN the plan
+# records, so the follower has it)
+ok($primary->poll_query_until('postgres', 'SELECT count(*) = 1 FROM connect_fences'),
+    'the plan raises its fence again after the crash');
 is(write_error($primary, 'INSERT INTO writes (account_id) VALUES (NULL)'), '25006',
-    'the fence raised before the crash is back at once');
+    'the fence is back');
 ok($primary->poll_query_until('postgres',
     "SELECT step = 'catching_up' AND follower_lag_bytes > 0 FROM connect_upgrade_status WHERE plan = $plan"),
     'the plan resumes: fenced, the follower fenced, waiting at catching_up');

@@ -21,7 +21,9 @@ use Test::More;
 use Time::HiRes qw(usleep);
 use ConnectGuard::Test;
 
-my $conf = "connect_guard.naptime = '200ms'";
+# recreate_connection imports a webhook connection to http://127.0.0.1:9, which
+# only a test may name (connect_guard.http_allow_insecure_loopback)
+my $conf = [ "connect_guard.naptime = '200ms'", 'connect_guard.http_allow_insecure_loopback = on' ];
 
 # runbook_cmd is the psql command line of a runbook; -db picks the database
 sub runbook_cmd

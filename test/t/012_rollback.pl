@@ -123,7 +123,7 @@ sub no_rollback
 # -- 1. the primary ------------------------------------------------------------
 
 my $primary = cg_node('primary', init => [ has_archiving => 1, allows_streaming => 1 ], conf => [
-	"connect_guard.naptime = '200ms'", "connect_guard.witness_directory = '$wdir'" ]);
+	"connect_guard.naptime = '200ms'", "connect_guard.witness_directory = '$wdir'", simulator_conf() ]);
 $sysid = sql($primary, 'SELECT system_identifier FROM pg_control_system()');
 sql($primary, qq{
 	CREATE EXTENSION connect_guard;

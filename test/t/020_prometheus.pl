@@ -31,6 +31,7 @@ my $alerts  = File::Spec->rel2abs('monitoring/alerts.yml');
 # -- the servers -----------------------------------------------------------------
 
 my $primary = cg_node('primary', init => [ allows_streaming => 1 ], conf => [
+    'connect_guard.http_allow_insecure_loopback = on',    # the webhook below is http://127.0.0.1
     'connect_guard.http_max_attempts = 1',
     'connect_guard.http_timeout = 2000',
     "connect_guard.witness_directory = ''" ]);

@@ -18,6 +18,7 @@ ConnectGuard::Simulator - the Connect simulator, for TAP tests
   my $base = start_simulator(token => $token, connections => [ {
       id => $conn_id, name => 'sync', schema_name => 'public',
       mappings => [ { id => 'map-account', object_name => 'Account' } ] } ]);
+  my $node = cg_node('primary', conf => [ simulator_conf() ]);   # http:// to 127.0.0.1
   # ... connect_create_connection('sync', 'heroku', region_url => $base ...)
   sim('POST', '/_sim/fail', { mode => '500', count => 3 });
   my @posts = sim_posts();
@@ -49,7 +50,7 @@ use Time::HiRes qw(sleep);
 
 our @EXPORT = qw(
   random_secret secret_file
-  start_simulator stop_simulator sim sim_requests sim_posts
+  start_simulator stop_simulator sim sim_requests sim_posts simulator_conf
 );
 
 # beside test/perl/ConnectGuard/: test/simulator/connect_sim.py
@@ -145,6 +146,21 @@ sub start_simulator
 	$base = "http://127.0.0.1:$port";
 	$http = HTTP::Tiny->new(timeout => 10);
 	return $base;
+}
+
+=item simulator_conf()
+
+The postgresql.conf line a server needs to send requests to the simulator:
+it listens on plain http:// at 127.0.0.1, and connect_guard refuses to
+send a token or a signature over http:// unless
+C<connect_guard.http_allow_insecure_loopback> allows it for loopback
+addresses.  Only tests set it (the demo uses the simulator as a consumer, not over HTTP).
+
+=cut
+
+sub simulator_conf
+{
+	return 'connect_guard.http_allow_insecure_loopback = on';
 }
 
 =item stop_simulator()

@@ -52,6 +52,7 @@ SETTINGS = [
     "connect_guard.naptime = '100ms'",
     "connect_guard.http_timeout = 1000",
     "connect_guard.http_max_attempts = 4",
+    "connect_guard.http_allow_insecure_loopback = on",     # the simulator speaks plain http on 127.0.0.1
     "connect_guard.witness_directory = ''",
     "log_line_prefix = '%m [%p] %b '",
 ]

@@ -77,7 +77,6 @@ class Campaign:
         self.seed = int(env.get("BENCH_SEED") or random.SystemRandom().randrange(1, 10 ** 9))
         self.only = {int(x) for x in (env.get("BENCH_ONLY") or "").replace(",", " ").split()}
         self.keep = bool(env.get("BENCH_KEEP"))
-        self.plan_pauses = bool(env.get("BENCH_PLAN_PAUSES"))
         self.sabotage = bool(env.get("BENCH_SABOTAGE"))
         self.simulator = os.path.join(env["CG_ROOT"], "test", "simulator", "connect_sim.py")
         self.sim_port = free_tcp_port()
@@ -157,7 +156,7 @@ class Campaign:
                 f.write("%.3f %s\n" % (time.monotonic() - started, text))
 
         plan = choose(rng, LOAD_SECONDS)
-        dba = DBA(old, new, sim, new.dsn(connect_timeout=2), PLAN_TIMEOUT, log, pause_first=not self.plan_pauses)
+        dba = DBA(old, new, sim, new.dsn(connect_timeout=2), PLAN_TIMEOUT, log)
         load = Load([old.dsn(), new.dsn()])
         injector = Injector(plan, rng, old, new, sim, dba)
         try:

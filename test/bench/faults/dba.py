@@ -14,15 +14,6 @@ DBA to:
     fails there, the DBA cannot fix it: the run ends "stuck", with the
     reason.
 
-Before it prepares a plan, the DBA pauses the connection by hand
-(connect_pause with a 30 s timeout) and waits for PAUSED: the plan's own
-pausing step gives a heroku connection's pause request a 100 ms timeout
-(for Connect to report PAUSED, and then for the batch the consumer still
-applies), which a batch under load easily outlasts, and then never asks
-again for a connection left PAUSING, so the plan fails at pausing after its
-step timeout (found by this campaign; BENCH_PLAN_PAUSES=1 leaves the pause
-to the plan and shows it).
-
 Every call is retried on the next turn of the loop when a server is
 unreachable.  `actions` counts what the DBA had to do.
 """
@@ -38,7 +29,7 @@ RUNNING = ("IDLE", "POLLING_DB_CHANGES")
 
 
 class DBA:
-    def __init__(self, old, new, sim, follower_conninfo, plan_timeout, log, pause_first=True):
+    def __init__(self, old, new, sim, follower_conninfo, plan_timeout, log):
         self.old, self.new, self.sim = old, new, sim
         self.follower_conninfo = follower_conninfo
         self.plan_timeout = plan_timeout
@@ -49,7 +40,6 @@ class DBA:
         self.plans = 0
         self.plan_prepared = threading.Event()
         self.last_errors = []
-        self.pause_first = pause_first
         self.retired = set()
 
     # -- sessions ----------------------------------------------------------------
@@ -141,24 +131,6 @@ class DBA:
             return False
         return state in RUNNING and fences == 0
 
-    def paused_by_hand(self):
-        """Pauses the connection before the plan does (see the module's
-        header for why); True once it is PAUSED."""
-        st = self.connection_state(self.old)
-        if st is None:
-            return False
-        state, failed, fences = st
-        if state == "PAUSED":
-            return True
-        if state in RUNNING:
-            if self.try_sql(self.old, "SELECT connect_pause('sync', block_writes => false, timeout => '30 s', "
-                                      "reason => 'faults campaign: changeover')", what="connect_pause") is not None:
-                self.actions["pause by hand"] += 1
-        elif state in ("PAUSING", "RESUMING") and failed:
-            if self.try_sql(self.old, "SELECT connect_resume('sync')", what="connect_resume") is not None:
-                self.actions["resume again"] += 1
-        return False
-
     def promoted(self):
         rows = self.try_sql(self.new, "SELECT pg_is_in_recovery()")
         return rows is not None and not rows[0][0]
@@ -181,10 +153,7 @@ class DBA:
         if self.plan is None:
             if self.plans >= MAX_PLANS:
                 return "kept (%d plans failed)" % self.plans if self.running_again(self.old) else None
-            if self.pause_first:
-                if not self.paused_by_hand():
-                    return None
-            elif self.plans > 0 and not self.running_again(self.old):
+            if self.plans > 0 and not self.running_again(self.old):
                 return None
             rows = self.try_sql(self.old, """
                 SELECT connect_prepare_upgrade('follower', follower => %s, max_lag_bytes => 64 * 1024 * 1024,

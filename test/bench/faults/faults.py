@@ -3,10 +3,10 @@
 Each run kills one process, chosen at random, at a random moment of the
 changeover: the moment is a stage (below) drawn at random, plus a random
 delay once the stage is seen (up to 20 ms for the plan's steps before
-ready, which take 10 to 40 ms each; up to 0.3 s for the others; anywhere in
-the load before the plan for "load"), so that every step is hit, short
-ones too.  "pausing" is the DBA's pause by hand (see dba.py).  And it injects one to three API faults into the
-simulator before the plan starts: HTTP 500, 409 or 503 answers, or a
+ready but pausing, which take 10 to 40 ms each; up to 0.3 s for the
+others; anywhere in the load before the plan for "load"), so that every
+step is hit, short ones too.  And it injects one to three API faults into
+the simulator before the plan starts: HTTP 500, 409 or 503 answers, or a
 request that hangs until the client's timeout, on the pause, the resume or
 the deep GET; most are counted down within connect_guard's retries, a few
 outlast them (4 = connect_guard.http_max_attempts), so that a request fails
@@ -25,7 +25,7 @@ import time
 
 import psycopg2
 
-STAGES = ["load", "pausing", "checking", "fencing", "fencing_follower", "catching_up", "ready",
+STAGES = ["load", "checking", "pausing", "fencing", "fencing_follower", "catching_up", "ready",
           "promoted", "completing", "completed", "resumed"]
 PROMOTED = STAGES.index("promoted")
 # each takes 10 to 40 ms: a kill meant for one of them must follow at once
@@ -105,11 +105,7 @@ class Watcher:
         DBA has prepared a plan yet (before that it is "load"); old_only:
         look at the old primary alone (quicker, for the plan's short steps)."""
         best = 0
-        if not plan_seen:
-            rows = self.query("old", "SELECT state FROM connect_guard.connection WHERE name = 'sync'")
-            if rows and rows[0][0] in ("PAUSING", "PAUSED"):
-                best = STAGES.index("pausing")
-        else:
+        if plan_seen:
             rows = self.query("old", "SELECT step, status FROM connect_guard.upgrade_plan ORDER BY plan_id DESC LIMIT 1")
             if rows:
                 step, status = rows[0]

@@ -14,7 +14,6 @@
 #   BENCH_SEED=123 BENCH_ONLY="7 12" bash test/bench/faults/run.sh   # only runs 7 and 12
 #   BENCH_KEEP=1 ...                       # keep every run's directory
 #   BENCH_SABOTAGE=1 BENCH_RUNS=1 ...      # breaks the count on purpose: lost 3, doubled 1
-#   BENCH_PLAN_PAUSES=1 ...                # the plan pauses Connect itself (see dba.py)
 # Runs that lose, double or get stuck are kept for inspection whatever
 # BENCH_KEEP says.  Exit status 1 when anything was lost or doubled.
 # Target: 0 lost and 0 doubled over at least 50 runs.  The logic is in
@@ -37,6 +36,5 @@ stop_all() {
 trap stop_all EXIT
 as_run_user env PG_BIN="$PG_BIN" CG_ROOT="$CG_ROOT" BENCH_WORK="$work" \
     BENCH_RUNS="${BENCH_RUNS:-50}" BENCH_SEED="${BENCH_SEED:-}" BENCH_ONLY="${BENCH_ONLY:-}" \
-    BENCH_KEEP="${BENCH_KEEP:-}" BENCH_PLAN_PAUSES="${BENCH_PLAN_PAUSES:-}" \
-    BENCH_SABOTAGE="${BENCH_SABOTAGE:-}" PYTHONDONTWRITEBYTECODE=1 \
+    BENCH_KEEP="${BENCH_KEEP:-}" BENCH_SABOTAGE="${BENCH_SABOTAGE:-}" PYTHONDONTWRITEBYTECODE=1 \
     /usr/bin/python3 "$CG_ROOT/test/bench/faults/campaign.py"

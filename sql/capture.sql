@@ -109,6 +109,44 @@ CREATE TRIGGER stray_noargs AFTER INSERT ON stray FOR EACH ROW EXECUTE FUNCTION 
 INSERT INTO stray VALUES (1);
 DROP TABLE stray;
 
+-- a log whose definition was changed is refused, saying why (and nothing is written)
+\set ECHO none
+\i sql/show_error.psql
+\set ECHO all
+BEGIN;
+ALTER TABLE connect_guard.trigger_log ADD COLUMN extra int;
+SELECT show_error($$INSERT INTO contact (name) VALUES ('refused')$$);
+ROLLBACK;
+BEGIN;
+ALTER TABLE connect_guard.trigger_log RENAME COLUMN sfid TO sf_id;
+SELECT show_error($$INSERT INTO contact (name) VALUES ('refused')$$);
+ROLLBACK;
+BEGIN;
+ALTER TABLE connect_guard.trigger_log ALTER COLUMN record_id TYPE varchar;
+SELECT show_error($$INSERT INTO contact (name) VALUES ('refused')$$);
+ROLLBACK;
+BEGIN;
+CREATE INDEX trigger_log_lower ON connect_guard.trigger_log (lower(table_name));
+SELECT show_error($$INSERT INTO contact (name) VALUES ('refused')$$);
+ROLLBACK;
+-- an index on plain columns is maintained
+BEGIN;
+CREATE INDEX trigger_log_table ON connect_guard.trigger_log (table_name, id);
+INSERT INTO contact (name) VALUES ('indexed');
+SET LOCAL enable_seqscan = off;
+SELECT count(*) AS found_by_index FROM connect_guard.trigger_log
+ WHERE table_name = 'contact' AND "values"->>'name' = 'indexed';
+ROLLBACK;
+-- an error while capturing says that connect_guard refused the write
+\set SHOW_CONTEXT errors
+BEGIN;
+ALTER TABLE connect_guard.trigger_log DROP COLUMN sf_message;
+INSERT INTO contact (name) VALUES ('refused');
+ROLLBACK;
+\set SHOW_CONTEXT never
+SELECT count(*) AS refused_writes FROM contact WHERE name IN ('refused', 'indexed');
+DROP FUNCTION show_error(text);
+
 -- unmapping the last mapping removes the triggers; nothing is captured after
 SELECT connect_unmap_table('sync', 'contact');
 SELECT count(*) AS triggers_while_other_maps FROM pg_trigger WHERE tgrelid = 'contact'::regclass;

@@ -1,123 +1,55 @@
 /*
  * capture.c
- *		The capture trigger: appends every row change of a mapped table to
- *		connect_guard.trigger_log.
+ *		The capture trigger: turns every row change of a mapped table into an
+ *		entry of connect_guard.trigger_log.
  *
  * connect_map_table() installs connect_guard.capture(schema, table) as an
  * AFTER ... FOR EACH ROW trigger (and a statement-level one for TRUNCATE).
  * The arguments are the mapped table's name as the mapping records it, so
  * that partitions of a mapped partitioned table log under the parent's name.
  *
- * Speed: the trigger builds the log row itself and inserts it with
- * simple_heap_insert() plus index_insert() on the log's (plain, column-only)
- * indexes.  Going through SPI would cost an executor start per row, which is
- * most of what PgQ's and Heroku Connect's triggers spend.  Everything that
- * depends on a table's layout is cached per relation and dropped by a
- * relcache invalidation callback.
+ * Speed: the trigger builds the entry itself (row_json.c writes the jsonb)
+ * and hands it to log_writer.c, which writes entries in batches straight
+ * into the heap and the log's indexes.  Going through SPI would cost an
+ * executor start per row, which is most of what PgQ's and Heroku Connect's
+ * triggers spend.  Everything that depends on a table's layout is cached
+ * per relation and dropped by a relcache invalidation callback.
  *
- * Security: inserting directly needs no privilege on the log, so the
- * application's roles get none: they cannot write, rewrite or delete log
- * entries, yet all their changes are captured.  Only a role allowed to set
- * connect_guard.capture (superuser, or GRANT SET ON PARAMETER) can switch
- * capture off for its own session, which is how the sync service keeps its
- * own writes out of the log.
+ * Settings: the text forms of values must not depend on the session, so the
+ * output settings that change them (DateStyle, IntervalStyle,
+ * extra_float_digits) are pinned while an entry is built (row_json.c).
  *
- * Ordering: the entry's id is taken after the transaction has its xid, which
- * connect_next_batch relies on (see the tick comments in the install script).
+ * Locking: building a table's recipe opens its primary key index with
+ * AccessShareLock (the table itself is locked by the statement that fired
+ * the trigger); the log is locked by log_writer.c.
+ *
+ * Security: only a role allowed to set connect_guard.capture (superuser, or
+ * GRANT SET ON PARAMETER) can switch capture off for its own session, which
+ * is how the sync service keeps its own writes out of the log.  The log
+ * needs no privilege (log_writer.c).
  */
 #include "postgres.h"
 
 #include "access/genam.h"
-#include "access/heapam.h"
 #include "access/htup_details.h"
-#include "access/table.h"
 #include "access/xact.h"
-#include "catalog/index.h"
-#include "catalog/namespace.h"
-#include "catalog/pg_type.h"
-#include "commands/sequence.h"
 #include "commands/trigger.h"
 #include "lib/stringinfo.h"
-#include "nodes/execnodes.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/json.h"
-#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/timestamp.h"
-#include "utils/xid8.h"
 
 #include "capture.h"
 #include "catalog_names.h"
 #include "connect_guard.h"
+#include "log_writer.h"
 #include "row_json.h"
 
 PG_FUNCTION_INFO_V1(connect_guard_capture);
-
-/* The trigger log's columns, in table order; checked against the catalog. */
-enum
-{
-	LOG_ID,
-	LOG_TXID,
-	LOG_CREATED_AT,
-	LOG_UPDATED_AT,
-	LOG_PROCESSED_AT,
-	LOG_PROCESSED_TX,
-	LOG_STATE,
-	LOG_ACTION,
-	LOG_TABLE_SCHEMA,
-	LOG_TABLE_NAME,
-	LOG_RECORD_ID,
-	LOG_SFID,
-	LOG_OLD,
-	LOG_VALUES,
-	LOG_SF_RESULT,
-	LOG_SF_MESSAGE,
-	LOG_NCOLUMNS
-};
-
-static const struct
-{
-	const char *name;
-	Oid			type;
-}			log_columns[LOG_NCOLUMNS] =
-{
-	{"id", INT8OID},
-	{"txid", XID8OID},
-	{"created_at", TIMESTAMPTZOID},
-	{"updated_at", TIMESTAMPTZOID},
-	{"processed_at", TIMESTAMPTZOID},
-	{"processed_tx", XID8OID},
-	{"state", TEXTOID},
-	{"action", TEXTOID},
-	{"table_schema", TEXTOID},
-	{"table_name", TEXTOID},
-	{"record_id", TEXTOID},
-	{"sfid", TEXTOID},
-	{"old", JSONBOID},
-	{"values", JSONBOID},
-	{"sf_result", INT4OID},
-	{"sf_message", TEXTOID},
-};
-
-#define LOG_MAX_INDEXES 4
-
-/*
- * What the trigger needs to know about the log itself.  Reset whenever the
- * log's relcache entry is invalidated (which includes DROP EXTENSION).
- */
-typedef struct TriggerLogInfo
-{
-	bool		valid;
-	Oid			relid;
-	Oid			seqid;
-	int			nindexes;
-	Oid			indexids[LOG_MAX_INDEXES];
-	IndexInfo  *indexinfo[LOG_MAX_INDEXES];
-	MemoryContext cxt;
-} TriggerLogInfo;
 
 /* Per captured relation: the jsonb recipe and where the key columns are. */
 typedef struct CapturedTable
@@ -129,23 +61,39 @@ typedef struct CapturedTable
 	int			npkey;
 	int			pkey[INDEX_MAX_KEYS];	/* indexes into layout.columns */
 	int			sfid;			/* index into layout.columns, or -1 */
+	/* the trigger's arguments last seen, as texts for the log */
+	char	   *arg_schema;
+	char	   *arg_table;
+	Datum		schema_text;
+	Datum		table_text;
 } CapturedTable;
 
-static TriggerLogInfo trigger_log;
+/* What an error while capturing says about where it happened. */
+typedef struct CaptureErrorContext
+{
+	const char *schema;
+	const char *table;
+} CaptureErrorContext;
+
 static HTAB *captured_tables = NULL;
+static CapturedTable *last_table = NULL;
 static Datum state_new;
 static Datum action_names[4];
 
 static void capture_relcache_callback(Datum arg, Oid relid);
-static void trigger_log_load(void);
 static CapturedTable *captured_table_get(Relation rel);
 static void captured_table_build(CapturedTable *entry, Relation rel);
+static void captured_table_set_args(CapturedTable *table, Trigger *trigger);
 static Datum record_id_text(CapturedTable *table, Datum *values, bool *nulls);
-static void trigger_log_append(Datum *logvalues, bool *lognulls);
+static void capture_row(TriggerData *trigdata, CapturedTable *table,
+						Datum *logvalues, bool *lognulls);
+static void capture_row_fixed_output(TriggerData *trigdata, CapturedTable *table,
+									 Datum *logvalues, bool *lognulls);
+static void capture_error_callback(void *arg);
 
 /*
- * capture_init registers the invalidation callback and the constant texts.
- * Called once per backend from _PG_init.
+ * capture_init registers the invalidation callback, the log writer and the
+ * constant texts.  Called once per backend from _PG_init.
  */
 void
 capture_init(void)
@@ -160,6 +108,7 @@ capture_init(void)
 	MemoryContextSwitchTo(oldcxt);
 
 	CacheRegisterRelcacheCallback(capture_relcache_callback, (Datum) 0);
+	log_writer_init();
 }
 
 /*
@@ -170,9 +119,6 @@ capture_init(void)
 static void
 capture_relcache_callback(Datum arg, Oid relid)
 {
-	if (relid == InvalidOid || relid == trigger_log.relid)
-		trigger_log.valid = false;
-
 	if (captured_tables == NULL)
 		return;
 	if (relid == InvalidOid)
@@ -194,133 +140,6 @@ capture_relcache_callback(Datum arg, Oid relid)
 }
 
 /*
- * trigger_log_load finds the log, its id sequence and its indexes, and
- * checks that the table still has the columns this file writes.  The log is
- * opened (and so locked) by the caller's insert right after, so a concurrent
- * DROP EXTENSION either waits or has already invalidated us.
- */
-static void
-trigger_log_load(void)
-{
-	Oid			nspid = get_namespace_oid(CONNECT_GUARD_SCHEMA, true);
-	Relation	rel;
-	TupleDesc	desc;
-	List	   *indexes;
-	ListCell   *lc;
-	MemoryContext oldcxt;
-
-	if (!OidIsValid(nspid) ||
-		!OidIsValid(trigger_log.relid = get_relname_relid("trigger_log", nspid)) ||
-		!OidIsValid(trigger_log.seqid = get_relname_relid("trigger_log_id_seq", nspid)))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("connect_guard is not installed in this database"),
-				 errdetail("A capture trigger fired, but the table connect_guard.trigger_log does not exist."),
-				 errhint("Run CREATE EXTENSION connect_guard, or drop the trigger _connect_guard_capture from this table.")));
-
-	if (trigger_log.cxt == NULL)
-		trigger_log.cxt = AllocSetContextCreate(CacheMemoryContext,
-												"connect_guard trigger log",
-												ALLOCSET_SMALL_SIZES);
-	else
-		MemoryContextReset(trigger_log.cxt);
-
-	/* as in captured_table_get: an invalidation during the load wins */
-	trigger_log.valid = true;
-	rel = table_open(trigger_log.relid, RowExclusiveLock);
-	desc = RelationGetDescr(rel);
-	if (desc->natts != LOG_NCOLUMNS)
-		elog(ERROR, "connect_guard.trigger_log has %d columns, expected %d",
-			 desc->natts, LOG_NCOLUMNS);
-	for (int i = 0; i < LOG_NCOLUMNS; i++)
-	{
-		Form_pg_attribute att = TupleDescAttr(desc, i);
-
-		if (att->attisdropped || att->atttypid != log_columns[i].type ||
-			strcmp(NameStr(att->attname), log_columns[i].name) != 0)
-			elog(ERROR, "column %d of connect_guard.trigger_log is not \"%s\"",
-				 i + 1, log_columns[i].name);
-	}
-
-	indexes = RelationGetIndexList(rel);
-	if (list_length(indexes) > LOG_MAX_INDEXES)
-		elog(ERROR, "connect_guard.trigger_log has more than %d indexes",
-			 LOG_MAX_INDEXES);
-	trigger_log.nindexes = 0;
-	oldcxt = MemoryContextSwitchTo(trigger_log.cxt);
-	foreach(lc, indexes)
-	{
-		Oid			indexid = lfirst_oid(lc);
-		Relation	index = index_open(indexid, RowExclusiveLock);
-		IndexInfo  *info = BuildIndexInfo(index);
-
-		/* index_insert below computes keys straight from the columns */
-		if (info->ii_Expressions != NIL || info->ii_Predicate != NIL)
-			elog(ERROR, "connect_guard.trigger_log must not have expression or partial indexes");
-		trigger_log.indexids[trigger_log.nindexes] = indexid;
-		trigger_log.indexinfo[trigger_log.nindexes] = info;
-		trigger_log.nindexes++;
-		index_close(index, NoLock);
-	}
-	MemoryContextSwitchTo(oldcxt);
-	list_free(indexes);
-	table_close(rel, NoLock);
-}
-
-/*
- * trigger_log_append inserts one entry and its index entries.  The caller
- * has filled every column but the id, which is taken last so that it comes
- * after the transaction's xid was assigned.
- */
-static void
-trigger_log_append(Datum *logvalues, bool *lognulls)
-{
-	Relation	rel;
-	HeapTuple	tuple;
-
-	if (!trigger_log.valid)
-	{
-		PG_TRY();
-		{
-			trigger_log_load();
-		}
-		PG_CATCH();
-		{
-			trigger_log.valid = false;
-			PG_RE_THROW();
-		}
-		PG_END_TRY();
-	}
-
-	rel = table_open(trigger_log.relid, RowExclusiveLock);
-	logvalues[LOG_TXID] = FullTransactionIdGetDatum(GetTopFullTransactionId());
-	logvalues[LOG_ID] = Int64GetDatum(nextval_internal(trigger_log.seqid, false));
-	tuple = heap_form_tuple(RelationGetDescr(rel), logvalues, lognulls);
-	simple_heap_insert(rel, tuple);
-
-	for (int i = 0; i < trigger_log.nindexes; i++)
-	{
-		Relation	index = index_open(trigger_log.indexids[i], RowExclusiveLock);
-		IndexInfo  *info = trigger_log.indexinfo[i];
-		Datum		keys[INDEX_MAX_KEYS];
-		bool		keynulls[INDEX_MAX_KEYS];
-
-		for (int k = 0; k < info->ii_NumIndexAttrs; k++)
-		{
-			AttrNumber	attnum = info->ii_IndexAttrNumbers[k];
-
-			keys[k] = logvalues[attnum - 1];
-			keynulls[k] = lognulls[attnum - 1];
-		}
-		index_insert(index, keys, keynulls, &tuple->t_self, rel,
-					 index->rd_index->indisunique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
-					 false, info);
-		index_close(index, NoLock);
-	}
-	table_close(rel, NoLock);
-}
-
-/*
  * captured_table_get returns the valid cache entry for rel, building it on
  * first use or after an invalidation.
  */
@@ -330,6 +149,10 @@ captured_table_get(Relation rel)
 	Oid			relid = RelationGetRelid(rel);
 	CapturedTable *entry;
 	bool		found;
+
+	/* a statement changes one table many times in a row */
+	if (last_table != NULL && last_table->relid == relid && last_table->valid)
+		return last_table;
 
 	if (captured_tables == NULL)
 	{
@@ -344,7 +167,7 @@ captured_table_get(Relation rel)
 
 	entry = hash_search(captured_tables, &relid, HASH_ENTER, &found);
 	if (found && entry->valid)
-		return entry;
+		return last_table = entry;
 	if (!found)
 		entry->cxt = NULL;
 
@@ -354,6 +177,7 @@ captured_table_get(Relation rel)
 										   ALLOCSET_SMALL_SIZES);
 	else
 		MemoryContextReset(entry->cxt);
+	entry->arg_schema = entry->arg_table = NULL;
 
 	/*
 	 * Valid from the start: an invalidation that arrives while we build
@@ -370,7 +194,7 @@ captured_table_get(Relation rel)
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
-	return entry;
+	return last_table = entry;
 }
 
 /*
@@ -407,6 +231,29 @@ captured_table_build(CapturedTable *entry, Relation rel)
 }
 
 /*
+ * captured_table_set_args keeps the trigger's arguments (the mapped table's
+ * schema and name) as the texts the log stores, so that they are not
+ * converted again for every row.
+ */
+static void
+captured_table_set_args(CapturedTable *table, Trigger *trigger)
+{
+	MemoryContext oldcxt;
+
+	if (table->arg_schema != NULL &&
+		strcmp(table->arg_schema, trigger->tgargs[0]) == 0 &&
+		strcmp(table->arg_table, trigger->tgargs[1]) == 0)
+		return;
+
+	oldcxt = MemoryContextSwitchTo(table->cxt);
+	table->arg_schema = pstrdup(trigger->tgargs[0]);
+	table->arg_table = pstrdup(trigger->tgargs[1]);
+	table->schema_text = CStringGetTextDatum(table->arg_schema);
+	table->table_text = CStringGetTextDatum(table->arg_table);
+	MemoryContextSwitchTo(oldcxt);
+}
+
+/*
  * record_id_text identifies the row by its primary key: the key's text for
  * a one-column key, a JSON array of the texts for a composite key, NULL for
  * a table that lost its key after it was mapped.
@@ -422,7 +269,7 @@ record_id_text(CapturedTable *table, Datum *values, bool *nulls)
 
 		if (nulls[column->attnum - 1])
 			return (Datum) 0;
-		return CStringGetTextDatum(row_json_column_text(column, values[column->attnum - 1]));
+		return row_json_column_as_text(column, values[column->attnum - 1]);
 	}
 
 	initStringInfo(&buf);
@@ -443,6 +290,101 @@ record_id_text(CapturedTable *table, Datum *values, bool *nulls)
 }
 
 /*
+ * capture_row fills the columns of an INSERT, UPDATE or DELETE entry that
+ * depend on the row: old, values, record_id and sfid.
+ */
+static void
+capture_row(TriggerData *trigdata, CapturedTable *table,
+			Datum *logvalues, bool *lognulls)
+{
+	TriggerEvent event = trigdata->tg_event;
+	TupleDesc	desc = RelationGetDescr(trigdata->tg_relation);
+	Datum	   *values = palloc(sizeof(Datum) * desc->natts);
+	bool	   *nulls = palloc(sizeof(bool) * desc->natts);
+
+	if (TRIGGER_FIRED_BY_INSERT(event))
+	{
+		heap_deform_tuple(trigdata->tg_trigtuple, desc, values, nulls);
+		logvalues[LOG_ACTION] = action_names[0];
+		logvalues[LOG_VALUES] = JsonbPGetDatum(row_json_from_row(&table->layout, values, nulls));
+		lognulls[LOG_VALUES] = false;
+	}
+	else if (TRIGGER_FIRED_BY_UPDATE(event))
+	{
+		Datum	   *oldvalues = palloc(sizeof(Datum) * desc->natts);
+		bool	   *oldnulls = palloc(sizeof(bool) * desc->natts);
+
+		heap_deform_tuple(trigdata->tg_trigtuple, desc, oldvalues, oldnulls);
+		heap_deform_tuple(trigdata->tg_newtuple, desc, values, nulls);
+		logvalues[LOG_ACTION] = action_names[1];
+		logvalues[LOG_OLD] = JsonbPGetDatum(row_json_from_row(&table->layout, oldvalues, oldnulls));
+		logvalues[LOG_VALUES] = JsonbPGetDatum(row_json_changed_columns(&table->layout,
+																		oldvalues, oldnulls,
+																		values, nulls));
+		lognulls[LOG_OLD] = lognulls[LOG_VALUES] = false;
+	}
+	else
+	{
+		heap_deform_tuple(trigdata->tg_trigtuple, desc, values, nulls);
+		logvalues[LOG_ACTION] = action_names[2];
+		logvalues[LOG_OLD] = JsonbPGetDatum(row_json_from_row(&table->layout, values, nulls));
+		lognulls[LOG_OLD] = false;
+	}
+
+	if (table->npkey > 0)
+	{
+		logvalues[LOG_RECORD_ID] = record_id_text(table, values, nulls);
+		lognulls[LOG_RECORD_ID] = (logvalues[LOG_RECORD_ID] == (Datum) 0);
+	}
+	if (table->sfid >= 0)
+	{
+		RowJsonColumn *column = &table->layout.columns[table->sfid];
+
+		if (!nulls[column->attnum - 1])
+		{
+			logvalues[LOG_SFID] = row_json_column_as_text(column, values[column->attnum - 1]);
+			lognulls[LOG_SFID] = false;
+		}
+	}
+}
+
+/*
+ * capture_row_fixed_output runs capture_row with the output settings pinned
+ * (row_json_fix_output), and puts them back whatever happens.
+ */
+static void
+capture_row_fixed_output(TriggerData *trigdata, CapturedTable *table,
+						 Datum *logvalues, bool *lognulls)
+{
+	RowJsonOutputSettings saved;
+
+	row_json_fix_output(&saved);
+	PG_TRY();
+	{
+		capture_row(trigdata, table, logvalues, lognulls);
+	}
+	PG_FINALLY();
+	{
+		row_json_restore_output(&saved);
+	}
+	PG_END_TRY();
+}
+
+/*
+ * capture_error_callback names the capture and the table in any error
+ * raised while a change is captured, so that a refused write says that
+ * connect_guard refused it.
+ */
+static void
+capture_error_callback(void *arg)
+{
+	CaptureErrorContext *context = (CaptureErrorContext *) arg;
+
+	errcontext("connect_guard capture trigger, capturing a change of table %s.%s",
+			   quote_identifier(context->schema), quote_identifier(context->table));
+}
+
+/*
  * connect_guard_capture is the trigger function.  Its two arguments are the
  * schema and name the mapping knows the table by.
  */
@@ -454,6 +396,8 @@ connect_guard_capture(PG_FUNCTION_ARGS)
 	Datum		logvalues[LOG_NCOLUMNS];
 	bool		lognulls[LOG_NCOLUMNS];
 	Datum		now;
+	CaptureErrorContext context;
+	ErrorContextCallback errcallback;
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		ereport(ERROR,
@@ -469,18 +413,27 @@ connect_guard_capture(PG_FUNCTION_ARGS)
 						RelationGetRelationName(trigdata->tg_relation)),
 				 errdetail("connect_guard.capture() must fire AFTER the change and take the mapped table's schema and name as arguments."),
 				 errhint("Drop the trigger and use connect_map_table() to capture the table.")));
+	if (!TRIGGER_FIRED_BY_TRUNCATE(event) && !TRIGGER_FIRED_FOR_ROW(event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("connect_guard.capture() must fire FOR EACH ROW for INSERT, UPDATE and DELETE"),
+				 errhint("Drop the trigger and use connect_map_table() to capture the table.")));
 
 	if (!connect_guard_capture_enabled)
 		return PointerGetDatum(NULL);
+
+	context.schema = trigdata->tg_trigger->tgargs[0];
+	context.table = trigdata->tg_trigger->tgargs[1];
+	errcallback.callback = capture_error_callback;
+	errcallback.arg = &context;
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
 
 	memset(lognulls, true, sizeof(lognulls));
 	now = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
 	logvalues[LOG_CREATED_AT] = now;
 	logvalues[LOG_UPDATED_AT] = now;
 	logvalues[LOG_STATE] = state_new;
-	logvalues[LOG_TABLE_SCHEMA] = CStringGetTextDatum(trigdata->tg_trigger->tgargs[0]);
-	logvalues[LOG_TABLE_NAME] = CStringGetTextDatum(trigdata->tg_trigger->tgargs[1]);
-	lognulls[LOG_ID] = lognulls[LOG_TXID] = false;
 	lognulls[LOG_CREATED_AT] = lognulls[LOG_UPDATED_AT] = false;
 	lognulls[LOG_STATE] = lognulls[LOG_ACTION] = false;
 	lognulls[LOG_TABLE_SCHEMA] = lognulls[LOG_TABLE_NAME] = false;
@@ -488,69 +441,22 @@ connect_guard_capture(PG_FUNCTION_ARGS)
 	if (TRIGGER_FIRED_BY_TRUNCATE(event))
 	{
 		logvalues[LOG_ACTION] = action_names[3];
-		trigger_log_append(logvalues, lognulls);
-		return PointerGetDatum(NULL);
+		logvalues[LOG_TABLE_SCHEMA] = CStringGetTextDatum(context.schema);
+		logvalues[LOG_TABLE_NAME] = CStringGetTextDatum(context.table);
 	}
-	if (!TRIGGER_FIRED_FOR_ROW(event))
-		ereport(ERROR,
-				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("connect_guard.capture() must fire FOR EACH ROW for INSERT, UPDATE and DELETE"),
-				 errhint("Drop the trigger and use connect_map_table() to capture the table.")));
-
+	else
 	{
-		Relation	rel = trigdata->tg_relation;
-		TupleDesc	desc = RelationGetDescr(rel);
-		CapturedTable *table = captured_table_get(rel);
-		Datum	   *values = palloc(sizeof(Datum) * desc->natts);
-		bool	   *nulls = palloc(sizeof(bool) * desc->natts);
+		CapturedTable *table = captured_table_get(trigdata->tg_relation);
 
-		if (TRIGGER_FIRED_BY_INSERT(event))
-		{
-			heap_deform_tuple(trigdata->tg_trigtuple, desc, values, nulls);
-			logvalues[LOG_ACTION] = action_names[0];
-			logvalues[LOG_VALUES] = JsonbPGetDatum(row_json_from_row(&table->layout, values, nulls));
-			lognulls[LOG_VALUES] = false;
-		}
-		else if (TRIGGER_FIRED_BY_UPDATE(event))
-		{
-			Datum	   *oldvalues = palloc(sizeof(Datum) * desc->natts);
-			bool	   *oldnulls = palloc(sizeof(bool) * desc->natts);
+		captured_table_set_args(table, trigdata->tg_trigger);
+		logvalues[LOG_TABLE_SCHEMA] = table->schema_text;
+		logvalues[LOG_TABLE_NAME] = table->table_text;
 
-			heap_deform_tuple(trigdata->tg_trigtuple, desc, oldvalues, oldnulls);
-			heap_deform_tuple(trigdata->tg_newtuple, desc, values, nulls);
-			logvalues[LOG_ACTION] = action_names[1];
-			logvalues[LOG_OLD] = JsonbPGetDatum(row_json_from_row(&table->layout, oldvalues, oldnulls));
-			logvalues[LOG_VALUES] = JsonbPGetDatum(row_json_changed_columns(&table->layout,
-																			oldvalues, oldnulls,
-																			values, nulls));
-			lognulls[LOG_OLD] = lognulls[LOG_VALUES] = false;
-		}
-		else
-		{
-			heap_deform_tuple(trigdata->tg_trigtuple, desc, values, nulls);
-			logvalues[LOG_ACTION] = action_names[2];
-			logvalues[LOG_OLD] = JsonbPGetDatum(row_json_from_row(&table->layout, values, nulls));
-			lognulls[LOG_OLD] = false;
-		}
-
-		if (table->npkey > 0)
-		{
-			logvalues[LOG_RECORD_ID] = record_id_text(table, values, nulls);
-			lognulls[LOG_RECORD_ID] = (logvalues[LOG_RECORD_ID] == (Datum) 0);
-		}
-		if (table->sfid >= 0)
-		{
-			RowJsonColumn *column = &table->layout.columns[table->sfid];
-
-			if (!nulls[column->attnum - 1])
-			{
-				logvalues[LOG_SFID] = CStringGetTextDatum(row_json_column_text(column,
-																			   values[column->attnum - 1]));
-				lognulls[LOG_SFID] = false;
-			}
-		}
+		capture_row_fixed_output(trigdata, table, logvalues, lognulls);
 	}
 
-	trigger_log_append(logvalues, lognulls);
+	log_writer_append(logvalues, lognulls);
+
+	error_context_stack = errcallback.previous;
 	return PointerGetDatum(NULL);
 }

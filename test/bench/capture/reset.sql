@@ -1,6 +1,6 @@
 /*
  * Before every run: give the variant's table back the seed rows in a fresh
- * file (no bloat and none of the previous run's inserts), empty all three
+ * file (no bloat and none of the previous run's inserts), empty all four
  * logs, vacuum and checkpoint, so that every run starts from the same state
  * whatever ran before it.  psql -v tbl=bench_<variant> -v nrows=N.
  */
@@ -14,10 +14,11 @@ INSERT INTO :"tbl" SELECT * FROM bench_seed;
 RESET session_replication_role;
 SELECT setval(pg_get_serial_sequence(:'tbl', 'id'), :nrows) \gset
 
-TRUNCATE salesforce._trigger_log, connect_guard.trigger_log;
+TRUNCATE salesforce._trigger_log, stmt.trigger_log, connect_guard.trigger_log;
 SELECT format('TRUNCATE %s', queue_data_pfx) FROM pgq.queue WHERE queue_name = 'bench' \gexec
 
 VACUUM ANALYZE :"tbl";
 VACUUM ANALYZE salesforce._trigger_log;
+VACUUM ANALYZE stmt.trigger_log;
 VACUUM ANALYZE connect_guard.trigger_log;
 CHECKPOINT;

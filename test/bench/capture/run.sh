@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 #
 # Capture-trigger overhead: how much a row change costs with no trigger,
-# with a Heroku-Connect-style PL/pgSQL hstore trigger, with PgQ's C trigger
-# (pgq.logutriga) and with connect_guard's C capture trigger.
+# with a Heroku-Connect-style PL/pgSQL hstore row trigger, with PgQ's C
+# trigger (pgq.logutriga), with PL/pgSQL statement-level triggers reading
+# transition tables (jsonb, one INSERT ... SELECT per statement: the best a
+# user can do without C) and with connect_guard's C capture trigger.
+# Each run is measured twice: throughput (wall clock) and the CPU time its
+# backend used (steadier on a shared machine); report.sql prints both, each
+# against the no-trigger run of the same round.
 #
 #   test/bench/capture/run.sh            # about 7 minutes
 #   BENCH_SECONDS=2 BENCH_ROUNDS=1 test/bench/capture/run.sh   # smoke test
@@ -19,6 +24,8 @@
 #   BENCH_PRELOAD=1 load connect_guard through shared_preload_libraries: its
 #                   write-fence hooks then run in every variant's statements
 #   BENCH_PORT      port of the throwaway cluster (default 5491; unix socket only)
+#   BENCH_INSTRUCTIONS=1  then count instructions per row with valgrind
+#                   (instructions.sh: single-user mode, about 10 more minutes)
 #   BENCH_KEEP=1    keep the cluster's directory (for a look at the logs)
 #   PG_BIN          PostgreSQL binaries (default /usr/lib/postgresql/15/bin)
 #
@@ -38,11 +45,12 @@ WORKLOADS=${BENCH_WORKLOADS:-update_1row insert_1row update_bulk insert_bulk}
 EXTRAS=${BENCH_CONNECT_EXTRAS:-0}
 PRELOAD=${BENCH_PRELOAD:-0}
 PORT=${BENCH_PORT:-5491}
+INSTRUCTIONS=${BENCH_INSTRUCTIONS:-0}
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 # none first in every round: each variant is compared with the baseline of
 # its own round, measured moments before it, never with one from a quieter
 # or busier minute of this noisy machine
-VARIANTS="none plpgsql pgq connect_guard"
+VARIANTS="none plpgsql pgq plpgsql_stmt connect_guard"
 
 die() { echo "run.sh: $*" >&2; exit 1; }
 
@@ -57,7 +65,7 @@ fi
 pg() { "${AS_PG[@]}" "$@"; }
 
 missing=()
-for pkg in postgresql-15-pgq3 postgresql-contrib; do
+for pkg in postgresql-15-pgq3 postgresql-contrib $([ "$INSTRUCTIONS" = 1 ] && echo valgrind); do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -134,11 +142,12 @@ psql_q -v extras="$EXTRAS" -v nrows="$NROWS" -f "$WORK/setup.sql" >/dev/null
 pg_value() { pg "$PG_BIN/psql" -X -Atc "$1"; }
 # the logs' index counts explain much of the per-row cost: keep them in sight
 LOG_INDEXES=$(pg_value "
-    SELECT format('plpgsql %s (Connect''s), pgq %s, connect_guard %s',
+    SELECT format('plpgsql %s (Connect''s), pgq %s, plpgsql_stmt %s, connect_guard %s',
                   (SELECT count(*) FROM pg_index WHERE indrelid = 'salesforce._trigger_log'::regclass),
                   (SELECT count(*) FROM pg_index i, pgq.queue q
                     WHERE q.queue_name = 'bench'
                       AND i.indrelid = (q.queue_data_pfx || '_' || q.queue_cur_table)::regclass),
+                  (SELECT count(*) FROM pg_index WHERE indrelid = 'stmt.trigger_log'::regclass),
                   (SELECT count(*) FROM pg_index WHERE indrelid = 'connect_guard.trigger_log'::regclass))")
 if [ "$EXTRAS" = 1 ]; then
     PLPGSQL_NOTE="Connect's hstore logger + its get_xmlbinary() guard + NOTIFY per log row"
@@ -158,6 +167,27 @@ connect_guard capture benchmark
 
 EOF
 
+# CPU time of the run's backends: the postmaster's cutime + cstime
+# (/proc/PID/stat fields 16 and 17, in clock ticks), which grow by a
+# backend's CPU time when it exits and is reaped.  On a shared machine this
+# is much steadier than throughput, which also counts the time the backend
+# waited for a CPU.  Read only once no client backend is left.
+POSTMASTER_PID=$(head -1 "$WORK/data/postmaster.pid")
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+backends_gone() {
+    local i pid
+    for i in $(seq 1 500); do
+        local busy=0
+        for pid in $(pgrep -P "$POSTMASTER_PID"); do
+            if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q '\[local\]'; then busy=1; break; fi
+        done
+        [ $busy = 0 ] && return 0
+        sleep 0.01
+    done
+    die "client backends did not exit"
+}
+children_cpu_ticks() { awk '{ print $16 + $17 }' "/proc/$POSTMASTER_PID/stat"; }
+
 RESULTS=$WORK/results.tsv
 : >"$RESULTS"
 [ ${#AS_PG[@]} -eq 0 ] || chown postgres: "$RESULTS"
@@ -168,6 +198,8 @@ for round in $(seq 1 "$ROUNDS"); do
         for v in $VARIANTS; do
             psql_q -v tbl="bench_$v" -v nrows="$NROWS" -f "$WORK/reset.sql" >/dev/null
             log=$WORK/pgbench.$round.$w.$v.log
+            backends_gone
+            ticks_before=$(children_cpu_ticks)
             # simple protocol: the only one in which :tbl may name a table
             if ! pg "$PG_BIN/pgbench" -n -M simple -c "$CLIENTS" -j "$CLIENTS" -T "$RUN_SECONDS" \
                     -D tbl="bench_$v" -D nrows="$NROWS" -D rows="$rows" \
@@ -175,6 +207,8 @@ for round in $(seq 1 "$ROUNDS"); do
                 cat "$log" >&2
                 die "pgbench failed: round $round, $w, $v"
             fi
+            backends_gone
+            cpu_us=$((($(children_cpu_ticks) - ticks_before) * TICK_US))
             tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$log")
             tx=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$log")
             if [ -z "$tps" ] || [ -z "$tx" ] || [ "$tx" -eq 0 ]; then
@@ -182,9 +216,10 @@ for round in $(seq 1 "$ROUNDS"); do
                 die "no result from pgbench: round $round, $w, $v"
             fi
             captured=$(pg_value "SELECT bench_captured('$v')")
-            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$w" "$v" "$rows" "$tps" "$tx" "$captured" >>"$RESULTS"
-            printf 'round %d/%d  %-12s %-14s %10.1f tps  %9d rows changed, %9d captured\n' \
-                "$round" "$ROUNDS" "$w" "$v" "$tps" $((tx * rows)) "$captured"
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$w" "$v" "$rows" "$tps" "$tx" "$captured" "$cpu_us" >>"$RESULTS"
+            printf 'round %d/%d  %-12s %-14s %10.1f tps  %7.2f CPU µs/row  %9d rows changed, %9d captured\n' \
+                "$round" "$ROUNDS" "$w" "$v" "$tps" "$(awk -v us="$cpu_us" -v n=$((tx * rows)) 'BEGIN { print us / n }')" \
+                $((tx * rows)) "$captured"
         done
     done
 done
@@ -192,3 +227,11 @@ done
 # ---------------------------------------------------------------- report
 
 psql_q -f "$WORK/report.sql" <"$RESULTS"
+
+if [ "$INSTRUCTIONS" = 1 ]; then
+    echo
+    echo "Instructions per row (valgrind --tool=callgrind, single-user mode: the machine's load does not change them)"
+    pg "$PG_BIN/pg_ctl" -D "$WORK/data" -w stop >/dev/null
+    AS_PG_USER=$([ ${#AS_PG[@]} -eq 0 ] || echo postgres) PG_BIN=$PG_BIN \
+        bash "$HERE/instructions.sh" "$WORK/data" "$NROWS" "$BULK" "$WORKLOADS" "$VARIANTS"
+fi

@@ -1,6 +1,6 @@
 /*
- * Schema of the capture benchmark: four identical tables, one per variant,
- * and the three trigger logs.  Run once per throwaway cluster by run.sh
+ * Schema of the capture benchmark: five identical tables, one per variant,
+ * and the four trigger logs.  Run once per throwaway cluster by run.sh
  * (psql -v extras=0|1 -v nrows=N).
  */
 \set ON_ERROR_STOP on
@@ -103,7 +103,75 @@ CREATE TRIGGER tlog_insert_trigger AFTER INSERT ON salesforce._trigger_log
 -- (c) PgQ
 SELECT pgq.create_queue('bench') AS queue_id \gset
 
--- (d) connect_guard
+/*
+ * (d) What a user can write without C: PL/pgSQL statement-level triggers
+ * with transition tables, one INSERT ... SELECT per statement into a log
+ * shaped like connect_guard's (same columns, jsonb, the same primary key and
+ * its own CACHE 1 sequence), with the same content: the new row on INSERT,
+ * the old row and only the changed columns on UPDATE, the old row on
+ * DELETE, the key's text, sfid.  Transition tables allow one event per
+ * trigger, hence three triggers.
+ */
+CREATE SCHEMA stmt;
+CREATE SEQUENCE stmt.trigger_log_id_seq CACHE 1;
+CREATE TABLE stmt.trigger_log (LIKE connect_guard.trigger_log INCLUDING CONSTRAINTS INCLUDING INDEXES);
+ALTER TABLE stmt.trigger_log
+    ALTER COLUMN id SET DEFAULT nextval('stmt.trigger_log_id_seq'),
+    ALTER COLUMN created_at SET DEFAULT now(),
+    ALTER COLUMN updated_at SET DEFAULT now(),
+    ALTER COLUMN state SET DEFAULT 'NEW';
+
+CREATE FUNCTION stmt.log_insert() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO stmt.trigger_log (txid, action, table_schema, table_name, record_id, sfid, "values")
+    SELECT pg_current_xact_id(), 'INSERT', TG_TABLE_SCHEMA, TG_TABLE_NAME, n.id::text, n.sfid, to_jsonb(n)
+      FROM new_rows n;
+    RETURN NULL;
+END;
+$$;
+
+/*
+ * The UPDATE diff in set-based SQL: to_jsonb(new) minus the keys of the
+ * columns that did not change.  Generic diffs (jsonb_each per row, hstore
+ * subtraction) cost 2 to 5 times more, so, as Connect does, the function is
+ * generated for its table, with one comparison per column.
+ */
+CREATE FUNCTION stmt.create_update_logger(tbl regclass) RETURNS void
+LANGUAGE plpgsql AS $gen$
+DECLARE
+    unchanged text;
+BEGIN
+    SELECT string_agg(format('CASE WHEN n.%1$I IS NOT DISTINCT FROM o.%1$I THEN %1$L END', attname), ', '
+                      ORDER BY attnum)
+      INTO unchanged
+      FROM pg_attribute WHERE attrelid = tbl AND attnum > 0 AND NOT attisdropped;
+    EXECUTE format($f$
+        CREATE FUNCTION stmt.log_update() RETURNS trigger
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO stmt.trigger_log (txid, action, table_schema, table_name, record_id, sfid, old, "values")
+            SELECT pg_current_xact_id(), 'UPDATE', TG_TABLE_SCHEMA, TG_TABLE_NAME, n.id::text, n.sfid,
+                   to_jsonb(o), to_jsonb(n) - ARRAY[%s]::text[]
+              FROM new_rows n JOIN old_rows o ON o.id = n.id;
+            RETURN NULL;
+        END;
+        $$;
+    $f$, unchanged);
+END;
+$gen$;
+
+CREATE FUNCTION stmt.log_delete() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO stmt.trigger_log (txid, action, table_schema, table_name, record_id, sfid, old)
+    SELECT pg_current_xact_id(), 'DELETE', TG_TABLE_SCHEMA, TG_TABLE_NAME, o.id::text, o.sfid, to_jsonb(o)
+      FROM old_rows o;
+    RETURN NULL;
+END;
+$$;
+
+-- (e) connect_guard
 SELECT connect_create_connection('sync') AS connection_id \gset
 
 /*
@@ -115,7 +183,7 @@ DO $$
 DECLARE
     variant text;
 BEGIN
-    FOREACH variant IN ARRAY ARRAY['none', 'plpgsql', 'pgq', 'connect_guard'] LOOP
+    FOREACH variant IN ARRAY ARRAY['none', 'plpgsql', 'pgq', 'plpgsql_stmt', 'connect_guard'] LOOP
         EXECUTE format($f$
             CREATE TABLE public.%1$I (
                 id              serial PRIMARY KEY,
@@ -166,6 +234,14 @@ CREATE TRIGGER hc_logtrigger AFTER INSERT OR UPDATE OR DELETE ON public.bench_pl
     FOR EACH ROW EXECUTE FUNCTION salesforce.hc_logger();
 \endif
 
+SELECT stmt.create_update_logger('public.bench_plpgsql_stmt');
+CREATE TRIGGER stmt_log_insert AFTER INSERT ON public.bench_plpgsql_stmt
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION stmt.log_insert();
+CREATE TRIGGER stmt_log_update AFTER UPDATE ON public.bench_plpgsql_stmt
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION stmt.log_update();
+CREATE TRIGGER stmt_log_delete AFTER DELETE ON public.bench_plpgsql_stmt
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION stmt.log_delete();
+
 CREATE TRIGGER pgq_logutriga AFTER INSERT OR UPDATE OR DELETE ON public.bench_pgq
     FOR EACH ROW EXECUTE PROCEDURE pgq.logutriga('bench');
 
@@ -187,6 +263,8 @@ BEGIN
         -- the queue's parent event table: its rotating children inherit from it
         SELECT queue_data_pfx INTO events FROM pgq.queue WHERE queue_name = 'bench';
         EXECUTE format('SELECT count(*) FROM %s', events) INTO n;
+    WHEN 'plpgsql_stmt' THEN
+        SELECT count(*) INTO n FROM stmt.trigger_log;
     WHEN 'connect_guard' THEN
         SELECT count(*) INTO n FROM connect_guard.trigger_log;
     END CASE;

@@ -2,7 +2,7 @@
 -- connect_export_config(), connect_import_config(), connect_wait_config().
 -- Every key of a file is checked; a malformed or inconsistent file changes
 -- nothing and the error names the key.  A heroku connection's export and
--- import go through the worker (test/t/015_schema_watch.pl with the
+-- import go through the worker (test/t/019_schema_watch.pl with the
 -- simulator); here its steps are driven by hand, in transactions that roll back.
 CREATE EXTENSION connect_guard;
 \set SHOW_CONTEXT never

@@ -3,7 +3,7 @@
 -- worker's check): the mapping goes to SCHEMA_CHANGED, with a
 -- schema_changed event, a WARNING, a row of connect_schema_drift and
 -- connect_status.schema_changes.  One block per attack; connect_save_mapping()
--- is the way out.  The worker's own cycle is tested by test/t/015_schema_watch.pl;
+-- is the way out.  The worker's own cycle is tested by test/t/019_schema_watch.pl;
 -- here its check runs by hand, in transactions that roll back.
 CREATE EXTENSION connect_guard;
 \set SHOW_CONTEXT never

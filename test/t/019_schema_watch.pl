@@ -26,7 +26,7 @@ my $conn_id = '6a1b0f3e-0000-4000-8000-0000000015a1';
 my $conn2_id = '6a1b0f3e-0000-4000-8000-0000000015a2';
 
 my $node = cg_node('schema_watch',
-	conf => [ "connect_guard.naptime = '200ms'", "connect_guard.witness_directory = ''" ]);
+	conf => [ "connect_guard.naptime = '200ms'", "connect_guard.witness_directory = ''", simulator_conf() ]);
 
 # Connect's export of a mapping no file configured lists its table's columns (--source)
 my $base = start_simulator(

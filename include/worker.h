@@ -20,6 +20,12 @@ extern void worker_wake_now(void);
 extern bool worker_available(void);
 
 /*
+ * Whether this session loads a dump into its database (its CREATE EXTENSION
+ * recorded it): the database's worker writes nothing until it ends.
+ */
+extern bool worker_session_restores(void);
+
+/*
  * What connect_guard.upgrade_advance() returns (70_upgrade.sql declares the
  * same values as constants): the worker polls a waiting plan closely and
  * runs a plan that moved again at once.

@@ -19,6 +19,13 @@
 --   promote            on: promote the follower once the plan is ready, then wait until the new
 --                      primary has completed the plan [off]
 --   plan               go on with this plan (one this runbook started earlier) instead of starting one
+--   accept             failed preflight checks to go ahead regardless, comma-separated, e.g.
+--                      follower_witness (see connect_preflight in the README) ['']
+--
+-- First connect_preflight('follower'): every blocker the plan would hit (the follower reachable,
+-- a caught-up standby of this primary with connect_guard and the same witness; the sync services
+-- IDLE; no open plan, fence, prepared or long transaction, inactive or logical slot); a failed
+-- check stops the runbook before anything changes, unless -v accept names it.
 --
 -- The seed's steps and what does them here:
 --   1. create the follower, let it catch up        (you: a streaming standby; checked here)
@@ -40,6 +47,7 @@
 \if :{?step_timeout} \else \set step_timeout '10 min' \endif
 \if :{?wait_timeout} \else \set wait_timeout '30 min' \endif
 \if :{?promote} \else \set promote off \endif
+\if :{?accept} \else \set accept '' \endif
 
 SET application_name = 'connect_guard runbook follower_changeover';
 
@@ -105,31 +113,12 @@ SELECT pg_temp.runbook_require_worker() \gset
     \endif
 
     \echo
-    \echo '== step 1: is the follower a caught-up standby of this primary?'
-    SELECT coalesce(s.reachable, false) AS reachable,
-           coalesce(s.error, '') AS follower_error,
-           coalesce(s.in_recovery, false) AS in_recovery,
-           coalesce(s.system_identifier_matches, false) AS same_system,
-           coalesce(s.lag_bytes::text, '') AS lag_bytes,
-           coalesce(s.lag_bytes <= :'max_lag'::bigint, false) AS caught_up
-      FROM (SELECT 1) one LEFT JOIN connect_check_followers() s ON s.name = :'follower' \gset
-    SELECT pg_temp.runbook_require(:'reachable'::boolean,
-        format('follower "%s" is unreachable: %s', :'follower', nullif(:'follower_error', '')),
-        'Check follower_conninfo, that the follower runs and accepts this server''s connections (pg_hba.conf), then run again.') \gset
-    SELECT pg_temp.runbook_require(:'in_recovery'::boolean,
-        format('follower "%s" is not a standby: it is not in recovery', :'follower'),
-        'It was promoted already, or it is another primary. Create a new follower (pg_basebackup -R) and run again.') \gset
-    SELECT pg_temp.runbook_require(:'same_system'::boolean,
-        format('follower "%s" follows another cluster (its system identifier differs from this server''s)', :'follower'),
-        'Point follower_conninfo at a standby of this primary.') \gset
-    -- the plan fences the follower in the database its conninfo names: it must be this one
-    SELECT coalesce(connect_guard.remote_query(:'follower_conninfo', 'SELECT current_database() AS db') ->> 'db', '') AS follower_db \gset
-    SELECT pg_temp.runbook_require(:'follower_db' = current_database(),
-        format('follower_conninfo connects to database %s, not to %s', :'follower_db', current_database()),
-        format('Add dbname=%s to follower_conninfo: the plan fences the follower and completes in that database.', current_database())) \gset
-    SELECT pg_temp.runbook_require(:'caught_up'::boolean,
-        format('follower "%s" is %s bytes behind, more than max_lag = %s', :'follower', :'lag_bytes', :'max_lag'),
-        'Let it catch up (see connect_follower_lag) and run again, or raise -v max_lag. Nothing was paused yet.') \gset
+    \echo '== step 1: preflight (connect_preflight): what the plan would hit, the follower included'
+    SELECT pg_temp.runbook_preflight('follower', :'follower_conninfo', :'max_lag'::bigint, NULL, :'accept') \gset
+    SELECT "check", result, detail FROM pg_temp.preflight ORDER BY n;
+    SELECT pg_temp.runbook_require_preflight() \gset
+    -- recorded for connect_follower_lag (the worker checks it every cycle too)
+    SELECT count(*) AS checked FROM connect_check_followers() \gset
     COMMIT;
     SELECT name, conninfo, in_recovery, timeline, replay_lsn, lag_bytes, lag_seconds, checked_at
       FROM connect_follower_lag WHERE source = 'libpq' AND name = :'follower';

@@ -13,14 +13,19 @@
 --   timeout          how long a pause waits for the open batch and for writers in flight [30 s]
 --   cancel_writers   on: terminate transactions still writing to the tables instead of waiting [off]
 --   wait_timeout     heroku/webhook adapters: how long to wait for the sync service [5 min]
+--   accept           failed preflight checks to pause regardless, comma-separated ['']
 --
 -- Connect pauses only from IDLE: a batch the consumer holds must be
 -- finished first (connect_pause waits up to timeout for it).  While paused,
 -- the consumer gets no batches; with block_writes, writes to the mapped
 -- tables are refused (SQLSTATE 25006), so the trigger log head is final.
 -- Without block_writes, writes go on reaching the trigger log and are
--- delivered after the resume.  Stops with exit code 3 when a precondition
--- fails, saying why and what to do.
+-- delivered after the resume.  A pause first runs connect_preflight('pause')
+-- for the connection (its sync service as the worker last saw it and its
+-- token file; prepared transactions and long writers on its tables, which
+-- the fence would wait for) and stops on a failed check unless -v accept
+-- names it.  Stops with exit code 3 when a precondition fails, saying why
+-- and what to do.
 
 \set ON_ERROR_STOP on
 \ir common.psql
@@ -31,6 +36,7 @@
 \if :{?timeout} \else \set timeout '30 s' \endif
 \if :{?cancel_writers} \else \set cancel_writers off \endif
 \if :{?wait_timeout} \else \set wait_timeout '5 min' \endif
+\if :{?accept} \else \set accept '' \endif
 
 SET application_name = 'connect_guard runbook pause_resume';
 
@@ -68,6 +74,13 @@ SELECT :'action' = 'pause' AS pausing \gset
              ELSE 'Leave it paused, or resume it first with -v action=resume.' END)
       FROM connect_status WHERE connection = :'connection' \gset
     SELECT pg_temp.runbook_require_no_plan() \gset
+    \echo '== preflight (connect_preflight): what the pause would hit'
+    -- without block_writes there is no fence: nothing to wait for, no library needed for it
+    SELECT pg_temp.runbook_preflight('pause', NULL, NULL, :'connection', :'accept',
+        CASE WHEN :'block_writes'::boolean THEN '{}'
+             ELSE '{shared_preload_libraries,prepared_transactions,long_transactions}' END::text[]) \gset
+    SELECT "check", result, detail FROM pg_temp.preflight ORDER BY n;
+    SELECT pg_temp.runbook_require_preflight() \gset
     SELECT open_batch IS NOT NULL AS has_open_batch, coalesce(open_batch::text, '') AS open_batch
       FROM connect_status WHERE connection = :'connection' \gset
     \if :has_open_batch

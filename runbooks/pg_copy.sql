@@ -15,7 +15,8 @@
 --   prepare phase, for the command it prints:
 --   source            conninfo of this database for pg_dump [this session's host, port, dbname, user]
 --   target            conninfo of the new, empty database for pg_restore [host=NEW-HOST dbname=NEW-DB]
---   restore_options   more pg_restore options, e.g. '--no-owner --jobs 4' ['']
+--   restore_options   more pg_restore options, e.g. '--no-owner' (not --jobs: pg_restore reads a pipe) ['']
+--   accept            failed preflight checks to go ahead regardless, comma-separated ['']
 --   complete phase:
 --   plan              the plan to complete [the newest ready copy plan]
 --
@@ -26,7 +27,10 @@
 -- drain the trigger log, pauses every connection ('ready'); the copy then
 -- holds a log every connection has consumed, and phase=complete in the new
 -- database starts the connections there from a fresh point and resumes them.
--- The old database stays fenced.
+-- The old database stays fenced.  The prepare phase first runs
+-- connect_preflight('copy') and stops on a failed check (no plan, fence,
+-- prepared or long transaction, inactive or logical slot; the sync services
+-- IDLE and consuming; the witness), unless -v accept names it.
 --
 -- Stops with exit code 3 when a precondition fails, saying why and what to do.
 
@@ -38,6 +42,7 @@
 \if :{?wait_timeout} \else \set wait_timeout '30 min' \endif
 \if :{?target} \else \set target 'host=NEW-HOST dbname=NEW-DB' \endif
 \if :{?restore_options} \else \set restore_options '' \endif
+\if :{?accept} \else \set accept '' \endif
 
 SET application_name = 'connect_guard runbook pg_copy';
 
@@ -62,6 +67,11 @@ SELECT :'phase' = 'prepare' AS preparing \gset
         SELECT concat_ws(' ', 'host=' || pg_temp.ci(:'HOST'), 'port=' || pg_temp.ci(:'PORT'),
                          'dbname=' || pg_temp.ci(:'DBNAME'), 'user=' || pg_temp.ci(:'USER')) AS source \gset
     \endif
+
+    \echo '== preflight (connect_preflight): what the plan would hit'
+    SELECT pg_temp.runbook_preflight('copy', NULL, NULL, NULL, :'accept') \gset
+    SELECT "check", result, detail FROM pg_temp.preflight ORDER BY n;
+    SELECT pg_temp.runbook_require_preflight() \gset
 
     \echo '== the connections: the plan waits until each has consumed its backlog, so keep the sync service running'
     SELECT connection, adapter, state, hwm_id, log_head, backlog, open_batch FROM connect_status ORDER BY connection;

@@ -21,8 +21,13 @@
 --   new_confdir         where the new cluster's postgresql.conf is [new_datadir]
 --   new_logfile         pg_ctl's log file for the new cluster's start [new_datadir.log]
 --   pg_upgrade_options  more pg_upgrade options, e.g. '--link --jobs 4' ['']
+--   accept              failed preflight checks to go ahead regardless, comma-separated ['']
 --   verify phase:
 --   plan                the plan to verify [the newest pg_upgrade plan]
+--
+-- The prepare phase first runs connect_preflight('pg_upgrade') and stops on a failed check
+-- (no plan, fence, prepared or long transaction, inactive or logical slot; the sync services
+-- IDLE; the witness), unless -v accept names it.
 --
 -- The seed's steps and what does them here:
 --   heroku pg:upgrade:prepare          phase=prepare: connect_prepare_upgrade('pg_upgrade')
@@ -40,6 +45,7 @@
 \if :{?phase} \else \set phase prepare \endif
 \if :{?step_timeout} \else \set step_timeout '10 min' \endif
 \if :{?wait_timeout} \else \set wait_timeout '30 min' \endif
+\if :{?accept} \else \set accept '' \endif
 
 SET application_name = 'connect_guard runbook pg_upgrade';
 
@@ -84,6 +90,11 @@ SELECT :'phase' = 'prepare' AS preparing \gset
     SELECT pg_temp.runbook_require(:'new_datadir' <> :'old_datadir',
         'new_datadir is the old cluster''s data directory',
         'Pass the data directory the new version''s initdb made: -v new_datadir=...') \gset
+
+    \echo '== preflight (connect_preflight): what the plan would hit'
+    SELECT pg_temp.runbook_preflight('pg_upgrade', NULL, NULL, NULL, :'accept') \gset
+    SELECT "check", result, detail FROM pg_temp.preflight ORDER BY n;
+    SELECT pg_temp.runbook_require_preflight() \gset
 
     \echo '== the connections the plan will pause (an open batch delays the pause until its consumer finishes it)'
     SELECT connection, adapter, state, backlog, open_batch FROM connect_status ORDER BY connection;

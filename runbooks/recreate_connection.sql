@@ -17,7 +17,8 @@
 --   reason         shown in the fences' errors [recreating connection CONNECTION]
 --   timeout        how long raising a fence and pausing wait for writers and an open batch [30 s]
 --   drain_timeout  how long the sync service has to consume the backlog [5 min]
---   wait_timeout   heroku/webhook adapters: how long to wait for the sync service to pause [5 min]
+--   wait_timeout   heroku/webhook adapters: how long to wait for the sync service to pause, and
+--                  heroku: for Connect's export and import of the configuration [5 min]
 --   import phase:
 --   connection     the name of the new connection [the name in the file]
 --   options        a JSON object merged into the exported options; needed for the values the
@@ -30,12 +31,19 @@
 -- configuration: adapter, options (secrets redacted by connect_connections),
 -- mappings (table, object name, state, remote id), high-water mark, the
 -- roles that consume it (connect_consumers; granted again on import where
--- they exist).
--- import: in one transaction, locks the mapped tables against writers,
--- drops the paused connection of that name (if this database has it),
--- creates the connection and maps every table, so that no write falls
--- between the old connection and the new one; the new high-water mark
--- starts there.  Stops with exit code 3 when a precondition fails.
+-- they exist), and under connect_config the mappings' configuration in
+-- Connect's export format (connect_export_config(): a heroku connection's is
+-- Connect's own, fetched through the worker, as `heroku connect:export`
+-- does).
+-- import: checks connect_config key by key first; in one transaction, locks
+-- the mapped tables against writers, drops the paused connection of that
+-- name (if this database has it), creates the connection, maps every table
+-- and gives the mappings their configuration (connect_import_config()), so
+-- that no write falls between the old connection and the new one; the new
+-- high-water mark starts there.  A heroku connection then sends the
+-- configuration to Connect's import endpoint and waits for its answer (the
+-- seed's `heroku connect:import`).  Stops with exit code 3 when a
+-- precondition fails.
 
 \set ON_ERROR_STOP on
 \ir common.psql
@@ -75,7 +83,7 @@ SELECT :'phase' = 'export' AS exporting \gset
       FROM connect_mappings WHERE connection = :'connection' ORDER BY table_name;
     SELECT pg_temp.runbook_require(count(*) = 0,
         format('mappings not in DATA_SYNCED: %s', string_agg(format('%s (%s)', coalesce(table_name::text, table_schema || '.' || table_relname), state), ', ')),
-        'Wait until the sync service has synced them (a first finished batch sets DATA_SYNCED; a reload ends in it), or unmap the ones you give up, then run again.')
+        'Wait until the sync service has synced them (a first finished batch sets DATA_SYNCED; a reload ends in it; SCHEMA_CHANGED: runbooks/field_change.sql), or unmap the ones you give up, then run again.')
       FROM connect_mappings WHERE connection = :'connection' AND state <> 'DATA_SYNCED' \gset
     SELECT pg_temp.runbook_require(count(*) = 0,
         format('mapped tables that no longer exist: %s', string_agg(table_schema || '.' || table_relname, ', ')),
@@ -132,6 +140,23 @@ SELECT :'phase' = 'export' AS exporting \gset
 
     \echo
     \echo '== step 5: export the configuration to' :file
+    \echo '   the mappings'' configuration in Connect''s export format (connect_export_config)'
+    SELECT connect_export_config(:'connection') AS connect_config \gset
+    SELECT :'connect_config'::jsonb ? 'request_id' AS asked_connect,
+           coalesce(:'connect_config'::jsonb ->> 'request_id', '') AS export_request \gset
+    \if :asked_connect
+        \echo '   asked Heroku Connect for its export (request' :export_request'); waiting up to' :wait_timeout
+        \set ON_ERROR_STOP off
+        SELECT connect_wait_config(:'connection', :'wait_timeout'::interval) AS connect_config \gset
+        \set ON_ERROR_STOP on
+        \if :ERROR
+            SELECT pg_temp.runbook_require(false,
+                format('could not fetch Connect''s configuration of "%s": %s', :'connection', :'LAST_ERROR_MESSAGE'),
+                'The connection stays paused and fenced; nothing else changed. Fix the cause (connect_requests), then run the export again: it goes on from the paused connection.') \gset
+        \endif
+    \endif
+    SELECT jsonb_array_length(:'connect_config'::jsonb -> 'mappings') AS configured \gset
+    \echo '  ' :configured 'mapping(s) configured'
     \pset format unaligned
     \pset tuples_only on
     SELECT jsonb_pretty(jsonb_build_object(
@@ -149,7 +174,8 @@ SELECT :'phase' = 'export' AS exporting \gset
                'high_water_mark', (SELECT jsonb_build_object('hwm_id', h.hwm_id, 'log_head', h.log_head)
                                      FROM connect_high_water_marks h WHERE h.connection = c.connection),
                'consumers', (SELECT coalesce(jsonb_agg(k.role ORDER BY k.role), '[]')
-                               FROM connect_consumers k WHERE k.connection = c.connection)))
+                               FROM connect_consumers k WHERE k.connection = c.connection),
+               'connect_config', :'connect_config'::jsonb))
       FROM connect_connections c WHERE c.connection = :'connection' \g :file
     \pset tuples_only off
     \pset format aligned
@@ -186,6 +212,13 @@ SELECT :'phase' = 'export' AS exporting \gset
         'Pass the JSON file phase=export wrote (format "connect_guard connection 1").') \gset
     \if :{?connection} \else
         SELECT :'config'::jsonb ->> 'connection' AS connection \gset
+    \endif
+    -- the mappings' configuration in Connect's format (exports from before it was added have none)
+    SELECT :'config'::jsonb ? 'connect_config' AS has_connect_config \gset
+    \if :has_connect_config
+        SELECT pg_temp.runbook_require(connect_guard.config_problem(:'config'::jsonb -> 'connect_config') IS NULL,
+            format('%s: connect_config: %s', :'file', connect_guard.config_problem(:'config'::jsonb -> 'connect_config')),
+            'The file was changed since the export: fix the key named (the format is Connect''s export file), then import again.') \gset
     \endif
 
     \echo
@@ -248,7 +281,30 @@ SELECT :'phase' = 'export' AS exporting \gset
       FROM jsonb_array_elements_text(coalesce(:'config'::jsonb -> 'consumers', '[]')) r
      WHERE EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) \gset
     \echo '   granted it to' :consumers 'consumer role(s)'
+    \if :has_connect_config
+        SELECT connect_import_config(:'connection', :'config'::jsonb -> 'connect_config') AS import_report \gset
+        SELECT coalesce(:'import_report'::jsonb ->> 'request_id', '') AS import_request,
+               jsonb_array_length(:'import_report'::jsonb -> 'updated') AS configured \gset
+        \echo '   gave' :configured 'mapping(s) their configuration'
+    \endif
     COMMIT;
+    \if :has_connect_config
+        SELECT :'import_request' <> '' AS importing_to_connect \gset
+        \if :importing_to_connect
+            \echo
+            \echo '== step 3: Heroku Connect imports the configuration (import request' :import_request'); waiting up to' :wait_timeout
+            \set ON_ERROR_STOP off
+            SELECT connect_wait_config(:'connection', :'wait_timeout'::interval) AS connect_answer \gset
+            \set ON_ERROR_STOP on
+            \if :ERROR
+                SELECT pg_temp.runbook_require(false,
+                    format('Heroku Connect did not import the configuration: %s', :'LAST_ERROR_MESSAGE'),
+                    format('The connection %s runs here with its tables mapped; only Connect''s side is missing. Fix what the error names, then SELECT connect_import_config(%L, <the connect_config of %s>) and connect_wait_config(%L).',
+                           :'connection', :'connection', :'file', :'connection')) \gset
+            \endif
+            \echo '   Connect answered' :connect_answer
+        \endif
+    \endif
 
     \echo
     \echo '== after'

@@ -1,8 +1,8 @@
 #!/usr/bin/perl
 # check_sql_order.pl: the install script's parts use only what comes before.
-#   perl scripts/check_sql_order.pl [extension/1.0]
+#   perl scripts/check_sql_order.pl [extension/parts]
 #
-# The Makefile assembles the install script from extension/<version>/*.sql
+# The Makefile assembles the install script from extension/parts/*.sql
 # in name order, and that order is the dependency order: a reader finds a
 # function in the file of its concern, and everything it calls above it.
 # This fails (exit 1) when a part names a function, table, view or type of
@@ -16,9 +16,7 @@ use warnings;
 my $dir = shift // do {
     my $root = $0 =~ s{/scripts/[^/]+$}{}r;
     $root = '.' if $root eq $0;
-    open my $c, '<', "$root/connect_guard.control" or die "connect_guard.control: $!\n";
-    my ($v) = map { /^default_version\s*=\s*'([^']+)'/ ? $1 : () } <$c>;
-    "$root/extension/$v";
+    "$root/extension/parts";
 };
 my @files = sort glob("$dir/*.sql");
 die "no install parts in $dir\n" unless @files;

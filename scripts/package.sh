@@ -76,8 +76,12 @@ echo "autopkgtest: $(cat "$work/autopkgtest/summary") in $((SECONDS - started)) 
 log "the installed files"
 [ "$(dpkg-query -W -f '${Status} ${Version}' "$pkg")" = "install ok installed $deb_version" ] ||
     die "$pkg $deb_version is not installed"
+# the install script of this version, and the frozen ones of the releases
+# before it (extension/connect_guard--*.sql) that ALTER EXTENSION UPDATE needs
+frozen=()
+for f in "$CG_ROOT"/extension/connect_guard--*.sql; do frozen+=("/usr/share/postgresql/15/extension/${f##*/}"); done
 for f in /usr/lib/postgresql/15/lib/connect_guard.so /usr/share/postgresql/15/extension/connect_guard.control \
-         "/usr/share/postgresql/15/extension/connect_guard--$version.sql"; do
+         "/usr/share/postgresql/15/extension/connect_guard--$version.sql" "${frozen[@]}"; do
     [ "$(dpkg-query -S "$f" 2>/dev/null)" = "$pkg: $f" ] || die "$f is not installed by $pkg"
 done
 dpkg --verify "$pkg" || die "the installed files of $pkg differ from the package"

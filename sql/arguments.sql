@@ -112,6 +112,22 @@ INSERT INTO matrix (call) VALUES
     ($$SELECT connect_adopt_schema('a', 'salesforce', NULL)$$),
     ($$SELECT connect_adopt_schema('a', 'salesforce', 'local', NULL)$$),
     ($$SELECT connect_adopt_schema('a', 'no_such_schema', 'local')$$),
+    -- configuration in Connect's format
+    ($$SELECT connect_export_config(NULL)$$),
+    ($$SELECT connect_import_config(NULL, '{"version": 1, "mappings": []}')$$),
+    ($$SELECT connect_import_config('c', NULL)$$),
+    ($$SELECT connect_import_config('c', '{"version": 1, "mappings": []}', NULL)$$),
+    ($$SELECT connect_import_config('c', '{"version": 1, "mappings": []}', dry_run => NULL)$$),
+    ($$SELECT connect_wait_config(NULL)$$),
+    ($$SELECT connect_wait_config('c', NULL)$$),
+    ($$SELECT connect_wait_config('c', '1000000 years')$$),
+    -- schema changes
+    ($$SELECT connect_save_mapping(NULL, 'account')$$),
+    ($$SELECT connect_save_mapping('c', NULL)$$),
+    ($$SELECT connect_save_mapping('c', 0)$$),
+    ($$SELECT connect_save_mapping('c', 'account', NULL)$$),               -- NULL: reload when a change needs it
+    ($$SELECT connect_unmap_dropped_table(NULL, 'public.gone')$$),
+    ($$SELECT connect_unmap_dropped_table('c', NULL)$$),
     -- followers
     ($$SELECT connect_add_follower(NULL, 'host=f1')$$),
     ($$SELECT connect_add_follower('f1', NULL)$$),

@@ -72,12 +72,27 @@ LWLock	   *fence_lock = NULL;
 /* The fences this transaction changed, settled by fence_xact_callback */
 static List *fence_touched = NIL;
 
+/*
+ * Fence changes are not undone by a rollback to a savepoint (the change
+ * state keeps one change per fence and transaction, not one per
+ * subtransaction).  So a subtransaction that changed a fence and then
+ * aborted dooms the whole transaction: its commit fails, and the abort undoes
+ * every change consistently.  fence_changes counts this transaction's
+ * changes; fence_sub_marks holds the count at each open subtransaction's
+ * start, innermost first.
+ */
+static int	fence_changes = 0;
+static List *fence_sub_marks = NIL;
+static bool fence_doomed = false;
+
 /* The transaction whose xid is known to be in flushed WAL */
 static FullTransactionId fence_logged_xid = {0};
 
 static void fence_shmem_request(void);
 static void fence_shmem_startup(void);
 static void fence_xact_callback(XactEvent event, void *arg);
+static void fence_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+								   SubTransactionId parentSubid, void *arg);
 
 static Size
 fence_shmem_size(void)
@@ -120,6 +135,7 @@ fence_init(void)
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = fence_shmem_startup;
 	RegisterXactCallback(fence_xact_callback, NULL);
+	RegisterSubXactCallback(fence_subxact_callback, NULL);
 	fence_check_init();
 	fence_ddl_init();
 }
@@ -414,7 +430,38 @@ touch(int32 fence_id)
 	MemoryContext oldcxt = MemoryContextSwitchTo(TopMemoryContext);
 
 	fence_touched = list_append_unique_int(fence_touched, fence_id);
+	fence_changes++;
 	MemoryContextSwitchTo(oldcxt);
+}
+
+/*
+ * fence_subxact_callback dooms the transaction when a subtransaction that
+ * changed a fence aborts (see fence_changes).
+ */
+static void
+fence_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+					   SubTransactionId parentSubid, void *arg)
+{
+	MemoryContext oldcxt;
+
+	switch (event)
+	{
+		case SUBXACT_EVENT_START_SUB:
+			oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+			fence_sub_marks = lcons_int(fence_changes, fence_sub_marks);
+			MemoryContextSwitchTo(oldcxt);
+			break;
+		case SUBXACT_EVENT_COMMIT_SUB:
+		case SUBXACT_EVENT_ABORT_SUB:
+			if (fence_sub_marks == NIL)
+				break;
+			if (event == SUBXACT_EVENT_ABORT_SUB && fence_changes > linitial_int(fence_sub_marks))
+				fence_doomed = true;
+			fence_sub_marks = list_delete_first(fence_sub_marks);
+			break;
+		default:
+			break;
+	}
 }
 
 /* begin_change marks entry as changed by this transaction */
@@ -438,8 +485,35 @@ fence_xact_callback(XactEvent event, void *arg)
 	ListCell   *lc;
 	bool		committed;
 
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT ||
+		event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT ||
+		event == XACT_EVENT_PREPARE)
+	{
+		/* the transaction is over: the next one starts with no marks */
+		list_free(fence_sub_marks);
+		fence_sub_marks = NIL;
+		fence_changes = 0;
+	}
 	if (fence_touched == NIL)
+	{
+		fence_doomed = false;
 		return;
+	}
+	if (fence_doomed && (event == XACT_EVENT_PRE_COMMIT || event == XACT_EVENT_PARALLEL_PRE_COMMIT ||
+						 event == XACT_EVENT_PRE_PREPARE))
+	{
+		fence_doomed = false;	/* the abort this error causes must not raise it again */
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TRANSACTION_TERMINATION),
+				 errmsg("cannot commit a transaction in which a fence change was rolled back to a savepoint"),
+				 errdetail("A rollback to a savepoint (or an exception block that caught an error) cannot undo "
+						   "a raise, lowering or change of a write fence by itself; the whole transaction is "
+						   "rolled back instead, so that no fence is left half changed."),
+				 errhint("Raise, lower or change fences outside savepoints and exception blocks, or let the "
+						 "error end the transaction.")));
+	}
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+		fence_doomed = false;
 	if (event == XACT_EVENT_PRE_PREPARE)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),

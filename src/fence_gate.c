@@ -25,6 +25,8 @@
  *
  * A database created since start-up (CREATE DATABASE, then pg_restore:
  * a copy) was not restored in place and has no gate (note_oid_bound).
+ * The session that loads a dump (its CREATE EXTENSION recorded it,
+ * worker.c) passes: the worker writes nothing until it ends.
  *
  * Locking: the list of checked databases is guarded by the fence lock;
  * waiters sleep on a condition variable the worker broadcasts.
@@ -46,6 +48,7 @@
 
 #include "catalog_names.h"
 #include "fence.h"
+#include "worker.h"
 
 #define FENCE_GATE_WAIT_MS	30000
 
@@ -137,6 +140,13 @@ fence_gate_check(Oid relid, const char *operation)
 	 * max_standby_streaming_delay cancels the writer).
 	 */
 	if (RecoveryInProgress())
+		return;
+
+	/*
+	 * The session loading a dump here: the worker waits for it (worker.c), so
+	 * it cannot wait for the worker.
+	 */
+	if (worker_session_restores())
 		return;
 	if (database_checked() || !OidIsValid(get_namespace_oid(CONNECT_GUARD_SCHEMA, true)))
 	{

@@ -2,7 +2,7 @@
  * ha.c
  *		HTTP for the HA-manager steps of an upgrade plan: the worker asks
  *		Patroni's REST API who leads the cluster and for a switchover
- *		(extension/1.0/69_ha_managers.sql decides what to ask, 70_upgrade.sql when).
+ *		(extension/parts/69_ha_managers.sql decides what to ask, 70_upgrade.sql when).
  *
  * Why a SQL-callable function at all: the plan's steps are PL/pgSQL that
  * the worker runs one transaction at a time, and a Patroni switchover is

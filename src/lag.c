@@ -73,6 +73,7 @@
 PG_FUNCTION_INFO_V1(connect_guard_check_followers);
 PG_FUNCTION_INFO_V1(connect_guard_conninfo_masked);
 PG_FUNCTION_INFO_V1(connect_guard_follower_probe);
+PG_FUNCTION_INFO_V1(connect_guard_follower_probe_after_replay);
 
 /* GUC variables */
 int			lag_follower_timeout_ms = 5000;
@@ -357,34 +358,32 @@ append_json_text(StringInfo buf, const char *key, const char *value)
 }
 
 /*
- * connect_guard_follower_probe checks one follower exactly as the worker
- * does (check_follower, and judge_answer's verdict), for the upgrade
- * plans, and returns what it found as jsonb: answered (the lag query
- * returned), reachable, error (NULL only for a standby of this primary
- * that has replayed WAL), in_recovery, system_identifier_matches,
- * database, timeline, replay_lsn (NULL for another cluster's server) and
- * lag_bytes (from this primary's position when the answer arrived).
- * Bounded by connect_guard.follower_timeout; never raises for the
- * follower's problems, only for an interrupt.
+ * probe_follower checks one follower exactly as the worker does
+ * (check_follower, and judge_answer's verdict), for the upgrade plans, and
+ * returns what it found as jsonb: answered (the lag query returned),
+ * reachable, error (NULL only for a standby of this primary that has
+ * replayed WAL), in_recovery, system_identifier_matches, database,
+ * timeline, replay_lsn (NULL for another cluster's server) and lag_bytes
+ * (from this primary's position when the answer arrived).  Bounded by
+ * connect_guard.follower_timeout; never raises for the follower's problems,
+ * only for an interrupt.
  *
- * With replayed, the follower first waits (up to half the timeout) until it
- * has replayed that far, and answers then: one query instead of a poll.
- * What it must replay is this primary's to send, so WAL is flushed up to
- * there first (an asynchronous commit would otherwise wait for the WAL
- * writer: walsenders send only flushed WAL).
+ * With wait_for valid, the follower first waits (a second at most, half
+ * the timeout) until it has replayed that far, and answers then: one query
+ * instead of a poll.  What it must replay is this primary's to send, so WAL
+ * is flushed up to there first (an asynchronous commit would otherwise wait
+ * for the WAL writer: walsenders send only flushed WAL).
  */
-Datum
-connect_guard_follower_probe(PG_FUNCTION_ARGS)
+static Datum
+probe_follower(const char *conninfo, XLogRecPtr wait_for)
 {
 	FollowerCheck check;
 	StringInfoData buf;
 
-	if (PG_ARGISNULL(0))
-		PG_RETURN_NULL();
 	memset(&check, 0, sizeof(check));
 	check.name = "upgrade plan follower";
-	check.conninfo = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	check.wait_for = PG_ARGISNULL(1) ? InvalidXLogRecPtr : PG_GETARG_LSN(1);
+	check.conninfo = pstrdup(conninfo);
+	check.wait_for = wait_for;
 	if (!XLogRecPtrIsInvalid(check.wait_for))
 		XLogFlush(Min(check.wait_for, GetXLogInsertRecPtr()));
 	check_follower(&check);
@@ -402,7 +401,24 @@ connect_guard_follower_probe(PG_FUNCTION_ARGS)
 					 check.has_replay ? psprintf("%X/%X", LSN_FORMAT_ARGS(check.replay_lsn)) : NULL);
 	append_json_text(&buf, "lag_bytes", check.has_lag ? psprintf(INT64_FORMAT, check.lag_bytes) : NULL);
 	appendStringInfoChar(&buf, '}');
-	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+	return DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data));
+}
+
+/* connect_guard.follower_probe(conninfo): the follower as it is (1.0) */
+Datum
+connect_guard_follower_probe(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_DATUM(probe_follower(text_to_cstring(PG_GETARG_TEXT_PP(0)), InvalidXLogRecPtr));
+}
+
+/*
+ * connect_guard.follower_probe_after_replay(conninfo, replayed): the
+ * follower once it has replayed up to replayed, or waited for it (1.1)
+ */
+Datum
+connect_guard_follower_probe_after_replay(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_DATUM(probe_follower(text_to_cstring(PG_GETARG_TEXT_PP(0)), PG_GETARG_LSN(1)));
 }
 
 /*

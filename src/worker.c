@@ -24,7 +24,9 @@
  * does network I/O (libpq to followers, HTTP to the sync service) outside
  * any transaction.  It sleeps on its latch: SQL calls that need it wake it
  * when their transaction commits (not before, or it would not see their
- * rows), otherwise it runs every connect_guard.naptime.
+ * rows), otherwise it runs every connect_guard.naptime.  While a dump is
+ * being loaded into its database (a restore's CREATE EXTENSION records its
+ * session in the database's slot), a worker runs no step at all.
  *
  * Locking: WorkerShared is guarded by its LWLock; latches are found through
  * the registered pid, never through a stored pointer, so a stale slot can at
@@ -42,6 +44,7 @@
 #include "access/xlog.h"
 #include "catalog/pg_database.h"
 #include "catalog/pg_extension.h"
+#include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -61,6 +64,7 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
+#include "utils/rls.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -74,6 +78,7 @@
 
 PG_FUNCTION_INFO_V1(connect_guard_wake_worker);
 PG_FUNCTION_INFO_V1(connect_guard_wake_launcher);
+PG_FUNCTION_INFO_V1(connect_guard_hold_worker_for_restore);
 PG_FUNCTION_INFO_V1(connect_guard_worker_available);
 PG_FUNCTION_INFO_V1(connect_guard_worker_pid);
 PG_FUNCTION_INFO_V1(connect_guard_in_binary_upgrade);
@@ -106,6 +111,8 @@ typedef struct WorkerSlot
 	bool		absent;			/* the worker found no extension here */
 	bool		wanted;			/* CREATE EXTENSION asked for a worker */
 	TimestampTz absent_since;
+	pid_t		restoring_pid;	/* a session loading a dump here: the worker
+								 * writes nothing while it lives */
 } WorkerSlot;
 
 typedef struct WorkerShared
@@ -353,6 +360,126 @@ connect_guard_wake_launcher(PG_FUNCTION_ARGS)
 		PG_RETURN_BOOL(false);
 	launcher_wake_pending = true;
 	PG_RETURN_BOOL(true);
+}
+
+/*
+ * A restore of a database that has connect_guard runs CREATE EXTENSION
+ * first, then creates the other objects, then loads the rows of the
+ * extension's tables (pg_extension_config_dump: events, ticks, plans...)
+ * with their keys.  The worker that CREATE EXTENSION starts must write
+ * nothing before those rows are in, or it takes their keys and the restore
+ * fails (duplicate key on connect_guard.event).  The session that runs
+ * such a CREATE EXTENSION is recorded in the database's slot, before the
+ * extension becomes visible (CREATE EXTENSION has not committed yet), and
+ * the worker runs no step while that session lives; the session clears it
+ * when it ends, and wakes the worker.
+ *
+ * A session loads a dump when it runs with row_security = off, which
+ * pg_dump's output and pg_restore set (a DBA's session has it on), or is
+ * named pg_restore.  The application name alone is not enough: PGAPPNAME
+ * or the conninfo renames pg_restore's sessions, and psql runs plain dumps.
+ */
+static void
+restore_session_end(int code, Datum arg)
+{
+	pid_t		worker = 0;
+
+	LWLockAcquire(worker_shared->lock, LW_EXCLUSIVE);
+	{
+		WorkerSlot *slot = slot_for(MyDatabaseId, false);
+
+		if (slot != NULL && slot->restoring_pid == MyProcPid)
+		{
+			slot->restoring_pid = 0;
+			worker = slot->pid;
+		}
+	}
+	LWLockRelease(worker_shared->lock);
+	set_latch_of(worker);
+}
+
+/* set once this session's CREATE EXTENSION recorded it as loading a dump */
+static bool this_session_restores = false;
+
+bool
+worker_session_restores(void)
+{
+	return this_session_restores;
+}
+
+/*
+ * connect_guard.hold_worker_for_restore(): called by the install script;
+ * returns whether this session loads a dump, and then records it (above).
+ */
+Datum
+connect_guard_hold_worker_for_restore(PG_FUNCTION_ARGS)
+{
+	static bool exit_callback = false;
+	bool		recorded = false;
+
+	if (worker_shared == NULL || !creating_extension)
+		PG_RETURN_BOOL(false);
+	if (row_security && strcmp(application_name, "pg_restore") != 0)
+		PG_RETURN_BOOL(false);
+
+	LWLockAcquire(worker_shared->lock, LW_EXCLUSIVE);
+	{
+		WorkerSlot *slot = slot_for(MyDatabaseId, true);
+
+		if (slot != NULL)
+		{
+			slot->restoring_pid = MyProcPid;
+			recorded = true;
+		}
+	}
+	LWLockRelease(worker_shared->lock);
+	if (!recorded)
+	{
+		ereport(WARNING,
+				(errmsg("connect_guard: no room to record that this session restores database \"%s\"",
+						get_database_name(MyDatabaseId)),
+				 errhint("connect_guard serves at most %d databases per cluster; its worker may collide with the restore.",
+						 WORKER_MAX_DATABASES)));
+		PG_RETURN_BOOL(false);
+	}
+	if (!exit_callback)
+	{
+		before_shmem_exit(restore_session_end, (Datum) 0);
+		exit_callback = true;
+	}
+
+	/*
+	 * Its writes pass the start-up write gate, which waits for the worker
+	 * (fence_gate.c).
+	 */
+	this_session_restores = true;
+	ereport(LOG,
+			(errmsg("connect_guard: CREATE EXTENSION in a session that loads a dump (pid %d): the worker of database \"%s\" writes nothing until this session ends",
+					MyProcPid, get_database_name(MyDatabaseId))));
+	PG_RETURN_BOOL(true);
+}
+
+/*
+ * restoring_session returns the pid of the session that loads a dump into
+ * this database (above), or 0.
+ */
+static pid_t
+restoring_session(void)
+{
+	pid_t		pid = 0;
+
+	LWLockAcquire(worker_shared->lock, LW_SHARED);
+	{
+		WorkerSlot *slot = slot_for(MyDatabaseId, false);
+
+		if (slot != NULL)
+			pid = slot->restoring_pid;
+	}
+	LWLockRelease(worker_shared->lock);
+	/* its exit clears it; a crash resets shared memory: this is only a guard */
+	if (pid != 0 && BackendPidGetProc(pid) == NULL)
+		pid = 0;
+	return pid;
 }
 
 Datum
@@ -715,13 +842,14 @@ worker_detach(int code, Datum arg)
 /*
  * extension_schema returns the schema connect_guard is installed in, quoted,
  * or NULL when it is not installed in this database.  *restoring is set when
- * pg_restore is loading this database: the extension's tables are dumped
- * with their rows (pg_extension_config_dump), so a worker that wrote events
- * or ticks between the restore's CREATE EXTENSION and its COPY of those rows
- * would take their keys and break the restore (duplicate key in event).
- * pg_restore names its sessions after itself (fallback_application_name); a
- * restore whose sessions are renamed, or a plain-format dump run by psql, is
- * not seen (README, Limits).
+ * a dump is being loaded into this database: the extension's tables are
+ * dumped with their rows (pg_extension_config_dump), so a worker that wrote
+ * events or ticks between the restore's CREATE EXTENSION and its COPY of
+ * those rows would take their keys and break the restore (duplicate key in
+ * event).  The session whose CREATE EXTENSION loads a dump is recorded
+ * (restoring_session); a parallel pg_restore's leader hands the data over to
+ * sessions of its own, named pg_restore (fallback_application_name), which
+ * are looked for too.
  */
 static char *
 extension_schema(bool *restoring)
@@ -741,8 +869,8 @@ extension_schema(bool *restoring)
 
 		schema = MemoryContextStrdup(cxt, value);
 	}
-	*restoring = false;
-	if (schema != NULL &&
+	*restoring = schema != NULL && restoring_session() != 0;
+	if (schema != NULL && !*restoring &&
 		SPI_execute("SELECT 1 FROM pg_stat_activity a "
 					"WHERE a.datid = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database()) "
 					"AND a.application_name = 'pg_restore' AND a.pid <> pg_backend_pid()",
@@ -756,18 +884,23 @@ extension_schema(bool *restoring)
 
 /*
  * worker_lock_extension holds the extension in share mode for the step's
- * transaction.  DROP EXTENSION locks the extension first and then each of
- * its objects, in an order of its own; a step that reads several of them
- * would otherwise deadlock with it.  Now DROP EXTENSION waits for the step,
- * or the step waits for DROP EXTENSION (and then fails, the extension gone).
+ * transaction, and says whether there is one.  DROP EXTENSION locks the
+ * extension first and then each of its objects, in an order of its own; a
+ * step that reads several of them would otherwise deadlock with it.  Now
+ * DROP EXTENSION waits for the step, or the step waits for DROP EXTENSION
+ * (and then fails, the extension gone).  It also means that the extension
+ * a step found stays the same one until the step ends (a restore with
+ * --clean drops and creates it again), so whether a restore is loading it
+ * is known once for the step.
  */
-static void
+static bool
 worker_lock_extension(void)
 {
 	Oid			extension = get_extension_oid("connect_guard", true);
 
 	if (OidIsValid(extension))
 		LockDatabaseObject(ExtensionRelationId, extension, 0, AccessShareLock);
+	return OidIsValid(extension);
 }
 
 bool
@@ -775,6 +908,7 @@ worker_run_step(const char *activity, void (*step) (void *), void *arg, char **f
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	volatile bool ok = true;
+	volatile bool skipped = false;
 
 	Assert(!IsTransactionState());
 	SetCurrentStatementStartTimestamp();
@@ -786,8 +920,18 @@ worker_run_step(const char *activity, void (*step) (void *), void *arg, char **f
 			elog(ERROR, "SPI_connect failed");
 		if (IsBackgroundWorker)
 			pgstat_report_activity(STATE_RUNNING, activity);
-		worker_lock_extension();
-		step(arg);
+
+		/*
+		 * A worker's step writes nothing into an extension that is gone, or
+		 * that a restore is loading (a step of a cycle that began before the
+		 * restore: see restoring_session).
+		 */
+		if (!worker_lock_extension() && IsBackgroundWorker)
+			skipped = true;
+		else if (IsBackgroundWorker && restoring_session() != 0)
+			skipped = true;
+		else
+			step(arg);
 		SPI_finish();
 		PopActiveSnapshot();
 		CommitTransactionCommand();
@@ -823,6 +967,12 @@ worker_run_step(const char *activity, void (*step) (void *), void *arg, char **f
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(cxt);
+	if (skipped)
+	{
+		if (failure != NULL)
+			*failure = pstrdup("skipped: the extension is being dropped, or a restore is loading this database");
+		ok = false;
+	}
 	pgstat_report_stat(false);
 	return ok;
 }
@@ -918,6 +1068,13 @@ worker_cycle_steps(const char *schema, bool *plan_active, bool promoted)
 						first_cycle ? "SELECT connect_guard.rollback_cycle(true)"
 						: "SELECT connect_guard.rollback_cycle(false)", 0);
 		fence_rollback_checked(as_primary); /* writes to mapped tables may go (fence_gate.c) */
+
+		/*
+		 * What event triggers do not see: the capture triggers changed in
+		 * the catalog by hand.
+		 */
+		(void) run_int8("connect_guard: checking the mapped tables",
+						"SELECT connect_guard.schema_watch_cycle()", 0);
 		last_rollback_check = GetCurrentTimestamp();
 		first_cycle = false;
 	}
@@ -1050,7 +1207,7 @@ connect_guard_worker_main(Datum arg)
 		if (restoring)
 		{
 			/* nothing of ours may be written until the restore has loaded */
-			pgstat_report_activity(STATE_IDLE, "connect_guard: waiting for pg_restore to finish");
+			pgstat_report_activity(STATE_IDLE, "connect_guard: waiting for the restore of this database to finish");
 			pfree(schema);
 			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 							 worker_naptime_ms, PG_WAIT_EXTENSION);

@@ -1,7 +1,8 @@
 # The pg_regress and isolation suites, run by `pg_buildext virtualenv`
 # (sh -ex inside pg_virtualenv, from the top of the source tree) at build
 # time (debian/rules) and against the installed package (tests/installcheck).
-# The cluster preloads connect_guard (-o shared_preload_libraries); the
+# The cluster preloads connect_guard (-o shared_preload_libraries) and allows
+# prepared transactions (-o max_prepared_transactions: sql/preflight.sql); the
 # outputs count what is in the log and the event log, so retention and the
 # rollback witness are turned off as scripts/test.sh does (an empty value
 # cannot be given with -o).  The TAP tests make their own clusters and run

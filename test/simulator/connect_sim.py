@@ -71,8 +71,8 @@ FAULT_STATUS = re.compile(r"^[45][0-9][0-9]$")
 CHUNK = 500
 
 
-def utc_now():
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+def utc_now(timespec="milliseconds"):
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec=timespec)
 
 
 class ClientError(Exception):
@@ -106,6 +106,11 @@ class Mapping:
     # (then the export derives it from the table)
     config: object = None
     initial_config: object = None
+    # when its last reload started and finished (UTC, ISO 8601), as the deep
+    # GET shows them: a client proves a reload started after its request by
+    # a reload_started_at later than the one it saw before (README)
+    reload_started_at: object = None
+    reload_finished_at: object = None
 
     @property
     def access(self):
@@ -114,7 +119,8 @@ class Mapping:
     def to_json(self):
         return {"id": self.id, "object_name": self.object_name, "state": self.state,
                 "table_schema": self.table_schema, "table_name": self.table_name,
-                "access": self.access, "counts": dict(self.counts)}
+                "access": self.access, "counts": dict(self.counts),
+                "reload_started_at": self.reload_started_at, "reload_finished_at": self.reload_finished_at}
 
 
 @dataclasses.dataclass
@@ -334,6 +340,11 @@ class SimState:
         mapping.state = state
         mapping.generation += 1
 
+    def _start_reload(self, mapping):
+        self._set_mapping_state(mapping, "RELOAD_TABLE")
+        mapping.reload_started_at = utc_now("microseconds")
+        mapping.reload_finished_at = None
+
     def apply_patch(self, body):
         """POST /_sim/state: creates or changes connections and mappings."""
         if not isinstance(body, dict):
@@ -364,6 +375,7 @@ class SimState:
                 for m in conn.mappings:
                     self._set_mapping_state(m, m.initial_state)
                     m.config = m.initial_config
+                    m.reload_started_at = m.reload_finished_at = None
             self.requests.clear()
             self.webhooks.clear()
             self.imports.clear()
@@ -390,7 +402,7 @@ class SimState:
             if mapping is None:
                 raise ClientError(404, "mapping %s not found" % mapping_id, "not_found")
             if self.reload_delay <= 0:
-                self._set_mapping_state(mapping, "RELOAD_TABLE")
+                self._start_reload(mapping)
             else:
                 mapping.generation += 1     # a reload still running for it gives way
             generation = mapping.generation
@@ -405,7 +417,7 @@ class SimState:
             with self.lock:
                 if mapping.generation != generation:
                     return
-                self._set_mapping_state(mapping, "RELOAD_TABLE")
+                self._start_reload(mapping)
                 generation = mapping.generation
         started = time.monotonic()
         while rewrite and not self.shutting_down.is_set():
@@ -435,6 +447,7 @@ class SimState:
         with self.lock:
             if mapping.generation == generation:
                 self._set_mapping_state(mapping, "DATA_SYNCED")
+                mapping.reload_finished_at = utc_now("microseconds")
 
     # -- export and import ---------------------------------------------------
 

@@ -586,13 +586,17 @@ http -X POST -d "{\"mappings\": [{\"id\": \"$CONTACT_MAP\", \"access\": \"read_w
 # a reload: starts a moment after its 202, rewrites the table from Salesforce
 psql_at hcmirror "UPDATE salesforce.account SET name = 'from salesforce' WHERE id = 1" >/dev/null
 entries_before=$(hc_log true)
+same "DATA_SYNCED None" "$(api GET "/api/v3/mappings/$ACCOUNT_MAP" >/dev/null; jget '"%s %s" % (d["state"], d["reload_started_at"])' <"$WORK/body")" \
+    "before the first reload: no reload_started_at"
 same 202 "$(api POST "/api/v3/mappings/$ACCOUNT_MAP/actions/reload")" "reload: 202"
-same DATA_SYNCED "$(api GET "/api/v3/mappings/$ACCOUNT_MAP" >/dev/null; jget 'd["state"]' <"$WORK/body")" \
-    "--reload-delay: right after the 202 the mapping still shows DATA_SYNCED"
+same "DATA_SYNCED None" "$(api GET "/api/v3/mappings/$ACCOUNT_MAP" >/dev/null; jget '"%s %s" % (d["state"], d["reload_started_at"])' <"$WORK/body")" \
+    "--reload-delay: right after the 202 the mapping still shows DATA_SYNCED, and no reload started"
 check "then RELOAD_TABLE" wait_until 5 \
     eval '[ "$(api GET "/api/v3/mappings/$ACCOUNT_MAP" >/dev/null; jget "d[\"state\"]" <"$WORK/body")" = RELOAD_TABLE ]'
 check "then DATA_SYNCED" wait_until 5 \
     eval '[ "$(api GET "/api/v3/mappings/$ACCOUNT_MAP" >/dev/null; jget "d[\"state\"]" <"$WORK/body")" = DATA_SYNCED ]'
+same True "$(jget 'd["reload_started_at"] is not None and d["reload_finished_at"] > d["reload_started_at"]' <"$WORK/body")" \
+    "the mapping shows when the reload started and ended"
 same "from salesforce SYNCED" "$(psql_at hc "SELECT name || ' ' || _hc_lastop FROM salesforce.account WHERE id = 1")" \
     "the reload rewrote the table from the mirror"
 same "$entries_before" "$(hc_log true)" "the reload's writes were not logged"

@@ -103,6 +103,7 @@ is($rc, 0, 'pause_resume: pause (the only connection by default)');
 like($out, qr/== before.*IDLE.*== step 1: pause sync.*== after.*PAUSED.*test window/s,
     'pause_resume: shows the status before and after');
 like($out, qr/action=resume/, 'pause_resume: says how to resume');
+like($out, qr/== preflight.*sync_service:sync +\| ok .*long_transactions +\| ok /s, 'pause_resume: runs its preflight first');
 is(q1($primary, "SELECT state || ' ' || fenced FROM connect_status WHERE connection = 'sync'"), 'PAUSED true',
     'pause_resume: sync is PAUSED and fenced');
 is(write_error($primary, 'INSERT INTO account VALUES (1)'), '25006', 'pause_resume: the mapped table refuses writes');
@@ -134,6 +135,7 @@ is(q1($primary, "SELECT state || ' ' || fenced FROM connect_status WHERE connect
     'pause_resume: paused, not fenced');
 is(write_error($primary, 'INSERT INTO account VALUES (2)'), '', 'pause_resume: writes reach the log');
 like($out, qr/Writes still reach the trigger log/, 'pause_resume: and says so');
+like($out, qr/long_transactions +\| not needed /, "pause_resume: without a fence the fence's checks are not needed");
 ($rc) = runbook($primary, 'pause_resume', action => 'resume');
 is($rc, 0, 'pause_resume: resume again');
 consume_once($primary, 'sync') while q1($primary, "SELECT backlog FROM connect_status WHERE connection = 'sync'") > 0;
@@ -274,6 +276,7 @@ is(q1($primary, "SELECT string_agg(connection || ' ' || state || ' ' || fenced, 
 ($rc, $out, $err) = runbook($primary, 'pg_upgrade', new_datadir => "$tmp/new", new_bindir => '/usr/lib/postgresql/16/bin',
     wait_timeout => '60 s');
 is($rc, 0, 'pg_upgrade: prepare reaches ready');
+like($out, qr/== preflight.*plan +\| ok .*replication_slots +\| ok .*witness +\| ok /s, 'pg_upgrade: after its preflight');
 my ($plan) = $out =~ /plan (\d+) prepared/;
 ok($plan, "pg_upgrade: plan $plan");
 is(q1($primary, "SELECT status || ' ' || step FROM connect_upgrade_status WHERE plan = $plan"), 'ready ready',
@@ -302,22 +305,32 @@ my $nobody = PostgreSQL::Test::Cluster::get_free_port();
 ($rc, $out, $err) = runbook($primary, 'follower_changeover', follower => 'ghost',
     follower_conninfo => "host=" . $primary->host . " port=$nobody dbname=postgres");
 is($rc, 3, 'follower_changeover: an unreachable follower stops');
-like($err, qr/runbook stopped: follower "ghost" is unreachable/, 'follower_changeover: saying so');
+like($err, qr/runbook stopped: preflight check failed: follower_reachable \(.*port=$nobody: /, 'follower_changeover: saying so (its preflight)');
+like($err, qr/HINT:.*-v accept=follower_reachable/, 'follower_changeover: and how to go ahead regardless');
 is(q1($primary, "SELECT count(*) FROM connect_follower_lag WHERE source = 'libpq'"), '0',
     'follower_changeover: the failed follower was not kept registered');
 ($rc, $out, $err) = runbook($primary, 'follower_changeover', follower => 'self', follower_conninfo => $primary->connstr('postgres'));
-like($err, qr/runbook stopped: follower "self" is not a standby/, 'follower_changeover: a primary as follower stops');
+like($err, qr/runbook stopped: preflight check failed: follower_standby \(it is not in recovery/, 'follower_changeover: a primary as follower stops');
 ($rc, $out, $err) = runbook($primary, 'follower_changeover', follower => 'otherdb', follower_conninfo => $standby->connstr('template1'));
-like($err, qr/runbook stopped: follower_conninfo connects to database template1, not to postgres/,
+like($err, qr/runbook stopped: preflight check failed: follower_standby \(the conninfo reaches database template1, not postgres\)/,
     'follower_changeover: a conninfo naming another database stops');
 ($rc, $out, $err) = runbook($primary, 'follower_changeover', follower_conninfo => $standby->connstr('postgres'), max_lag => 'lots');
 like($err, qr/runbook stopped: max_lag must be a number of bytes/, 'follower_changeover: a bad max_lag stops');
 is(q1($primary, "SELECT count(*) FROM connect_upgrade_status WHERE status IN ('running', 'ready')"), '0',
     'follower_changeover: no plan was started by the failed runs');
 
+# every node keeps its witness beside its own data directory (the default): the
+# follower does not share the primary's, which the preflight reports and the DBA accepts
 ($rc, $out, $err) = runbook($primary, 'follower_changeover', follower => 'standby', follower_conninfo => $standby->connstr('postgres'),
     max_lag => '100000000', wait_timeout => '60 s');
+is($rc, 3, 'follower_changeover: a follower that does not share the witness stops');
+like($err, qr/runbook stopped: preflight check failed: follower_witness \(the follower finds no witness at /,
+    'follower_changeover: naming the check');
+($rc, $out, $err) = runbook($primary, 'follower_changeover', follower => 'standby', follower_conninfo => $standby->connstr('postgres'),
+    max_lag => '100000000', wait_timeout => '60 s', accept => 'follower_witness');
 is($rc, 0, 'follower_changeover: the plan reaches ready');
+like($out, qr/step 1: preflight.*follower_reachable +\| ok .*follower_witness +\| accepted /s,
+    'follower_changeover: the preflight passed, with follower_witness accepted');
 ($plan) = $out =~ /plan (\d+) prepared/;
 like($out, qr/== plan $plan timeline.*checking.*pausing.*fencing.*fencing_follower.*catching_up.*ready/s,
     'follower_changeover: prints the timeline');
@@ -344,7 +357,8 @@ $primary->stop;
 # ------------------------------------------------------------------- plan_change
 worker_runs($standby);
 my $bigger = new_standby($standby, 'bigger', backup => 'base2');
-($rc, $out, $err) = runbook($standby, 'plan_change', follower_conninfo => $bigger->connstr('postgres'), wait_timeout => '90 s');
+($rc, $out, $err) = runbook($standby, 'plan_change', follower_conninfo => $bigger->connstr('postgres'), wait_timeout => '90 s',
+    accept => 'follower_witness');
 is($rc, 0, 'plan_change: the changeover to the bigger server, promoted');
 like($out, qr/a follower changeover without a version change.*step 4: promote the follower.*== the new primary/s,
     'plan_change: explains, promotes, completes');

@@ -59,4 +59,15 @@ SELECT a.pid, a.backend_type, a.state, a.query AS activity, a.backend_start, a.s
   FROM pg_stat_activity a
  WHERE a.pid = connect_guard.worker_pid();
 
+/*
+ * A CREATE EXTENSION run by a session that loads a dump (pg_restore, psql on
+ * a plain dump) is followed by the rows of the extension's tables: the
+ * worker writes nothing until that session ends (worker.c), or it would
+ * take their keys.
+ */
+CREATE FUNCTION connect_guard.hold_worker_for_restore()
+RETURNS boolean LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'connect_guard_hold_worker_for_restore';
+SELECT connect_guard.hold_worker_for_restore();
+
 SELECT connect_guard.wake_launcher();

@@ -19,6 +19,10 @@
  *   mapping:
  *     INITIAL -> DATA_SYNCED               its first batch is finished
  *     any -> RELOAD_TABLE -> DATA_SYNCED   a reload is asked for, then done (52_reloads.sql)
+ *     INITIAL, DATA_SYNCED
+ *       -> SCHEMA_CHANGED                  its table changed, or writes were hidden (19_table_shape_changes.sql)
+ *     SCHEMA_CHANGED -> RELOAD_TABLE,
+ *       INITIAL, DATA_SYNCED               saved (connect_save_mapping, 66_schema_watch.sql)
  * ------------------------------------------------------------------------ */
 
 /*

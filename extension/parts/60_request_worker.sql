@@ -9,7 +9,7 @@
  * is leased (next_attempt_at moves past the HTTP timeout) so that a worker
  * that dies in the middle does not leave it stuck, nor have it sent twice
  * at once.  Steps: 'send' (the action), 'lookup' (a deep GET to find
- * mapping ids, or for a refresh), 'poll' (a deep GET to see the effect),
+ * mapping ids, for a refresh, or to see a mapping before its reload), 'poll' (a deep GET to see the effect),
  * 'apply' (nothing to send).  What is sent is the adapter's
  * (request_wire, 58_protocols.sql); secret is the connection's stored
  * token or key, and with secret NULL the worker reads secret_file.
@@ -165,6 +165,7 @@ DECLARE
     c connect_guard.connection;
     e record;
     v_json jsonb;
+    v_entry jsonb;
     v_ok boolean := coalesce(p_http_status BETWEEN 200 AND 299, false);
     v_state text;
     v_expected text;
@@ -239,13 +240,17 @@ BEGIN
      WHERE request_id = r.request_id;
 
     IF p_step = 'send' THEN
+        BEGIN
+            v_json := p_body::jsonb;
+        EXCEPTION WHEN OTHERS THEN
+            v_json := NULL;
+        END;
+        -- the answer is the result of an export (Connect's configuration file) or an import
+        IF r.action IN ('export', 'import') THEN
+            UPDATE connect_guard.request SET result = v_json WHERE request_id = r.request_id;
+        END IF;
         -- a webhook may answer with its own high-water mark, as Connect's deep GET does
         IF c.adapter = 'webhook' THEN
-            BEGIN
-                v_json := p_body::jsonb;
-            EXCEPTION WHEN OTHERS THEN
-                v_json := NULL;
-            END;
             IF jsonb_typeof(v_json) = 'object' THEN
                 PERFORM connect_guard.note_remote_hwm(c.connection_id, v_json);
             END IF;
@@ -308,6 +313,8 @@ BEGIN
                                                                                  THEN v_json -> 'mappings' ELSE '[]' END) x)));
             PERFORM connect_guard.request_close(r.request_id, 'succeeded');
         ELSIF EXISTS (SELECT 1 FROM connect_guard.mapping WHERE mapping_id = r.mapping_id AND remote_id IS NOT NULL) THEN
+            -- how the mapping stood before its reload is asked for (59_reload_acknowledgement.sql)
+            PERFORM connect_guard.reload_baseline(r.request_id, v_json);
             UPDATE connect_guard.request SET next_attempt_at = clock_timestamp() WHERE request_id = r.request_id;
         ELSE
             PERFORM connect_guard.request_close(r.request_id, 'failed',
@@ -319,18 +326,16 @@ BEGIN
 
     -- 'poll': has Connect done it?
     IF r.action = 'reload' THEN
-        SELECT x ->> 'state' INTO v_state
-          FROM jsonb_array_elements(CASE WHEN jsonb_typeof(v_json -> 'mappings') = 'array'
-                                         THEN v_json -> 'mappings' ELSE '[]' END) x
-          JOIN connect_guard.mapping mp ON mp.mapping_id = r.mapping_id AND mp.remote_id = x ->> 'id';
-        v_expected := 'RELOAD_TABLE and then DATA_SYNCED';
+        v_entry := connect_guard.reload_mapping_entry(r, v_json);
+        v_state := v_entry ->> 'state';
+        v_expected := 'a reload started after the request (RELOAD_TABLE, or a later reload_started_at) and then DATA_SYNCED';
     ELSE
         v_state := v_json ->> 'state';
         v_expected := CASE r.action WHEN 'pause' THEN 'PAUSED' ELSE 'IDLE' END;
     END IF;
     UPDATE connect_guard.request SET remote_state = v_state WHERE request_id = r.request_id;
-    -- a reload is done once Connect was seen working on it (59_reload_acknowledgement.sql)
-    IF (CASE WHEN r.action = 'reload' THEN connect_guard.reload_acknowledged(r.request_id, v_state)
+    -- a reload is done once it is proven to have started after the request (59_reload_acknowledgement.sql)
+    IF (CASE WHEN r.action = 'reload' THEN connect_guard.reload_acknowledged(r.request_id, v_entry)
              ELSE v_state = v_expected OR (r.action = 'resume' AND v_state = 'POLLING_DB_CHANGES') END) THEN
         PERFORM connect_guard.request_apply(r.request_id);
     ELSE

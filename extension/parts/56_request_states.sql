@@ -192,6 +192,13 @@ BEGIN
         PERFORM connect_guard.mappings_goto(c.connection_id, ARRAY[r.mapping_id], 'DATA_SYNCED', ARRAY['RELOAD_TABLE'],
             'table_reloaded', jsonb_build_object('request_id', r.request_id, 'table', r.params ->> 'table',
                                                  'object_name', r.params ->> 'object_name'));
+    ELSIF r.action IN ('export', 'import') THEN
+        -- Connect's configuration goes onto the mappings (49_config_store.sql)
+        v_message := connect_guard.config_answered(c.connection_id, r.action, r.request_id, r.result, r.payload);
+        IF v_message IS NOT NULL THEN
+            PERFORM connect_guard.request_close(r.request_id, 'failed', v_message);
+            RETURN;
+        END IF;
     END IF;
     PERFORM connect_guard.request_close(r.request_id, 'succeeded');
     IF r.action = 'reload' THEN

@@ -19,11 +19,15 @@
  * of mapping m) sends:
  *
  *   heroku   GET  {region_url}/api/v3/connections/{connection_id}?deep=true
- *                 to poll, for a refresh, and to look up a mapping's id
- *                 (step 'lookup') before its reload
+ *                 to poll, for a refresh, and before a reload (step
+ *                 'lookup': the mapping's id, and how the mapping stood
+ *                 before the reload, 59_reload_acknowledgement.sql)
  *            POST {region_url}/api/v3/mappings/{remote_id}/actions/reload
  *            POST {region_url}/api/v3/connections/{connection_id}/actions/{pause|resume}
  *            no body; auth 'bearer' with the token
+ *            GET  {region_url}/api/v3/connections/{connection_id}/actions/export
+ *            POST {region_url}/api/v3/connections/{connection_id}/actions/import
+ *                 with the configuration file (the request's payload) as body
  *   webhook  POST {url}, auth 'hmac' with the key, the body a JSON object:
  *            connection, action, request_id, requested_at (UTC, ISO 8601),
  *            requested_by, database, and when set reason, block_writes,
@@ -47,13 +51,18 @@ BEGIN
         v_api := (c.options ->> 'region_url') || '/api/v3';
         auth := 'bearer';
         secret_file := c.options ->> 'token_file';
-        IF p_step = 'poll' OR r.action = 'refresh' OR (r.action = 'reload' AND m.remote_id IS NULL) THEN
+        IF p_step = 'poll' OR r.action = 'refresh'
+           OR (r.action = 'reload' AND (m.remote_id IS NULL OR NOT r.params ? 'reload_baseline')) THEN
             step := CASE WHEN p_step = 'poll' THEN 'poll' ELSE 'lookup' END;
             method := 'GET';
             url := format('%s/connections/%s?deep=true', v_api, c.options ->> 'connection_id');
         ELSIF r.action = 'reload' THEN
             method := 'POST';
             url := format('%s/mappings/%s/actions/reload', v_api, m.remote_id);
+        ELSIF r.action IN ('export', 'import') THEN
+            method := CASE r.action WHEN 'export' THEN 'GET' ELSE 'POST' END;
+            url := format('%s/connections/%s/actions/%s', v_api, c.options ->> 'connection_id', r.action);
+            body := r.payload::text;
         ELSE
             method := 'POST';
             url := format('%s/connections/%s/actions/%s', v_api, c.options ->> 'connection_id', r.action);

@@ -77,7 +77,10 @@ SELECT c.name AS connection,
        h.log_table,
        h.oldest_pending_at,
        h.failed,
-       h.ids_used_pct
+       h.ids_used_pct,
+       -- open schema changes of its mappings: connect_schema_drift (19_table_shape_changes.sql) says what
+       (SELECT count(*) FROM connect_guard.schema_change s JOIN connect_guard.mapping mp USING (mapping_id)
+         WHERE mp.connection_id = c.connection_id AND s.resolved_at IS NULL) AS schema_changes
   FROM connect_guard.connection c
   JOIN connect_high_water_marks h ON h.connection = c.name
   LEFT JOIN connect_guard.fence_list() f ON f.fence_id = c.fence_id

@@ -41,7 +41,7 @@
  * on the new primary) waits for events, not for polls: the fence on the
  * follower is raised in the fencing step's transaction; the catch-up is one
  * call that waits on the follower until its replay reaches the fence
- * (follower_probe's wait, standby.c); the promotion is one call that
+ * (follower_probe_after_replay, standby.c); the promotion is one call that
  * returns, and wakes the follower's worker (which waits on a standby for
  * its promotion: worker.c), once the follower is out of recovery; every
  * step that commits wakes connect_wait_upgrade() (plan_changed()); and the
@@ -142,13 +142,20 @@ $$;
  * it replayed), and returns what it found as jsonb (answered, reachable,
  * error, in_recovery, system_identifier_matches, database, timeline,
  * replay_lsn, lag_bytes); the plan only adds what is its own (the database,
- * the fence position).  Never raises for the follower's problems.  With
- * p_replayed, the follower answers once it has replayed that far (or after
- * up to a second: follower_timeout / 2 at most), rather than at once.
+ * the fence position).  Never raises for the follower's problems.
  */
-CREATE FUNCTION connect_guard.follower_probe(p_conninfo text, p_replayed pg_lsn DEFAULT NULL)
-RETURNS jsonb LANGUAGE C VOLATILE
+CREATE FUNCTION connect_guard.follower_probe(p_conninfo text)
+RETURNS jsonb LANGUAGE C STRICT VOLATILE
 AS 'MODULE_PATHNAME', 'connect_guard_follower_probe';
+
+/*
+ * connect_guard.follower_probe_after_replay is the same check, answered
+ * once the follower has replayed up to p_replayed (or after up to a
+ * second, follower_timeout / 2 at most), rather than at once.
+ */
+CREATE FUNCTION connect_guard.follower_probe_after_replay(p_conninfo text, p_replayed pg_lsn)
+RETURNS jsonb LANGUAGE C STRICT VOLATILE
+AS 'MODULE_PATHNAME', 'connect_guard_follower_probe_after_replay';
 
 /*
  * What the old primary asks of its follower (standby.c), there, with CALL:
@@ -509,8 +516,8 @@ BEGIN
         IF p.method = 'follower' THEN
             -- The follower's fence in the same transaction: one commit fewer while writes
             -- are blocked.  Nor does this commit wait for its own flush: catching_up
-            -- flushes past it before it asks the follower (follower_probe), and a crash
-            -- before then only runs this step again (it adopts both fences).
+            -- flushes past it before it asks the follower (follower_probe_after_replay),
+            -- and a crash before then only runs this step again (it adopts both fences).
             PERFORM set_config('synchronous_commit', 'off', true);
             RETURN connect_guard.plan_fence_follower(connect_guard.require_plan(p.plan_id), false);
         END IF;
@@ -526,7 +533,7 @@ BEGIN
         -- second: the worker asks again).  A try that ends without the answer leaves
         -- the step to run again, with a later target.
         v_target := pg_current_wal_insert_lsn();
-        v_probe := connect_guard.follower_probe(p.follower, v_target);
+        v_probe := connect_guard.follower_probe_after_replay(p.follower, v_target);
         IF NOT (v_probe->>'answered')::boolean THEN
             IF v_overdue THEN
                 PERFORM connect_guard.upgrade_fail(p.plan_id,
@@ -761,7 +768,9 @@ BEGIN
         IF p.step = connect_wait_upgrade.step OR p.status = connect_wait_upgrade.step
            OR EXISTS (SELECT 1 FROM connect_guard.upgrade_step s
                        WHERE s.plan_id = p.plan_id AND s.step = connect_wait_upgrade.step) THEN
-            RETURN p.step;
+            -- read again: the condition ran on a newer snapshot than p, and may have seen the
+            -- step's timeline row whose plan row p predates (both are written in one transaction)
+            RETURN (connect_guard.require_plan(plan)).step;
         END IF;
         IF p.status IN ('failed', 'aborted') THEN
             RAISE EXCEPTION USING

@@ -33,7 +33,7 @@ CREATE TABLE connect_guard.request (
     connection_id   integer NOT NULL REFERENCES connect_guard.connection ON DELETE CASCADE,
     -- the mapping a reload is for (its table and object name are also in params)
     mapping_id      integer REFERENCES connect_guard.mapping ON DELETE SET NULL,
-    action          text NOT NULL CHECK (action IN ('pause', 'resume', 'reload', 'refresh')),
+    action          text NOT NULL CHECK (action IN ('pause', 'resume', 'reload', 'refresh', 'export', 'import')),
     status          text NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'succeeded', 'failed')),
     phase           text NOT NULL DEFAULT 'send' CHECK (phase IN ('send', 'confirm', 'apply')),
     -- block_writes, cancel_writers, reason, timeout_s (how long to wait for the remote state), ...
@@ -49,6 +49,9 @@ CREATE TABLE connect_guard.request (
     last_error      text,
     -- the last state Connect reported (of the connection, or of the mapping for a reload)
     remote_state    text,
+    -- what an import sends (the configuration file), and the answer to an export or import (64_config.sql)
+    payload         jsonb,
+    result          jsonb,
     requested_by    name NOT NULL DEFAULT session_user,
     -- lets connect_wait_state() refuse to wait for a request its own transaction made
     created_xid     xid8 NOT NULL DEFAULT pg_current_xact_id(),

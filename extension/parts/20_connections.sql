@@ -126,6 +126,10 @@ BEGIN
     INSERT INTO connect_guard.mapping (connection_id, table_schema, table_name, object_name)
     VALUES (c.connection_id, r.nspname, r.relname, coalesce(object_name, r.relname))
     RETURNING mapping_id INTO v_id;
+    -- what the table looks like now is what the mapping expects, and its watch (19_table_shape.sql);
+    -- what it cannot expect (an inheritance child: its rows are not captured) is reported at once
+    PERFORM connect_guard.mapping_init(v_id);
+    PERFORM connect_guard.schema_changes_record(ARRAY[v_id], 'map', 'connect_map_table');
     PERFORM connect_guard.fence_refresh();
     PERFORM connect_guard.log_event(c.connection_id, 'table_mapped',
                                     jsonb_build_object('table', format('%I.%I', r.nspname, r.relname),
@@ -152,6 +156,7 @@ BEGIN
                       AND t.tgname IN ('_connect_guard_capture', '_connect_guard_truncate')) THEN
         EXECUTE format('DROP TRIGGER IF EXISTS _connect_guard_capture ON %I.%I', p_schema, p_table);
         EXECUTE format('DROP TRIGGER IF EXISTS _connect_guard_truncate ON %I.%I', p_schema, p_table);
+        PERFORM connect_guard.drop_truncate_watch(format('%I.%I', p_schema, p_table)::regclass);
     END IF;
 END;
 $$;

@@ -1,0 +1,1101 @@
+/* connect_guard--1.0--1.1.sql: ALTER EXTENSION connect_guard UPDATE from 1.0 to 1.1.
+ *
+ * Written by hand, append-only: once 1.1 is released this file never
+ * changes (databases have run it); a later change ships in
+ * connect_guard--1.1--1.2.sql.  A fresh install of 1.1 (the Makefile's
+ * connect_guard--1.1.sql, from extension/parts) and 1.0 updated by this
+ * script must give the same objects: sql/versions.sql compares every member
+ * of the extension, its definition, privileges and comments, and
+ * scripts/test.sh runs the pg_regress and isolation suites a second time on
+ * installs updated from 1.0.
+ *
+ * 1.1 adds connect_preflight() (extension/parts/80_preflight.sql, copied
+ * below as it is there).  It needs no new C function: it calls lag.c's and
+ * remote.c's functions, which 1.0 has.  Then the changeover's waits for
+ * events (issue 13, at the end), with C entry points of their own; 1.0's
+ * keep their signatures and meaning.  Nothing in 1.0's tables changes.
+ */
+
+\echo Use "ALTER EXTENSION connect_guard UPDATE TO '1.1'" to load this file. \quit
+
+/* ------------------------------------------------------------------------
+ * The preflight: every blocker an upgrade plan (70_upgrade.sql) or a pause
+ * would hit, found before anything changes.  connect_preflight() returns
+ * one row per check; ok is false with a hint saying what to do, and NULL
+ * for a check that was not made because one it depends on failed (the
+ * follower's checks when it cannot be reached).  The runbooks run it first
+ * and stop on a failed check the DBA has not accepted.
+ *
+ * It changes nothing (no row, no event, no transaction id) and makes no
+ * HTTP call in the caller's transaction: the sync service's checks read
+ * what the worker last saw (the connection's state, its last request and
+ * what the service answered to it) and say so.  The follower is asked
+ * through libpq, as the plan's own checks ask it: follower_probe (lag.c)
+ * and remote_query (remote.c), each call bounded by
+ * connect_guard.follower_timeout, at most four calls in all.
+ *
+ * The checks, in the order they are returned (README, Reference):
+ *   primary, shared_preload_libraries, worker, plan, maintenance_fence,
+ *   rollback_incident, sync_service:NAME, token_file:NAME, backlog:NAME,
+ *   replication_slots, prepared_transactions, long_transactions, witness,
+ *   follower_reachable, follower_standby, follower_lag,
+ *   follower_connect_guard, follower_witness
+ * A plan ('follower', 'pg_upgrade', 'copy') gets all that concern it; a
+ * pause ('pause') those of one connection and its mapped tables.
+ * ------------------------------------------------------------------------ */
+
+CREATE TYPE connect_guard.preflight_result AS ("check" text, ok boolean, detail text, hint text);
+
+/* a result row; the hint only when the check failed */
+CREATE FUNCTION connect_guard.preflight_row(p_check text, p_ok boolean, p_detail text, p_hint text DEFAULT NULL)
+RETURNS connect_guard.preflight_result
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT ROW(p_check, p_ok, p_detail, CASE WHEN p_ok IS FALSE THEN p_hint END)::connect_guard.preflight_result;
+$$;
+
+/* how long ago, for a detail: "12 s", "5 min", "3 h", "2 days" */
+CREATE FUNCTION connect_guard.preflight_age(p_since timestamptz)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN s < 120 THEN round(s) || ' s'
+                WHEN s < 7200 THEN round(s / 60) || ' min'
+                WHEN s < 172800 THEN round(s / 3600) || ' h'
+                ELSE round(s / 86400) || ' days' END
+      FROM (SELECT greatest(extract(epoch FROM clock_timestamp() - p_since), 0) AS s) a;
+$$;
+
+/*
+ * primary, shared_preload_libraries, worker: the server can run the plan.
+ * p_worker_not_needed says why the worker is not needed (a local
+ * connection's pause), NULL when it is.
+ */
+CREATE FUNCTION connect_guard.preflight_server(p_worker_not_needed text)
+RETURNS SETOF connect_guard.preflight_result
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_libraries text := current_setting('shared_preload_libraries');
+    v_listed boolean := v_libraries ~ '(^|[ ,])"?connect_guard"?([ ,]|$)';
+    v_loaded boolean := connect_guard.fence_available();
+    v_pid integer := connect_guard.worker_pid();
+BEGIN
+    RETURN NEXT connect_guard.preflight_row('primary', NOT pg_is_in_recovery(),
+        CASE WHEN pg_is_in_recovery() THEN 'this server is a standby (in recovery)'
+             ELSE 'this server is a primary' END,
+        'Run it on the primary: a standby can neither pause, fence nor hold a plan.');
+    RETURN NEXT connect_guard.preflight_row('shared_preload_libraries', v_listed AND v_loaded,
+        CASE WHEN v_listed AND v_loaded THEN 'connect_guard is preloaded: the write fence and the worker are available'
+             WHEN v_listed THEN 'connect_guard is in shared_preload_libraries but was not loaded at start: the server was not restarted since'
+             ELSE format('shared_preload_libraries is %L: without connect_guard there is no write fence and no worker', v_libraries) END,
+        'Add connect_guard to shared_preload_libraries in postgresql.conf and restart the server.');
+    RETURN NEXT connect_guard.preflight_row('worker', v_pid IS NOT NULL OR p_worker_not_needed IS NOT NULL,
+        CASE WHEN v_pid IS NOT NULL THEN format('the worker of database %s runs (pid %s)', current_database(), v_pid)
+             WHEN p_worker_not_needed IS NOT NULL THEN 'no worker runs, and none is needed: ' || p_worker_not_needed
+             ELSE format('no connect_guard worker runs in database %s: it drives the plans and sends the requests to the sync services',
+                         current_database()) END,
+        'It needs shared_preload_libraries; it starts within 30 s of CREATE EXTENSION (SELECT connect_guard.wake_launcher() asks for it at once), and the server log says why it stopped.');
+END;
+$$;
+
+/*
+ * plan (every method), maintenance_fence and rollback_incident (plans):
+ * nothing already holds the connections or the fence the plan needs.
+ */
+CREATE FUNCTION connect_guard.preflight_plans(p_for_plan boolean)
+RETURNS SETOF connect_guard.preflight_result
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p connect_guard.upgrade_plan;
+    v_detail text;
+    v_hint text;
+BEGIN
+    -- a failed plan still holds its pauses and fences; a handed-over one means this is an old primary
+    SELECT * INTO p FROM connect_guard.upgrade_plan
+     WHERE status IN ('running', 'ready', 'failed', 'handed_over') ORDER BY plan_id DESC LIMIT 1;
+    IF p.plan_id IS NOT NULL THEN
+        v_detail := format('upgrade plan %s (%s) is %s at step %s for %s%s', p.plan_id, p.method, p.status, p.step,
+                           connect_guard.preflight_age(p.step_since), coalesce(': ' || p.last_error, ''));
+        v_hint := CASE p.status
+            WHEN 'failed' THEN format('It still holds what it paused and fenced: SELECT connect_abort_upgrade(%s) lifts its fences and resumes the connections.', p.plan_id)
+            WHEN 'handed_over' THEN 'This server is the old primary of that changeover and stays fenced: retire it, and run plans on the new primary.'
+            ELSE format('One plan at a time: wait for plan %s, or end it with SELECT connect_abort_upgrade(%s).', p.plan_id, p.plan_id) END;
+    END IF;
+    RETURN NEXT connect_guard.preflight_row('plan', p.plan_id IS NULL,
+        coalesce(v_detail, 'no upgrade plan is open'), v_hint);
+    IF NOT p_for_plan THEN
+        RETURN;
+    END IF;
+
+    SELECT string_agg(format('fence %s (scope %s, raised by %s %s ago: %s)', f.fence_id, f.scope, f.raised_by,
+                             connect_guard.preflight_age(f.since), coalesce(f.reason, 'no reason given')), '; ' ORDER BY f.fence_id)
+      INTO v_detail
+      FROM connect_guard.fence_list() f WHERE f.scope IN ('mapped', 'database');
+    RETURN NEXT connect_guard.preflight_row('maintenance_fence', v_detail IS NULL,
+        coalesce('a maintenance fence is up: ' || v_detail, 'no maintenance fence is up'),
+        'The plan raises its own database-wide fence and cannot while another is up: lower it with SELECT connect_unfence() once its maintenance is over.');
+
+    SELECT string_agg(format('incident %s (%s, %s ago) waits for %s reload(s)%s', i.incident_id, i.source,
+                             connect_guard.preflight_age(i.detected_at), i.reloads_pending,
+                             CASE WHEN i.fence_id IS NOT NULL THEN ', its tables fenced' ELSE '' END), '; ' ORDER BY i.incident_id)
+      INTO v_detail
+      FROM @extschema@.connect_rollback_incidents i WHERE i.resolved_at IS NULL;
+    RETURN NEXT connect_guard.preflight_row('rollback_incident', v_detail IS NULL,
+        coalesce('a rollback recovery is under way: ' || v_detail, 'no rollback incident is open'),
+        'Finish the rollback recovery first (runbooks/rollback_recovery.sql): the sync service must have reloaded the tables before the data moves.');
+END;
+$$;
+
+/*
+ * sync_service:NAME, token_file:NAME and (plans) backlog:NAME for every
+ * connection, or for p_connection_id only.  No HTTP: what the worker last
+ * saw of the sync service.
+ */
+CREATE FUNCTION connect_guard.preflight_connections(p_method text, p_connection_id integer)
+RETURNS SETOF connect_guard.preflight_result
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    -- as the alert ConnectGuardBacklogStale (monitoring/alerts.yml): a consumer this far behind has stopped
+    c_stale CONSTANT interval := '15 min';
+    c connect_guard.connection;
+    r connect_guard.request;
+    b connect_guard.batch;
+    h record;
+    v_ok boolean;
+    v_seen text;
+    v_hint text;
+    v_file text;
+    v_problem text;
+BEGIN
+    FOR c IN SELECT * FROM connect_guard.connection
+              WHERE p_connection_id IS NULL OR connection_id = p_connection_id ORDER BY name LOOP
+        SELECT * INTO r FROM connect_guard.request q WHERE q.connection_id = c.connection_id
+         ORDER BY q.request_id DESC LIMIT 1;
+        v_ok := c.state IN ('IDLE', 'POLLING_DB_CHANGES');
+        v_hint := CASE
+            WHEN c.state = 'RESUMING' THEN format('Wait until it runs again: SELECT connect_wait_state(%L, ''IDLE'').', c.name)
+            WHEN NOT v_ok AND p_method = 'pause' THEN format('It is paused already: leave it so, or resume it first (SELECT connect_resume(%L)).', c.name)
+            WHEN NOT v_ok THEN format('The plan pauses every connection and resumes them all at its end, this one too: resume it first (SELECT connect_resume(%L)), or leave the plan until it runs again.', c.name)
+            END;
+        IF c.adapter = 'local' THEN
+            v_seen := 'local adapter: its consumer reads the state here';
+        ELSE
+            v_seen := 'as the worker last saw it (no HTTP call is made here): ' || CASE
+                WHEN r.request_id IS NULL THEN 'no request was ever sent to it, so whether it is reachable shows only with the first'
+                WHEN r.status = 'succeeded' THEN format('its last request, %s %s, succeeded %s ago (HTTP %s%s)', r.action, r.request_id,
+                    connect_guard.preflight_age(r.completed_at), coalesce(r.last_http_status::text, '-'),
+                    coalesce(', reported state ' || r.remote_state, ''))
+                WHEN r.status = 'failed' THEN format('its last request, %s %s, failed %s ago after %s attempt(s): %s', r.action, r.request_id,
+                    connect_guard.preflight_age(r.completed_at), r.attempts, coalesce(r.last_error, 'no error recorded'))
+                ELSE format('its request %s (%s) is pending after %s attempt(s)%s', r.request_id, r.action, r.attempts,
+                    coalesce('; last error: ' || r.last_error, '')) END;
+            IF v_ok AND (r.status = 'failed' OR (r.status = 'pending' AND r.last_error IS NOT NULL)) THEN
+                v_ok := false;
+                v_hint := format('Fix what the error says (connect_requests has every attempt), then ask again: %sor, if the service is known to be back, accept this check.',
+                                 CASE WHEN c.adapter = 'heroku' THEN format('SELECT connect_refresh(%L), and run the preflight once it succeeded; ', c.name) ELSE '' END);
+            ELSIF v_ok AND r.status = 'succeeded' AND r.action = 'refresh'
+                  AND r.remote_state NOT IN ('IDLE', 'POLLING_DB_CHANGES') THEN
+                -- Connect pauses only a connection that runs
+                v_ok := false;
+                v_hint := 'Connect reports the connection in another state than IDLE: see its dashboard (it may need authentication or be paused there), then SELECT connect_refresh() and run the preflight again.';
+            END IF;
+        END IF;
+        RETURN NEXT connect_guard.preflight_row('sync_service:' || c.name, v_ok,
+            format('%s for %s; %s', c.state, connect_guard.preflight_age(c.state_since), v_seen), v_hint);
+    END LOOP;
+
+    -- the token (heroku) or webhook key, when the worker reads it from a file
+    FOR c IN SELECT * FROM connect_guard.connection
+              WHERE adapter <> 'local' AND (p_connection_id IS NULL OR connection_id = p_connection_id) ORDER BY name LOOP
+        v_file := c.options ->> CASE c.adapter WHEN 'heroku' THEN 'token_file' ELSE 'secret_file' END;
+        BEGIN
+            v_problem := CASE WHEN v_file IS NOT NULL THEN connect_guard.secret_file_problem(v_file) END;
+        EXCEPTION WHEN insufficient_privilege THEN
+            RETURN NEXT connect_guard.preflight_row('token_file:' || c.name, NULL,
+                format('not checked: looking at %s needs the rights of pg_read_server_files', v_file));
+            CONTINUE;
+        END;
+        RETURN NEXT connect_guard.preflight_row('token_file:' || c.name, v_problem IS NULL,
+            CASE WHEN v_file IS NULL THEN 'the secret is stored in the database (connect_guard.connection_secret)'
+                 WHEN v_problem IS NULL THEN format('the server reads %s', v_file)
+                 ELSE format('the worker cannot use %s: %s', v_file, v_problem) END,
+            'Give the server''s operating-system user the file (owned by it, chmod 600) with the secret on one line: the worker reads it before every request, the plan''s pause included.');
+    END LOOP;
+
+    IF p_method = 'pause' THEN
+        RETURN;
+    END IF;
+    FOR h IN SELECT w.connection, w.backlog, w.oldest_pending_at, w.open_batch
+               FROM @extschema@.connect_high_water_marks w
+               JOIN connect_guard.connection cn ON cn.name = w.connection
+              WHERE p_connection_id IS NULL OR cn.connection_id = p_connection_id ORDER BY w.connection LOOP
+        SELECT * INTO b FROM connect_guard.batch WHERE batch_id = h.open_batch;
+        v_ok := coalesce(h.oldest_pending_at > clock_timestamp() - c_stale, true)
+                AND coalesce(b.taken_at > clock_timestamp() - c_stale, true);
+        RETURN NEXT connect_guard.preflight_row('backlog:' || h.connection, v_ok,
+            format('%s pending entr%s%s%s%s', h.backlog, CASE WHEN h.backlog = 1 THEN 'y' ELSE 'ies' END,
+                   CASE WHEN h.oldest_pending_at IS NOT NULL
+                        THEN format(', the oldest written %s ago', connect_guard.preflight_age(h.oldest_pending_at)) ELSE '' END,
+                   CASE WHEN b.batch_id IS NOT NULL
+                        THEN format('; batch %s, taken by %s, open for %s', b.batch_id, b.taken_by, connect_guard.preflight_age(b.taken_at)) ELSE '' END,
+                   CASE WHEN p_method = 'copy' THEN '; the copy plan waits until its consumer has consumed them all' ELSE '' END),
+            format('Its consumer does not keep up or has stopped (an entry or a batch waits for more than %s min): the plan''s pause waits for the open batch%s. Check the sync service first.',
+                   extract(epoch FROM c_stale)::integer / 60, CASE WHEN p_method = 'copy' THEN ' and the drain for the whole backlog' ELSE '' END));
+    END LOOP;
+END;
+$$;
+
+/*
+ * replication_slots (plans), prepared_transactions and long_transactions:
+ * what would hold WAL, be lost, or make the fence wait.  p_relids are the
+ * tables the fence will cover (the plans: every table of the database; a
+ * pause: its connection's mapped tables).
+ */
+CREATE FUNCTION connect_guard.preflight_transactions(p_method text, p_relids oid[])
+RETURNS SETOF connect_guard.preflight_result
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    -- a writer is long once its transaction has run this long, or sat idle this long
+    c_long_open CONSTANT interval := '10 s';
+    c_long_idle CONSTANT interval := '1 s';
+    v_detail text;
+BEGIN
+    IF p_method <> 'pause' THEN
+        SELECT string_agg(format('%s (%s%s, %s%s)', s.slot_name, s.slot_type, coalesce(' of database ' || s.database, ''),
+                                 CASE WHEN s.active THEN 'active' ELSE 'inactive' END,
+                                 CASE WHEN s.restart_lsn IS NOT NULL
+                                      THEN ', holds ' || pg_size_pretty(pg_wal_lsn_diff(w.lsn, s.restart_lsn)) || ' of WAL' ELSE '' END),
+                          '; ' ORDER BY s.slot_name)
+          INTO v_detail
+          FROM pg_replication_slots s,
+               LATERAL (SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
+                                    ELSE pg_current_wal_lsn() END AS lsn) w
+         -- an inactive slot keeps WAL; a logical one does not survive a promotion, pg_upgrade (before 17) or a copy
+         WHERE (NOT s.active AND s.restart_lsn IS NOT NULL) OR s.slot_type = 'logical';
+        RETURN NEXT connect_guard.preflight_row('replication_slots', v_detail IS NULL,
+            coalesce('slots that would hold WAL during the window or be lost: ' || v_detail,
+                     'no inactive or logical replication slot'),
+            'Drop slots nobody uses (SELECT pg_drop_replication_slot(name)): an inactive slot keeps the WAL growing while the writes wait. A logical slot does not come along to the new primary: let its consumer catch up, re-create the slot there afterwards, and accept this check.');
+    END IF;
+
+    -- pg_upgrade refuses a cluster with any; elsewhere they hold locks (and pg_dump does not copy them)
+    SELECT string_agg(format('%s (database %s, owner %s, prepared %s ago)', x.gid, x.database, x.owner,
+                             connect_guard.preflight_age(x.prepared)), '; ' ORDER BY x.prepared)
+      INTO v_detail
+      FROM pg_prepared_xacts x
+     WHERE p_method = 'pg_upgrade' OR x.database = current_database();
+    RETURN NEXT connect_guard.preflight_row('prepared_transactions', v_detail IS NULL,
+        coalesce('prepared transactions: ' || v_detail, 'no prepared transaction'),
+        'Finish each with COMMIT PREPARED ''gid'' or ROLLBACK PREPARED ''gid'' (in its database): a prepared transaction keeps its locks, so the fence would wait for it until its timeout, and pg_upgrade refuses a cluster that has one.');
+
+    SELECT string_agg(format('pid %s (%s, %s for %s, transaction open for %s) writes %s', a.pid, a.usename, a.state,
+                             connect_guard.preflight_age(a.state_change), connect_guard.preflight_age(a.xact_start),
+                             t.tables), '; ' ORDER BY a.xact_start)
+      INTO v_detail
+      FROM (SELECT l.pid, string_agg(DISTINCT l.relation::regclass::text, ', ') AS tables
+              FROM pg_locks l
+             WHERE l.locktype = 'relation' AND l.granted
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+               AND l.relation = ANY (p_relids)
+               AND l.mode IN ('RowExclusiveLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock')
+               AND l.pid <> pg_backend_pid()
+             GROUP BY l.pid) t
+      JOIN pg_stat_activity a ON a.pid = t.pid
+     WHERE a.xact_start < clock_timestamp() - c_long_open
+        OR (a.state LIKE 'idle in transaction%' AND a.state_change < clock_timestamp() - c_long_idle);
+    RETURN NEXT connect_guard.preflight_row('long_transactions', v_detail IS NULL,
+        coalesce('transactions holding write locks on tables the fence covers: ' || v_detail,
+                 format('no transaction has held a write lock on the tables the fence covers for %s s (or sat idle holding one for %s s)',
+                        extract(epoch FROM c_long_open)::integer, extract(epoch FROM c_long_idle)::integer)),
+        format('The fence waits for every transaction that wrote to its tables, and fails at its timeout: let them commit or roll back, or end them (SELECT pg_terminate_backend(pid))%s.',
+               CASE WHEN p_method = 'pause' THEN ', or pause with cancel_writers => true' ELSE '' END));
+END;
+$$;
+
+/*
+ * witness (plans): rollback detection keeps working across the plan; the
+ * directory is outside the data directory and holds this database's
+ * witness.  Whether the follower shares it is preflight_follower's.
+ */
+CREATE FUNCTION connect_guard.preflight_witness(p_method text)
+RETURNS SETOF connect_guard.preflight_result
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_path text;
+    v_error text;
+    w record;
+    v_setting text := current_setting('connect_guard.witness_directory', true);
+    v_note text := '';
+BEGIN
+    BEGIN
+        v_path := connect_guard.witness_path(NULL);
+    EXCEPTION WHEN invalid_parameter_value THEN
+        GET STACKED DIAGNOSTICS v_error = MESSAGE_TEXT;
+        RETURN NEXT connect_guard.preflight_row('witness', false, v_error,
+            'Set connect_guard.witness_directory to a directory outside the data directory and reload: a restore rewinds whatever is inside it.');
+        RETURN;
+    END;
+    IF v_path IS NULL THEN
+        RETURN NEXT connect_guard.preflight_row('witness', false,
+            'rollback detection by witness is off (connect_guard.witness_directory is empty): a restore, or a follower promoted before it caught up, would go unnoticed',
+            'Set connect_guard.witness_directory to storage outside the data directory that followers, restores and upgrade targets share, and reload; or accept this check.');
+        RETURN;
+    END IF;
+    SELECT * INTO w FROM connect_guard.witness_read(v_path);
+    IF p_method = 'pg_upgrade' THEN
+        v_note := '; the upgraded cluster finds it only if its connect_guard.witness_directory names this directory'
+                  || CASE WHEN v_setting !~ '^/' THEN format(' (%L is relative to the data directory: give both clusters the absolute path)', v_setting) ELSE '' END;
+    ELSIF p_method = 'copy' THEN
+        v_note := '; the copy finds it only if its server reads the same directory';
+    END IF;
+    RETURN NEXT connect_guard.preflight_row('witness', w.status = 'ok',
+        CASE w.status WHEN 'ok' THEN format('%s, written %s ago', v_path, connect_guard.preflight_age((w.content ->> 'written_at')::timestamptz)) || v_note
+                      WHEN 'missing' THEN format('no witness at %s yet', v_path)
+                      ELSE format('the witness at %s is %s: %s', v_path, w.status, w.detail) END,
+        CASE w.status WHEN 'missing' THEN 'The worker writes it on its first cycle: check that it runs and can write the directory (connect_check_rollback() says why).'
+                      ELSE 'The worker replaces it on its next cycle; connect_check_rollback() and the server log say why it is not valid.' END);
+END;
+$$;
+
+/*
+ * follower_reachable, follower_standby, follower_lag,
+ * follower_connect_guard, follower_witness: the follower of a changeover,
+ * asked as the plan's checking step asks it (follower_probe), then through
+ * its own connect_guard functions (remote_query).  Each libpq call waits at
+ * most connect_guard.follower_timeout.
+ */
+CREATE FUNCTION connect_guard.preflight_follower(p_conninfo text, p_max_lag_bytes bigint)
+RETURNS SETOF connect_guard.preflight_result
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_masked text := connect_guard.conninfo_masked(p_conninfo, false);
+    v_probe jsonb := connect_guard.follower_probe(p_conninfo);
+    v_problem text;
+    v_hint text;
+    v_remote jsonb;
+    v_ours jsonb;
+    v_theirs jsonb;
+    v_ours_path text;
+    v_ok boolean;
+    v_detail text;
+    v_lag numeric;
+BEGIN
+    IF NOT (v_probe ->> 'answered')::boolean THEN
+        RETURN NEXT connect_guard.preflight_row('follower_reachable', false,
+            format('%s: %s', v_masked, v_probe ->> 'error'),
+            'Check the conninfo, that the follower runs and that it accepts this server''s connections (pg_hba.conf); each try waits at most connect_guard.follower_timeout.');
+        RETURN NEXT connect_guard.preflight_row('follower_standby', NULL, 'not checked: the follower did not answer');
+        RETURN NEXT connect_guard.preflight_row('follower_lag', NULL, 'not checked: the follower did not answer');
+        RETURN NEXT connect_guard.preflight_row('follower_connect_guard', NULL, 'not checked: the follower did not answer');
+        RETURN NEXT connect_guard.preflight_row('follower_witness', NULL, 'not checked: the follower did not answer');
+        RETURN;
+    END IF;
+    RETURN NEXT connect_guard.preflight_row('follower_reachable', true, format('%s answered', v_masked));
+
+    -- a standby of this primary: the lag check's verdict (lag.c), and the database the plan fences there
+    IF NOT (v_probe ->> 'system_identifier_matches')::boolean THEN
+        BEGIN
+            v_remote := connect_guard.remote_query(p_conninfo,
+                'SELECT (SELECT system_identifier FROM pg_catalog.pg_control_system())::text AS system_identifier');
+        EXCEPTION WHEN connection_failure THEN
+            v_remote := NULL;
+        END;
+        v_problem := format('its system identifier is %s, this primary''s %s: it was made from another cluster',
+                            coalesce(v_remote ->> 'system_identifier', 'another'), connect_guard.system_identifier());
+        v_hint := 'Point the conninfo at a streaming standby of this primary (pg_basebackup -R from it).';
+    ELSIF NOT (v_probe ->> 'in_recovery')::boolean THEN
+        v_problem := 'it is not in recovery: a primary, or a standby promoted already';
+        v_hint := 'Point the conninfo at a streaming standby of this primary (pg_basebackup -R from it), not at a primary.';
+    ELSIF v_probe ->> 'database' IS DISTINCT FROM current_database() THEN
+        v_problem := format('the conninfo reaches database %s, not %s', v_probe ->> 'database', current_database());
+        v_hint := format('Add dbname=%s to the conninfo: the plan fences the follower and completes in that database.', current_database());
+    ELSIF v_probe ->> 'error' IS NOT NULL THEN
+        v_problem := v_probe ->> 'error';
+        v_hint := 'Wait until it replays this primary''s WAL, or rebuild it from a new base backup of this primary.';
+    END IF;
+    RETURN NEXT connect_guard.preflight_row('follower_standby', v_problem IS NULL,
+        coalesce(v_problem, format('in recovery on timeline %s, system identifier %s (this primary''s), database %s',
+                                   v_probe ->> 'timeline', connect_guard.system_identifier(), v_probe ->> 'database')),
+        v_hint);
+    IF v_problem IS NOT NULL THEN
+        RETURN NEXT connect_guard.preflight_row('follower_lag', NULL, 'not checked: the follower is not a standby of this primary');
+        RETURN NEXT connect_guard.preflight_row('follower_connect_guard', NULL, 'not checked: the follower is not a standby of this primary');
+        RETURN NEXT connect_guard.preflight_row('follower_witness', NULL, 'not checked: the follower is not a standby of this primary');
+        RETURN;
+    END IF;
+
+    v_lag := (v_probe ->> 'lag_bytes')::numeric;
+    RETURN NEXT connect_guard.preflight_row('follower_lag', v_lag <= p_max_lag_bytes,
+        format('%s bytes behind (max_lag_bytes %s), replayed up to %s', v_lag, p_max_lag_bytes, v_probe ->> 'replay_lsn'),
+        'Let it catch up (connect_follower_lag shows how far it is), or allow more with max_lag_bytes: the plan''s checking step waits until it is within the limit.');
+
+    -- fenced while a standby, and completed by its own worker once promoted: both need the library there
+    BEGIN
+        v_remote := connect_guard.remote_query(p_conninfo,
+            'SELECT connect_guard.fence_available()::text AS loaded, pg_catalog.current_setting(''shared_preload_libraries'') AS libraries');
+        v_ok := v_remote ->> 'loaded' = 'true';
+        v_detail := CASE WHEN v_ok THEN 'connect_guard is preloaded there: it can be fenced as a standby, and its worker completes the plan once it is promoted'
+                         ELSE format('connect_guard is not preloaded there (shared_preload_libraries = %L): it cannot be fenced, and nothing would complete the plan after its promotion',
+                                     v_remote ->> 'libraries') END;
+    EXCEPTION WHEN connection_failure THEN
+        GET STACKED DIAGNOSTICS v_detail = MESSAGE_TEXT;
+        v_ok := false;
+    END;
+    RETURN NEXT connect_guard.preflight_row('follower_connect_guard', v_ok, v_detail,
+        'Install connect_guard on the follower, add it to its shared_preload_libraries and restart it; the conninfo''s role must be allowed to call connect_guard''s functions (a superuser, as for the plan).');
+
+    -- after its promotion the follower compares itself with the witness it finds: it must be this one's
+    BEGIN
+        v_ours_path := connect_guard.witness_path(NULL);
+    EXCEPTION WHEN invalid_parameter_value THEN
+        v_ours_path := NULL;            -- inside the data directory: the witness check says so
+    END;
+    v_ours := (connect_guard.witness_read(v_ours_path)).content;
+    IF v_ours IS NULL THEN
+        RETURN NEXT connect_guard.preflight_row('follower_witness', NULL, 'not checked: this server has no valid witness (see the witness check)');
+        RETURN;
+    END IF;
+    BEGIN
+        v_remote := connect_guard.remote_query(p_conninfo,
+            'SELECT w.path, r.status, r.content::text AS content, r.detail'
+            || ' FROM (SELECT connect_guard.witness_path(NULL) AS path) w'
+            || ' LEFT JOIN LATERAL connect_guard.witness_read(w.path) r ON true');
+    EXCEPTION WHEN connection_failure THEN
+        GET STACKED DIAGNOSTICS v_detail = MESSAGE_TEXT;
+        v_remote := NULL;
+    END;
+    v_theirs := (v_remote ->> 'content')::jsonb;
+    v_ok := coalesce(v_remote ->> 'status' = 'ok'
+                     -- the worker may have rewritten it between the two reads: read ours again
+                     AND (v_theirs = v_ours OR v_theirs = (connect_guard.witness_read(v_ours_path)).content), false);
+    RETURN NEXT connect_guard.preflight_row('follower_witness', v_ok,
+        CASE WHEN v_remote IS NULL THEN v_detail
+             WHEN v_ok THEN format('the follower reads this server''s witness (%s)', v_remote ->> 'path')
+             WHEN v_remote ->> 'path' IS NULL THEN 'witnessing is off on the follower (its connect_guard.witness_directory is empty)'
+             WHEN v_remote ->> 'status' <> 'ok'
+             THEN format('the follower finds no witness at %s (%s): it does not read this server''s directory (%s)',
+                         v_remote ->> 'path', v_remote ->> 'status', v_ours_path)
+             ELSE format('the follower reads another file at %s (written at %s; this server''s at %s)',
+                         v_remote ->> 'path', v_theirs ->> 'written_at', v_ours ->> 'written_at') END,
+        'Point connect_guard.witness_directory of both servers at one directory they share, outside their data directories, and reload; or accept this check: the promoted follower then starts a witness of its own, and until then only the sync service''s mark can reveal a rollback.');
+END;
+$$;
+
+/*
+ * connect_preflight: the checks of a plan ('follower', 'pg_upgrade',
+ * 'copy') or of a pause ('pause' of one connection), without changing
+ * anything.  follower: a registered follower's name or a conninfo
+ * (default: the only registered follower).
+ */
+CREATE FUNCTION connect_preflight(method text DEFAULT 'follower', follower text DEFAULT NULL,
+                                  max_lag_bytes bigint DEFAULT 16777216, connection text DEFAULT NULL)
+RETURNS TABLE ("check" text, ok boolean, detail text, hint text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_conninfo text;
+    c connect_guard.connection;
+    v_plan boolean := connect_preflight.method IN ('follower', 'pg_upgrade', 'copy');
+BEGIN
+    IF connect_preflight.method IS NULL OR connect_preflight.method NOT IN ('follower', 'pg_upgrade', 'copy', 'pause') THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('unknown preflight method %s', coalesce(quote_literal(connect_preflight.method), 'NULL')),
+            HINT = 'Use a plan''s method, ''follower'', ''pg_upgrade'' or ''copy'', or ''pause'' for the pause of one connection.';
+    END IF;
+    IF connect_preflight.follower IS NOT NULL AND connect_preflight.method <> 'follower' THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('method %s takes no follower', connect_preflight.method),
+            HINT = 'Pass follower => ... with method => ''follower'' only.';
+    END IF;
+    IF connect_preflight.connection IS NOT NULL AND connect_preflight.method <> 'pause' THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('method %s takes no connection: a plan checks every connection', connect_preflight.method),
+            HINT = 'Pass connection => ... with method => ''pause'' only.';
+    END IF;
+    IF connect_preflight.max_lag_bytes IS NULL OR connect_preflight.max_lag_bytes < 0 THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'max_lag_bytes must be 0 or more',
+            HINT = 'Pass the max_lag_bytes the plan will get, e.g. max_lag_bytes => 16 * 1024 * 1024.';
+    END IF;
+
+    IF connect_preflight.method = 'follower' THEN
+        IF connect_preflight.follower IS NULL THEN
+            SELECT min(f.conninfo) INTO v_conninfo FROM connect_guard.follower f
+            HAVING count(*) = 1;
+            IF v_conninfo IS NULL THEN
+                RAISE EXCEPTION USING
+                    ERRCODE = 'invalid_parameter_value',
+                    MESSAGE = 'a follower changeover needs its follower',
+                    DETAIL = format('%s followers are registered.', (SELECT count(*) FROM connect_guard.follower)),
+                    HINT = 'Pass follower => the name of a registered follower, or its conninfo (''host=... port=... dbname=... user=...'').';
+            END IF;
+        ELSE
+            SELECT f.conninfo INTO v_conninfo FROM connect_guard.follower f WHERE f.name = connect_preflight.follower;
+            IF v_conninfo IS NULL AND connect_preflight.follower ~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$' THEN
+                RAISE EXCEPTION USING
+                    ERRCODE = 'undefined_object',
+                    MESSAGE = format('follower "%s" is not registered', connect_preflight.follower),
+                    HINT = 'Pass a registered name (SELECT name FROM connect_follower_lag WHERE source = ''libpq'') or a conninfo.';
+            END IF;
+            -- a conninfo: libpq must parse it (the error says why not)
+            v_conninfo := coalesce(v_conninfo, connect_preflight.follower);
+            PERFORM connect_guard.conninfo_masked(v_conninfo);
+        END IF;
+    END IF;
+
+    IF connect_preflight.method = 'pause' THEN
+        IF connect_preflight.connection IS NULL THEN
+            SELECT * INTO c FROM connect_guard.connection
+             WHERE (SELECT count(*) FROM connect_guard.connection) = 1;
+            IF c.connection_id IS NULL THEN
+                RAISE EXCEPTION USING
+                    ERRCODE = 'invalid_parameter_value',
+                    MESSAGE = 'a pause''s preflight needs its connection',
+                    DETAIL = format('This database has %s connections.', (SELECT count(*) FROM connect_guard.connection)),
+                    HINT = 'Pass connection => the name of the connection to pause.';
+            END IF;
+        ELSE
+            c := connect_guard.require_connection(connect_preflight.connection);
+        END IF;
+    END IF;
+
+    RETURN QUERY SELECT * FROM connect_guard.preflight_server(
+        CASE WHEN c.adapter = 'local' THEN format('connection %s is local (its consumer reads the state here)', c.name) END);
+    RETURN QUERY SELECT * FROM connect_guard.preflight_plans(v_plan);
+    RETURN QUERY SELECT * FROM connect_guard.preflight_connections(connect_preflight.method, c.connection_id);
+    RETURN QUERY SELECT * FROM connect_guard.preflight_transactions(connect_preflight.method,
+        CASE WHEN v_plan THEN connect_guard.database_tables() ELSE (connect_guard.fence_targets(c.connection_id)).relids END);
+    IF v_plan THEN
+        RETURN QUERY SELECT * FROM connect_guard.preflight_witness(connect_preflight.method);
+    END IF;
+    IF connect_preflight.method = 'follower' THEN
+        RETURN QUERY SELECT * FROM connect_guard.preflight_follower(v_conninfo, connect_preflight.max_lag_bytes);
+    END IF;
+END;
+$$;
+
+/*
+ * Privileges, as a fresh install's 99_privileges.sql gives them: nothing for
+ * PUBLIC.  Its loop over the extension's functions runs only in the install
+ * script, not on an update, so each new function is named here.
+ */
+REVOKE ALL ON FUNCTION connect_guard.preflight_row(text, boolean, text, text),
+                       connect_guard.preflight_age(timestamptz),
+                       connect_guard.preflight_server(text),
+                       connect_guard.preflight_plans(boolean),
+                       connect_guard.preflight_connections(text, integer),
+                       connect_guard.preflight_transactions(text, oid[]),
+                       connect_guard.preflight_witness(text),
+                       connect_guard.preflight_follower(text, bigint),
+                       connect_preflight(text, text, bigint, text)
+    FROM PUBLIC;
+
+/* ------------------------------------------------------------------------
+ * A follower changeover's write-blocked window waits for events, not for
+ * polls (extension/parts/70_upgrade.sql's header, README "Upgrade plans"):
+ * connect_wait_upgrade() sleeps until a plan step commits
+ * (08_worker.sql's plan_changed, plan_generation, wait_plan_change); the
+ * follower waits for its own replay and its own promotion
+ * (follower_probe_after_replay, the procedures wait_for_replay and
+ * promote_standby: standby.c); the fencing step raises the follower's fence
+ * in its own transaction (plan_fence_follower).  New C entry points only:
+ * 1.0's keep their signatures and meaning.  The functions whose bodies
+ * changed are replaced as they are in the parts.
+ * ------------------------------------------------------------------------ */
+
+CREATE FUNCTION connect_guard.plan_changed()
+RETURNS void LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'connect_guard_plan_changed';
+
+CREATE FUNCTION connect_guard.plan_generation()
+RETURNS bigint LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'connect_guard_plan_generation';
+
+CREATE FUNCTION connect_guard.wait_plan_change(seen bigint, timeout_ms integer)
+RETURNS bigint LANGUAGE C STRICT VOLATILE
+AS 'MODULE_PATHNAME', 'connect_guard_wait_plan_change';
+
+CREATE FUNCTION connect_guard.follower_probe_after_replay(p_conninfo text, p_replayed pg_lsn)
+RETURNS jsonb LANGUAGE C STRICT VOLATILE
+AS 'MODULE_PATHNAME', 'connect_guard_follower_probe_after_replay';
+
+CREATE PROCEDURE connect_guard.wait_for_replay(target pg_lsn, timeout_ms integer)
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'connect_guard_wait_for_replay';
+
+CREATE PROCEDURE connect_guard.promote_standby(timeout_ms integer, OUT promoted boolean)
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'connect_guard_promote_standby';
+
+CREATE FUNCTION connect_guard.plan_fence_follower(p connect_guard.upgrade_plan, p_overdue boolean)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c_waiting CONSTANT integer := 1;
+    c_moved CONSTANT integer := 2;
+    v_probe jsonb;
+BEGIN
+    BEGIN
+        -- the follower's fence commits there before this transaction does: a try
+        -- whose answer was lost (a timeout, a crash here) left it up, so reuse
+        -- it rather than raise a second one that completion would not lower
+        v_probe := connect_guard.remote_query(p.follower,
+            format('SELECT coalesce((SELECT max(fence_id) FROM connect_guard.fence_list() WHERE scope = %L AND reason = %L),
+                                    connect_guard.fence_raise(%L, NULL, NULL, %L, %L, %L)) AS fence_id',
+                   'database', format('upgrade plan %s: fenced until the plan completes on this server', p.plan_id),
+                   'database', format('upgrade plan %s: fenced until the plan completes on this server', p.plan_id),
+                   '{}', '{}'));
+    EXCEPTION WHEN connection_failure THEN
+        IF p_overdue THEN
+            PERFORM connect_guard.upgrade_fail(p.plan_id, 'could not fence the follower: ' || SQLERRM);
+            RETURN c_moved;
+        END IF;
+        RETURN c_waiting;
+    END;
+    UPDATE connect_guard.upgrade_plan SET follower_fence_id = (v_probe->>'fence_id')::integer
+     WHERE plan_id = p.plan_id;
+    PERFORM connect_guard.upgrade_goto(p.plan_id, 'catching_up', 'running',
+        jsonb_build_object('follower_fence_id', (v_probe->>'fence_id')::integer));
+    RETURN c_moved;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION connect_guard.upgrade_goto(p_plan integer, p_step text, p_status text DEFAULT 'running',
+                                           p_detail jsonb DEFAULT '{}', p_error text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE connect_guard.upgrade_step SET finished_at = clock_timestamp()
+     WHERE plan_id = p_plan AND finished_at IS NULL;
+    UPDATE connect_guard.upgrade_plan
+       SET step = p_step, step_since = clock_timestamp(), status = p_status,
+           last_error = coalesce(p_error, CASE WHEN p_status IN ('running', 'ready') THEN NULL ELSE last_error END),
+           finished_at = CASE WHEN p_status IN ('completed', 'failed', 'aborted', 'handed_over')
+                              THEN clock_timestamp() END
+     WHERE plan_id = p_plan;
+    INSERT INTO connect_guard.upgrade_step (plan_id, step, detail, finished_at)
+    VALUES (p_plan, p_step, p_detail,
+            CASE WHEN p_status IN ('completed', 'failed', 'aborted', 'handed_over') THEN clock_timestamp() END);
+    PERFORM connect_guard.log_event(NULL, 'upgrade_' || p_step,
+        p_detail || jsonb_build_object('plan_id', p_plan, 'status', p_status, 'error', p_error));
+    PERFORM connect_guard.plan_changed();      -- connect_wait_upgrade() looks again at commit
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION connect_guard.upgrade_advance()
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    -- what this returns, as the worker reads it (enum UpgradeAdvance, include/worker.h)
+    c_no_plan CONSTANT integer := 0;
+    c_waiting CONSTANT integer := 1;
+    c_moved CONSTANT integer := 2;
+    p connect_guard.upgrade_plan;
+    c connect_guard.connection;
+    v_probe jsonb;
+    v_lag numeric;
+    v_waiting text;
+    v_fid integer;
+    v_overdue boolean;
+    v_target pg_lsn;
+BEGIN
+    SELECT * INTO p FROM connect_guard.upgrade_plan
+     WHERE status IN ('running', 'ready') FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        RETURN c_no_plan;
+    END IF;
+    v_overdue := clock_timestamp() > p.step_since + p.step_timeout;
+
+    -- a database other than the one the plan was prepared on: the one that took over
+    IF p.system_identifier IS NOT NULL
+       AND (connect_guard.system_identifier() <> p.system_identifier
+            OR connect_guard.current_timeline() <> p.timeline) THEN
+        IF p.method = 'copy' THEN
+            RETURN c_no_plan;           -- finished by connect_complete_upgrade(), by hand
+        END IF;
+        -- Not on a server that pg_upgrade itself started (postgres -b): pg_upgrade
+        -- starts the new cluster with the data in place at its end, before the
+        -- runbook has copied the fence file in; completing there would resume the
+        -- connections and leave the fence copied afterwards up for good.
+        IF connect_guard.in_binary_upgrade() THEN
+            RETURN c_no_plan;
+        END IF;
+        PERFORM connect_guard.upgrade_complete_here(p);
+        RETURN c_moved;
+    END IF;
+
+    CASE p.step
+    WHEN 'checking' THEN
+        v_probe := connect_guard.follower_probe(p.follower);
+        IF NOT (v_probe->>'answered')::boolean THEN
+            PERFORM connect_guard.upgrade_fail(p.plan_id,
+                'the follower is unreachable: could not query the other server: ' || (v_probe->>'error'));
+            RETURN c_moved;
+        END IF;
+        IF NOT (v_probe->>'in_recovery')::boolean THEN
+            PERFORM connect_guard.upgrade_fail(p.plan_id, 'the follower is not a standby (it is not in recovery)');
+            RETURN c_moved;
+        END IF;
+        IF NOT (v_probe->>'system_identifier_matches')::boolean THEN
+            PERFORM connect_guard.upgrade_fail(p.plan_id, 'the follower is not a standby of this primary (different system identifier)');
+            RETURN c_moved;
+        END IF;
+        IF v_probe->>'database' <> current_database() THEN
+            PERFORM connect_guard.upgrade_fail(p.plan_id,
+                format('the follower conninfo names database %s, but the plan is for %s', v_probe->>'database', current_database()));
+            RETURN c_moved;
+        END IF;
+        -- any other verdict of the lag check (a newer timeline, nothing replayed yet) is waited out
+        IF v_probe->>'error' IS NOT NULL THEN
+            IF v_overdue THEN
+                PERFORM connect_guard.upgrade_fail(p.plan_id, 'the follower is not a caught-up standby: ' || (v_probe->>'error'));
+                RETURN c_moved;
+            END IF;
+            RETURN c_waiting;
+        END IF;
+        v_lag := (v_probe->>'lag_bytes')::numeric;
+        UPDATE connect_guard.upgrade_plan SET follower_lag_bytes = v_lag WHERE plan_id = p.plan_id;
+        IF v_lag > p.max_lag_bytes THEN
+            IF v_overdue THEN
+                PERFORM connect_guard.upgrade_fail(p.plan_id,
+                    format('the follower stayed %s bytes behind, more than max_lag_bytes = %s', v_lag, p.max_lag_bytes));
+                RETURN c_moved;
+            END IF;
+            RETURN c_waiting;
+        END IF;
+        IF p.promote_with <> 'connect_guard' THEN
+            -- the HA manager must agree before anything is paused or fenced (69_ha_managers.sql)
+            v_probe := connect_guard.ha_check(p.promote_with, p.ha_endpoint, p.ha_member, p.follower);
+            IF NOT (v_probe->>'ok')::boolean THEN
+                IF (v_probe->>'retry')::boolean AND NOT v_overdue THEN
+                    UPDATE connect_guard.upgrade_plan SET last_error = v_probe->>'error' WHERE plan_id = p.plan_id;
+                    RETURN c_waiting;
+                END IF;
+                PERFORM connect_guard.upgrade_fail(p.plan_id, v_probe->>'error');
+                RETURN c_moved;
+            END IF;
+            UPDATE connect_guard.upgrade_plan SET ha_target = v_probe->'target', last_error = NULL
+             WHERE plan_id = p.plan_id;
+        END IF;
+        PERFORM connect_guard.upgrade_goto(p.plan_id, 'pausing', 'running',
+            jsonb_build_object('follower_lag_bytes', v_lag) || coalesce(v_probe->'target', '{}'));
+        RETURN c_moved;
+
+    WHEN 'pausing' THEN
+        v_waiting := connect_guard.plan_pause(p, false);
+        IF v_waiting IS NOT NULL THEN
+            IF v_overdue THEN
+                PERFORM connect_guard.upgrade_fail(p.plan_id,
+                    format('not every connection reached PAUSED within %s: %s', p.step_timeout, v_waiting));
+                RETURN c_moved;
+            END IF;
+            RETURN c_waiting;
+        END IF;
+        PERFORM connect_guard.upgrade_goto(p.plan_id,
+            CASE p.method WHEN 'copy' THEN 'ready' ELSE 'fencing' END,
+            CASE p.method WHEN 'copy' THEN 'ready' ELSE 'running' END);
+        RETURN c_moved;
+
+    WHEN 'fencing' THEN
+        -- a copy carries Connect's log as rows: Connect pauses first (plan_pause)
+        IF p.method = 'copy' AND p.fence_id IS NULL THEN
+            v_waiting := connect_guard.plan_pause(p, true);
+            IF v_waiting IS NOT NULL THEN
+                IF v_overdue THEN
+                    PERFORM connect_guard.upgrade_fail(p.plan_id,
+                        format('not every adopted connection reached PAUSED within %s: %s', p.step_timeout, v_waiting));
+                    RETURN c_moved;
+                END IF;
+                RETURN c_waiting;
+            END IF;
+        END IF;
+        -- A fence is saved to the fence file when it is raised, not at commit, so a
+        -- crash while this step waited for the writers in flight leaves the fence up
+        -- (restored from the file) but not in the plan, whose update never
+        -- committed: adopt it (and wait for the writers again), or every later try
+        -- fails with "a maintenance fence is already up".
+        v_fid := p.fence_id;
+        IF v_fid IS NULL THEN
+            SELECT f.fence_id INTO v_fid FROM connect_guard.fence_list() f
+             WHERE f.scope = 'database' AND f.reason = format('upgrade plan %s (%s)', p.plan_id, p.method);
+        END IF;
+        IF v_fid IS NOT NULL THEN
+            PERFORM connect_guard.wait_for_writers(connect_guard.database_tables(),
+                                                   clock_timestamp() + p.step_timeout, false);
+        ELSIF v_overdue THEN
+            -- The last try failed (connect_fence() timed out waiting for the writers
+            -- in flight, or another maintenance fence is up): its error ended the
+            -- worker's transaction, which lowered its fence.  Fail rather than retry
+            -- forever with nothing in last_error.
+            PERFORM connect_guard.upgrade_fail(p.plan_id,
+                format('could not fence the database within %s: writers still in flight, or another maintenance fence is up (the server log has the last try''s error)',
+                       p.step_timeout));
+            RETURN c_moved;
+        ELSE
+            v_fid := @extschema@.connect_fence('database', format('upgrade plan %s (%s)', p.plan_id, p.method),
+                                   timeout => p.step_timeout);
+        END IF;
+        UPDATE connect_guard.upgrade_plan
+           SET fence_id = v_fid,
+               system_identifier = connect_guard.system_identifier(),
+               database_name = current_database(),
+               timeline = connect_guard.current_timeline(),
+               fence_lsn = pg_current_wal_insert_lsn(),
+               log_head = connect_guard.log_head(),
+               high_water_marks = connect_guard.high_water_marks()
+         WHERE plan_id = p.plan_id;
+        PERFORM connect_guard.upgrade_goto(p.plan_id,
+            CASE p.method WHEN 'follower' THEN 'fencing_follower'
+                          WHEN 'copy' THEN 'draining' ELSE 'ready' END,
+            CASE p.method WHEN 'pg_upgrade' THEN 'ready' ELSE 'running' END,
+            jsonb_build_object('fence_id', v_fid, 'fence_lsn', pg_current_wal_insert_lsn(),
+                               'log_head', connect_guard.log_head()));
+        IF p.method = 'follower' THEN
+            -- The follower's fence in the same transaction: one commit fewer while writes
+            -- are blocked.  Nor does this commit wait for its own flush: catching_up
+            -- flushes past it before it asks the follower (follower_probe_after_replay),
+            -- and a crash before then only runs this step again (it adopts both fences).
+            PERFORM set_config('synchronous_commit', 'off', true);
+            RETURN connect_guard.plan_fence_follower(connect_guard.require_plan(p.plan_id), false);
+        END IF;
+        RETURN c_moved;
+
+    WHEN 'fencing_follower' THEN
+        RETURN connect_guard.plan_fence_follower(p, v_overdue);
+
+    WHEN 'catching_up' THEN
+        -- Everything up to here, the plan's own rows included, must be on the follower:
+        -- the steps before committed, so the insert position is past them.  The
+        -- follower waits for its replay to get there, and answers then (or after a
+        -- second: the worker asks again).  A try that ends without the answer leaves
+        -- the step to run again, with a later target.
+        v_target := pg_current_wal_insert_lsn();
+        v_probe := connect_guard.follower_probe_after_replay(p.follower, v_target);
+        IF NOT (v_probe->>'answered')::boolean THEN
+            IF v_overdue THEN
+                PERFORM connect_guard.upgrade_fail(p.plan_id,
+                    'the follower is unreachable: could not query the other server: ' || (v_probe->>'error'));
+                RETURN c_moved;
+            END IF;
+            RETURN c_waiting;
+        END IF;
+        -- replay_lsn is NULL when the lag check found another cluster's server: never caught up
+        v_lag := CASE WHEN v_probe->>'replay_lsn' IS NULL THEN pg_wal_lsn_diff(v_target, '0/0')
+                      ELSE greatest(pg_wal_lsn_diff(v_target, (v_probe->>'replay_lsn')::pg_lsn), 0) END;
+        UPDATE connect_guard.upgrade_plan SET follower_lag_bytes = v_lag, target_lsn = v_target
+         WHERE plan_id = p.plan_id;
+        IF v_lag > 0 THEN
+            IF NOT (v_probe->>'in_recovery')::boolean THEN
+                PERFORM connect_guard.upgrade_fail(p.plan_id,
+                    'the follower was promoted before it had replayed the fence; the old primary stays fenced');
+                RETURN c_moved;
+            END IF;
+            IF v_overdue THEN
+                PERFORM connect_guard.upgrade_fail(p.plan_id,
+                    format('the follower is still %s bytes short of the fence after %s', v_lag, p.step_timeout));
+                RETURN c_moved;
+            END IF;
+            RETURN c_waiting;
+        END IF;
+        PERFORM connect_guard.upgrade_goto(p.plan_id, 'ready', 'ready',
+            jsonb_build_object('replay_lsn', v_probe->>'replay_lsn', 'target_lsn', v_target));
+        RETURN c_moved;
+
+    WHEN 'draining' THEN
+        SELECT string_agg(format('%s (%s entries)', connection, backlog), ', ') INTO v_waiting
+          FROM @extschema@.connect_high_water_marks
+         WHERE (backlog > 0 OR open_batch IS NOT NULL) AND log_kind = 'own';     -- Connect's log goes with the copy
+        IF v_waiting IS NOT NULL THEN
+            IF v_overdue THEN
+                PERFORM connect_guard.upgrade_fail(p.plan_id,
+                    format('the consumers did not drain the trigger log within %s: %s', p.step_timeout, v_waiting));
+                RETURN c_moved;
+            END IF;
+            RETURN c_waiting;
+        END IF;
+        UPDATE connect_guard.upgrade_plan
+           SET log_head = connect_guard.log_head(), high_water_marks = connect_guard.high_water_marks()
+         WHERE plan_id = p.plan_id;
+        PERFORM connect_guard.upgrade_goto(p.plan_id, 'pausing');
+        RETURN c_moved;
+
+    WHEN 'switching_over' THEN
+        -- the HA manager promotes the follower and stops this server (69_ha_managers.sql);
+        -- if this server still runs when the follower is out of recovery, it was handed over
+        v_probe := connect_guard.follower_probe(p.follower);
+        IF (v_probe->>'answered')::boolean AND NOT (v_probe->>'in_recovery')::boolean THEN
+            PERFORM connect_guard.upgrade_goto(p.plan_id, 'handed_over', 'handed_over',
+                jsonb_build_object('note', format('%s promoted the follower; this server stays fenced', p.promote_with)));
+            RETURN c_moved;
+        END IF;
+        -- once a second: each try asks the HA manager over the network
+        IF (p.ha_target->>'tried_at')::timestamptz > clock_timestamp() - interval '1 s' THEN
+            RETURN c_waiting;
+        END IF;
+        v_probe := connect_guard.ha_request(p.promote_with, p.ha_endpoint, p.ha_target);
+        UPDATE connect_guard.upgrade_plan
+           SET ha_target = ha_target || jsonb_build_object('tried_at', clock_timestamp(), 'answer', v_probe->>'detail')
+                           || CASE WHEN v_probe->>'outcome' = 'requested'
+                                   THEN jsonb_build_object('requested_at', clock_timestamp()) ELSE '{}' END,
+               last_error = CASE WHEN v_probe->>'outcome' = 'retry' THEN v_probe->>'detail' END
+         WHERE plan_id = p.plan_id;
+        IF v_probe->>'outcome' = 'requested' THEN
+            -- (Patroni answers once it has stopped this server: then this never commits)
+            PERFORM connect_guard.log_event(NULL, 'upgrade_switchover_requested',
+                jsonb_build_object('plan_id', p.plan_id, 'promote_with', p.promote_with, 'target', p.ha_target,
+                                   'answer', v_probe->>'detail'));
+        ELSIF v_probe->>'outcome' = 'refused' THEN
+            PERFORM connect_guard.upgrade_fail(p.plan_id,
+                format('%s refused the switchover to %s: %s', p.promote_with, p.ha_target->>'candidate', v_probe->>'detail'));
+            RETURN c_moved;
+        END IF;
+        IF v_overdue THEN
+            PERFORM connect_guard.upgrade_fail(p.plan_id,
+                format('%s did not promote %s within %s (last: %s)', p.promote_with, p.ha_target->>'candidate',
+                       p.step_timeout, v_probe->>'detail'));
+            RETURN c_moved;
+        END IF;
+        RETURN c_waiting;
+
+    WHEN 'ready' THEN
+        IF p.method = 'follower' THEN
+            -- the old primary learns that the follower took over; it stays fenced
+            v_probe := connect_guard.follower_probe(p.follower);
+            IF (v_probe->>'answered')::boolean AND NOT (v_probe->>'in_recovery')::boolean THEN
+                PERFORM connect_guard.upgrade_goto(p.plan_id, 'handed_over', 'handed_over',
+                    jsonb_build_object('note', 'the follower was promoted; this server stays fenced'));
+                RETURN c_moved;
+            END IF;
+        END IF;
+        RETURN c_waiting;
+
+    ELSE
+        RETURN c_waiting;
+    END CASE;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION connect_wait_upgrade(plan bigint, step text, timeout interval DEFAULT '10 min')
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p connect_guard.upgrade_plan;
+    v_deadline timestamptz;
+    v_generation bigint;
+BEGIN
+    PERFORM connect_guard.require_read_committed('connect_wait_upgrade()');
+    PERFORM connect_guard.require_not_null(step, 'step', 'Pass a step or status of the plan, for example ''ready''.');
+    PERFORM connect_guard.require_timeout(timeout, 'timeout', '''10 min''');
+    v_deadline := clock_timestamp() + timeout;
+    LOOP
+        -- read before the plan: a step that commits after this read wakes the wait below
+        v_generation := connect_guard.plan_generation();
+        p := connect_guard.require_plan(plan);
+        IF p.step = connect_wait_upgrade.step OR p.status = connect_wait_upgrade.step
+           OR EXISTS (SELECT 1 FROM connect_guard.upgrade_step s
+                       WHERE s.plan_id = p.plan_id AND s.step = connect_wait_upgrade.step) THEN
+            -- read again: the condition ran on a newer snapshot than p, and may have seen the
+            -- step's timeline row whose plan row p predates (both are written in one transaction)
+            RETURN (connect_guard.require_plan(plan)).step;
+        END IF;
+        IF p.status IN ('failed', 'aborted') THEN
+            RAISE EXCEPTION USING
+                ERRCODE = 'object_not_in_prerequisite_state',
+                MESSAGE = format('upgrade plan %s %s at step %s', p.plan_id, p.status, p.step),
+                DETAIL = coalesce(p.last_error, 'No reason was recorded.'),
+                HINT = 'See connect_upgrade_status and connect_upgrade_timeline(); connect_abort_upgrade() lifts the fence and resumes.';
+        END IF;
+        IF clock_timestamp() > v_deadline THEN
+            RAISE EXCEPTION USING
+                ERRCODE = 'query_canceled',
+                MESSAGE = format('upgrade plan %s did not reach %s within %s', p.plan_id, step, timeout),
+                DETAIL = format('It is %s at step %s since %s.', p.status, p.step, p.step_since),
+                HINT = 'The plan goes on; wait again, or end it with connect_abort_upgrade().';
+        END IF;
+        -- woken when a step commits here; a plan that moves by WAL replay (on a standby) is looked at every 50 ms
+        PERFORM connect_guard.wait_plan_change(v_generation,
+            least(50, ceil(extract(epoch FROM v_deadline - clock_timestamp()) * 1000))::integer);
+    END LOOP;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION connect_promote_follower(plan bigint)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p connect_guard.upgrade_plan;
+    v_result jsonb;
+BEGIN
+    p := connect_guard.require_plan(plan);
+    IF p.method <> 'follower' OR p.status <> 'ready' THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('upgrade plan %s is not a ready follower changeover', p.plan_id),
+            DETAIL = format('It is a %s plan, %s at step %s.', p.method, p.status, p.step),
+            HINT = 'Wait with connect_wait_upgrade(plan, ''ready''); promote only a caught-up follower.';
+    END IF;
+    IF p.promote_with <> 'connect_guard' THEN
+        IF p.step = 'switching_over' THEN
+            RAISE EXCEPTION USING
+                ERRCODE = 'object_not_in_prerequisite_state',
+                MESSAGE = format('upgrade plan %s has already asked %s for the switchover', p.plan_id, p.promote_with),
+                DETAIL = format('Since %s; last answer: %s.', p.step_since, coalesce(p.ha_target->>'answer', 'none yet')),
+                HINT = 'Wait on the follower with connect_wait_upgrade(plan, ''completed''); see connect_upgrade_status.';
+        END IF;
+        PERFORM connect_guard.upgrade_goto(p.plan_id, 'switching_over', 'ready',
+            jsonb_build_object('promote_with', p.promote_with, 'leader', p.ha_target->>'leader',
+                               'candidate', p.ha_target->>'candidate'));
+        PERFORM connect_guard.wake_worker();
+        RETURN 'switchover requested';
+    END IF;
+    v_result := connect_guard.remote_query(p.follower, 'CALL connect_guard.promote_standby(60000, NULL)', 65000);
+    IF NOT (v_result->>'promoted')::boolean THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = 'the follower did not finish its promotion within 60 s',
+            HINT = 'Check the follower''s log; the plan stays ready and this server stays fenced.';
+    END IF;
+    PERFORM connect_guard.log_event(NULL, 'upgrade_follower_promoted', jsonb_build_object('plan_id', p.plan_id));
+    PERFORM connect_guard.wake_worker();       -- this server's worker sees the hand-over at once
+    RETURN 'promoted';
+END;
+$$;
+
+REVOKE ALL ON FUNCTION connect_guard.plan_changed(),
+                       connect_guard.plan_generation(),
+                       connect_guard.wait_plan_change(bigint, integer),
+                       connect_guard.follower_probe_after_replay(text, pg_lsn),
+                       connect_guard.plan_fence_follower(connect_guard.upgrade_plan, boolean)
+    FROM PUBLIC;
+REVOKE ALL ON PROCEDURE connect_guard.wait_for_replay(pg_lsn, integer),
+                        connect_guard.promote_standby(integer)
+    FROM PUBLIC;

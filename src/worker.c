@@ -1048,6 +1048,7 @@ worker_cycle_steps(const char *schema, bool *plan_active, bool promoted)
 	static bool first_cycle = true;
 	static TimestampTz last_rollback_check = 0;
 	int64		plan = 0;
+	bool		plan_driven = false;
 
 	int			sleep_ms;
 	long		due;
@@ -1070,6 +1071,17 @@ worker_cycle_steps(const char *schema, bool *plan_active, bool promoted)
 		fence_rollback_checked(as_primary); /* writes to mapped tables may go (fence_gate.c) */
 
 		/*
+		 * A changeover's new primary completes the plan right after that
+		 * check (its fence and the write gate hold every write until both are
+		 * done), before anything else.
+		 */
+		if (promoted)
+		{
+			(void) drive_upgrade_plan();
+			plan_driven = true;
+		}
+
+		/*
 		 * What event triggers do not see: the capture triggers changed in
 		 * the catalog by hand.
 		 */
@@ -1080,12 +1092,10 @@ worker_cycle_steps(const char *schema, bool *plan_active, bool promoted)
 	}
 
 	/*
-	 * A changeover's new primary completes the plan right after that check
-	 * (its fence and the write gate hold every write until both are done),
-	 * before the sync service's requests and the follower checks, which may
-	 * wait on the network.
+	 * In any case before the requests and the follower checks, which may wait
+	 * on the network.
 	 */
-	if (promoted)
+	if (promoted && !plan_driven)
 		(void) drive_upgrade_plan();
 
 	pgstat_report_activity(STATE_RUNNING, "connect_guard: signalling the sync service");

@@ -145,7 +145,10 @@ timeout:
 void
 remote_query(const char *conninfo, const char *sql, int timeout_ms, RemoteAnswer *answer)
 {
-	/* expand_dbname: the whole conninfo goes in as dbname and is parsed by libpq */
+	/*
+	 * expand_dbname: the whole conninfo goes in as dbname and is parsed by
+	 * libpq
+	 */
 	static const char *const keywords[] = {"dbname", "fallback_application_name", NULL};
 	const char *values[] = {conninfo, "connect_guard", NULL};
 	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
@@ -153,7 +156,11 @@ remote_query(const char *conninfo, const char *sql, int timeout_ms, RemoteAnswer
 	PGconn	   *volatile conn = NULL;
 
 	memset(answer, 0, sizeof(*answer));
-	/* libpq's socket counts against the backend's file descriptors, as in postgres_fdw */
+
+	/*
+	 * libpq's socket counts against the backend's file descriptors, as in
+	 * postgres_fdw
+	 */
 	if (!AcquireExternalFD())
 	{
 		answer->error = pstrdup("could not connect: too many open files on this server");

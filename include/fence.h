@@ -39,7 +39,8 @@ typedef enum FenceScope
 	FENCE_SCOPE_CONNECTION = 1, /* the mapped tables of one connection */
 	FENCE_SCOPE_MAPPED = 2,		/* the mapped tables of every connection */
 	FENCE_SCOPE_DATABASE = 3,	/* every non-temporary table of the database */
-	FENCE_SCOPE_RELOAD = 4		/* tables the sync service reloads (after a rollback) */
+	FENCE_SCOPE_RELOAD = 4		/* tables the sync service reloads (after a
+								 * rollback) */
 } FenceScope;
 
 /*
@@ -48,9 +49,12 @@ typedef enum FenceScope
  * or aborts.  One transaction at a time may have a change in doubt on a
  * fence (fence.c locks the fence for it).
  */
-#define FENCE_CHANGE_RAISE		0x01	/* raised: removed if the transaction aborts */
-#define FENCE_CHANGE_LOWER		0x02	/* lowered: back if the transaction aborts */
-#define FENCE_CHANGE_RELATIONS	0x04	/* relations added / removed (FencedRelation.state) */
+#define FENCE_CHANGE_RAISE		0x01	/* raised: removed if the transaction
+										 * aborts */
+#define FENCE_CHANGE_LOWER		0x02	/* lowered: back if the transaction
+										 * aborts */
+#define FENCE_CHANGE_RELATIONS	0x04	/* relations added / removed
+										 * (FencedRelation.state) */
 
 typedef struct FenceEntry
 {
@@ -66,9 +70,12 @@ typedef struct FenceEntry
 	NameData	raised_by;
 	NameData	connection;		/* connection name, or empty */
 	char		reason[FENCE_REASON_LEN];
-	int32		change;			/* FENCE_CHANGE_* bits in doubt, 0 when settled */
-	bool		orphan;			/* the change's transaction was running when the server stopped */
-	FullTransactionId change_xid;	/* its transaction (invalid: made in hot standby) */
+	int32		change;			/* FENCE_CHANGE_* bits in doubt, 0 when
+								 * settled */
+	bool		orphan;			/* the change's transaction was running when
+								 * the server stopped */
+	FullTransactionId change_xid;	/* its transaction (invalid: made in hot
+									 * standby) */
 } FenceEntry;
 
 #define FENCED_RELATION_SETTLED		0
@@ -87,12 +94,14 @@ typedef struct FencedRelation
 typedef struct FenceShared
 {
 	pg_atomic_uint32 nactive;	/* fences in force in the whole cluster */
-	pg_atomic_uint32 norphans;	/* fences with a change whose transaction died with the server */
+	pg_atomic_uint32 norphans;	/* fences with a change whose transaction died
+								 * with the server */
 	pg_atomic_uint64 generation;	/* bumped on every change */
 	int32		next_fence_id;
-	int32		ngate;			/* databases checked for a rollback since start-up */
+	int32		ngate;			/* databases checked for a rollback since
+								 * start-up */
 	ConditionVariable gate_cv;	/* broadcast when one more is */
-	Oid			gate_oid_bound;	/* the OID counter once recovery had ended
+	Oid			gate_oid_bound; /* the OID counter once recovery had ended
 								 * (InvalidOid until read): a database at or
 								 * above it was created since, so it was not
 								 * restored in place (fence_gate.c) */
@@ -123,7 +132,8 @@ extern void fence_file_save(FenceShared *state);
 extern void fence_file_load(FenceShared *state);
 
 /* fence_check.c */
-#define FENCE_REACH_DESCENDANTS	0x01	/* the write reaches the partitions and children too */
+#define FENCE_REACH_DESCENDANTS	0x01	/* the write reaches the partitions
+										 * and children too */
 
 typedef struct FenceHit
 {

@@ -9,8 +9,10 @@
 
 typedef struct RemoteAnswer
 {
-	bool		connected;		/* the server was reached (the query may still fail) */
-	PGresult   *result;			/* tuples of a successful query; caller PQclears */
+	bool		connected;		/* the server was reached (the query may still
+								 * fail) */
+	PGresult   *result;			/* tuples of a successful query; caller
+								 * PQclears */
 	char	   *error;			/* what went wrong, when result is NULL */
 } RemoteAnswer;
 

@@ -20,13 +20,16 @@ typedef enum RowJsonKind
 	ROW_JSON_INT4,
 	ROW_JSON_INT8,
 	ROW_JSON_NUMERIC,			/* number, or string for NaN/Infinity */
-	ROW_JSON_FLOAT4,			/* shortest exact number, or string if not finite */
+	ROW_JSON_FLOAT4,			/* shortest exact number, or string if not
+								 * finite */
 	ROW_JSON_FLOAT8,
 	ROW_JSON_MONEY,				/* number, whatever lc_monetary says */
-	ROW_JSON_JSONB,				/* embedded, or its text as a string (see row_json.c) */
+	ROW_JSON_JSONB,				/* embedded, or its text as a string (see
+								 * row_json.c) */
 	ROW_JSON_JSON,				/* the same, from the json text */
 	ROW_JSON_DATETIME,			/* ISO 8601, independent of DateStyle */
-	ROW_JSON_STRING,			/* text, varchar, char: their bytes, as a string */
+	ROW_JSON_STRING,			/* text, varchar, char: their bytes, as a
+								 * string */
 	ROW_JSON_TEXT				/* the type's output function, as a string */
 } RowJsonKind;
 

@@ -33,7 +33,8 @@ extern bool worker_session_restores(void);
 typedef enum UpgradeAdvance
 {
 	UPGRADE_NO_PLAN = 0,		/* no plan to drive here */
-	UPGRADE_WAITING = 1,		/* the plan waits for something: poll again soon */
+	UPGRADE_WAITING = 1,		/* the plan waits for something: poll again
+								 * soon */
 	UPGRADE_MOVED = 2			/* the plan moved: run it again at once */
 } UpgradeAdvance;
 

@@ -74,6 +74,14 @@ else
     failed=$((failed + 1)); failures+=("simulator self-test")
 fi
 
+# the C sources stay in pgindent's style (pg_bsd_indent, scripts/format/)
+log "C sources in pgindent's style (scripts/check_format.sh)"
+if bash "$CG_ROOT/scripts/check_format.sh"; then
+    passed=$((passed + 1))
+else
+    failed=$((failed + 1)); failures+=("format check (bash scripts/check_format.sh --fix)")
+fi
+
 # each part of the install script uses only what the parts before it create
 log "install script parts in dependency order (scripts/check_sql_order.pl)"
 if perl "$CG_ROOT/scripts/check_sql_order.pl"; then

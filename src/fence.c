@@ -502,7 +502,8 @@ fence_xact_callback(XactEvent event, void *arg)
 	if (fence_doomed && (event == XACT_EVENT_PRE_COMMIT || event == XACT_EVENT_PARALLEL_PRE_COMMIT ||
 						 event == XACT_EVENT_PRE_PREPARE))
 	{
-		fence_doomed = false;	/* the abort this error causes must not raise it again */
+		fence_doomed = false;	/* the abort this error causes must not raise
+								 * it again */
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_TRANSACTION_TERMINATION),
 				 errmsg("cannot commit a transaction in which a fence change was rolled back to a savepoint"),
@@ -567,7 +568,8 @@ orphan_committed(FullTransactionId fxid)
 	else if (TransactionIdDidCommit(xid))
 		result = 1;
 	else if (RecoveryInProgress() && !TransactionIdDidAbort(xid))
-		result = -1;			/* a crashed primary writes no abort record: wait for promotion */
+		result = -1;			/* a crashed primary writes no abort record:
+								 * wait for promotion */
 	else
 		result = 0;
 	LWLockRelease(XactTruncationLock);
@@ -703,8 +705,8 @@ fence_raise(FenceEntry *entry, FencedRelation *rels, int nrels)
 	PG_CATCH();
 	{
 		/*
-		 * Not saved: not raised, even if a caller's exception block lets
-		 * the transaction commit (its caller would not know the id).
+		 * Not saved: not raised, even if a caller's exception block lets the
+		 * transaction commit (its caller would not know the id).
 		 */
 		remove_entry(slot);
 		pg_atomic_write_u32(&fence_state->nactive, count_in_force());

@@ -234,7 +234,10 @@ direct_hit(Oid relid, FenceHit *hit)
 
 	if (local_database_fence >= 0 && relid >= FirstNormalObjectId)
 	{
-		/* temp tables are private to the session; our own catalog keeps working */
+		/*
+		 * temp tables are private to the session; our own catalog keeps
+		 * working
+		 */
 		if (get_rel_persistence(relid) == RELPERSISTENCE_TEMP ||
 			get_rel_namespace(relid) == local_own_schema)
 			return false;
@@ -310,12 +313,12 @@ fence_find_hit(Oid relid, int reach, FenceHit *hit)
 		return true;
 	foreach(lc, fence_ancestors(relid))
 		if (direct_hit(lfirst_oid(lc), hit))
-			return true;
+		return true;
 	if (reach & FENCE_REACH_DESCENDANTS)
 	{
 		foreach(lc, find_all_inheritors(relid, NoLock, NULL))
 			if (lfirst_oid(lc) != relid && direct_hit(lfirst_oid(lc), hit))
-				return true;
+			return true;
 	}
 	return false;
 }
@@ -337,7 +340,7 @@ write_hit(Oid relid, FenceHit *hit)
 	fence_refresh_local();
 	if (local_nfences == 0)
 		return false;
-	if (xmlbinary == XMLBINARY_HEX)		/* see writes_through */
+	if (xmlbinary == XMLBINARY_HEX) /* see writes_through */
 	{
 		int			reach = get_rel_relkind(relid) == RELKIND_PARTITIONED_TABLE ? FENCE_REACH_DESCENDANTS : 0;
 

@@ -445,7 +445,11 @@ fence_check_utility(Node *stmt)
 			fence_check_relation(relid_of(((RefreshMatViewStmt *) stmt)->relation), "REFRESH", 0);
 			break;
 		case T_ExplainStmt:
-			/* EXPLAIN ANALYZE CREATE TABLE AS fills the table without ProcessUtility */
+
+			/*
+			 * EXPLAIN ANALYZE CREATE TABLE AS fills the table without
+			 * ProcessUtility
+			 */
 			if (IsA(((ExplainStmt *) stmt)->query, Query) &&
 				((Query *) ((ExplainStmt *) stmt)->query)->utilityStmt != NULL)
 				fence_check_utility(((Query *) ((ExplainStmt *) stmt)->query)->utilityStmt);
@@ -464,8 +468,10 @@ is_drop_of_this_extension(Node *stmt)
 	if (!IsA(stmt, DropStmt) || drop->removeType != OBJECT_EXTENSION)
 		return false;
 	foreach(lc, drop->objects)
+	{
 		if (strcmp(strVal(lfirst(lc)), "connect_guard") == 0)
 			return true;
+	}
 	return false;
 }
 

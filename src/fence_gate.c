@@ -104,11 +104,11 @@ gate_mapped_by(Oid relid)
 		return connections;
 	foreach(lc, fence_ancestors(relid))
 		if ((connections = fence_mapped_by(lfirst_oid(lc))) != NULL)
-			return connections;
+		return connections;
 	if (get_rel_relkind(relid) == RELKIND_PARTITIONED_TABLE)
 		foreach(lc, find_all_inheritors(relid, NoLock, NULL))
 			if (lfirst_oid(lc) != relid && (connections = fence_mapped_by(lfirst_oid(lc))) != NULL)
-				return connections;
+			return connections;
 	return NULL;
 }
 
@@ -201,7 +201,10 @@ fence_rollback_checked(bool as_primary)
 		found = fence_state->gate_checked[i] == MyDatabaseId || fence_state->gate_checked[i] == InvalidOid;
 	if (!found)
 	{
-		/* more databases than room: InvalidOid opens every gate rather than none */
+		/*
+		 * more databases than room: InvalidOid opens every gate rather than
+		 * none
+		 */
 		if (fence_state->ngate == FENCE_GATE_MAX_DATABASES)
 			fence_state->gate_checked[FENCE_GATE_MAX_DATABASES - 1] = InvalidOid;
 		else

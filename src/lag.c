@@ -157,7 +157,8 @@ typedef struct FollowerCheck
 	TimestampTz checked_at;
 	bool		reachable;		/* a connection was established */
 	char	   *error;			/* NULL when the follower is a healthy standby */
-	bool		answered;		/* the query returned: in_recovery, sysid valid */
+	bool		answered;		/* the query returned: in_recovery, sysid
+								 * valid */
 	bool		in_recovery;
 	bool		sysid_matches;
 	bool		has_timeline;
@@ -172,7 +173,8 @@ typedef struct FollowerCheck
 	int64		lag_bytes;
 	bool		has_lag_seconds;
 	double		lag_seconds;
-	char	   *database;		/* the database the conninfo reached, when answered */
+	char	   *database;		/* the database the conninfo reached, when
+								 * answered */
 } FollowerCheck;
 
 /*
@@ -258,7 +260,10 @@ lag_check_followers(void)
 
 	Assert(!IsTransactionState());
 
-	/* a standby cannot write the results, and has no WAL position of its own to compare */
+	/*
+	 * a standby cannot write the results, and has no WAL position of its own
+	 * to compare
+	 */
 	if (RecoveryInProgress())
 		return;
 
@@ -638,7 +643,10 @@ judge_answer(FollowerCheck *check, PGresult *result, const PrimaryPosition *prim
 
 	if (!check->sysid_matches)
 	{
-		/* its WAL positions are of another history: not shown, so that nobody compares them with ours */
+		/*
+		 * its WAL positions are of another history: not shown, so that nobody
+		 * compares them with ours
+		 */
 		check->error = pstrdup("not a standby of this primary");
 		return;
 	}
@@ -652,7 +660,10 @@ judge_answer(FollowerCheck *check, PGresult *result, const PrimaryPosition *prim
 
 	if (!check->in_recovery)
 	{
-		/* this primary itself, or a follower that was promoted: it no longer follows us */
+		/*
+		 * this primary itself, or a follower that was promoted: it no longer
+		 * follows us
+		 */
 		check->error = pstrdup("not a standby: the server is not in recovery");
 		return;
 	}
@@ -668,13 +679,19 @@ judge_answer(FollowerCheck *check, PGresult *result, const PrimaryPosition *prim
 		return;
 	}
 
-	/* caught up means: it had replayed everything we had written when it answered */
+	/*
+	 * caught up means: it had replayed everything we had written when it
+	 * answered
+	 */
 	caught_up = check->replay_lsn >= primary->lsn;
 	check->has_lag = true;
 	check->lag_bytes = caught_up ? 0 : (int64) (primary->lsn - check->replay_lsn);
 	if (caught_up)
 	{
-		/* an idle standby's last replayed commit grows old without it falling behind */
+		/*
+		 * an idle standby's last replayed commit grows old without it falling
+		 * behind
+		 */
 		check->has_lag_seconds = true;
 		check->lag_seconds = 0;
 	}
@@ -710,8 +727,8 @@ check_follower(FollowerCheck *check)
 		 * Read after the answer arrived, so that the lag is never
 		 * understated: caught up means the follower had replayed everything
 		 * this primary had written by then.  Read before, the follower would
-		 * catch up during the connection set-up and look caught up under
-		 * any load.
+		 * catch up during the connection set-up and look caught up under any
+		 * load.
 		 */
 		primary.lsn = GetXLogWriteRecPtr();
 		primary.timeline = GetWALInsertionTimeLine();
@@ -761,6 +778,7 @@ mask_conninfo(const char *conninfo, char **error)
 {
 	char	   *libpq_msg = NULL;
 	PQconninfoOption *options = PQconninfoParse(conninfo, &libpq_msg);
+	PQconninfoOption *option;
 	StringInfoData buf;
 
 	if (options == NULL)
@@ -771,7 +789,7 @@ mask_conninfo(const char *conninfo, char **error)
 		return NULL;
 	}
 	initStringInfo(&buf);
-	for (PQconninfoOption *option = options; option->keyword != NULL; option++)
+	for (option = options; option->keyword != NULL; option++)
 	{
 		if (option->val == NULL)
 			continue;

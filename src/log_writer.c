@@ -82,6 +82,7 @@ static const struct
 	const char *name;
 	Oid			type;
 }			log_columns[LOG_NCOLUMNS] =
+
 {
 	{"id", INT8OID},
 	{"txid", XID8OID},
@@ -570,7 +571,11 @@ log_writer_xact_callback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PREPARE:
-			/* cannot happen: entries made after PRE_COMMIT are written at once */
+
+			/*
+			 * cannot happen: entries made after PRE_COMMIT are written at
+			 * once
+			 */
 			if (buffer.n > 0)
 				elog(WARNING, "connect_guard: %d captured entries were not written before commit",
 					 buffer.n);

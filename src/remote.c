@@ -277,7 +277,10 @@ void
 remote_query(const char *conninfo, const char *first, const char *sql, int timeout_ms,
 			 RemoteAnswer *answer)
 {
-	/* expand_dbname: the whole conninfo goes in as dbname and is parsed by libpq */
+	/*
+	 * expand_dbname: the whole conninfo goes in as dbname and is parsed by
+	 * libpq
+	 */
 	static const char *const keywords[] = {"dbname", "fallback_application_name", NULL};
 	const char *values[] = {conninfo, "connect_guard", NULL};
 	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);

@@ -104,7 +104,8 @@ typedef struct SignalJob
 	bool		answered;
 	HttpResponse resp;
 	char	   *error_out;		/* resp.error, scrubbed (scrub.c) */
-	char	   *body_out;		/* resp.body, scrubbed, valid in the database encoding */
+	char	   *body_out;		/* resp.body, scrubbed, valid in the database
+								 * encoding */
 } SignalJob;
 
 typedef struct TakeState
@@ -370,10 +371,11 @@ static char *
 as_valid_text(const char *text)
 {
 	char	   *copy = pstrdup(text);
+	unsigned char *c;
 
 	if (!pg_verifymbstr(copy, strlen(copy), true))
 	{
-		for (unsigned char *c = (unsigned char *) copy; *c; c++)
+		for (c = (unsigned char *) copy; *c; c++)
 			if (*c >= 0x80)
 				*c = '?';
 	}
@@ -415,7 +417,10 @@ take_in_transaction(void *arg)
 		MemoryContextSwitchTo(old);
 	}
 
-	/* as request_take() orders them: only the oldest pending request of a connection can be due */
+	/*
+	 * as request_take() orders them: only the oldest pending request of a
+	 * connection can be due
+	 */
 	ret = SPI_execute("SELECT ceil(extract(epoch FROM min(q.next_attempt_at) - clock_timestamp()) * 1000)::bigint"
 					  "  FROM " CONNECT_GUARD_SCHEMA ".request q"
 					  " WHERE q.status = 'pending'"
@@ -631,7 +636,10 @@ record_job(SignalJob *job)
 	if (worker_run_step(activity, outcome_in_transaction, &args, &failure))
 		return;
 
-	/* worker_run_step logged the error; if this fails too, the lease runs out and it is tried again */
+	/*
+	 * worker_run_step logged the error; if this fails too, the lease runs out
+	 * and it is tried again
+	 */
 	memset(&args, 0, sizeof(args));
 	args.request_id = job->request_id;
 	args.step = "error";

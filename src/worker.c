@@ -680,7 +680,8 @@ launcher_cycle(void)
 		if (entry == NULL)
 		{
 			if (free_entry == NULL)
-				continue;		/* more databases than slots: logged nowhere, documented */
+				continue;		/* more databases than slots: logged nowhere,
+								 * documented */
 			entry = free_entry;
 			entry->dbid = dbid;
 			entry->handle = NULL;
@@ -1060,15 +1061,20 @@ worker_cycle_steps(const char *schema, bool *plan_active, bool promoted)
 	if (first_cycle ||
 		TimestampDifferenceExceeds(last_rollback_check, GetCurrentTimestamp(), worker_naptime_ms))
 	{
-		bool		as_primary = !RecoveryInProgress();	/* in recovery the check is skipped */
+		bool		as_primary = !RecoveryInProgress(); /* in recovery the check
+														 * is skipped */
 
-		/* a tick of each adopted trigger log, for its processed mark (15_log_sources.sql) */
+		/*
+		 * a tick of each adopted trigger log, for its processed mark
+		 * (15_log_sources.sql)
+		 */
 		(void) run_int8("connect_guard: reading Heroku Connect's trigger logs",
 						"SELECT connect_guard.log_sources_cycle()", 0);
 		(void) run_int8("connect_guard: checking for a rollback",
 						first_cycle ? "SELECT connect_guard.rollback_cycle(true)"
 						: "SELECT connect_guard.rollback_cycle(false)", 0);
-		fence_rollback_checked(as_primary); /* writes to mapped tables may go (fence_gate.c) */
+		fence_rollback_checked(as_primary); /* writes to mapped tables may go
+											 * (fence_gate.c) */
 
 		/*
 		 * A changeover's new primary completes the plan right after that
@@ -1082,8 +1088,8 @@ worker_cycle_steps(const char *schema, bool *plan_active, bool promoted)
 		}
 
 		/*
-		 * What event triggers do not see: the capture triggers changed in
-		 * the catalog by hand.
+		 * What event triggers do not see: the capture triggers changed in the
+		 * catalog by hand.
 		 */
 		(void) run_int8("connect_guard: checking the mapped tables",
 						"SELECT connect_guard.schema_watch_cycle()", 0);

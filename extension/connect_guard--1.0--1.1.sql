@@ -1099,3 +1099,159 @@ REVOKE ALL ON FUNCTION connect_guard.plan_changed(),
 REVOKE ALL ON PROCEDURE connect_guard.wait_for_replay(pg_lsn, integer),
                         connect_guard.promote_standby(integer)
     FROM PUBLIC;
+
+/* ------------------------------------------------------------------------
+ * The preflight's mappings:NAME check (plans: a mapping in SCHEMA_CHANGED
+ * or RELOAD_TABLE, or with an open schema change, fails it), and
+ * connect_preflight() refusing a NULL method or max_lag_bytes with 22004
+ * (null_value_not_allowed), as every function does, instead of 22023.
+ * As in extension/parts/80_preflight.sql.
+ * ------------------------------------------------------------------------ */
+
+CREATE FUNCTION connect_guard.preflight_mappings()
+RETURNS SETOF connect_guard.preflight_result
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c connect_guard.connection;
+    v_mappings bigint;
+    v_detail text;
+    v_save text;
+    v_reload boolean;
+BEGIN
+    FOR c IN SELECT * FROM connect_guard.connection ORDER BY name LOOP
+        SELECT count(*),
+               string_agg(format('%I.%I is %s for %s%s%s', m.table_schema, m.table_name, m.state,
+                                 connect_guard.preflight_age(m.state_since), coalesce(': ' || s.changes, ''),
+                                 CASE WHEN s.needs_reload
+                                      THEN ' (writes may have reached it without a log entry: it needs a reload)' ELSE '' END),
+                          '; ' ORDER BY m.table_schema, m.table_name)
+                   FILTER (WHERE m.state NOT IN ('INITIAL', 'DATA_SYNCED') OR s.changes IS NOT NULL),
+               string_agg(format('SELECT connect_save_mapping(%L, %L);', c.name, format('%I.%I', m.table_schema, m.table_name)),
+                          ' ' ORDER BY m.table_schema, m.table_name)
+                   FILTER (WHERE m.state = 'SCHEMA_CHANGED' OR s.changes IS NOT NULL),
+               coalesce(bool_or(m.state = 'RELOAD_TABLE' OR s.needs_reload), false)
+          INTO v_mappings, v_detail, v_save, v_reload
+          FROM connect_guard.mapping m
+          LEFT JOIN LATERAL (
+              SELECT string_agg(connect_guard.schema_change_text(x.kind, x.object, x.expected, x.actual), ', '
+                                ORDER BY x.schema_change_id) AS changes,
+                     bool_or(x.needs_reload) AS needs_reload
+                FROM connect_guard.schema_change x
+               WHERE x.mapping_id = m.mapping_id AND x.resolved_at IS NULL) s ON true
+         WHERE m.connection_id = c.connection_id;
+        RETURN NEXT connect_guard.preflight_row('mappings:' || c.name, v_detail IS NULL,
+            coalesce(v_detail, CASE WHEN v_mappings = 0 THEN 'no mapped table'
+                                    ELSE format('%s mapped table%s, INITIAL or DATA_SYNCED, no open schema change',
+                                                v_mappings, CASE WHEN v_mappings > 1 THEN 's' ELSE '' END) END),
+            concat_ws(' ',
+                'Settle the mappings before the data moves.',
+                CASE WHEN v_save IS NOT NULL THEN 'Mend each changed table, or accept it as it is (runbooks/field_change.sql shows what differs and saves; saving asks for the reload a change needs): ' || v_save END,
+                CASE WHEN v_reload THEN 'Then let the sync service reload the tables (a local consumer acknowledges with connect_mapping_reloaded(); connect_requests shows the others).' END,
+                'Or accept this check: the plan carries the tables over as they are.'));
+    END LOOP;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION connect_preflight(method text DEFAULT 'follower', follower text DEFAULT NULL,
+                                  max_lag_bytes bigint DEFAULT 16777216, connection text DEFAULT NULL)
+RETURNS TABLE ("check" text, ok boolean, detail text, hint text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_conninfo text;
+    c connect_guard.connection;
+    v_plan boolean := connect_preflight.method IN ('follower', 'pg_upgrade', 'copy');
+BEGIN
+    -- NULL where a value is needed: 22004, before any other check (follower and connection: NULL is the default)
+    PERFORM connect_guard.require_not_null(connect_preflight.method, 'method',
+        'Pass a plan''s method, ''follower'', ''pg_upgrade'' or ''copy'', or ''pause'' for the pause of one connection.');
+    PERFORM connect_guard.require_not_null(connect_preflight.max_lag_bytes, 'max_lag_bytes',
+        'Pass the max_lag_bytes the plan will get, e.g. max_lag_bytes => 16 * 1024 * 1024 (the default).');
+    IF connect_preflight.method NOT IN ('follower', 'pg_upgrade', 'copy', 'pause') THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('unknown preflight method %L', connect_preflight.method),
+            HINT = 'Use a plan''s method, ''follower'', ''pg_upgrade'' or ''copy'', or ''pause'' for the pause of one connection.';
+    END IF;
+    IF connect_preflight.follower IS NOT NULL AND connect_preflight.method <> 'follower' THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('method %s takes no follower', connect_preflight.method),
+            HINT = 'Pass follower => ... with method => ''follower'' only.';
+    END IF;
+    IF connect_preflight.connection IS NOT NULL AND connect_preflight.method <> 'pause' THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('method %s takes no connection: a plan checks every connection', connect_preflight.method),
+            HINT = 'Pass connection => ... with method => ''pause'' only.';
+    END IF;
+    IF connect_preflight.max_lag_bytes < 0 THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'max_lag_bytes must be 0 or more',
+            HINT = 'Pass the max_lag_bytes the plan will get, e.g. max_lag_bytes => 16 * 1024 * 1024.';
+    END IF;
+
+    IF connect_preflight.method = 'follower' THEN
+        IF connect_preflight.follower IS NULL THEN
+            SELECT min(f.conninfo) INTO v_conninfo FROM connect_guard.follower f
+            HAVING count(*) = 1;
+            IF v_conninfo IS NULL THEN
+                RAISE EXCEPTION USING
+                    ERRCODE = 'invalid_parameter_value',
+                    MESSAGE = 'a follower changeover needs its follower',
+                    DETAIL = format('%s followers are registered.', (SELECT count(*) FROM connect_guard.follower)),
+                    HINT = 'Pass follower => the name of a registered follower, or its conninfo (''host=... port=... dbname=... user=...'').';
+            END IF;
+        ELSE
+            SELECT f.conninfo INTO v_conninfo FROM connect_guard.follower f WHERE f.name = connect_preflight.follower;
+            IF v_conninfo IS NULL AND connect_preflight.follower ~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$' THEN
+                RAISE EXCEPTION USING
+                    ERRCODE = 'undefined_object',
+                    MESSAGE = format('follower "%s" is not registered', connect_preflight.follower),
+                    HINT = 'Pass a registered name (SELECT name FROM connect_follower_lag WHERE source = ''libpq'') or a conninfo.';
+            END IF;
+            -- a conninfo: libpq must parse it (the error says why not)
+            v_conninfo := coalesce(v_conninfo, connect_preflight.follower);
+            PERFORM connect_guard.conninfo_masked(v_conninfo);
+        END IF;
+    END IF;
+
+    IF connect_preflight.method = 'pause' THEN
+        IF connect_preflight.connection IS NULL THEN
+            SELECT * INTO c FROM connect_guard.connection
+             WHERE (SELECT count(*) FROM connect_guard.connection) = 1;
+            IF c.connection_id IS NULL THEN
+                RAISE EXCEPTION USING
+                    ERRCODE = 'invalid_parameter_value',
+                    MESSAGE = 'a pause''s preflight needs its connection',
+                    DETAIL = format('This database has %s connections.', (SELECT count(*) FROM connect_guard.connection)),
+                    HINT = 'Pass connection => the name of the connection to pause.';
+            END IF;
+        ELSE
+            c := connect_guard.require_connection(connect_preflight.connection);
+        END IF;
+    END IF;
+
+    RETURN QUERY SELECT * FROM connect_guard.preflight_server(
+        CASE WHEN c.adapter = 'local' THEN format('connection %s is local (its consumer reads the state here)', c.name) END);
+    RETURN QUERY SELECT * FROM connect_guard.preflight_plans(v_plan);
+    RETURN QUERY SELECT * FROM connect_guard.preflight_connections(connect_preflight.method, c.connection_id);
+    IF v_plan THEN
+        RETURN QUERY SELECT * FROM connect_guard.preflight_mappings();
+    END IF;
+    RETURN QUERY SELECT * FROM connect_guard.preflight_transactions(connect_preflight.method,
+        CASE WHEN v_plan THEN connect_guard.database_tables() ELSE (connect_guard.fence_targets(c.connection_id)).relids END);
+    IF v_plan THEN
+        RETURN QUERY SELECT * FROM connect_guard.preflight_witness(connect_preflight.method);
+    END IF;
+    IF connect_preflight.method = 'follower' THEN
+        RETURN QUERY SELECT * FROM connect_guard.preflight_follower(v_conninfo, connect_preflight.max_lag_bytes);
+    END IF;
+END;
+$$;
+
+REVOKE ALL ON FUNCTION connect_guard.preflight_mappings() FROM PUBLIC;

@@ -18,6 +18,9 @@
 --   new              the connection that replaces it (created here, mapping the tables old maps)
 --   new_adapter      its adapter [old's adapter]
 --   new_options      its options, a JSON object ['{}']
+--   new_consumers    the roles that take new's batches (connect_grant_consumer: a role consumes
+--                    only the connections granted to it), comma-separated; empty: none, only
+--                    superusers then [old's consumers, as connect_consumers lists them]
 --   drop_old         on: drop old at the end, as the article destroys the old add-on; off keeps it
 --                    PAUSED as a way back (a paused connection holds back retention) [on]
 --   reason           shown in the fence's errors [moving OLD to NEW]
@@ -32,14 +35,14 @@
 --   2-3 maintenance, stop producers a maintenance fence on the mapped tables (connect_fence)
 --   4 consumers fully caught up    wait until old's backlog is 0 (old's sync service keeps running:
 --                                  pausing it first would freeze the backlog), then pause old
---   5 switch over                  create new, map the same tables
+--   5 switch over                  create new, map the same tables, grant it old's consumers
 --   6-7 start producers, exit      lower the fence: writes resume and reach new
 --   (destroy the old add-on)       drop_old
 -- double_write:
---   start:   new maps the same tables alongside old: every change reaches both from now on (the
---            double write); old's consumers go on.  New never gets what was written before it
---            existed: load the target first (a reload, an initial sync), as the article waits for
---            the retention time.
+--   start:   new maps the same tables alongside old, and is granted old's consumers: every
+--            change reaches both from now on (the double write); old's consumers go on.  New
+--            never gets what was written before it existed: load the target first (a reload, an
+--            initial sync), as the article waits for the retention time.
 --   cutover: new must have finished a batch of every table (DATA_SYNCED); pause old (its mark is
 --            final), wait until new's mark has reached old's (compare the high-water marks), drop
 --            old.  No fence: writes never stop.  Consumers must handle duplicates idempotently.
@@ -95,12 +98,26 @@ SELECT state AS old_state, state IN ('IDLE', 'POLLING_DB_CHANGES') AS old_runnin
 \if :{?new_adapter} \else \set new_adapter :old_adapter \endif
 \if :{?reason} \else \set reason 'moving ':old' to ':new \endif
 SELECT count(*) = 1 AS new_exists FROM connect_connections WHERE connection = :'new' \gset
+-- new's consumers: a consumer role is bound to the connections granted to it, so old's would
+-- get 42501 from new unless they are granted it too (roles dropped since are left out)
+\if :{?new_consumers}
+    SELECT regexp_replace(:'new_consumers', '\s', '', 'g') AS new_consumers \gset
+\else
+    SELECT coalesce(string_agg(role, ',' ORDER BY role), '') AS new_consumers
+      FROM connect_consumers WHERE connection = :'old' AND role_exists \gset
+\endif
+SELECT pg_temp.runbook_require(count(*) = 0,
+    format('role(s) %s of -v new_consumers do not exist', string_agg(r, ', ')),
+    'Create them first (CREATE ROLE ... LOGIN), or pass other roles; -v new_consumers= (empty) grants none.')
+  FROM unnest(string_to_array(:'new_consumers', ',')) r
+ WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) \gset
 
 \echo
 \echo '== the connections'
 SELECT s.connection, s.adapter, s.state, s.hwm_id, s.log_head, s.backlog, s.open_batch,
        (SELECT string_agg(format('%s (%s)', m.table_name, m.state), ', ' ORDER BY m.table_name::text)
-          FROM connect_mappings m WHERE m.connection = s.connection) AS mappings
+          FROM connect_mappings m WHERE m.connection = s.connection) AS mappings,
+       (SELECT string_agg(k.role, ', ' ORDER BY k.role) FROM connect_consumers k WHERE k.connection = s.connection) AS consumers
   FROM connect_status s WHERE s.connection IN (:'old', :'new') ORDER BY s.connection <> :'old';
 
 SELECT :'variant' = 'window' AS window_variant, :'phase' = 'start' AS starting \gset
@@ -122,12 +139,18 @@ SELECT :'variant' = 'window' AS window_variant, :'phase' = 'start' AS starting \
     SELECT connect_create_connection(:'new', :'new_adapter', :'new_options'::jsonb) AS new_id \gset
     \if :ERROR
         \set create_error :LAST_ERROR_MESSAGE
+    \else
+        SELECT count(connect_grant_consumer(:'new', r)) AS consumers
+          FROM unnest(string_to_array(:'new_consumers', ',')) r \gset
+        \if :ERROR
+            \set create_error :LAST_ERROR_MESSAGE
+        \endif
     \endif
     ROLLBACK;
     \set ON_ERROR_STOP on
     SELECT pg_temp.runbook_require(:'create_error' = '',
         format('connection "%s" cannot be created: %s', :'new', :'create_error'),
-        'Fix -v new_adapter / -v new_options; nothing was changed.') \gset
+        'Fix -v new_adapter / -v new_options / -v new_consumers; nothing was changed.') \gset
 
     \echo
     \echo '== step 1 (enter the maintenance window, stop the producers): fence the mapped tables'
@@ -153,7 +176,7 @@ SELECT :'variant' = 'window' AS window_variant, :'phase' = 'start' AS starting \
             'The fence was lowered again. Fix the cause and run again.');
     \endif
 
-    \echo '== step 4 (switch over): create' :new '(adapter' :new_adapter') mapping the tables of' :old
+    \echo '== step 4 (switch over): create' :new '(adapter' :new_adapter') mapping the tables of' :old', consumed by' :'new_consumers'
     \set create_error ''
     \set ON_ERROR_STOP off
     BEGIN;
@@ -165,6 +188,12 @@ SELECT :'variant' = 'window' AS window_variant, :'phase' = 'start' AS starting \
           FROM connect_mappings m WHERE m.connection = :'old' AND m.table_name IS NOT NULL \gset
         \if :ERROR
             \set create_error :LAST_ERROR_MESSAGE
+        \else
+            SELECT count(connect_grant_consumer(:'new', r)) AS consumers
+              FROM unnest(string_to_array(:'new_consumers', ',')) r \gset
+            \if :ERROR
+                \set create_error :LAST_ERROR_MESSAGE
+            \endif
         \endif
     \endif
     COMMIT;   -- a ROLLBACK when something failed
@@ -173,9 +202,9 @@ SELECT :'variant' = 'window' AS window_variant, :'phase' = 'start' AS starting \
     \if :create_failed
         SELECT connect_resume(:'old') AS resumed \gset
         CALL pg_temp.runbook_unfence_and_stop(format('could not create "%s": %s', :'new', :'create_error'),
-            format('"%s" was resumed and the fence lowered: back where it started. Fix new_adapter/new_options and run again.', :'old'));
+            format('"%s" was resumed and the fence lowered: back where it started. Fix new_adapter/new_options/new_consumers and run again.', :'old'));
     \endif
-    \echo '   created' :new '(id' :new_id'), mapped' :mapped 'table(s); its mark starts where' :old 'ends'
+    \echo '   created' :new '(id' :new_id'), mapped' :mapped 'table(s), granted' :consumers 'consumer role(s); its mark starts where' :old 'ends'
 
     \echo '== step 5 (start the producers, exit the window): lower the fence'
     SELECT connect_unfence() AS lowered \gset
@@ -191,13 +220,15 @@ SELECT :'variant' = 'window' AS window_variant, :'phase' = 'start' AS starting \
             format('connection "%s" exists already', :'new'),
             'It is double-writing already: go on with -v phase=cutover.') \gset
         \echo
-        \echo '== step 1 (provision, create the topics): create' :new '(adapter' :new_adapter') mapping the tables of' :old
+        \echo '== step 1 (provision, create the topics): create' :new '(adapter' :new_adapter') mapping the tables of' :old', consumed by' :'new_consumers'
         BEGIN;
         SELECT connect_create_connection(:'new', :'new_adapter', :'new_options'::jsonb) AS new_id \gset
         SELECT count(connect_map_table(:'new', m.table_name, m.object_name)) AS mapped
           FROM connect_mappings m WHERE m.connection = :'old' AND m.table_name IS NOT NULL \gset
+        SELECT count(connect_grant_consumer(:'new', r)) AS consumers
+          FROM unnest(string_to_array(:'new_consumers', ',')) r \gset
         COMMIT;
-        \echo '   created' :new '(id' :new_id'), mapped' :mapped 'table(s)'
+        \echo '   created' :new '(id' :new_id'), mapped' :mapped 'table(s), granted' :consumers 'consumer role(s)'
         \echo '== step 2 (double-write): from now on every change of those tables reaches both connections'
     \else
         SELECT pg_temp.runbook_require(:'new_exists'::boolean,
@@ -253,7 +284,8 @@ SELECT :'variant' = 'window' AS window_variant, :'phase' = 'start' AS starting \
 \echo '== after'
 SELECT s.connection, s.adapter, s.state, s.fenced, s.hwm_id, s.log_head, s.backlog,
        (SELECT string_agg(format('%s (%s)', m.table_name, m.state), ', ' ORDER BY m.table_name::text)
-          FROM connect_mappings m WHERE m.connection = s.connection) AS mappings
+          FROM connect_mappings m WHERE m.connection = s.connection) AS mappings,
+       (SELECT string_agg(k.role, ', ' ORDER BY k.role) FROM connect_consumers k WHERE k.connection = s.connection) AS consumers
   FROM connect_status s WHERE s.connection IN (:'old', :'new') ORDER BY s.connection <> :'old';
 
 \echo

@@ -8,6 +8,9 @@ their types, no unknown keys but x_ ones, SemVer versions, terms, licenses,
 prereq phases, relationships and version ranges, tags, no_index.  The tree's:
 the version is the control file's default_version (as SemVer: 1.0 is 1.0.0),
 every extension provided has a control file, and the files named exist.
+The licence's: LICENSE is the licence META.json names, with the text and
+the copyright notice of debian/copyright (the file the Debian package
+carries it in), so that the three say the same.
 Prints every problem and exits 1 if there is one.
 """
 import json
@@ -161,6 +164,61 @@ def check_tree(meta, root):
                 problem('no_index', f'{path} does not exist')
 
 
+# META.json's licence names (the spec's) and their names in LICENSE's first
+# line and in debian/copyright (DEP-5 short names)
+LICENSE_NAMES = {'postgresql': ('PostgreSQL License', 'PostgreSQL')}
+
+
+def dep5_paragraphs(text):
+    """debian/copyright's paragraphs, each {field: value}; continuation lines
+    joined with newlines, a lone "." an empty line (DEP-5)."""
+    paragraphs = []
+    for block in re.split(r'\n\s*\n', text.strip()):
+        fields, key = {}, None
+        for line in block.split('\n'):
+            if line[:1] in (' ', '\t') and key:
+                fields[key] += '\n' + ('' if line.strip() == '.' else line.strip())
+            elif ':' in line:
+                key, value = line.split(':', 1)
+                fields[key] = value.strip()
+        paragraphs.append(fields)
+    return paragraphs
+
+
+def check_license(meta, root):
+    names = LICENSE_NAMES.get(meta.get('license')) if isinstance(meta.get('license'), str) else None
+    if not names:
+        problem('license', f'{meta.get("license")!r}: no LICENSE text is known for it here (LICENSE_NAMES)')
+        return
+    title, dep5_name = names
+    try:
+        with open(os.path.join(root, 'LICENSE')) as f:
+            license_text = f.read()
+        with open(os.path.join(root, 'debian', 'copyright')) as f:
+            copyright_text = f.read()
+    except OSError as e:
+        problem('LICENSE', str(e))
+        return
+    found = re.match(r'([^\n]*)\n\nCopyright \(c\) (\d{4}(?:-\d{4})?), ([^\n]+)\n\n(.*?)\n*$', license_text, re.S)
+    if not found:
+        problem('LICENSE', 'must be: its title, a blank line, "Copyright (c) YEAR, HOLDER", a blank line, the text')
+        return
+    if found.group(1) != title:
+        problem('LICENSE', f'its title is {found.group(1)!r}: META.json says {meta["license"]!r} ({title})')
+    paragraphs = dep5_paragraphs(copyright_text)
+    files = next((p for p in paragraphs if p.get('Files') == '*'), {})
+    if files.get('License') != dep5_name:
+        problem('debian/copyright', f'"Files: *" has License {files.get("License")!r}, not {dep5_name!r} as META.json says')
+    notice = f'{found.group(2)} {found.group(3)}'
+    if files.get('Copyright') != notice:
+        problem('debian/copyright', f'"Files: *" has Copyright {files.get("Copyright")!r}; LICENSE says {notice!r}')
+    text = next((p['License'] for p in paragraphs if 'Files' not in p and p.get('License', '').startswith(dep5_name + '\n')), None)
+    if text is None:
+        problem('debian/copyright', f'no stand-alone "License: {dep5_name}" paragraph with its text')
+    elif text.split('\n', 1)[1] != found.group(4):
+        problem('LICENSE', f'its text differs from the "License: {dep5_name}" paragraph of debian/copyright')
+
+
 def main():
     path = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), '..', 'META.json')
     try:
@@ -172,10 +230,12 @@ def main():
     check_spec(meta)
     if isinstance(meta, dict):
         check_tree(meta, os.path.dirname(os.path.abspath(path)))
+        check_license(meta, os.path.dirname(os.path.abspath(path)))
     for p in problems:
         print(f'{path}: {p}', file=sys.stderr)
     if not problems:
-        print(f'{path}: valid (PGXN Meta Spec 1.0.0), version {meta["version"]} as in connect_guard.control')
+        print(f'{path}: valid (PGXN Meta Spec 1.0.0), version {meta["version"]} as in connect_guard.control,'
+              ' licence as in LICENSE and debian/copyright')
     return 1 if problems else 0
 
 

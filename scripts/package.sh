@@ -2,11 +2,12 @@
 # package.sh: the Debian package and the PGXN metadata, built and tested.
 #   bash scripts/package.sh
 # 1. META.json is valid (PGXN Meta Spec 1.0.0) and its version, like
-#    debian/changelog's, is the one of connect_guard.control.
+#    debian/changelog's, is the one of connect_guard.control; LICENSE is
+#    the licence it names, with debian/copyright's text and notice.
 # 2. postgresql-15-connect-guard is built from a copy of the tree with
 #    dpkg-buildpackage (pg_buildext; the build runs the pg_regress and
-#    isolation suites against the files in debian/), and lintian finds
-#    nothing to say.
+#    isolation suites against the files in debian/), lintian finds
+#    nothing to say, and it carries the licence as debian/copyright.
 # 3. autopkgtest installs the .deb into /usr with apt and runs
 #    debian/tests/installcheck (the same suites, against the installed
 #    files, in a pg_virtualenv cluster); the files are dpkg's and intact.
@@ -50,6 +51,16 @@ echo "built $(basename "$deb") in $((SECONDS - started)) s" >&2
 log "lintian"
 # a package not uploaded to Debian closes no ITP bug
 as_run_user lintian --fail-on error,warning --suppress-tags initial-upload-closes-no-bugs "$deb" "$work"/*.changes
+
+log "the licence in the package"
+# Debian carries the licence as /usr/share/doc/PACKAGE/copyright: debian/copyright,
+# whose text and notice scripts/check_meta.py checks against LICENSE.  LICENSE
+# itself is not installed (a second copy is lintian's extra-license-file).
+dpkg-deb --fsys-tarfile "$deb" | tar -xOf - "./usr/share/doc/$pkg/copyright" | cmp -s - "$CG_ROOT/debian/copyright" ||
+    die "the package's /usr/share/doc/$pkg/copyright is not debian/copyright"
+if dpkg-deb -c "$deb" | grep -E '/(LICENSE|COPYING)[^/]*$'; then
+    die "the package installs a licence file of its own: the licence belongs in debian/copyright"
+fi
 
 # Installing, testing and purging in /usr is one step at a time on a machine.
 exec 9>/var/lock/connect_guard-package.lock

@@ -149,7 +149,20 @@ INSERT INTO matrix (call) VALUES
     ($$SELECT connect_abort_upgrade(NULL)$$),
     ($$SELECT connect_promote_follower(NULL)$$),
     ($$SELECT connect_complete_upgrade(NULL)$$),
-    ($$SELECT count(*) FROM connect_upgrade_timeline(NULL)$$);
+    ($$SELECT count(*) FROM connect_upgrade_timeline(NULL)$$),
+    -- the preflight (1.1): it changes nothing, whatever it is given
+    ($$SELECT count(*) FROM connect_preflight(NULL)$$),
+    ($$SELECT count(*) FROM connect_preflight('pg_upgrade', max_lag_bytes => NULL)$$),
+    ($$SELECT count(*) FROM connect_preflight('upgrade')$$),
+    ($$SELECT count(*) FROM connect_preflight('follower', 'host=f1', max_lag_bytes => -1)$$),
+    ($$SELECT count(*) FROM connect_preflight('copy', follower => 'host=f1')$$),
+    ($$SELECT count(*) FROM connect_preflight('copy', connection => 'c')$$),
+    ($$SELECT count(*) FROM connect_preflight('follower', NULL)$$),           -- NULL: the only registered follower
+    ($$SELECT count(*) FROM connect_preflight('follower', 'f1')$$),
+    ($$SELECT count(*) FROM connect_preflight('follower', 'host=f1 port')$$),
+    ($$SELECT string_agg("check", ',') FROM connect_preflight('pause', connection => NULL)$$),   -- NULL: the only connection
+    ($$SELECT count(*) FROM connect_preflight('pause', connection => 'nope')$$),
+    ($$SELECT string_agg("check", ',') FROM connect_preflight('copy', NULL, connection => NULL)$$);
 
 SELECT m.row_no, m.call, outcome(m.call) FROM (SELECT * FROM matrix ORDER BY row_no) m;
 

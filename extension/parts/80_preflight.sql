@@ -17,7 +17,7 @@
  * The checks, in the order they are returned (README, Reference):
  *   primary, shared_preload_libraries, worker, plan, maintenance_fence,
  *   rollback_incident, sync_service:NAME, token_file:NAME, backlog:NAME,
- *   replication_slots, prepared_transactions, long_transactions, witness,
+ *   mappings:NAME, replication_slots, prepared_transactions, long_transactions, witness,
  *   follower_reachable, follower_standby, follower_lag,
  *   follower_connect_guard, follower_witness
  * A plan ('follower', 'pg_upgrade', 'copy') gets all that concern it; a
@@ -229,6 +229,65 @@ BEGIN
                    CASE WHEN p_method = 'copy' THEN '; the copy plan waits until its consumer has consumed them all' ELSE '' END),
             format('Its consumer does not keep up or has stopped (an entry or a batch waits for more than %s min): the plan''s pause waits for the open batch%s. Check the sync service first.',
                    extract(epoch FROM c_stale)::integer / 60, CASE WHEN p_method = 'copy' THEN ' and the drain for the whole backlog' ELSE '' END));
+    END LOOP;
+END;
+$$;
+
+/*
+ * mappings:NAME (plans): every mapping of every connection is INITIAL or
+ * DATA_SYNCED and has no open schema change.
+ * A plan carries the tables over as they are: a capture trigger disabled or
+ * missing goes on hiding writes from the log on the new primary, and a
+ * table the sync service must reload (RELOAD_TABLE, or a change that needs
+ * a reload) is reloaded from wherever the data is then.  Failed, not
+ * passed with a note: the preflight has no warnings, a DBA who has weighed
+ * it accepts the check.  What is recorded is read (the event triggers
+ * record a change at once, the worker's check every cycle), not looked for
+ * again.  A pause does not get it: pausing is how such a table is mended
+ * (runbooks/field_change.sql).
+ */
+CREATE FUNCTION connect_guard.preflight_mappings()
+RETURNS SETOF connect_guard.preflight_result
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c connect_guard.connection;
+    v_mappings bigint;
+    v_detail text;
+    v_save text;
+    v_reload boolean;
+BEGIN
+    FOR c IN SELECT * FROM connect_guard.connection ORDER BY name LOOP
+        SELECT count(*),
+               string_agg(format('%I.%I is %s for %s%s%s', m.table_schema, m.table_name, m.state,
+                                 connect_guard.preflight_age(m.state_since), coalesce(': ' || s.changes, ''),
+                                 CASE WHEN s.needs_reload
+                                      THEN ' (writes may have reached it without a log entry: it needs a reload)' ELSE '' END),
+                          '; ' ORDER BY m.table_schema, m.table_name)
+                   FILTER (WHERE m.state NOT IN ('INITIAL', 'DATA_SYNCED') OR s.changes IS NOT NULL),
+               string_agg(format('SELECT connect_save_mapping(%L, %L);', c.name, format('%I.%I', m.table_schema, m.table_name)),
+                          ' ' ORDER BY m.table_schema, m.table_name)
+                   FILTER (WHERE m.state = 'SCHEMA_CHANGED' OR s.changes IS NOT NULL),
+               coalesce(bool_or(m.state = 'RELOAD_TABLE' OR s.needs_reload), false)
+          INTO v_mappings, v_detail, v_save, v_reload
+          FROM connect_guard.mapping m
+          LEFT JOIN LATERAL (
+              SELECT string_agg(connect_guard.schema_change_text(x.kind, x.object, x.expected, x.actual), ', '
+                                ORDER BY x.schema_change_id) AS changes,
+                     bool_or(x.needs_reload) AS needs_reload
+                FROM connect_guard.schema_change x
+               WHERE x.mapping_id = m.mapping_id AND x.resolved_at IS NULL) s ON true
+         WHERE m.connection_id = c.connection_id;
+        RETURN NEXT connect_guard.preflight_row('mappings:' || c.name, v_detail IS NULL,
+            coalesce(v_detail, CASE WHEN v_mappings = 0 THEN 'no mapped table'
+                                    ELSE format('%s mapped table%s, INITIAL or DATA_SYNCED, no open schema change',
+                                                v_mappings, CASE WHEN v_mappings > 1 THEN 's' ELSE '' END) END),
+            concat_ws(' ',
+                'Settle the mappings before the data moves.',
+                CASE WHEN v_save IS NOT NULL THEN 'Mend each changed table, or accept it as it is (runbooks/field_change.sql shows what differs and saves; saving asks for the reload a change needs): ' || v_save END,
+                CASE WHEN v_reload THEN 'Then let the sync service reload the tables (a local consumer acknowledges with connect_mapping_reloaded(); connect_requests shows the others).' END,
+                'Or accept this check: the plan carries the tables over as they are.'));
     END LOOP;
 END;
 $$;
@@ -492,10 +551,15 @@ DECLARE
     c connect_guard.connection;
     v_plan boolean := connect_preflight.method IN ('follower', 'pg_upgrade', 'copy');
 BEGIN
-    IF connect_preflight.method IS NULL OR connect_preflight.method NOT IN ('follower', 'pg_upgrade', 'copy', 'pause') THEN
+    -- NULL where a value is needed: 22004, before any other check (follower and connection: NULL is the default)
+    PERFORM connect_guard.require_not_null(connect_preflight.method, 'method',
+        'Pass a plan''s method, ''follower'', ''pg_upgrade'' or ''copy'', or ''pause'' for the pause of one connection.');
+    PERFORM connect_guard.require_not_null(connect_preflight.max_lag_bytes, 'max_lag_bytes',
+        'Pass the max_lag_bytes the plan will get, e.g. max_lag_bytes => 16 * 1024 * 1024 (the default).');
+    IF connect_preflight.method NOT IN ('follower', 'pg_upgrade', 'copy', 'pause') THEN
         RAISE EXCEPTION USING
             ERRCODE = 'invalid_parameter_value',
-            MESSAGE = format('unknown preflight method %s', coalesce(quote_literal(connect_preflight.method), 'NULL')),
+            MESSAGE = format('unknown preflight method %L', connect_preflight.method),
             HINT = 'Use a plan''s method, ''follower'', ''pg_upgrade'' or ''copy'', or ''pause'' for the pause of one connection.';
     END IF;
     IF connect_preflight.follower IS NOT NULL AND connect_preflight.method <> 'follower' THEN
@@ -510,7 +574,7 @@ BEGIN
             MESSAGE = format('method %s takes no connection: a plan checks every connection', connect_preflight.method),
             HINT = 'Pass connection => ... with method => ''pause'' only.';
     END IF;
-    IF connect_preflight.max_lag_bytes IS NULL OR connect_preflight.max_lag_bytes < 0 THEN
+    IF connect_preflight.max_lag_bytes < 0 THEN
         RAISE EXCEPTION USING
             ERRCODE = 'invalid_parameter_value',
             MESSAGE = 'max_lag_bytes must be 0 or more',
@@ -562,6 +626,9 @@ BEGIN
         CASE WHEN c.adapter = 'local' THEN format('connection %s is local (its consumer reads the state here)', c.name) END);
     RETURN QUERY SELECT * FROM connect_guard.preflight_plans(v_plan);
     RETURN QUERY SELECT * FROM connect_guard.preflight_connections(connect_preflight.method, c.connection_id);
+    IF v_plan THEN
+        RETURN QUERY SELECT * FROM connect_guard.preflight_mappings();
+    END IF;
     RETURN QUERY SELECT * FROM connect_guard.preflight_transactions(connect_preflight.method,
         CASE WHEN v_plan THEN connect_guard.database_tables() ELSE (connect_guard.fence_targets(c.connection_id)).relids END);
     IF v_plan THEN

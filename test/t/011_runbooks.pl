@@ -75,6 +75,27 @@ sub runbook_consuming
 
 sub q1 { return sql(@_); }
 
+# as_consumer runs SQL as a login role (the consumer functions check
+# session_user): (exit code, stdout, stderr with its SQLSTATE)
+sub as_consumer
+{
+    my ($node, $role, $sql) = @_;
+    return $node->psql('postgres', "\\set VERBOSITY verbose\n$sql", extra_params => [ '-U', $role ]);
+}
+
+# take_batch_as: the role takes a batch of the connection, counts its
+# events and finishes it; returns the count, or the error
+sub take_batch_as
+{
+    my ($node, $role, $connection) = @_;
+    my ($rc, $batch, $err) = as_consumer($node, $role, "SELECT connect_next_batch('$connection')");
+    return $err =~ /ERROR:\s+(\w{5})/ ? $1 : "error: $err" if $rc != 0;
+    return 'no batch' if $batch eq '';
+    ($rc, my $count, $err) = as_consumer($node, $role,
+        "SELECT count(*) FROM connect_batch_events($batch); SELECT connect_finish_batch($batch)");
+    return $rc == 0 ? (split /\n/, $count)[0] : "error: $err";
+}
+
 sub worker_runs
 {
     my ($node, $db) = @_;
@@ -207,6 +228,8 @@ is(q1($primary, "SELECT adapter || ' ' || (options ->> 'url') || ' ' || (options
 $primary->safe_psql('postgres', "SELECT connect_drop_connection('hook')");
 
 # ----------------------------------------------------------- kafka_style_cutover
+# crm's sync service consumes as crm_app, an ordinary role granted crm alone
+$primary->safe_psql('postgres', q{CREATE ROLE crm_app LOGIN; SELECT connect_grant_consumer('crm', 'crm_app')});
 ($rc, $out, $err) = runbook($primary, 'kafka_style_cutover', old => 'crm');
 like($err, qr/runbook stopped: the new connection's name is needed/, 'kafka_style_cutover: the new name is needed');
 ($rc, $out, $err) = runbook($primary, 'kafka_style_cutover', old => 'crm', new => 'sync');
@@ -216,8 +239,12 @@ like($err, qr/runbook stopped: connection "sync" exists already/, 'kafka_style_c
     new_options => '{"url": "ftp://example.com/hook", "secret": "k3y"}');
 like($err, qr/runbook stopped: connection "hook2" cannot be created: option "url" is not an http/,
     'kafka_style_cutover: window: bad new_options stop before the window');
-is(q1($primary, "SELECT count(*) FROM connect_fences") . ' ' . q1($primary, "SELECT state FROM connect_status WHERE connection = 'crm'"),
-    '0 IDLE', 'kafka_style_cutover: with nothing fenced or paused');
+($rc, $out, $err) = runbook($primary, 'kafka_style_cutover', old => 'crm', new => 'crm2', new_consumers => 'crm_app, nobody_here');
+is($rc, 3, 'kafka_style_cutover: a consumer role that does not exist stops');
+like($err, qr/runbook stopped: role\(s\) nobody_here of -v new_consumers do not exist/, 'kafka_style_cutover: naming it');
+is(q1($primary, "SELECT count(*) FROM connect_fences") . ' ' . q1($primary, "SELECT state FROM connect_status WHERE connection = 'crm'")
+      . ' ' . q1($primary, "SELECT count(*) FROM connect_connections WHERE connection = 'crm2'"),
+    '0 IDLE 0', 'kafka_style_cutover: with nothing fenced, paused or created');
 
 # maintenance window: crm's backlog (entry 7) is drained by its consumer, then crm2 takes over
 ($rc, $out, $err) = runbook_consuming($primary, 'kafka_style_cutover', ['crm'], old => 'crm', new => 'crm2', drop_old => 'off');
@@ -233,6 +260,13 @@ $primary->safe_psql('postgres', 'INSERT INTO contact VALUES (8)');
 is(q1($primary, "SELECT string_agg(connection || ' ' || backlog, ', ' ORDER BY connection) FROM connect_status WHERE connection LIKE 'crm%'"),
     'crm 1, crm2 1', 'kafka_style_cutover: a new write reaches crm2 (and the kept crm)');
 like($out, qr/crm stays PAUSED as a way back/, 'kafka_style_cutover: says how to drop the kept one');
+# crm's consumer role consumes crm2 now (granted in the window); a role is bound per connection
+is(q1($primary, "SELECT string_agg(connection || ' ' || role, ', ' ORDER BY connection) FROM connect_consumers WHERE connection LIKE 'crm%'"),
+    'crm crm_app, crm2 crm_app', 'kafka_style_cutover: window: crm2 is granted the consumers of crm');
+like($out, qr/granted 1 consumer role\(s\)/, 'kafka_style_cutover: window: says so');
+is(take_batch_as($primary, 'crm_app', 'sync'), '42501', 'crm_app may not take a batch of sync (not granted it)');
+is(take_batch_as($primary, 'crm_app', 'crm2'), '1', 'kafka_style_cutover: window: crm_app takes the new write from crm2, and finishes it');
+is(q1($primary, "SELECT backlog FROM connect_status WHERE connection = 'crm2'"), '0', 'kafka_style_cutover: crm2 has nothing left');
 $primary->safe_psql('postgres', "SELECT connect_drop_connection('crm')");
 
 # double write: crm3 consumes alongside crm2, then takes over
@@ -255,6 +289,10 @@ like($out, qr/step 1 \(switch the consumers\): pause crm2.*step 2: wait.*caught 
     'kafka_style_cutover: pause, compare the marks, drop');
 is(q1($primary, "SELECT string_agg(connection || ' ' || state || ' ' || backlog, ', ' ORDER BY connection) FROM connect_status WHERE connection LIKE 'crm%'"),
     'crm3 IDLE 0', 'kafka_style_cutover: crm3 alone, with everything consumed');
+is(q1($primary, "SELECT string_agg(role, ', ') FROM connect_consumers WHERE connection = 'crm3'"), 'crm_app',
+    'kafka_style_cutover: double_write: crm3 was granted the consumers of crm2 at the start');
+$primary->safe_psql('postgres', 'INSERT INTO contact VALUES (50)');
+is(take_batch_as($primary, 'crm_app', 'crm3'), '1', 'kafka_style_cutover: double_write: crm_app takes the new write from crm3');
 
 # -------------------------------------------------------------------- pg_upgrade
 my $datadir = $primary->data_dir;

@@ -4,7 +4,8 @@
 # gives every metric a value worth checking: connections with a backlog, an
 # open batch, a pause with its fence, a request that failed, a reload with
 # its incident and fence, a follower whose replay is paused, then a failed
-# upgrade plan with its database fence, then the plan aborted.  Each scrape
+# upgrade plan with its database fence, then the plan aborted, then a
+# mapped table retyped (SCHEMA_CHANGED), reloaded and saved.  Each scrape
 # is checked against the views read just before and just after it (every
 # series, by its labels, with the value between the two readings: equal for
 # counts, in between for ages and lags that grow), and against what the
@@ -152,6 +153,10 @@ my @expected = (
     [ 'connect_guard_connection_log_ids_used_ratio', q{SELECT concat_ws(',', 'adapter=' || s.adapter, 'connection=' || s.connection), coalesce(h.ids_used_pct, 0) / 100.0 FROM connect_status s JOIN connect_high_water_marks h USING (connection)} ],
     [ 'connect_guard_connection_state_current', q{SELECT concat_ws(',', 'connection=' || c.connection, 'state=' || s.state), (c.state = s.state)::int FROM connect_connections c, unnest('{IDLE,POLLING_DB_CHANGES,PAUSING,PAUSED,RESUMING}'::text[]) s (state)} ],
     [ 'connect_guard_mappings_tables', q{SELECT concat_ws(',', 'connection=' || c.connection, 'state=' || s.state), count(m.table_relname) FROM connect_connections c CROSS JOIN unnest('{INITIAL,DATA_SYNCED,RELOAD_TABLE,SCHEMA_CHANGED}'::text[]) s (state) LEFT JOIN connect_mappings m ON m.connection = c.connection AND m.state = s.state GROUP BY 1} ],
+    # the mapped tables with an open change, read from the mappings (the query counts the drift's rows)
+    [ 'connect_guard_schema_drift_mappings', q{SELECT 'connection=' || c.connection, count(m.table_relname) FROM connect_connections c LEFT JOIN connect_mappings m ON m.connection = c.connection AND EXISTS (SELECT 1 FROM connect_schema_drift d WHERE d.connection = m.connection AND d.table_schema = m.table_schema AND d.table_relname = m.table_relname) GROUP BY 1} ],
+    [ 'connect_guard_schema_drift_mappings_needing_reload', q{SELECT 'connection=' || c.connection, count(m.table_relname) FROM connect_connections c LEFT JOIN connect_mappings m ON m.connection = c.connection AND EXISTS (SELECT 1 FROM connect_schema_drift d WHERE d.connection = m.connection AND d.table_schema = m.table_schema AND d.table_relname = m.table_relname AND d.needs_reload) GROUP BY 1} ],
+    [ 'connect_guard_schema_drift_changes', q{SELECT 'connection=' || connection, schema_changes FROM connect_status} ],
     [ 'connect_guard_fences_up', q{SELECT 'scope=' || s.scope, count(f.fence_id) FROM unnest('{connection,mapped,database,reload}'::text[]) s (scope) LEFT JOIN connect_fences f USING (scope) GROUP BY 1} ],
     [ 'connect_guard_fences_tables', q{SELECT 'scope=' || s.scope, coalesce(sum(cardinality(f.fenced_tables)), 0) FROM unnest('{connection,mapped,database,reload}'::text[]) s (scope) LEFT JOIN connect_fences f USING (scope) GROUP BY 1} ],
     [ 'connect_guard_fences_oldest_age_seconds', q{SELECT 'scope=' || s.scope, coalesce(extract(epoch FROM clock_timestamp() - min(f.since)), 0) FROM unnest('{connection,mapped,database,reload}'::text[]) s (scope) LEFT JOIN connect_fences f USING (scope) GROUP BY 1} ],
@@ -285,6 +290,36 @@ $served{$_ =~ s/\{.*//r} = 1 foreach keys %$m;
 sql($primary, "SELECT connect_abort_upgrade($plan, 'monitoring test')");
 $m = check_scrape('scrape 3');
 is(scalar(grep { /^connect_guard_upgrade_plan/ } keys %$m), 0, 'an aborted plan is no longer served');
+
+# -- 4. a mapped table changes, and is settled ---------------------------------------
+
+# drift returns "mappings/needing reload/changes SCHEMA_CHANGED-state-count" of connection sync in scrape $m
+sub drift
+{
+    my ($m) = @_;
+    return join(' ', map { $m->{"connect_guard_schema_drift_$_\{connection=sync}"} } qw(mappings mappings_needing_reload changes))
+      . ' ' . $m->{'connect_guard_mappings_tables{connection=sync,state=SCHEMA_CHANGED}'};
+}
+is(drift($m), '0 0 0 0', 'before: no schema change of sync');
+# ALTER COLUMN ... TYPE rewrites every row without a log entry: SCHEMA_CHANGED, and a reload is owed
+sql($primary, q{ALTER TABLE account ALTER COLUMN name TYPE varchar(200)});
+is(sql($primary, q{SELECT state FROM connect_mappings WHERE table_relname = 'account'}), 'SCHEMA_CHANGED',
+    'account is SCHEMA_CHANGED');
+$m = check_scrape('scrape 4');
+is(drift($m), '1 1 1 1', 'a column retyped: one mapped table changed, needing a reload, one change; SCHEMA_CHANGED');
+is($m->{'connect_guard_schema_drift_mappings{connection=ops}'}, 0, 'ops: no change (another connection\'s table)');
+# reloaded by hand: the mapping is RELOAD_TABLE, but the change is still open
+sql($primary, q{SELECT connect_reload_mapping('sync', 'account')});
+$m = check_scrape('scrape 5');
+is(drift($m), '1 1 1 0', 'reloading: the change is still served, though no mapping is SCHEMA_CHANGED');
+is($m->{'connect_guard_mappings_tables{connection=sync,state=RELOAD_TABLE}'}, 2, 'sync: two mappings reloading');
+# saved (the reload under way is the one it needs), then the reload acknowledged
+is(sql($primary, q{SELECT connect_save_mapping('sync', 'account')}), 'RELOAD_TABLE', 'account saved, still reloading');
+sql($primary, q{SELECT connect_mapping_reloaded('sync', 'account')});
+$m = check_scrape('scrape 6');
+is(drift($m), '0 0 0 0', 'saved and reloaded: back to no schema change');
+is($m->{'connect_guard_mappings_tables{connection=sync,state=DATA_SYNCED}'}, 1, 'account is DATA_SYNCED again');
+is(sql($primary, q{SELECT count(*) FROM connect_schema_drift}), '0', 'connect_schema_drift is empty');
 
 # -- the alert rules ---------------------------------------------------------------
 

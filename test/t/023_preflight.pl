@@ -3,7 +3,9 @@
 # check; a standby that keeps its witness elsewhere, one whose replay is
 # paused behind the limit, one that is down, and a standby of another
 # cluster each fail exactly the check that says so, and nothing else; so
-# does a sync service whose last request the worker could not deliver.  The
+# do a mapped table whose capture trigger was disabled (until it is saved
+# and reloaded) and a sync service whose last request the worker could not
+# deliver.  The
 # follower_changeover runbook stops on a failed check with nothing changed,
 # and goes ahead when the DBA accepts it (-v accept).  The checks one
 # cluster can set up are in sql/preflight.sql.
@@ -65,7 +67,7 @@ sub runbook
 # ------------------------------------------------------ 1. every check passes
 my $conninfo = $follower->connstr('postgres');
 my @plan_checks = qw(primary shared_preload_libraries worker plan maintenance_fence rollback_incident
-  sync_service:sync backlog:sync replication_slots prepared_transactions long_transactions witness
+  sync_service:sync backlog:sync mappings:sync replication_slots prepared_transactions long_transactions witness
   follower_reachable follower_standby follower_lag follower_connect_guard follower_witness);
 is(sql($primary, "SELECT string_agg(\"check\" || '=' || coalesce(ok::text, 'null'), ',')"
           . " FROM connect_preflight('follower', \$ci\$$conninfo\$ci\$)"),
@@ -168,6 +170,31 @@ $strangers_standby->stop;
 $stranger->stop;
 
 is(failed($conninfo), '', 'the real follower passes again');
+
+# ------------ 5b. a capture trigger disabled (writes hidden from the log): mappings:sync
+sql($primary, 'ALTER TABLE account DISABLE TRIGGER _connect_guard_capture');
+is(failed($conninfo), 'mappings:sync=false', 'a mapped table whose capture trigger is disabled: mappings:sync, alone');
+like(detail($conninfo, 'mappings:sync'),
+    qr/^public\.account is SCHEMA_CHANGED for \d+ s: trigger_disabled: _connect_guard_capture on public\.account .*it needs a reload\) \/ Settle the mappings before the data moves\. .*SELECT connect_save_mapping\('sync', 'public\.account'\);/,
+    'it names the table, the change, and the call that settles it');
+($rc, $out, $err) = runbook(follower_conninfo => $conninfo, step_timeout => '30 s', wait_timeout => '60 s');
+is($rc, 3, 'follower_changeover: a drifted mapping stops the runbook');
+like($err, qr/runbook stopped: preflight check failed: mappings:sync \(public\.account is SCHEMA_CHANGED/,
+    'follower_changeover: naming the check and the table');
+is(sql($primary, q{SELECT (SELECT count(*) FROM connect_guard.follower) || ' ' || (SELECT count(*) FROM connect_guard.upgrade_plan WHERE status <> 'aborted')
+                   || ' ' || (SELECT count(*) FROM connect_fences) || ' ' || (SELECT state FROM connect_status)}),
+    '0 0 0 IDLE', 'follower_changeover: nothing registered, planned, fenced or paused');
+# the trigger enabled again: what was hidden meanwhile is still owed, the change stays open
+sql($primary, 'ALTER TABLE account ENABLE TRIGGER _connect_guard_capture');
+is(failed($conninfo), 'mappings:sync=false', 'the trigger enabled again: the change is still open');
+# saved: the mapping is reloaded (its incident and fence), the check fails until the reload is acknowledged
+is(sql($primary, "SELECT connect_save_mapping('sync', 'account')"), 'RELOAD_TABLE', 'saved, the mapping is reloaded');
+is(failed($conninfo), 'rollback_incident=false,mappings:sync=false', 'while it reloads: rollback_incident and mappings:sync');
+like(detail($conninfo, 'mappings:sync'), qr/^public\.account is RELOAD_TABLE for \d+ s \/ Settle .* Then let the sync service reload the tables/,
+    'it says the table is being reloaded');
+sql($primary, "SELECT connect_mapping_reloaded('sync', 'account')");
+is(failed($conninfo), '', 'reloaded: every check passes again');
+like(detail($conninfo, 'mappings:sync'), qr/^1 mapped table, INITIAL or DATA_SYNCED, no open schema change/, 'saying so');
 
 # ------------------- 6. a sync service the worker could not reach: sync_service:NAME
 # Connect's API where nothing listens; the token in a file only the server's user reads

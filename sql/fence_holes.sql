@@ -147,6 +147,14 @@ SELECT a.* FROM (VALUES
     ('INSERT into the unfenced partition itself (allowed)', $$INSERT INTO root_other VALUES (8, 'other')$$)
 ) v(attack, stmt), LATERAL public.attempt(v.attack, v.stmt) a;
 RESET ROLE;
+-- an extension in the application's schema (tcn: relocatable, one function) and a schema to
+-- move it to: ALTER EXTENSION ... ADD TABLE makes a table a member, and ALTER EXTENSION ...
+-- SET SCHEMA moves every member without an ALTER TABLE.  Only the owner of every member may
+-- move an extension (tcn's function is the superuser's), so these attacks are the superuser's.
+CREATE EXTENSION tcn SCHEMA app;
+CREATE SCHEMA app_moved;
+SELECT * FROM public.attempt('SET SCHEMA of an extension a child was added to',
+    $$ALTER EXTENSION tcn ADD TABLE app.child_before; ALTER EXTENSION tcn SET SCHEMA app_moved$$);
 SELECT show_error($$INSERT INTO app.child_before VALUES (12, 'x', 1)$$);
 SELECT show_error($$INSERT INTO app.root VALUES (5, 'opp')$$);
 SELECT show_error($$TRUNCATE app.person$$);
@@ -168,12 +176,26 @@ ALTER TABLE free RENAME TO free2;
 ALTER TABLE free2 RENAME TO free;
 ALTER TABLE deal_eu RENAME TO deal_europe;
 RESET ROLE;
+-- through an extension the table was added to
+SELECT a.* FROM (VALUES
+    ('SET SCHEMA of an extension with a mapped table', $$ALTER EXTENSION tcn ADD TABLE app.lead; ALTER EXTENSION tcn SET SCHEMA app_moved$$),
+    ('SET SCHEMA of an extension with a mapped partitioned table', $$ALTER EXTENSION tcn ADD TABLE app.deal; ALTER EXTENSION tcn SET SCHEMA app_moved$$)
+) v(attack, stmt), LATERAL public.attempt(v.attack, v.stmt) a;
+SELECT show_error($$ALTER EXTENSION tcn ADD TABLE app.lead; ALTER EXTENSION tcn SET SCHEMA app_moved$$);
+-- an extension whose tables are not mapped moves
+ALTER EXTENSION tcn ADD TABLE app.free;
+ALTER EXTENSION tcn SET SCHEMA app_moved;
+SELECT 'app_moved.free'::regclass AS moved;
+ALTER EXTENSION tcn SET SCHEMA app;
+ALTER EXTENSION tcn DROP TABLE app.free;
 -- while paused too; and the pause fences the mapped tables, no decoy
 SELECT connect_pause('sync', reason => 'names');
 SET ROLE cg_app;
 SELECT * FROM public.attempt('RENAME a mapped table while paused', $$ALTER TABLE lead RENAME TO lead_old$$);
 SELECT * FROM public.attempt('RENAME the schema while paused', $$ALTER SCHEMA app RENAME TO app_old$$);
 RESET ROLE;
+SELECT * FROM public.attempt('SET SCHEMA of an extension with a mapped table, while paused',
+    $$ALTER EXTENSION tcn ADD TABLE app.lead; ALTER EXTENSION tcn SET SCHEMA app_moved$$);
 SELECT fenced_tables FROM connect_fences;
 SELECT connect_resume('sync');
 -- the way the hint gives: unmap, rename, map again
@@ -181,6 +203,8 @@ SELECT connect_unmap_table('sync', 'app.campaign');
 ALTER TABLE app.campaign RENAME TO drive;
 SELECT connect_map_table('sync', 'app.drive') > 0 AS mapped;
 SELECT table_schema, table_relname FROM connect_mappings ORDER BY 2;
+DROP EXTENSION tcn;
+DROP SCHEMA app_moved;
 
 -- 3. A database-wide fence: large objects, new tables, materialized views
 SELECT connect_fence('database', 'matrix') > 0 AS fenced;

@@ -22,14 +22,20 @@
  * them: names survive pg_dump and pg_upgrade, OIDs do not).  A rename, a
  * SET SCHEMA, or a rename of the schema would make a mapping name another
  * table, or none, and the next pause would fence the wrong one: refused
- * while the table is mapped, fence or no fence.  That costs one read of
- * connect_guard.mapping per such DDL statement, none per DML.
+ * while the table is mapped, fence or no fence.  ALTER EXTENSION ... SET
+ * SCHEMA moves the extension's member tables (any table can be made one
+ * with ALTER EXTENSION ... ADD TABLE) without an ALTER TABLE of its own, so
+ * it is checked table by table like a SET SCHEMA of each.  An extension's
+ * update script needs no check of its own: its statements come through
+ * ProcessUtility one by one.  That costs one read of connect_guard.mapping
+ * per such DDL statement (per member table for an extension), none per DML.
  *
  * Locking: relations are looked up without locks (the statement takes its
- * own); connect_guard.mapping is read with AccessShareLock.
+ * own); connect_guard.mapping and pg_depend are read with AccessShareLock.
  */
 #include "postgres.h"
 
+#include "access/genam.h"
 #include "access/heapam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
@@ -37,15 +43,20 @@
 #include "catalog/dependency.h"
 #include "catalog/heap.h"
 #include "catalog/namespace.h"
+#include "catalog/indexing.h"
 #include "catalog/objectaccess.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_depend.h"
+#include "catalog/pg_extension.h"
 #include "catalog/pg_inherits.h"
 #include "catalog/pg_largeobject.h"
+#include "commands/extension.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
 #include "tcop/utility.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
@@ -222,9 +233,80 @@ refuse_mapped(Oid relid, const char *operation)
 }
 
 /*
+ * extension_member_tables: the tables that are members of an extension
+ * (pg_depend, deptype 'e'), which ALTER EXTENSION ... SET SCHEMA moves; NIL
+ * when there is no such extension (the statement reports that itself)
+ */
+static List *
+extension_member_tables(const char *extname)
+{
+	Oid			extoid = get_extension_oid(extname, true);
+	List	   *tables = NIL;
+	Relation	depend;
+	ScanKeyData key[2];
+	SysScanDesc scan;
+	HeapTuple	tuple;
+
+	if (!OidIsValid(extoid))
+		return NIL;
+	depend = table_open(DependRelationId, AccessShareLock);
+	ScanKeyInit(&key[0], Anum_pg_depend_refclassid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(ExtensionRelationId));
+	ScanKeyInit(&key[1], Anum_pg_depend_refobjid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(extoid));
+	scan = systable_beginscan(depend, DependReferenceIndexId, true, NULL, 2, key);
+	while (HeapTupleIsValid(tuple = systable_getnext(scan)))
+	{
+		Form_pg_depend dep = (Form_pg_depend) GETSTRUCT(tuple);
+		char		relkind;
+
+		if (dep->deptype != DEPENDENCY_EXTENSION || dep->classid != RelationRelationId)
+			continue;
+		relkind = get_rel_relkind(dep->objid);
+		if (relkind == RELKIND_RELATION || relkind == RELKIND_PARTITIONED_TABLE ||
+			relkind == RELKIND_FOREIGN_TABLE)
+			tables = lappend_oid(tables, dep->objid);
+	}
+	systable_endscan(scan);
+	table_close(depend, AccessShareLock);
+	return tables;
+}
+
+/*
+ * refuse_moving_extension refuses ALTER EXTENSION ... SET SCHEMA when one
+ * of the tables it would move is mapped
+ */
+static void
+refuse_moving_extension(const char *extname)
+{
+	ListCell   *lc;
+
+	foreach(lc, extension_member_tables(extname))
+	{
+		Oid			relid = lfirst_oid(lc);
+		char	   *connections = fence_mapped_by(relid);
+
+		if (connections != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("cannot move extension %s: its table %s is mapped by connection %s",
+							quote_identifier(extname),
+							quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+													   get_rel_name(relid)),
+							connections),
+					 errdetail("ALTER EXTENSION ... SET SCHEMA moves the extension's tables. Mappings name "
+							   "their tables by schema and name, as the trigger log records them; the "
+							   "mapping would name another table, or none."),
+					 errhint("Unmap it with connect_unmap_table(), move the extension, then map it again "
+							 "with connect_map_table(); or leave the table where it is: ALTER EXTENSION ... "
+							 "DROP TABLE takes it out of the extension.")));
+	}
+}
+
+/*
  * refuse_renaming_mapped refuses the DDL that would make a mapping name
- * another table: renaming a mapped table, moving it to another schema,
- * renaming its schema.
+ * another table: renaming a mapped table, moving it to another schema
+ * (itself, or as a member of an extension), renaming its schema.
  */
 static void
 refuse_renaming_mapped(Node *stmt)
@@ -269,6 +351,8 @@ refuse_renaming_mapped(Node *stmt)
 
 		if (move->relation != NULL)
 			refuse_mapped(RangeVarGetRelid(move->relation, NoLock, true), "move");
+		else if (move->objectType == OBJECT_EXTENSION)
+			refuse_moving_extension(strVal(move->object));
 	}
 }
 
@@ -424,9 +508,19 @@ fence_check_utility(Node *stmt)
 				break;
 			}
 		case T_AlterObjectSchemaStmt:
-			if (((AlterObjectSchemaStmt *) stmt)->relation != NULL)
-				fence_check_relation(relid_of(((AlterObjectSchemaStmt *) stmt)->relation), "move", 0);
-			break;
+			{
+				AlterObjectSchemaStmt *move = (AlterObjectSchemaStmt *) stmt;
+
+				if (move->relation != NULL)
+					fence_check_relation(relid_of(move->relation), "move", 0);
+				else if (move->objectType == OBJECT_EXTENSION)
+				{
+					/* it moves its member tables */
+					foreach(lc, extension_member_tables(strVal(move->object)))
+						fence_check_relation(lfirst_oid(lc), "move", 0);
+				}
+				break;
+			}
 		case T_DropStmt:
 			if (((DropStmt *) stmt)->removeType == OBJECT_TABLE ||
 				((DropStmt *) stmt)->removeType == OBJECT_FOREIGN_TABLE)

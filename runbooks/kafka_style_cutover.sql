@@ -101,16 +101,10 @@ SELECT count(*) = 1 AS new_exists FROM connect_connections WHERE connection = :'
 -- new's consumers: a consumer role is bound to the connections granted to it, so old's would
 -- get 42501 from new unless they are granted it too (roles dropped since are left out)
 \if :{?new_consumers}
-    SELECT regexp_replace(:'new_consumers', '\s', '', 'g') AS new_consumers \gset
+    SELECT pg_temp.runbook_consumer_roles(:'new_consumers', '-v new_consumers', 'new_consumers') AS new_consumers \gset
 \else
-    SELECT coalesce(string_agg(role, ',' ORDER BY role), '') AS new_consumers
-      FROM connect_consumers WHERE connection = :'old' AND role_exists \gset
+    SELECT pg_temp.runbook_consumers_of(:'old') AS new_consumers \gset
 \endif
-SELECT pg_temp.runbook_require(count(*) = 0,
-    format('role(s) %s of -v new_consumers do not exist', string_agg(r, ', ')),
-    'Create them first (CREATE ROLE ... LOGIN), or pass other roles; -v new_consumers= (empty) grants none.')
-  FROM unnest(string_to_array(:'new_consumers', ',')) r
- WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) \gset
 
 \echo
 \echo '== the connections'
@@ -140,8 +134,7 @@ SELECT :'variant' = 'window' AS window_variant, :'phase' = 'start' AS starting \
     \if :ERROR
         \set create_error :LAST_ERROR_MESSAGE
     \else
-        SELECT count(connect_grant_consumer(:'new', r)) AS consumers
-          FROM unnest(string_to_array(:'new_consumers', ',')) r \gset
+        SELECT pg_temp.runbook_grant_consumers(:'new', :'new_consumers') AS consumers \gset
         \if :ERROR
             \set create_error :LAST_ERROR_MESSAGE
         \endif
@@ -189,8 +182,7 @@ SELECT :'variant' = 'window' AS window_variant, :'phase' = 'start' AS starting \
         \if :ERROR
             \set create_error :LAST_ERROR_MESSAGE
         \else
-            SELECT count(connect_grant_consumer(:'new', r)) AS consumers
-              FROM unnest(string_to_array(:'new_consumers', ',')) r \gset
+            SELECT pg_temp.runbook_grant_consumers(:'new', :'new_consumers') AS consumers \gset
             \if :ERROR
                 \set create_error :LAST_ERROR_MESSAGE
             \endif
@@ -225,8 +217,7 @@ SELECT :'variant' = 'window' AS window_variant, :'phase' = 'start' AS starting \
         SELECT connect_create_connection(:'new', :'new_adapter', :'new_options'::jsonb) AS new_id \gset
         SELECT count(connect_map_table(:'new', m.table_name, m.object_name)) AS mapped
           FROM connect_mappings m WHERE m.connection = :'old' AND m.table_name IS NOT NULL \gset
-        SELECT count(connect_grant_consumer(:'new', r)) AS consumers
-          FROM unnest(string_to_array(:'new_consumers', ',')) r \gset
+        SELECT pg_temp.runbook_grant_consumers(:'new', :'new_consumers') AS consumers \gset
         COMMIT;
         \echo '   created' :new '(id' :new_id'), mapped' :mapped 'table(s), granted' :consumers 'consumer role(s)'
         \echo '== step 2 (double-write): from now on every change of those tables reaches both connections'

@@ -23,6 +23,10 @@
 --   connection     the name of the new connection [the name in the file]
 --   options        a JSON object merged into the exported options; needed for the values the
 --                  views redact ("********": tokens, secrets and their files) ['{}']
+--   consumers      the roles that take the new connection's batches (connect_grant_consumer: a
+--                  role consumes only the connections granted to it), comma-separated; empty:
+--                  none, only superusers then [the exported consumers, and when the paused
+--                  connection of that name is replaced, the roles granted it since the export]
 --
 -- export: checks that every mapping is DATA_SYNCED (all data reached the
 -- sync target), stops writes to the mapped tables (a maintenance fence),
@@ -30,17 +34,20 @@
 -- with its own fence and lowers the maintenance fence, then writes the
 -- configuration: adapter, options (secrets redacted by connect_connections),
 -- mappings (table, object name, state, remote id), high-water mark, the
--- roles that consume it (connect_consumers; granted again on import where
--- they exist), and under connect_config the mappings' configuration in
--- Connect's export format (connect_export_config(): a heroku connection's is
--- Connect's own, fetched through the worker, as `heroku connect:export`
--- does).
+-- roles that consume it (connect_consumers), and under connect_config the
+-- mappings' configuration in Connect's export format (connect_export_config():
+-- a heroku connection's is Connect's own, fetched through the worker, as
+-- `heroku connect:export` does).
 -- import: checks connect_config key by key first; in one transaction, locks
 -- the mapped tables against writers, drops the paused connection of that
--- name (if this database has it), creates the connection, maps every table
--- and gives the mappings their configuration (connect_import_config()), so
--- that no write falls between the old connection and the new one; the new
--- high-water mark starts there.  A heroku connection then sends the
+-- name (if this database has it), creates the connection, maps every table,
+-- grants it to the consumer roles (a consumer role is bound to the
+-- connections granted to it: the sync service's role would get 42501 from
+-- the new one otherwise; a role that does not exist here stops the import
+-- before anything changes) and gives the mappings their configuration
+-- (connect_import_config()), so that no write falls between the old
+-- connection and the new one and its sync service consumes it at once; the
+-- new high-water mark starts there.  A heroku connection then sends the
 -- configuration to Connect's import endpoint and waits for its answer (the
 -- seed's `heroku connect:import`).  Stops with exit code 3 when a
 -- precondition fails.
@@ -173,8 +180,7 @@ SELECT :'phase' = 'export' AS exporting \gset
                               FROM connect_mappings m WHERE m.connection = c.connection),
                'high_water_mark', (SELECT jsonb_build_object('hwm_id', h.hwm_id, 'log_head', h.log_head)
                                      FROM connect_high_water_marks h WHERE h.connection = c.connection),
-               'consumers', (SELECT coalesce(jsonb_agg(k.role ORDER BY k.role), '[]')
-                               FROM connect_consumers k WHERE k.connection = c.connection),
+               'consumers', to_jsonb(string_to_array(pg_temp.runbook_consumers_of(c.connection), ',')),
                'connect_config', :'connect_config'::jsonb))
       FROM connect_connections c WHERE c.connection = :'connection' \g :file
     \pset tuples_only off
@@ -250,6 +256,20 @@ SELECT :'phase' = 'export' AS exporting \gset
                         WHERE i.indisprimary
                           AND i.indrelid = to_regclass(format('%I.%I', m ->> 'table_schema', m ->> 'table_name'))) \gset
 
+    -- the consumer roles: the export's, and those granted the paused connection this import
+    -- replaces since the export (a role that does not exist here stops: its sync service would
+    -- get 42501); -v consumers names others
+    \if :{?consumers}
+        SELECT pg_temp.runbook_consumer_roles(:'consumers', '-v consumers', 'consumers') AS consumer_roles \gset
+    \else
+        SELECT pg_temp.runbook_consumer_roles(
+                   concat_ws(',', (SELECT string_agg(r, ',') FROM jsonb_array_elements_text(
+                                       CASE WHEN jsonb_typeof(:'config'::jsonb -> 'consumers') = 'array'
+                                            THEN :'config'::jsonb -> 'consumers' ELSE '[]' END) r),
+                             pg_temp.runbook_consumers_of(:'connection')),
+                   format('the export (%s)', :'file'), 'consumers') AS consumer_roles \gset
+    \endif
+
     SELECT count(*) = 1 AS replacing, coalesce(min(state), '') AS old_state, coalesce(bool_or(fenced), false) AS old_fenced
       FROM connect_status WHERE connection = :'connection' \gset
     \if :replacing
@@ -258,10 +278,11 @@ SELECT :'phase' = 'export' AS exporting \gset
             'The import replaces only a PAUSED connection (phase=export pauses it); or import under another name: -v connection=NEW_NAME.') \gset
         \echo
         \echo '== step 2: in one transaction: lock the mapped tables against writers, drop the paused' :connection','
-        \echo '   create it again, map its tables (its new high-water mark starts here)'
+        \echo '   create it again, map its tables, grant it to its consumers (its new high-water mark starts here)'
     \else
         \echo
-        \echo '== step 2: in one transaction: lock the mapped tables against writers, create' :connection', map its tables'
+        \echo '== step 2: in one transaction: lock the mapped tables against writers, create' :connection', map its tables,'
+        \echo '   grant it to its consumers'
     \endif
     BEGIN;
     SELECT format('LOCK TABLE %s IN SHARE MODE', string_agg(format('%I.%I', m ->> 'table_schema', m ->> 'table_name'), ', '))
@@ -276,11 +297,9 @@ SELECT :'phase' = 'export' AS exporting \gset
                                    m ->> 'object_name')) AS mapped
       FROM jsonb_array_elements(:'config'::jsonb -> 'mappings') m \gset
     \echo '   mapped' :mapped 'table(s)'
-    -- the roles that consumed it consume it again (those that exist here)
-    SELECT count(connect_grant_consumer(:'connection', r)) AS consumers
-      FROM jsonb_array_elements_text(coalesce(:'config'::jsonb -> 'consumers', '[]')) r
-     WHERE EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) \gset
-    \echo '   granted it to' :consumers 'consumer role(s)'
+    -- its consumers take its batches from the commit on
+    SELECT pg_temp.runbook_grant_consumers(:'connection', :'consumer_roles') AS granted \gset
+    \echo '   granted it to' :granted 'consumer role(s) (':consumer_roles')'
     \if :has_connect_config
         SELECT connect_import_config(:'connection', :'config'::jsonb -> 'connect_config') AS import_report \gset
         SELECT coalesce(:'import_report'::jsonb ->> 'request_id', '') AS import_request,
@@ -308,7 +327,9 @@ SELECT :'phase' = 'export' AS exporting \gset
 
     \echo
     \echo '== after'
-    SELECT connection, adapter, state, mappings, options FROM connect_connections WHERE connection = :'connection';
+    SELECT connection, adapter, state, mappings, options,
+           (SELECT string_agg(k.role, ', ' ORDER BY k.role) FROM connect_consumers k WHERE k.connection = c.connection) AS consumers
+      FROM connect_connections c WHERE connection = :'connection';
     SELECT connection, table_name, object_name, state FROM connect_mappings WHERE connection = :'connection' ORDER BY table_name;
     SELECT connection, state, fenced, hwm_id, log_head, backlog FROM connect_status WHERE connection = :'connection';
 

@@ -166,6 +166,14 @@ $primary->safe_psql('postgres', q{
     SELECT connect_create_connection('crm');
     SELECT connect_map_table('crm', 'contact', 'Contact');
 });
+# crm's sync service consumes as crm_app, an ordinary role granted crm alone;
+# outsider consumes sync, not crm (a consumer role is bound per connection)
+$primary->safe_psql('postgres', q{
+    CREATE ROLE crm_app LOGIN;
+    SELECT connect_grant_consumer('crm', 'crm_app');
+    CREATE ROLE outsider LOGIN;
+    SELECT connect_grant_consumer('sync', 'outsider');
+});
 ($rc, $out, $err) = runbook($primary, 'pause_resume');
 is($rc, 3, 'pause_resume: with two connections the name is needed');
 like($err, qr/-v connection=NAME is needed: this database has 2 connections \(crm, sync\)/, 'pause_resume: and it says so');
@@ -197,10 +205,16 @@ like($json, qr/"connection": "crm"/, 'recreate_connection: the export names the 
 like($json, qr/"object_name": "Contact"/, 'recreate_connection: and its mappings');
 is(q1($primary, "SELECT (\$\$$json\$\$::jsonb -> 'high_water_mark' ->> 'hwm_id')::bigint = hwm_id FROM connect_status WHERE connection = 'crm'"),
     't', 'recreate_connection: and its high-water mark');
+like($json, qr/"consumers": \[\s*"crm_app"\s*\]/, 'recreate_connection: and its consumer roles');
+# a role granted crm after the export (while it is paused) is not in the file
+$primary->safe_psql('postgres', q{CREATE ROLE crm_late LOGIN; SELECT connect_grant_consumer('crm', 'crm_late')});
 
 ($rc, $out, $err) = runbook($primary, 'recreate_connection', phase => 'import', file => $file);
 is($rc, 0, 'recreate_connection: import');
-like($out, qr/dropped the old crm.*created crm.*mapped 1 table/s, 'recreate_connection: replaces the paused connection');
+like($out, qr/dropped the old crm.*created crm.*mapped 1 table.*granted it to 2 consumer role\(s\)/s,
+    'recreate_connection: replaces the paused connection');
+is(q1($primary, "SELECT string_agg(role, ', ' ORDER BY role) FROM connect_consumers WHERE connection = 'crm'"), 'crm_app, crm_late',
+    "recreate_connection: the new crm is granted the exported consumers, and the old crm's granted since");
 is(q1($primary, "SELECT state || ' ' || fenced FROM connect_status WHERE connection = 'crm'"), 'IDLE false',
     'recreate_connection: the new crm runs');
 is(q1($primary, "SELECT table_name || ' ' || object_name || ' ' || state FROM connect_mappings WHERE connection = 'crm'"),
@@ -208,6 +222,10 @@ is(q1($primary, "SELECT table_name || ' ' || object_name || ' ' || state FROM co
 is(write_error($primary, 'INSERT INTO contact VALUES (7)'), '', 'recreate_connection: the table takes writes again');
 is(q1($primary, "SELECT backlog FROM connect_status WHERE connection = 'crm'"), '1',
     'recreate_connection: and the new connection gets them');
+is(take_batch_as($primary, 'outsider', 'crm'), '42501', 'recreate_connection: a role not granted crm may not take its batches');
+is(take_batch_as($primary, 'crm_app', 'crm'), '1', 'recreate_connection: crm_app takes the write from the new crm, and finishes it');
+is(q1($primary, "SELECT backlog FROM connect_status WHERE connection = 'crm'"), '0', 'recreate_connection: nothing is left');
+$primary->safe_psql('postgres', q{SELECT connect_revoke_consumer('crm', 'crm_late'); DROP ROLE crm_late});
 ($rc, $out, $err) = runbook($primary, 'recreate_connection', phase => 'import', file => $file);
 like($err, qr/runbook stopped: connection "crm" exists here and is IDLE/, 'recreate_connection: a second import stops');
 ($rc, $out, $err) = runbook($primary, 'recreate_connection', phase => 'import', file => "$tmp/none.json");
@@ -216,20 +234,30 @@ like($err, qr/runbook stopped: cannot read .*none\.json/, 'recreate_connection: 
 # a redacted secret must come back through -v options
 append_to_file("$tmp/hook.json", q{{"format": "connect_guard connection 1", "connection": "hook", "adapter": "webhook",
     "options": {"url": "http://127.0.0.1:9/hook", "secret": "********"},
-    "mappings": [{"table_schema": "public", "table_name": "account", "object_name": "Account"}]}});
+    "mappings": [{"table_schema": "public", "table_name": "account", "object_name": "Account"}],
+    "consumers": ["nobody_here"]}});
 ($rc, $out, $err) = runbook($primary, 'recreate_connection', phase => 'import', file => "$tmp/hook.json");
 is($rc, 3, 'recreate_connection: an import with a redacted secret stops');
 like($err, qr/runbook stopped: the export has redacted values \("\*{8}"\) for: secret/, 'recreate_connection: naming it');
+# a consumer role of the export that this cluster lacks: its sync service would get 42501
 ($rc, $out, $err) = runbook($primary, 'recreate_connection', phase => 'import', file => "$tmp/hook.json",
     options => '{"secret": "k3y-for-the-test"}');
-is($rc, 0, 'recreate_connection: with the secret given, the import runs');
+is($rc, 3, 'recreate_connection: an import whose consumer role does not exist here stops');
+like($err, qr/runbook stopped: role\(s\) nobody_here of the export \(.*hook\.json\) do not exist\nHINT: +Create them.*-v consumers=role/,
+    'recreate_connection: naming it, and -v consumers');
+is(q1($primary, "SELECT count(*) FROM connect_connections WHERE connection = 'hook'"), '0', 'recreate_connection: nothing was created');
+($rc, $out, $err) = runbook($primary, 'recreate_connection', phase => 'import', file => "$tmp/hook.json",
+    options => '{"secret": "k3y-for-the-test"}', consumers => ' outsider');
+is($rc, 0, 'recreate_connection: with the secret and the consumers given, the import runs');
+is(q1($primary, "SELECT string_agg(role, ', ') FROM connect_consumers WHERE connection = 'hook'"), 'outsider',
+    'recreate_connection: -v consumers names the roles granted');
 is(q1($primary, "SELECT adapter || ' ' || (options ->> 'url') || ' ' || (options ->> 'secret') FROM connect_connections WHERE connection = 'hook'"),
     'webhook http://127.0.0.1:9/hook ********', 'recreate_connection: the webhook connection is back, its secret stored');
 $primary->safe_psql('postgres', "SELECT connect_drop_connection('hook')");
 
 # ----------------------------------------------------------- kafka_style_cutover
-# crm's sync service consumes as crm_app, an ordinary role granted crm alone
-$primary->safe_psql('postgres', q{CREATE ROLE crm_app LOGIN; SELECT connect_grant_consumer('crm', 'crm_app')});
+# crm_app consumes crm (granted by recreate_connection); a write for the window to drain
+$primary->safe_psql('postgres', 'INSERT INTO contact VALUES (13)');
 ($rc, $out, $err) = runbook($primary, 'kafka_style_cutover', old => 'crm');
 like($err, qr/runbook stopped: the new connection's name is needed/, 'kafka_style_cutover: the new name is needed');
 ($rc, $out, $err) = runbook($primary, 'kafka_style_cutover', old => 'crm', new => 'sync');
@@ -246,7 +274,7 @@ is(q1($primary, "SELECT count(*) FROM connect_fences") . ' ' . q1($primary, "SEL
       . ' ' . q1($primary, "SELECT count(*) FROM connect_connections WHERE connection = 'crm2'"),
     '0 IDLE 0', 'kafka_style_cutover: with nothing fenced, paused or created');
 
-# maintenance window: crm's backlog (entry 7) is drained by its consumer, then crm2 takes over
+# maintenance window: crm's backlog (entry 13) is drained by its consumer, then crm2 takes over
 ($rc, $out, $err) = runbook_consuming($primary, 'kafka_style_cutover', ['crm'], old => 'crm', new => 'crm2', drop_old => 'off');
 is($rc, 0, 'kafka_style_cutover: window');
 like($out, qr/step 1 \(enter the maintenance window.*step 2 \(consumers fully caught up.*drained.*step 3: pause crm.*step 4 \(switch over\).*step 5/s,

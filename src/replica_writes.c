@@ -75,7 +75,11 @@ logging_trigger(const Trigger *t, Oid own_schema)
 		return connect_guard_capture_enabled && name != NULL &&
 			(strcmp(name, "capture") == 0 || strcmp(name, "truncate_watch") == 0);
 	}
-	/* Connect's logger trigger: its WHEN clause skips sessions with xmlbinary = hex */
+
+	/*
+	 * Connect's logger trigger: its WHEN clause skips sessions with xmlbinary
+	 * = hex
+	 */
 	return len > strlen("hc__logtrigger") && strncmp(t->tgname, "hc_", 3) == 0 &&
 		strcmp(t->tgname + len - strlen("_logtrigger"), "_logtrigger") == 0 &&
 		xmlbinary == XMLBINARY_BASE64;

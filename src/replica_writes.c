@@ -43,6 +43,7 @@
 #include "postgres.h"
 
 #include "access/table.h"
+#include "access/xlog.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_inherits.h"
@@ -177,7 +178,8 @@ replica_check_write(Oid relid, int16 events, const char *operation, LOCKMODE loc
 {
 	Oid			own_schema;
 
-	if (!OidIsValid(relid) || IsBinaryUpgrade)
+	/* a hot standby refuses the write itself (and would not grant the lock) */
+	if (!OidIsValid(relid) || IsBinaryUpgrade || RecoveryInProgress())
 		return;
 	own_schema = get_namespace_oid(CONNECT_GUARD_SCHEMA, true);
 	if (get_rel_relkind(relid) == RELKIND_PARTITIONED_TABLE && !(events & TRIGGER_TYPE_TRUNCATE))

@@ -1255,3 +1255,459 @@ END;
 $$;
 
 REVOKE ALL ON FUNCTION connect_guard.preflight_mappings() FROM PUBLIC;
+
+/* ------------------------------------------------------------------------
+ * Writes that session_replication_role = replica would hide from the log,
+ * and logical replication into mapped tables (replica_writes.c,
+ * subscription_watch.c): the schema watch's new kind subscription_target
+ * (19_table_shape_changes.sql), connect_save_mapping() enabling
+ * connect_guard's own triggers ALWAYS for a table a subscription writes into
+ * (66_schema_watch.sql), and the subscription watch
+ * (67_subscription_watch.sql), copied as they are there.
+ * ------------------------------------------------------------------------ */
+/*
+ * connect_guard.subscriptions_into: the subscriptions of this database
+ * (pg_subscription_rel is per database) that apply rows into p_rel or one
+ * of its partitions, by name, or NULL.  Their apply workers run with
+ * session_replication_role = replica: only triggers enabled REPLICA or
+ * ALWAYS fire for the rows they write.
+ */
+CREATE FUNCTION connect_guard.subscriptions_into(p_rel regclass)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT string_agg(DISTINCT quote_ident(s.subname), ', ')
+      FROM pg_subscription_rel sr JOIN pg_subscription s ON s.oid = sr.srsubid
+     WHERE sr.srrelid IN (SELECT p_rel UNION ALL SELECT p FROM connect_guard.partitions_of(p_rel) p)
+$$;
+
+/*
+ * connect_guard.mapping_findings: what differs now between mapping m's
+ * table and what the mapping expects (see the kinds above).  With
+ * p_look_at_rows false, partitions added are not read (whether they hold
+ * rows needs SELECT on them): actual says 'not examined'.
+ */
+CREATE OR REPLACE FUNCTION connect_guard.mapping_findings(m connect_guard.mapping, p_look_at_rows boolean DEFAULT true)
+RETURNS TABLE (kind text, object text, expected text, actual text, needs_reload boolean)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c connect_guard.connection;
+    v_rel regclass := connect_guard.mapping_relid(m);
+    v_now jsonb;
+    v_rows boolean;
+    v_reported text[] := '{}';
+    v_subscribed text;
+    k text;
+BEGIN
+    IF v_rel IS NULL THEN
+        RETURN QUERY SELECT 'table_dropped'::text, format('%I.%I', m.table_schema, m.table_name), 'the mapped table'::text,
+                            'no such table'::text, true;
+        RETURN;
+    END IF;
+    SELECT * INTO c FROM connect_guard.connection cn WHERE cn.connection_id = m.connection_id;
+    -- a table that logical replication writes into needs its triggers ENABLE ALWAYS
+    v_subscribed := connect_guard.subscriptions_into(v_rel);
+
+    -- the triggers that capture its writes (and watch its partitions), on it and on its partitions
+    RETURN QUERY
+    WITH e AS (SELECT * FROM connect_guard.capture_triggers_expected(c, m)),
+    targets AS (
+        SELECT e.*, v_rel::oid AS relid FROM e WHERE e.placement = 'table'
+        UNION ALL
+        SELECT e.*, p::oid FROM e, connect_guard.partitions_of(v_rel) p
+         WHERE e.placement = 'each_partition' OR (e.placement = 'table' AND e.trigger_type & 1 = 1)),
+    present AS (
+        SELECT x.*, t.oid AS tgoid, t.tgenabled,
+               t.tgtype <> x.trigger_type OR t.tgfoid <> coalesce(x.function_oid, t.tgfoid)
+               OR (x.arguments IS NOT NULL
+                   AND CASE WHEN t.tgnargs = 0 THEN '{}'::text[]
+                            ELSE string_to_array(left(encode(t.tgargs, 'escape'), -4), '\000') END
+                       IS DISTINCT FROM x.arguments)
+               OR CASE WHEN t.tgqual IS NULL THEN x.when_clause IS NOT NULL
+                       WHEN x.when_clause IS NULL THEN true
+                       ELSE NOT coalesce(substring(pg_get_triggerdef(t.oid) FROM ' WHEN \((.*)\) EXECUTE ')
+                                         ~ x.when_clause, false) END
+               OR cardinality(t.tgattr::int2[]) > 0 OR t.tgconstraint <> 0 AS changed
+          FROM targets x LEFT JOIN pg_trigger t ON t.tgrelid = x.relid AND t.tgname = x.trigger_name)
+    SELECT CASE WHEN f.tgoid IS NULL THEN 'trigger_missing' WHEN f.changed THEN 'trigger_changed'
+                WHEN f.tgenabled = 'D' THEN 'trigger_disabled' WHEN f.tgenabled = 'R' THEN 'trigger_replica_only'
+                WHEN f.tgenabled = 'O' THEN 'subscription_target'
+                ELSE 'trigger_always' END,
+           format('%I on %s', f.trigger_name, f.relid::regclass),
+           CASE WHEN f.tgoid IS NULL THEN f.purpose || ' trigger'
+                WHEN f.changed THEN format('%s trigger as %s defines it', f.purpose,
+                                           CASE f.owned_by WHEN 'connect' THEN 'Heroku Connect' ELSE f.owned_by END)
+                WHEN f.tgenabled = 'O' THEN format('ENABLE ALWAYS: subscription %s applies rows into the table',
+                                                   v_subscribed)
+                ELSE 'enabled' END,
+           CASE WHEN f.tgoid IS NULL THEN 'no such trigger'
+                WHEN f.changed THEN pg_get_triggerdef(f.tgoid)
+                WHEN f.tgenabled = 'D' THEN 'disabled'
+                WHEN f.tgenabled = 'R' THEN 'ENABLE REPLICA: fires only when session_replication_role = replica'
+                WHEN f.tgenabled = 'O' THEN 'enabled in the origin role: silent for the rows logical replication applies'
+                ELSE 'ENABLE ALWAYS: fires also when session_replication_role = replica' END,
+           f.purpose = 'capture' AND NOT (f.tgoid IS NOT NULL AND NOT f.changed AND f.tgenabled = 'A')
+      FROM present f
+     WHERE f.tgoid IS NULL OR f.changed
+        OR CASE WHEN v_subscribed IS NULL THEN f.tgenabled <> 'O' ELSE f.tgenabled <> 'A' END
+     ORDER BY f.relid, f.trigger_name;
+
+    -- inheritance children: rows of the table that no trigger of it captures (a partitioned table has none)
+    IF EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class cl ON cl.oid = i.inhrelid
+                WHERE i.inhparent = v_rel AND NOT cl.relispartition) THEN
+        RETURN QUERY
+        WITH RECURSIVE down(relid, parent) AS (
+            SELECT i.inhrelid, i.inhparent FROM pg_inherits i WHERE i.inhparent = v_rel
+            UNION ALL
+            SELECT i.inhrelid, i.inhparent FROM pg_inherits i JOIN down d ON i.inhparent = d.relid)
+        SELECT 'inheritance_child'::text, d.relid::regclass::text, 'no inheritance children'::text,
+               format('inherits from %s', d.parent::regclass), true
+          FROM down d JOIN pg_class cl ON cl.oid = d.relid
+         WHERE NOT cl.relispartition;
+    END IF;
+
+    -- the shape it was mapped (or saved) with
+    v_now := connect_guard.table_shape(v_rel);
+    IF m.shape IS NOT NULL THEN
+        SELECT coalesce(array_agg(coalesce(o.k, n.k)), '{}') INTO v_reported
+          FROM jsonb_each_text(m.shape -> 'columns') o(k, v) FULL JOIN jsonb_each_text(v_now -> 'columns') n(k, v) ON n.k = o.k
+         WHERE o.v IS DISTINCT FROM n.v;
+        RETURN QUERY
+        SELECT CASE WHEN n.v IS NULL THEN 'column_dropped' WHEN o.v IS NULL THEN 'column_added'
+                    ELSE 'column_type_changed' END,
+               coalesce(o.k, n.k), o.v, n.v, o.v IS NOT NULL AND n.v IS NOT NULL
+          FROM jsonb_each_text(m.shape -> 'columns') o(k, v) FULL JOIN jsonb_each_text(v_now -> 'columns') n(k, v) ON n.k = o.k
+         WHERE o.v IS DISTINCT FROM n.v
+        UNION ALL
+        SELECT 'primary_key_changed', 'primary key', coalesce(m.shape ->> 'primary_key', 'none'), v_now ->> 'primary_key', true
+         WHERE (m.shape -> 'primary_key') IS DISTINCT FROM (v_now -> 'primary_key')
+        UNION ALL
+        -- a partition renamed: the same relation under another name (nothing left the table)
+        SELECT 'partition_renamed', o.name, o.name, n.name, false
+          FROM jsonb_each_text(coalesce(m.shape -> 'partition_oids', '{}')) o(name, relid)
+          JOIN jsonb_each_text(v_now -> 'partition_oids') n(name, relid) ON n.relid = o.relid AND n.name <> o.name
+         WHERE m.shape -> 'partitions' ? o.name AND NOT v_now -> 'partitions' ? o.name
+        UNION ALL
+        SELECT 'partition_removed', gone.p, format('a partition of %s', v_rel),
+               CASE WHEN to_regclass(gone.p) IS NULL THEN 'dropped' ELSE 'detached' END, true
+          FROM (SELECT jsonb_array_elements_text(m.shape -> 'partitions')
+                EXCEPT SELECT jsonb_array_elements_text(v_now -> 'partitions')) gone(p)
+         WHERE NOT EXISTS (SELECT 1 FROM jsonb_each_text(v_now -> 'partition_oids') n(name, relid)
+                            WHERE n.relid = m.shape -> 'partition_oids' ->> gone.p);
+        FOR k IN SELECT jsonb_array_elements_text(v_now -> 'partitions')
+                 EXCEPT SELECT jsonb_array_elements_text(m.shape -> 'partitions')
+                 EXCEPT SELECT n.name FROM jsonb_each_text(v_now -> 'partition_oids') n(name, relid)
+                         WHERE EXISTS (SELECT 1 FROM jsonb_each_text(coalesce(m.shape -> 'partition_oids', '{}')) o(name, relid)
+                                        WHERE o.relid = n.relid AND m.shape -> 'partitions' ? o.name) LOOP
+            IF p_look_at_rows THEN
+                EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', k::regclass) INTO v_rows;
+            END IF;
+            RETURN QUERY SELECT 'partition_added'::text, k, 'no new partition with rows'::text,
+                                CASE WHEN NOT p_look_at_rows THEN 'not examined'
+                                     WHEN v_rows THEN 'attached with rows' ELSE 'empty' END,
+                                coalesce(v_rows, false);
+        END LOOP;
+    END IF;
+
+    -- the configuration's fields against the columns (a column already reported above is not again);
+    -- names ignore case, as Salesforce's do (Connect's columns are lower case)
+    IF jsonb_typeof(m.config -> 'fields') = 'object' THEN
+        RETURN QUERY
+        WITH cols AS (SELECT k.col, lower(k.col) AS lcol, k.col = ANY (v_reported) AS reported
+                        FROM jsonb_object_keys(v_now -> 'columns') k(col)),
+        fields AS (SELECT f AS field, connect_guard.config_field_column(f) AS lcol
+                     FROM jsonb_object_keys(m.config -> 'fields') f)
+        SELECT 'field_without_column'::text, f.field, f.lcol, NULL::text, false
+          FROM fields f
+         WHERE NOT EXISTS (SELECT 1 FROM cols x WHERE x.lcol = f.lcol)
+           AND NOT EXISTS (SELECT 1 FROM unnest(v_reported) r WHERE lower(r) = f.lcol)
+        UNION ALL
+        SELECT 'column_without_field'::text, x.col, NULL::text, connect_guard.config_field_name(x.col), false
+          FROM cols x
+         WHERE NOT x.reported AND connect_guard.config_field_name(x.col) IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM fields f WHERE f.lcol = x.lcol)
+         ORDER BY 1, 2;
+    END IF;
+END;
+$$;
+
+/*
+ * connect_guard.mapping_fingerprints: for each mapping, a digest of
+ * everything its check reads (its table's triggers, columns, key,
+ * partitions and inheritance children, the subscriptions that write into
+ * it, its shape and configuration), in
+ * one query: the worker checks again only the mappings whose digest moved.
+ */
+CREATE OR REPLACE FUNCTION connect_guard.mapping_fingerprints()
+RETURNS TABLE (mapping_id integer, fingerprint text)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN QUERY
+    SELECT m.mapping_id,
+           md5(concat_ws('|', m.shape::text, m.config::text, rel::oid::text,
+               (WITH RECURSIVE tree(relid) AS (
+                    SELECT rel::oid
+                    UNION ALL
+                    SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.relid)
+                SELECT string_agg(concat_ws(',', tr.relid, cl.relname, cl.relnamespace, cl.relkind, cl.relispartition,
+                                            (SELECT string_agg(concat_ws(':', t.oid, t.tgname, t.tgenabled, t.tgtype, t.tgfoid,
+                                                                         encode(t.tgargs, 'hex'), t.tgqual::text,
+                                                                         t.tgattr::text, t.tgconstraint), ';' ORDER BY t.tgname)
+                                               FROM pg_trigger t WHERE t.tgrelid = tr.relid)), '/' ORDER BY tr.relid)
+                  FROM tree tr JOIN pg_class cl ON cl.oid = tr.relid),
+               (SELECT string_agg(concat_ws(',', a.attname, a.atttypid, a.atttypmod), ';' ORDER BY a.attnum)
+                  FROM pg_attribute a WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped),
+               (SELECT i.indkey::text FROM pg_index i WHERE i.indrelid = rel AND i.indisprimary),
+               connect_guard.subscriptions_into(rel)))
+      FROM connect_guard.mapping m CROSS JOIN LATERAL connect_guard.mapping_relid(m) rel;
+END;
+$$;
+
+/*
+ * connect_guard.repair_triggers puts connect_guard's own triggers of
+ * mapping m back as it installs them: created again where missing or
+ * changed, enabled in the origin role where disabled, REPLICA or ALWAYS;
+ * ENABLE ALWAYS while a subscription applies rows into the table (its apply
+ * runs with session_replication_role = replica, where triggers enabled in
+ * the origin role stay silent).  Returns the triggers of others (Connect's)
+ * that are not as expected: connect_guard never touches those.
+ */
+CREATE OR REPLACE FUNCTION connect_guard.repair_triggers(c connect_guard.connection, m connect_guard.mapping)
+RETURNS text[]
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_rel regclass := connect_guard.mapping_relid(m);
+    e record;
+    r regclass;
+    t pg_trigger;
+    v_not_ours text[] := '{}';
+    v_enabled "char" := CASE WHEN connect_guard.subscriptions_into(v_rel) IS NULL THEN 'O' ELSE 'A' END;
+    v_was boolean := connect_guard.own_ddl(true);
+BEGIN
+    FOR e IN SELECT * FROM connect_guard.capture_triggers_expected(c, m) ORDER BY placement DESC LOOP
+        FOR r IN
+            SELECT v_rel WHERE e.placement = 'table'
+            UNION ALL
+            SELECT p FROM connect_guard.partitions_of(v_rel) p
+             WHERE e.placement = 'each_partition' OR (e.placement = 'table' AND e.trigger_type & 1 = 1)
+        LOOP
+            SELECT * INTO t FROM pg_trigger tg WHERE tg.tgrelid = r AND tg.tgname = e.trigger_name;
+            IF EXISTS (SELECT 1 FROM connect_guard.mapping_findings(m, false) f
+                        WHERE (f.kind LIKE 'trigger\_%' OR f.kind = 'subscription_target')
+                          AND f.object = format('%I on %s', e.trigger_name, r)) THEN
+                IF e.owned_by <> 'connect_guard' THEN
+                    v_not_ours := v_not_ours || format('%I on %s', e.trigger_name, r);
+                ELSIF t.oid IS NULL OR t.tgtype <> e.trigger_type OR t.tgfoid <> e.function_oid
+                      OR connect_guard.trigger_arguments(t) IS DISTINCT FROM e.arguments
+                      OR t.tgqual IS NOT NULL OR cardinality(t.tgattr::int2[]) > 0 THEN
+                    -- a partition's clone is put back (created again) with its table's trigger
+                    EXECUTE connect_guard.trigger_sql(e.trigger_name, e.trigger_type, e.function_oid, e.arguments,
+                                                      CASE WHEN e.placement = 'table' THEN v_rel ELSE r END);
+                END IF;
+                SELECT * INTO t FROM pg_trigger tg WHERE tg.tgrelid = r AND tg.tgname = e.trigger_name;
+                IF e.owned_by = 'connect_guard' AND t.tgenabled IS DISTINCT FROM v_enabled AND t.oid IS NOT NULL THEN
+                    EXECUTE format('ALTER TABLE %s ENABLE %s TRIGGER %I', r,
+                                   CASE v_enabled WHEN 'A' THEN 'ALWAYS' ELSE '' END, e.trigger_name);
+                END IF;
+            END IF;
+        END LOOP;
+    END LOOP;
+    PERFORM connect_guard.own_ddl(v_was);
+    RETURN v_not_ours;
+END;
+$$;
+
+/*
+ * connect_save_mapping is the way out of SCHEMA_CHANGED, as saving the
+ * mapping is in Connect's dashboard: it puts connect_guard's own capture
+ * triggers back, accepts the table's shape as it is now, and (for a
+ * connection whose configuration is its own: local, webhook) takes the
+ * table's columns as the mapping's fields.  What it cannot mend stops it,
+ * with what to do: an inheritance child, a trigger of Connect's, fields of
+ * Connect's configuration that the table lacks.  When a change may have
+ * hidden writes (needs_reload), the mapping is reloaded
+ * (connect_reload_mapping: RELOAD_TABLE, then DATA_SYNCED once the sync
+ * service has reloaded it); reload => false skips that, reload => true
+ * reloads anyway.  Returns the mapping's state.
+ */
+CREATE OR REPLACE FUNCTION connect_save_mapping(connection text, tbl regclass, reload boolean DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c connect_guard.connection;
+    m connect_guard.mapping;
+    v_not_ours text[];
+    v_left text;
+    v_needs_reload boolean;
+    v_reload boolean;
+    v_state_before text;
+    v_changes jsonb;
+    v_request bigint;
+    v_reloading boolean;
+    v_gone regclass;
+BEGIN
+    c := connect_guard.connection_for_update(connection);
+    PERFORM connect_guard.require_table(tbl);
+    m := connect_guard.mapping_of(c, tbl);
+
+    v_not_ours := connect_guard.repair_triggers(c, m);
+    IF cardinality(v_not_ours) > 0 THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('cannot save the mapping of %s: triggers that are not connect_guard''s are not as expected: %s',
+                             tbl, array_to_string(v_not_ours, ', ')),
+            DETAIL = 'connect_guard never changes the sync service''s own objects.',
+            HINT = CASE WHEN connect_guard.subscriptions_into(tbl) IS NOT NULL
+                        THEN format('Subscription %s applies rows into %s, with session_replication_role = replica: '
+                                    'ENABLE ALWAYS the trigger (ALTER TABLE %s ENABLE ALWAYS TRIGGER ...) so that they '
+                                    'are logged, or leave the table out of the subscription; then call '
+                                    'connect_save_mapping() again.', connect_guard.subscriptions_into(tbl), tbl, tbl)
+                        ELSE 'Edit and save the mapping in Heroku Connect''s dashboard, so that Connect puts its trigger back; then call connect_save_mapping() again.' END;
+    END IF;
+
+    -- a connection that owns its configuration takes the table's columns as fields
+    IF c.adapter <> 'heroku' OR m.config_source IS DISTINCT FROM 'connect' THEN
+        UPDATE connect_guard.mapping mp
+           SET config = (SELECT (coalesce(mp.config, connect_guard.config_of_columns('{}')) - 'indexes' - 'upsert_field')
+                                || jsonb_build_object('fields', d.fields)
+                                -- indexes and the upsert field of fields that are gone go with them
+                                || jsonb_build_object('indexes', coalesce(
+                                       (SELECT jsonb_object_agg(i.key, i.value) FROM jsonb_each(mp.config -> 'indexes') i
+                                         WHERE i.key = 'Id' OR EXISTS (SELECT 1 FROM jsonb_object_keys(d.fields) f
+                                                                        WHERE lower(f) = lower(i.key))),
+                                       '{"Id": {"unique": true}}'))
+                                || coalesce((SELECT jsonb_build_object('upsert_field', mp.config -> 'upsert_field')
+                                               WHERE EXISTS (SELECT 1 FROM jsonb_object_keys(d.fields) f
+                                                              WHERE lower(f) = lower(mp.config ->> 'upsert_field'))), '{}')
+                           FROM (SELECT connect_guard.config_fields_for(mp.config, connect_guard.table_columns(tbl)) AS fields) d),
+               config_at = clock_timestamp()
+         WHERE mp.mapping_id = m.mapping_id;
+    END IF;
+    -- a partition that left the table keeps no truncate watch of ours
+    PERFORM connect_guard.own_ddl(true);
+    FOR v_gone IN SELECT to_regclass(p) FROM jsonb_array_elements_text(m.shape -> 'partitions') p
+                   WHERE p <> ALL (SELECT x::text FROM connect_guard.partitions_of(tbl) x) LOOP
+        IF v_gone IS NOT NULL AND NOT (SELECT relispartition FROM pg_class WHERE oid = v_gone) THEN
+            EXECUTE format('DROP TRIGGER IF EXISTS _connect_guard_truncate_watch ON %s', v_gone);
+        END IF;
+    END LOOP;
+    PERFORM connect_guard.own_ddl(false);
+    UPDATE connect_guard.mapping mp SET shape = connect_guard.table_shape(tbl) WHERE mp.mapping_id = m.mapping_id
+    RETURNING * INTO m;
+
+    -- what is left cannot be accepted
+    SELECT string_agg(connect_guard.schema_change_text(f.kind, f.object, f.expected, f.actual), '; ') INTO v_left
+      FROM connect_guard.mapping_findings(m) f;
+    IF v_left IS NOT NULL THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('cannot save the mapping of %s: %s', tbl, v_left),
+            DETAIL = 'Nothing was changed.',
+            HINT = CASE WHEN v_left LIKE '%inheritance_child%'
+                        THEN format('Move the child''s rows into %s and detach it (ALTER TABLE child NO INHERIT %s), then save again.', tbl, tbl)
+                        ELSE 'The fields are Connect''s: edit the mapping in Heroku Connect (or change the table) so that they match, fetch its configuration again (connect_export_config(), connect_wait_config()), then save again.' END;
+    END IF;
+
+    SELECT coalesce(bool_or(s.needs_reload), false), min(s.state_before),
+           coalesce(jsonb_agg(jsonb_build_object('kind', s.kind, 'object', s.object, 'needs_reload', s.needs_reload)
+                              ORDER BY s.schema_change_id), '[]')
+      INTO v_needs_reload, v_state_before, v_changes
+      FROM connect_guard.schema_change s WHERE s.mapping_id = m.mapping_id AND s.resolved_at IS NULL;
+    v_reload := coalesce(reload, v_needs_reload);
+    v_reloading := EXISTS (SELECT 1 FROM connect_guard.request r
+                            WHERE r.mapping_id = m.mapping_id AND r.action = 'reload' AND r.status = 'pending');
+    UPDATE connect_guard.schema_change s
+       SET resolved_at = clock_timestamp(),
+           resolution = format('saved by %s%s', session_user,
+                               CASE WHEN v_reload THEN ', reloaded'
+                                    WHEN v_needs_reload THEN ', without the reload it needed' ELSE '' END)
+     WHERE s.mapping_id = m.mapping_id AND s.resolved_at IS NULL;
+    INSERT INTO connect_guard.mapping_verified (mapping_id, verified_at) VALUES (m.mapping_id, clock_timestamp())
+    ON CONFLICT (mapping_id) DO UPDATE SET verified_at = excluded.verified_at;
+
+    IF v_reload AND NOT v_reloading THEN
+        v_request := @extschema@.connect_reload_mapping(c.name, tbl);
+    ELSIF m.state = 'SCHEMA_CHANGED' THEN
+        PERFORM connect_guard.mappings_goto(c.connection_id, ARRAY[m.mapping_id],
+                                            CASE WHEN v_reloading THEN 'RELOAD_TABLE'
+                                                 ELSE coalesce(v_state_before, 'DATA_SYNCED') END,
+                                            ARRAY['SCHEMA_CHANGED']);
+    END IF;
+    PERFORM connect_guard.log_event(c.connection_id, 'mapping_saved', jsonb_build_object(
+        'table', format('%I.%I', m.table_schema, m.table_name), 'object_name', m.object_name,
+        'resolved', v_changes, 'needed_reload', v_needs_reload, 'reload', v_reload OR v_reloading,
+        'request_id', v_request));
+    IF v_needs_reload AND NOT v_reload THEN
+        RAISE WARNING USING
+            MESSAGE = format('the mapping of %s is saved without the reload it needed', tbl),
+            DETAIL = 'Writes may have reached the table without a log entry; the sync service''s copy may differ from it.',
+            HINT = format('Reload it when you can: SELECT connect_reload_mapping(%L, %L).', c.name, tbl::text);
+    END IF;
+    RETURN (SELECT mp.state FROM connect_guard.mapping mp WHERE mp.mapping_id = m.mapping_id);
+END;
+$$;
+
+/*
+ * connect_guard.subscription_unlogged: the triggers of the mapped tables
+ * subscription p_subid writes into that would not fire for its rows, as
+ * "trigger on table" separated by commas ('' for none).  SECURITY DEFINER:
+ * the subscription's owner need not read connect_guard's catalog.  A
+ * failure of the check itself is a WARNING (the worker's cycle looks
+ * again), never the failure of the command.
+ */
+CREATE FUNCTION connect_guard.subscription_unlogged(p_subid oid)
+RETURNS text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_unlogged text;
+    v_message text;
+BEGIN
+    IF to_regclass('connect_guard.mapping') IS NULL THEN
+        RETURN '';
+    END IF;
+    BEGIN
+        SELECT string_agg(DISTINCT f.object, ', ') INTO v_unlogged
+          FROM connect_guard.mapping m
+         CROSS JOIN LATERAL connect_guard.mapping_findings(m, false) f
+         WHERE m.mapping_id = ANY (connect_guard.mappings_of_relations(
+                   ARRAY(SELECT sr.srrelid FROM pg_subscription_rel sr WHERE sr.srsubid = p_subid)))
+           AND f.kind IN ('subscription_target', 'trigger_disabled', 'trigger_missing');
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT;
+        RAISE WARNING USING
+            MESSAGE = format('connect_guard could not check the tables of subscription %s: %s', p_subid, v_message),
+            HINT = 'The command went through; the connect_guard worker checks the mapped tables on its next cycle.';
+        RETURN '';
+    END;
+    RETURN coalesce(v_unlogged, '');
+END;
+$$;
+
+-- the event trigger's function (subscription_watch.c)
+CREATE FUNCTION connect_guard.on_subscription_change()
+RETURNS event_trigger
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'connect_guard_subscription_watch';
+
+CREATE EVENT TRIGGER connect_guard_subscription_watch ON ddl_command_end
+    WHEN TAG IN ('CREATE SUBSCRIPTION', 'ALTER SUBSCRIPTION')
+    EXECUTE FUNCTION connect_guard.on_subscription_change();
+-- also in sessions with session_replication_role = replica
+ALTER EVENT TRIGGER connect_guard_subscription_watch ENABLE ALWAYS;
+
+REVOKE ALL ON FUNCTION connect_guard.subscriptions_into(regclass),
+                       connect_guard.subscription_unlogged(oid),
+                       connect_guard.on_subscription_change()
+    FROM PUBLIC;

@@ -24,6 +24,7 @@
 
 #include "access/transam.h"
 #include "datatype/timestamp.h"
+#include "nodes/parsenodes.h"
 #include "nodes/pg_list.h"
 #include "nodes/primnodes.h"
 #include "port/atomics.h"
@@ -156,6 +157,7 @@ extern void fence_check_large_object_drop(void);
 extern void fence_ddl_init(void);
 extern char *fence_mapped_by(Oid relid);
 extern char *fence_schema_mapped_tables(const char *schema);
+extern List *fence_truncate_targets(TruncateStmt *stmt);
 
 /* fence_gate.c */
 extern bool fence_gate_passed;

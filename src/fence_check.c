@@ -19,7 +19,8 @@
  * functions into a catalog: the calls of those functions are checked.
  *
  * Cost: with no fence up and this database's write gate passed
- * (fence_gate.c), one unlocked atomic read and one flag per statement.
+ * (fence_gate.c), one unlocked atomic read, one flag and one comparison
+ * (session_replication_role, replica_writes.c) per statement.
  * With a fence up, each backend keeps a sorted copy of its database's
  * fenced relation OIDs, rebuilt only when the shared generation counter
  * moves, and a cache of verdicts per relation (reset when the copy is
@@ -37,6 +38,8 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_inherits.h"
+#include "catalog/pg_trigger.h"
+#include "commands/trigger.h"
 #include "executor/executor.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -53,6 +56,7 @@
 
 #include "catalog_names.h"
 #include "fence.h"
+#include "replica_writes.h"
 
 static ExecutorStart_hook_type prev_ExecutorStart = NULL;
 
@@ -530,6 +534,10 @@ check_result_relations(QueryDesc *queryDesc)
 			fence_gate_check(relid, operation);
 		if (pg_atomic_read_u32(&fence_state->nactive) > 0 && write_hit(relid, &hit))
 			fence_report(relid, operation, &hit);
+		/* a write the capture trigger would not see (replica_writes.c) */
+		if (SessionReplicationRole == SESSION_REPLICATION_ROLE_REPLICA)
+			replica_check_write(relid, TRIGGER_TYPE_INSERT | TRIGGER_TYPE_UPDATE | TRIGGER_TYPE_DELETE,
+								operation, RowExclusiveLock);
 	}
 }
 
@@ -537,12 +545,14 @@ check_result_relations(QueryDesc *queryDesc)
  * fence_ExecutorStart checks every result relation of the plan: this is
  * where plain, prepared, PL/pgSQL, trigger and foreign-key-action writes all
  * pass.  pg_upgrade's restore must pass, and a copied fence file must
- * survive it.
+ * survive it.  A session with session_replication_role = replica is checked
+ * too (replica_writes.c): in the origin role that costs one comparison.
  */
 static void
 fence_ExecutorStart(QueryDesc *queryDesc, int eflags)
 {
-	if (unlikely(!fence_gate_passed || pg_atomic_read_u32(&fence_state->nactive) > 0) &&
+	if (unlikely(!fence_gate_passed || pg_atomic_read_u32(&fence_state->nactive) > 0 ||
+				 SessionReplicationRole == SESSION_REPLICATION_ROLE_REPLICA) &&
 		queryDesc->plannedstmt->resultRelations != NIL && !IsBinaryUpgrade &&
 		!(eflags & EXEC_FLAG_EXPLAIN_ONLY))
 		check_result_relations(queryDesc);

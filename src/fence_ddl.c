@@ -16,7 +16,8 @@
  * INHERIT): what fence_check.c works out from the inheritance tree then
  * stays true while the fence is up.  Under a database-wide fence, new
  * permanent tables may not be filled either (CREATE TABLE AS, SELECT INTO,
- * materialized views).
+ * materialized views).  In a session with session_replication_role =
+ * replica, COPY FROM and TRUNCATE are checked as replica_writes.c says.
  *
  * Mappings name their tables (schema and name, as the trigger log records
  * them: names survive pg_dump and pg_upgrade, OIDs do not).  A rename, a
@@ -50,7 +51,9 @@
 #include "catalog/pg_extension.h"
 #include "catalog/pg_inherits.h"
 #include "catalog/pg_largeobject.h"
+#include "catalog/pg_trigger.h"
 #include "commands/extension.h"
+#include "commands/trigger.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
@@ -63,6 +66,7 @@
 
 #include "catalog_names.h"
 #include "fence.h"
+#include "replica_writes.h"
 
 static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 static object_access_hook_type prev_object_access_hook = NULL;
@@ -375,12 +379,12 @@ reach_of_insert(Oid relid)
 }
 
 /*
- * check_truncate covers what a TRUNCATE empties: the named tables, their
- * children and partitions unless ONLY, and with CASCADE every table that
- * references one of those, as ExecuteTruncate works it out.
+ * fence_truncate_targets lists what a TRUNCATE empties: the named tables,
+ * their children and partitions unless ONLY, and with CASCADE every table
+ * that references one of those, as ExecuteTruncate works it out.
  */
-static void
-check_truncate(TruncateStmt *stmt)
+List *
+fence_truncate_targets(TruncateStmt *stmt)
 {
 	List	   *relids = NIL;
 	ListCell   *lc;
@@ -408,8 +412,36 @@ check_truncate(TruncateStmt *stmt)
 			relids = list_concat(relids, more);
 		}
 	}
-	foreach(lc, relids)
+	return relids;
+}
+
+static void
+check_truncate(TruncateStmt *stmt)
+{
+	ListCell   *lc;
+
+	foreach(lc, fence_truncate_targets(stmt))
 		fence_check_relation(lfirst_oid(lc), "TRUNCATE", 0);
+}
+
+/*
+ * replica_check_utility: the writes without an executor (COPY FROM,
+ * TRUNCATE) that session_replication_role = replica would hide from the
+ * log (replica_writes.c).
+ */
+static pg_noinline void
+replica_check_utility(Node *stmt)
+{
+	ListCell   *lc;
+
+	if (IsA(stmt, CopyStmt) && ((CopyStmt *) stmt)->is_from && ((CopyStmt *) stmt)->relation)
+		replica_check_write(relid_of(((CopyStmt *) stmt)->relation), TRIGGER_TYPE_INSERT, "COPY into",
+							RowExclusiveLock);
+	else if (IsA(stmt, TruncateStmt))
+	{
+		foreach(lc, fence_truncate_targets((TruncateStmt *) stmt))
+			replica_check_write(lfirst_oid(lc), TRIGGER_TYPE_TRUNCATE, "TRUNCATE", AccessExclusiveLock);
+	}
 }
 
 /*
@@ -583,6 +615,8 @@ fence_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 		refuse_renaming_mapped(stmt);
 		if (!fence_gate_passed || pg_atomic_read_u32(&fence_state->nactive) > 0)
 			fence_check_utility(stmt);
+		if (unlikely(SessionReplicationRole == SESSION_REPLICATION_ROLE_REPLICA))
+			replica_check_utility(stmt);
 	}
 
 	if (prev_ProcessUtility)

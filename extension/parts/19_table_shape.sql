@@ -129,7 +129,9 @@ AS $$ SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I', m.table_schema, m
  *                pg_get_triggerdef() prints it, must match; NULL for none
  *   owned_by     'connect_guard': connect_save_mapping() may create it
  *                again; anything else is another's, never touched
- * Every trigger must fire in the origin role (tgenabled 'O').  A
+ * Every trigger must fire in the origin role (tgenabled 'O'), and ALWAYS
+ * ('A') while a subscription applies rows into the table (its apply runs
+ * with session_replication_role = replica: 19_table_shape_changes.sql).  A
  * connection that adopted a Connect-managed schema (its log is Connect's,
  * 15_log_sources.sql) expects Connect's logger trigger instead, owned by
  * Connect; another kind of log adds its own rows here, the only place that

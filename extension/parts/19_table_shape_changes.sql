@@ -28,6 +28,11 @@
  *   partition_removed       detached or dropped, with its rows               reload
  *   partition_renamed       the same partition under another name: taken in, never recorded
  *   partition_truncated     TRUNCATE of one partition (the truncate watch)   reload
+ *   subscription_target     a subscription of this database applies rows
+ *                           into it (logical replication's apply runs with
+ *                           session_replication_role = replica) and its
+ *                           trigger fires only in the origin role: expected
+ *                           ENABLE ALWAYS, which is then no trigger_always    reload (capture)
  *   field_without_column    the configuration's field has no column          -
  *   column_without_field    a column no field of the configuration names     -
  *
@@ -69,6 +74,23 @@ AS $$
 $$;
 
 /*
+ * connect_guard.subscriptions_into: the subscriptions of this database
+ * (pg_subscription_rel is per database) that apply rows into p_rel or one
+ * of its partitions, by name, or NULL.  Their apply workers run with
+ * session_replication_role = replica: only triggers enabled REPLICA or
+ * ALWAYS fire for the rows they write.
+ */
+CREATE FUNCTION connect_guard.subscriptions_into(p_rel regclass)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT string_agg(DISTINCT quote_ident(s.subname), ', ')
+      FROM pg_subscription_rel sr JOIN pg_subscription s ON s.oid = sr.srsubid
+     WHERE sr.srrelid IN (SELECT p_rel UNION ALL SELECT p FROM connect_guard.partitions_of(p_rel) p)
+$$;
+
+/*
  * connect_guard.mapping_findings: what differs now between mapping m's
  * table and what the mapping expects (see the kinds above).  With
  * p_look_at_rows false, partitions added are not read (whether they hold
@@ -85,6 +107,7 @@ DECLARE
     v_now jsonb;
     v_rows boolean;
     v_reported text[] := '{}';
+    v_subscribed text;
     k text;
 BEGIN
     IF v_rel IS NULL THEN
@@ -93,6 +116,8 @@ BEGIN
         RETURN;
     END IF;
     SELECT * INTO c FROM connect_guard.connection cn WHERE cn.connection_id = m.connection_id;
+    -- a table that logical replication writes into needs its triggers ENABLE ALWAYS
+    v_subscribed := connect_guard.subscriptions_into(v_rel);
 
     -- the triggers that capture its writes (and watch its partitions), on it and on its partitions
     RETURN QUERY
@@ -117,20 +142,25 @@ BEGIN
           FROM targets x LEFT JOIN pg_trigger t ON t.tgrelid = x.relid AND t.tgname = x.trigger_name)
     SELECT CASE WHEN f.tgoid IS NULL THEN 'trigger_missing' WHEN f.changed THEN 'trigger_changed'
                 WHEN f.tgenabled = 'D' THEN 'trigger_disabled' WHEN f.tgenabled = 'R' THEN 'trigger_replica_only'
+                WHEN f.tgenabled = 'O' THEN 'subscription_target'
                 ELSE 'trigger_always' END,
            format('%I on %s', f.trigger_name, f.relid::regclass),
            CASE WHEN f.tgoid IS NULL THEN f.purpose || ' trigger'
                 WHEN f.changed THEN format('%s trigger as %s defines it', f.purpose,
                                            CASE f.owned_by WHEN 'connect' THEN 'Heroku Connect' ELSE f.owned_by END)
+                WHEN f.tgenabled = 'O' THEN format('ENABLE ALWAYS: subscription %s applies rows into the table',
+                                                   v_subscribed)
                 ELSE 'enabled' END,
            CASE WHEN f.tgoid IS NULL THEN 'no such trigger'
                 WHEN f.changed THEN pg_get_triggerdef(f.tgoid)
                 WHEN f.tgenabled = 'D' THEN 'disabled'
                 WHEN f.tgenabled = 'R' THEN 'ENABLE REPLICA: fires only when session_replication_role = replica'
+                WHEN f.tgenabled = 'O' THEN 'enabled in the origin role: silent for the rows logical replication applies'
                 ELSE 'ENABLE ALWAYS: fires also when session_replication_role = replica' END,
            f.purpose = 'capture' AND NOT (f.tgoid IS NOT NULL AND NOT f.changed AND f.tgenabled = 'A')
       FROM present f
-     WHERE f.tgoid IS NULL OR f.changed OR f.tgenabled <> 'O'
+     WHERE f.tgoid IS NULL OR f.changed
+        OR CASE WHEN v_subscribed IS NULL THEN f.tgenabled <> 'O' ELSE f.tgenabled <> 'A' END
      ORDER BY f.relid, f.trigger_name;
 
     -- inheritance children: rows of the table that no trigger of it captures (a partitioned table has none)
@@ -386,7 +416,8 @@ $$;
 /*
  * connect_guard.mapping_fingerprints: for each mapping, a digest of
  * everything its check reads (its table's triggers, columns, key,
- * partitions and inheritance children, its shape and configuration), in
+ * partitions and inheritance children, the subscriptions that write into
+ * it, its shape and configuration), in
  * one query: the worker checks again only the mappings whose digest moved.
  */
 CREATE FUNCTION connect_guard.mapping_fingerprints()
@@ -410,7 +441,8 @@ BEGIN
                   FROM tree tr JOIN pg_class cl ON cl.oid = tr.relid),
                (SELECT string_agg(concat_ws(',', a.attname, a.atttypid, a.atttypmod), ';' ORDER BY a.attnum)
                   FROM pg_attribute a WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped),
-               (SELECT i.indkey::text FROM pg_index i WHERE i.indrelid = rel AND i.indisprimary)))
+               (SELECT i.indkey::text FROM pg_index i WHERE i.indrelid = rel AND i.indisprimary),
+               connect_guard.subscriptions_into(rel)))
       FROM connect_guard.mapping m CROSS JOIN LATERAL connect_guard.mapping_relid(m) rel;
 END;
 $$;

@@ -225,9 +225,11 @@ $$;
 /*
  * connect_guard.repair_triggers puts connect_guard's own triggers of
  * mapping m back as it installs them: created again where missing or
- * changed, enabled in the origin role where disabled, REPLICA or ALWAYS.
- * Returns the triggers of others (Connect's) that are not as expected:
- * connect_guard never touches those.
+ * changed, enabled in the origin role where disabled, REPLICA or ALWAYS;
+ * ENABLE ALWAYS while a subscription applies rows into the table (its apply
+ * runs with session_replication_role = replica, where triggers enabled in
+ * the origin role stay silent).  Returns the triggers of others (Connect's)
+ * that are not as expected: connect_guard never touches those.
  */
 CREATE FUNCTION connect_guard.repair_triggers(c connect_guard.connection, m connect_guard.mapping)
 RETURNS text[]
@@ -240,6 +242,7 @@ DECLARE
     r regclass;
     t pg_trigger;
     v_not_ours text[] := '{}';
+    v_enabled "char" := CASE WHEN connect_guard.subscriptions_into(v_rel) IS NULL THEN 'O' ELSE 'A' END;
     v_was boolean := connect_guard.own_ddl(true);
 BEGIN
     FOR e IN SELECT * FROM connect_guard.capture_triggers_expected(c, m) ORDER BY placement DESC LOOP
@@ -251,7 +254,8 @@ BEGIN
         LOOP
             SELECT * INTO t FROM pg_trigger tg WHERE tg.tgrelid = r AND tg.tgname = e.trigger_name;
             IF EXISTS (SELECT 1 FROM connect_guard.mapping_findings(m, false) f
-                        WHERE f.kind LIKE 'trigger\_%' AND f.object = format('%I on %s', e.trigger_name, r)) THEN
+                        WHERE (f.kind LIKE 'trigger\_%' OR f.kind = 'subscription_target')
+                          AND f.object = format('%I on %s', e.trigger_name, r)) THEN
                 IF e.owned_by <> 'connect_guard' THEN
                     v_not_ours := v_not_ours || format('%I on %s', e.trigger_name, r);
                 ELSIF t.oid IS NULL OR t.tgtype <> e.trigger_type OR t.tgfoid <> e.function_oid
@@ -262,8 +266,9 @@ BEGIN
                                                       CASE WHEN e.placement = 'table' THEN v_rel ELSE r END);
                 END IF;
                 SELECT * INTO t FROM pg_trigger tg WHERE tg.tgrelid = r AND tg.tgname = e.trigger_name;
-                IF e.owned_by = 'connect_guard' AND t.tgenabled IS DISTINCT FROM 'O' AND t.oid IS NOT NULL THEN
-                    EXECUTE format('ALTER TABLE %s ENABLE TRIGGER %I', r, e.trigger_name);
+                IF e.owned_by = 'connect_guard' AND t.tgenabled IS DISTINCT FROM v_enabled AND t.oid IS NOT NULL THEN
+                    EXECUTE format('ALTER TABLE %s ENABLE %s TRIGGER %I', r,
+                                   CASE v_enabled WHEN 'A' THEN 'ALWAYS' ELSE '' END, e.trigger_name);
                 END IF;
             END IF;
         END LOOP;
@@ -315,7 +320,12 @@ BEGIN
             MESSAGE = format('cannot save the mapping of %s: triggers that are not connect_guard''s are not as expected: %s',
                              tbl, array_to_string(v_not_ours, ', ')),
             DETAIL = 'connect_guard never changes the sync service''s own objects.',
-            HINT = 'Edit and save the mapping in Heroku Connect''s dashboard, so that Connect puts its trigger back; then call connect_save_mapping() again.';
+            HINT = CASE WHEN connect_guard.subscriptions_into(tbl) IS NOT NULL
+                        THEN format('Subscription %s applies rows into %s, with session_replication_role = replica: '
+                                    'ENABLE ALWAYS the trigger (ALTER TABLE %s ENABLE ALWAYS TRIGGER ...) so that they '
+                                    'are logged, or leave the table out of the subscription; then call '
+                                    'connect_save_mapping() again.', connect_guard.subscriptions_into(tbl), tbl, tbl)
+                        ELSE 'Edit and save the mapping in Heroku Connect''s dashboard, so that Connect puts its trigger back; then call connect_save_mapping() again.' END;
     END IF;
 
     -- a connection that owns its configuration takes the table's columns as fields

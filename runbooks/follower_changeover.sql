@@ -58,8 +58,7 @@ SELECT pg_temp.runbook_require(:'promote' ~* '^(on|off|true|false|yes|no|1|0)$',
     format('promote must be on or off, not %s', :'promote'), 'For example -v promote=on.') \gset
 SELECT pg_temp.runbook_require(:'max_lag' ~ '^[0-9]+$',
     format('max_lag must be a number of bytes, not %s', :'max_lag'), 'For example -v max_lag=16777216 (16 MB).') \gset
-SELECT pg_temp.runbook_require(:'step_timeout' ~ '^[ 0-9a-z.]+$' AND :'wait_timeout' ~ '^[ 0-9a-z.]+$',
-    'step_timeout and wait_timeout must be intervals', 'For example -v wait_timeout=''1 hour''.') \gset
+SELECT pg_temp.runbook_require_plan_timeouts(:'step_timeout', :'wait_timeout') \gset
 SELECT pg_temp.runbook_require_worker() \gset
 
 \if :{?plan}
@@ -136,17 +135,9 @@ SELECT pg_temp.runbook_require_worker() \gset
 
 \echo
 \echo '== step 3: wait until plan' :plan 'is ready (every connection paused, this database and the follower fenced, the follower past the fence)'
-\set ON_ERROR_STOP off
-SELECT connect_wait_upgrade(:'plan', 'ready', :'wait_timeout'::interval) AS reached \gset
-\set ON_ERROR_STOP on
-\if :ERROR
-    \echo
-    \echo '== plan' :plan 'did not become ready:'
-    SELECT plan, method, status, step, step_since, follower_lag_bytes, last_error FROM connect_upgrade_status WHERE plan::text = :'plan';
-    SELECT step, started_at, duration, detail FROM connect_upgrade_timeline(:'plan');
-    SELECT pg_temp.runbook_require(false, :'LAST_ERROR_MESSAGE',
-        format('If it still runs, wait again with -v plan=%s. To go back: SELECT connect_abort_upgrade(%s) lowers the fences (the follower''s too) and resumes the connections.', :'plan', :'plan')) \gset
-\endif
+\set wait_for ready
+\set wait_failed_todo 'If it still runs, wait again with -v plan=%1$s. To go back: SELECT connect_abort_upgrade(%1$s) lowers the fences (the follower''s too) and resumes the connections.'
+\ir wait_for_plan.psql
 
 \echo
 \echo '== plan' :plan 'timeline'
@@ -178,15 +169,10 @@ SELECT connection, state, paused_because, fenced, fenced_because FROM connect_st
     SET application_name = 'connect_guard runbook follower_changeover';
     -- a new session: the helpers again
     \ir common.psql
-    \set ON_ERROR_STOP off
-    SELECT connect_wait_upgrade(:'plan', 'completed', :'wait_timeout'::interval) AS reached \gset
-    \set ON_ERROR_STOP on
-    \if :ERROR
-        SELECT plan, status, step, last_error FROM connect_upgrade_status WHERE plan::text = :'plan';
-        SELECT step, started_at, duration, detail FROM connect_upgrade_timeline(:'plan');
-        SELECT pg_temp.runbook_require(false, 'the new primary did not complete the plan: ' || :'LAST_ERROR_MESSAGE',
-            'Its fence stays up (connect_fences). Fix the cause shown in last_error; SELECT connect_unfence() and connect_resume() there end the window by hand.') \gset
-    \endif
+    \set wait_for completed
+    \set wait_failed_why 'the new primary did not complete the plan: '
+    \set wait_failed_todo 'Its fence stays up (connect_fences). Fix the cause shown in last_error; SELECT connect_unfence() and connect_resume() there end the window by hand.'
+    \ir wait_for_plan.psql
     -- the new primary has the follower's registration too (it came through WAL): it is itself now
     SELECT count(*) AS followers_removed
       FROM (SELECT connect_remove_follower(name) FROM connect_follower_lag

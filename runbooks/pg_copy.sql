@@ -47,15 +47,13 @@
 SET application_name = 'connect_guard runbook pg_copy';
 
 \echo '== pg_copy (phase' :phase'): preconditions'
-SELECT pg_temp.runbook_require(:'phase' IN ('prepare', 'complete'),
-    format('unknown phase %s', :'phase'),
+SELECT pg_temp.runbook_require_phase(:'phase', '{prepare,complete}',
     'Pass -v phase=prepare on the old database, then -v phase=complete on the new one.') \gset
 SELECT pg_temp.runbook_require_primary(
     CASE :'phase' WHEN 'prepare' THEN 'Connect to the database that holds the connections (psql -d ...).'
          ELSE 'Connect to the new database after pg_restore (the dump creates the extension and its catalog).' END,
     'Run the runbook on a primary.') \gset
-SELECT pg_temp.runbook_require(:'step_timeout' ~ '^[ 0-9a-z.]+$' AND :'wait_timeout' ~ '^[ 0-9a-z.]+$',
-    'step_timeout and wait_timeout must be intervals', 'For example -v wait_timeout=''1 hour''.') \gset
+SELECT pg_temp.runbook_require_plan_timeouts(:'step_timeout', :'wait_timeout') \gset
 
 SELECT :'phase' = 'prepare' AS preparing \gset
 \if :preparing
@@ -82,18 +80,9 @@ SELECT :'phase' = 'prepare' AS preparing \gset
     \echo '   plan' :plan 'prepared'
 
     \echo '== step 2: wait until plan' :plan 'is ready (the database fenced, the trigger log drained, every connection paused)'
-    \set ON_ERROR_STOP off
-    SELECT connect_wait_upgrade(:'plan', 'ready', :'wait_timeout'::interval) AS reached \gset
-    \set ON_ERROR_STOP on
-    \if :ERROR
-        \echo
-        \echo '== plan' :plan 'did not become ready:'
-        SELECT plan, method, status, step, step_since, last_error FROM connect_upgrade_status WHERE plan::text = :'plan';
-        SELECT step, started_at, duration, detail FROM connect_upgrade_timeline(:'plan');
-        SELECT connection, state, backlog, open_batch FROM connect_status ORDER BY connection;
-        SELECT pg_temp.runbook_require(false, :'LAST_ERROR_MESSAGE',
-            format('Do not copy. SELECT connect_abort_upgrade(%s) lowers the fence and resumes the connections; let the sync service drain (or raise step_timeout) and start again.', :'plan')) \gset
-    \endif
+    \set wait_for ready
+    \set wait_failed_todo 'Do not copy. SELECT connect_abort_upgrade(%1$s) lowers the fence and resumes the connections; let the sync service drain (or raise step_timeout) and start again.'
+    \ir wait_for_plan.psql
 
     \echo
     \echo '== plan' :plan 'timeline'

@@ -50,12 +50,10 @@
 SET application_name = 'connect_guard runbook pg_upgrade';
 
 \echo '== pg_upgrade (phase' :phase'): preconditions'
-SELECT pg_temp.runbook_require(:'phase' IN ('prepare', 'verify'),
-    format('unknown phase %s', :'phase'),
+SELECT pg_temp.runbook_require_phase(:'phase', '{prepare,verify}',
     'Pass -v phase=prepare on the old cluster, then -v phase=verify on the upgraded one.') \gset
 SELECT pg_temp.runbook_require_primary() \gset
-SELECT pg_temp.runbook_require(:'step_timeout' ~ '^[ 0-9a-z.]+$' AND :'wait_timeout' ~ '^[ 0-9a-z.]+$',
-    'step_timeout and wait_timeout must be intervals', 'For example -v wait_timeout=''1 hour''.') \gset
+SELECT pg_temp.runbook_require_plan_timeouts(:'step_timeout', :'wait_timeout') \gset
 SELECT pg_temp.runbook_require_worker(
     CASE :'phase' WHEN 'prepare'
          THEN 'connect_guard is not in shared_preload_libraries: no worker drives the plan and no fence can be raised'
@@ -106,17 +104,9 @@ SELECT :'phase' = 'prepare' AS preparing \gset
     \echo '   plan' :plan 'prepared'
 
     \echo '== step 2: wait until plan' :plan 'is ready (every connection paused, the database fenced)'
-    \set ON_ERROR_STOP off
-    SELECT connect_wait_upgrade(:'plan', 'ready', :'wait_timeout'::interval) AS reached \gset
-    \set ON_ERROR_STOP on
-    \if :ERROR
-        \echo
-        \echo '== plan' :plan 'did not become ready:'
-        SELECT plan, method, status, step, step_since, last_error FROM connect_upgrade_status WHERE plan::text = :'plan';
-        SELECT step, started_at, duration, detail FROM connect_upgrade_timeline(:'plan');
-        SELECT pg_temp.runbook_require(false, :'LAST_ERROR_MESSAGE',
-            format('Do not run pg_upgrade. SELECT connect_abort_upgrade(%s) lowers the fence and resumes the connections; fix the cause (an open batch, writers that do not finish) and start again.', :'plan')) \gset
-    \endif
+    \set wait_for ready
+    \set wait_failed_todo 'Do not run pg_upgrade. SELECT connect_abort_upgrade(%1$s) lowers the fence and resumes the connections; fix the cause (an open batch, writers that do not finish) and start again.'
+    \ir wait_for_plan.psql
 
     \echo
     \echo '== plan' :plan 'timeline'
@@ -181,15 +171,10 @@ SELECT :'phase' = 'prepare' AS preparing \gset
 
     \echo
     \echo '== step 1: wait until the worker of this cluster has completed plan' :plan '(log and high-water marks checked, fence lowered, connections resumed)'
-    \set ON_ERROR_STOP off
-    SELECT connect_wait_upgrade(:'plan', 'completed', :'wait_timeout'::interval) AS reached \gset
-    \set ON_ERROR_STOP on
-    \if :ERROR
-        SELECT plan, status, step, last_error FROM connect_upgrade_status WHERE plan::text = :'plan';
-        SELECT step, started_at, duration, detail FROM connect_upgrade_timeline(:'plan');
-        SELECT pg_temp.runbook_require(false, 'the upgraded cluster did not complete the plan: ' || :'LAST_ERROR_MESSAGE',
-            'The fence stays up (connect_fences). Fix the cause in last_error; SELECT connect_unfence() and connect_resume(connection) end the window by hand.') \gset
-    \endif
+    \set wait_for completed
+    \set wait_failed_why 'the upgraded cluster did not complete the plan: '
+    \set wait_failed_todo 'The fence stays up (connect_fences). Fix the cause in last_error; SELECT connect_unfence() and connect_resume(connection) end the window by hand.'
+    \ir wait_for_plan.psql
 
     \echo
     \echo '== plan' :plan 'timeline'

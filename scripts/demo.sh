@@ -16,24 +16,12 @@
 # (scripts/demo_adopted.sh).
 if [ "${1:-}" = --adopted ]; then exec bash "$(dirname "$0")/demo_adopted.sh"; fi
 source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/demo_lib.sh"
 
 install_packages
 build_and_install
 
-work=$(scratch_dir demo)
-cleanup() {
-    [ -n "${sim_pid:-}" ] && kill "$sim_pid" 2>/dev/null
-    for c in primary follower salesforce; do cluster_stop "$work/$c" immediate; done
-    [ -n "${KEEP:-}" ] || rm -rf "$work"
-}
-trap cleanup EXIT
-for c in primary follower salesforce; do as_run_user mkdir "$work/$c"; done
-
-p_port=$(free_port 5470); f_port=$(free_port $((p_port + 1))); s_port=$(free_port $((f_port + 1)))
-primary="host=$work/primary port=$p_port dbname=app user=postgres"
-follower="host=$work/follower port=$f_port dbname=app user=postgres"
-mirror="host=$work/salesforce port=$s_port dbname=salesforce user=postgres"
-psql_at() { local conninfo=$1; shift; as_run_user psql "$conninfo" -X -q -v ON_ERROR_STOP=1 "$@"; }
+demo_clusters demo 5470
 
 log "1. a primary with the extension, a streaming follower, and the simulator's mirror"
 # the follower inherits the settings, and with them the rollback witness's
@@ -52,9 +40,7 @@ SELECT connect_create_connection('sync');
 SELECT connect_map_table('sync', 'contact', 'Contact');
 SELECT connect_map_table('sync', 'account', 'Account');
 SQL
-as_run_user pg_basebackup -h "$work/primary" -p "$p_port" -U postgres -D "$work/follower/data" -R -X stream -c fast
-as_run_user sed -i "s/^port = .*/port = $f_port/; s|^unix_socket_directories = .*|unix_socket_directories = '$work/follower'|" \
-    "$work/follower/data/postgresql.conf"
+cluster_follower "$work/primary" "$p_port" "$work/follower" "$f_port"
 cluster_start "$work/follower"
 psql_at "$primary" -c "SELECT connect_add_follower('follower', '$follower')"
 
@@ -68,21 +54,8 @@ psql_at "$mirror" -c "TRUNCATE contact, account"
 as_run_user pg_dump -h "$work/primary" -p "$p_port" -U postgres --data-only -t account app | psql_at "$mirror" >/dev/null
 psql_at "$primary" -c "SELECT connection, table_name, object_name, state FROM connect_mappings ORDER BY 2"
 
-# the simulator as Connect, consuming from the database it is given; its own
-# pid is kept (not runuser's) so that stop_consumer really stops it: two
-# consumers of one connection would apply the same open batch twice
-start_consumer() {
-    as_run_user sh -c 'echo $$ > "$0/simulator.pid"; exec env PYTHONUNBUFFERED=1 /usr/bin/python3 "$@"' "$work" \
-        "$CG_ROOT/test/simulator/connect_sim.py" --consume --source "$1" --mirror "$mirror" \
-        --connection sync --poll-ms 50 >>"$work/simulator.log" 2>&1 &
-    until [ -s "$work/simulator.pid" ]; do sleep 0.05; done
-    sim_pid=$(cat "$work/simulator.pid")
-}
-stop_consumer() {   # SIGTERM: it finishes the batch in hand, then exits
-    kill "$sim_pid"
-    while kill -0 "$sim_pid" 2>/dev/null; do sleep 0.05; done
-    rm -f "$work/simulator.pid"; sim_pid=
-}
+# the simulator as Connect, consuming from the database it is given
+start_consumer() { sim_start -- --consume --source "$1" --mirror "$mirror" --connection sync --poll-ms 50; }
 start_consumer "$primary"
 
 log "2. pgbench writes to the primary (4 clients) while the simulator consumes"
@@ -116,10 +89,10 @@ wait "$bench" || true
 grep -E "number of transactions actually processed|number of failed" "$work/pgbench_old.log" || true
 
 log "5. the simulator moves to the new primary (as Connect follows DATABASE_URL) and catches up"
-stop_consumer
+sim_stop
 start_consumer "$follower"
 as_run_user pgbench -n -c 4 -j 2 -T 3 -f "$work/writes.sql" "$follower" 2>&1 | grep -E "number of transactions actually processed"
-stop_consumer
+sim_stop
 as_run_user /usr/bin/python3 "$CG_ROOT/test/simulator/connect_sim.py" --drain \
     --source "$follower" --mirror "$mirror" --connection sync 2>>"$work/simulator.log" >/dev/null ||
     { tail -n 20 "$work/simulator.log"; die "the simulator could not drain the new primary"; }

@@ -14,25 +14,12 @@
 # the new primary, none twice; the mirror equals the tables; and pg_dump
 # shows Connect's schema as it was before the adoption.
 source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/demo_lib.sh"
 
 install_packages
 build_and_install
 
-work=$(scratch_dir demo-adopted)
-cleanup() {
-    [ -n "${sim_pid:-}" ] && kill "$sim_pid" 2>/dev/null
-    for c in primary follower salesforce; do cluster_stop "$work/$c" immediate; done
-    [ -n "${KEEP:-}" ] || rm -rf "$work"
-}
-trap cleanup EXIT
-for c in primary follower salesforce; do as_run_user mkdir "$work/$c"; done
-
-p_port=$(free_port 5480); f_port=$(free_port $((p_port + 1))); s_port=$(free_port $((f_port + 1)))
-sim_port=$(free_port $((s_port + 1)))
-primary="host=$work/primary port=$p_port dbname=app user=postgres"
-follower="host=$work/follower port=$f_port dbname=app user=postgres"
-mirror="host=$work/salesforce port=$s_port dbname=salesforce user=postgres"
-psql_at() { local conninfo=$1; shift; as_run_user psql "$conninfo" -X -q -v ON_ERROR_STOP=1 "$@"; }
+demo_clusters demo-adopted 5480
 sim_post() {   # sim_post PATH JSON: a control request to the simulator
     /usr/bin/python3 -c 'import sys, urllib.request
 urllib.request.urlopen(urllib.request.Request(sys.argv[1], data=sys.argv[2].encode(),
@@ -48,30 +35,12 @@ cluster_init "$work/primary" "$p_port" "connect_guard.naptime = '200ms'" \
     "connect_guard.witness_directory = '$work/witness'" "connect_guard.http_allow_insecure_loopback = on"
 cluster_start "$work/primary"
 as_run_user createdb -h "$work/primary" -p "$p_port" -U postgres app
-psql_at "$primary" -c "CREATE ROLE connect_sync LOGIN" -c "CREATE ROLE app LOGIN" >/dev/null
-psql_at "$primary" -f "$CG_ROOT/test/fixtures/connect_schema.sql" >/dev/null
-# Connect created the schema (its role owns it); the application writes with a role of its own
-psql_at "$primary" >/dev/null <<'SQL'
-DO $$
-DECLARE o record;
-BEGIN
-    ALTER SCHEMA salesforce OWNER TO connect_sync;
-    FOR o IN SELECT oid::regclass AS rel FROM pg_class WHERE relnamespace = 'salesforce'::regnamespace AND relkind = 'r' LOOP
-        EXECUTE format('ALTER TABLE %s OWNER TO connect_sync', o.rel);
-    END LOOP;
-    FOR o IN SELECT oid::regprocedure AS fn FROM pg_proc WHERE pronamespace = 'salesforce'::regnamespace LOOP
-        EXECUTE format('ALTER FUNCTION %s OWNER TO connect_sync', o.fn);
-    END LOOP;
-END $$;
-GRANT USAGE ON SCHEMA salesforce TO app;
-GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA salesforce TO app;
-GRANT USAGE ON ALL SEQUENCES IN SCHEMA salesforce TO app;
-SQL
+# Connect created the schema (its role connect_sync owns it); the application writes with a role of its own (app)
+psql_at "$primary" -f "$CG_ROOT/test/fixtures/connect_schema.sql" \
+    -f "$CG_ROOT/test/fixtures/connect_schema_owners.sql" >/dev/null
 as_run_user pg_dump -h "$work/primary" -p "$p_port" -U postgres --schema-only -n salesforce app |
     grep -v '^\\\(un\)\?restrict ' > "$work/schema_before.sql"
-as_run_user pg_basebackup -h "$work/primary" -p "$p_port" -U postgres -D "$work/follower/data" -R -X stream -c fast
-as_run_user sed -i "s/^port = .*/port = $f_port/; s|^unix_socket_directories = .*|unix_socket_directories = '$work/follower'|" \
-    "$work/follower/data/postgresql.conf"
+cluster_follower "$work/primary" "$p_port" "$work/follower" "$f_port"
 cluster_start "$work/follower"
 cluster_init "$work/salesforce" "$s_port"
 cluster_start "$work/salesforce"
@@ -84,20 +53,15 @@ as_run_user tee "$work/connect.json" >/dev/null <<JSON
 {"connections": [{"id": "$conn_id", "name": "hc", "schema_name": "salesforce",
   "mappings": [{"id": "map-account", "object_name": "Account"}, {"id": "map-contact", "object_name": "Contact"}]}]}
 JSON
-# the simulator as Connect on the database it is given; its own pid is kept
+# the simulator as Connect on the database it is given, logged in as the schema's owner
+# (and listening: its LISTENING line is one more in the log than before it started)
 start_connect() {
-    as_run_user sh -c 'echo $$ > "$0/simulator.pid"; exec env PYTHONUNBUFFERED=1 CONNECT_SIM_TOKEN="$1" /usr/bin/python3 "$2" \
-        --port "$3" --config "$0/connect.json" --consume --connect-log salesforce --source "$4" --mirror "$5" \
-        --connection hc --poll-ms 50 --archive-after 5 --reload-delay 0.5 --reload-seconds 2' \
-        "$work" "$token" "$CG_ROOT/test/simulator/connect_sim.py" "$sim_port" "$1 user=connect_sync" "$mirror" \
-        >>"$work/simulator.log" 2>&1 &
-    until [ -s "$work/simulator.pid" ] && grep -q '^LISTENING' "$work/simulator.log"; do sleep 0.05; done
-    sim_pid=$(cat "$work/simulator.pid")
-}
-stop_connect() {   # SIGTERM: it finishes the pass in hand, then exits
-    kill "$sim_pid"
-    while kill -0 "$sim_pid" 2>/dev/null; do sleep 0.05; done
-    rm -f "$work/simulator.pid"; sim_pid=
+    local listened
+    listened=$(grep -c '^LISTENING' "$work/simulator.log" 2>/dev/null || true)
+    sim_start CONNECT_SIM_TOKEN="$token" -- --port "$sim_port" --config "$work/connect.json" --consume \
+        --connect-log salesforce --source "$1 user=connect_sync" --mirror "$mirror" --connection hc \
+        --poll-ms 50 --archive-after 5 --reload-delay 0.5 --reload-seconds 2
+    until [ "$(grep -c '^LISTENING' "$work/simulator.log" || true)" -gt "${listened:-0}" ]; do sleep 0.05; done
 }
 start_connect "$primary"
 
@@ -145,7 +109,7 @@ echo "entries Connect has not sent yet, at the fence: $unfinished"
 psql_at "$primary" -At -c "SELECT connect_promote_follower($plan)" >/dev/null
 psql_at "$follower" -At -c "SELECT 'new primary: plan ' || $plan || ' ' || connect_wait_upgrade($plan, 'completed', '1 min')"
 echo "on the new primary, the same entries are still unfinished: $(psql_at "$follower" -At -c "SELECT count(*) FROM salesforce._trigger_log WHERE state IN ('NEW', 'PENDING')")"
-stop_connect                 # Connect follows DATABASE_URL to the new primary
+sim_stop                 # Connect follows DATABASE_URL to the new primary
 start_connect "$follower"
 until [ "$(psql_at "$follower" -At -c "SELECT count(*) FROM salesforce._trigger_log WHERE state IN ('NEW', 'PENDING')")" = 0 ]; do sleep 0.2; done
 
@@ -158,7 +122,7 @@ logged=$(psql_at "$follower" -At -c "SELECT count(*) FROM (SELECT id FROM salesf
 psql_at "$mirror" -c "SELECT $logged AS entries_logged, count(*) AS entries_sent, count(*) FILTER (WHERE n > 1) AS sent_twice
                         FROM (SELECT entry_id, count(*) AS n FROM _sim_connect_deliveries GROUP BY 1) d"
 echo "the mirror against the tables (the one difference: the contact Salesforce refused in step 4):"
-stop_connect
+sim_stop
 as_run_user /usr/bin/python3 "$CG_ROOT/test/simulator/connect_sim.py" --verify --connect-log salesforce \
     --source "$follower" --mirror "$mirror" --connection hc 2>>"$work/simulator.log" || true
 echo

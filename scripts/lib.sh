@@ -85,6 +85,16 @@ cluster_init() {
     } | as_run_user tee -a "$dir/data/postgresql.conf" >/dev/null
 }
 
+# cluster_follower PRIMARY_DIR PRIMARY_PORT DIR PORT: a streaming standby of
+# the cluster in PRIMARY_DIR (pg_basebackup, so it inherits its settings),
+# listening in DIR and on PORT instead; not started.
+cluster_follower() {
+    local primary=$1 p_port=$2 dir=$3 port=$4
+    as_run_user pg_basebackup -h "$primary" -p "$p_port" -U postgres -D "$dir/data" -R -X stream -c fast
+    as_run_user sed -i "s/^port = .*/port = $port/; s|^unix_socket_directories = .*|unix_socket_directories = '$dir'|" \
+        "$dir/data/postgresql.conf"
+}
+
 cluster_start() { as_run_user pg_ctl -D "$1/data" -l "$1/server.log" -w start >/dev/null; }
 cluster_stop()  { as_run_user pg_ctl -D "$1/data" -m "${2:-fast}" -w stop >/dev/null 2>&1 || true; }
 

@@ -44,6 +44,8 @@ import psycopg2.extensions
 import psycopg2.extras
 from psycopg2 import sql
 
+from sim_worker import SourceMirrorWorker, is_connection_error, one_line, open_db
+
 log = logging.getLogger("connect_sim")
 
 FINAL_STATES = ("SUCCESS", "FAILED", "IGNORED", "MERGED", "READONLY", "REQUEUED")
@@ -143,20 +145,9 @@ def fake_sfid(table, record_id):
     return "%s%015d" % (prefix, record_id)
 
 
-def open_connect_session(dsn, role):
-    """A source session as Connect has them: READ COMMITTED, xmlbinary hex."""
-    params = psycopg2.extensions.parse_dsn(dsn)
-    extra = {}
-    if "connect_timeout" not in params:
-        extra["connect_timeout"] = 5
-    if "application_name" not in params:
-        extra["application_name"] = "connect_sim " + role
-    conn = psycopg2.connect(dsn, **extra)
-    conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_READ_COMMITTED, autocommit=False)
-    return conn
-
-
 def hex_session(conn):
+    """Makes a session (open_db's: READ COMMITTED) one as Connect has
+    them: xmlbinary hex, so that the logger triggers skip its writes."""
     with conn.cursor() as cur:
         cur.execute("SET xmlbinary = 'hex'")
     conn.commit()
@@ -181,8 +172,10 @@ def table_columns(cur, schema, table):
     return cur.fetchall()
 
 
-class ConnectLogDrainer:
+class ConnectLogDrainer(SourceMirrorWorker):
     """Drains SCHEMA._trigger_log on the source into the mirror, as Connect."""
+
+    label = "connect-log"
 
     def __init__(self, args, state, stop):
         self.source_dsn = args.source
@@ -196,30 +189,27 @@ class ConnectLogDrainer:
         self.crash_after_mirror_commit = args.crash_after_mirror_commit
         self.state = state
         self.stop = stop
-        self.source = None
-        self.mirror = None
+        self.init_worker()
         self.hstore = None
         self.tables = {}            # table -> (source columns, mirror columns)
         self.to_send = []           # taken (PENDING), not yet applied to the mirror
         self.to_mark = []           # applied, not yet marked final on the source
         self.started = False
         self.archived_at = float("-inf")
-        self.last_exception = None
-        self.delay = 0.2
         self.stats = state.ensure_connect_log(self.name, self.schema)
 
     # -- connections -----------------------------------------------------------------
 
     def connect(self):
         if self.source is None:
-            self.source = open_connect_session(self.source_dsn, "connect-log")
+            self.source = open_db(self.source_dsn, "connect-log")
             hex_session(self.source)
             with self.source.cursor() as cur:
                 self.hstore = hstore_schema(cur)
             self.source.commit()
             log.info("connect-log: connected to source, draining %s._trigger_log", self.schema)
         if self.mirror is None:
-            self.mirror = open_connect_session(self.mirror_dsn, "salesforce")
+            self.mirror = open_db(self.mirror_dsn, "salesforce")
             with self.mirror.cursor() as cur:
                 cur.execute(DELIVERIES_DDL)
             self.mirror.commit()
@@ -265,30 +255,8 @@ class ConnectLogDrainer:
                 self.tables[table] = ([n for n, _ in columns[table]], mirror_cols)
         self.mirror.commit()
 
-    def drop_broken(self, error):
-        for role in ("source", "mirror"):
-            conn = getattr(self, role)
-            if conn is None:
-                continue
-            try:
-                if conn.closed:
-                    raise psycopg2.InterfaceError("connection closed")
-                conn.rollback()
-            except psycopg2.Error:
-                try:
-                    conn.close()
-                except psycopg2.Error:
-                    pass
-                setattr(self, role, None)
-                with self.state.lock:
-                    self.stats.reconnects[role] += 1
-                log.warning("connect-log: %s connection lost (%s); will reconnect", role, one_line(error))
-
-    def close(self):
-        for conn in (self.source, self.mirror):
-            if conn is not None and not conn.closed:
-                conn.close()
-        self.source = self.mirror = None
+    def state_json(self):
+        return self.state.connect_log_json()
 
     # -- one pass ------------------------------------------------------------------------
 
@@ -534,58 +502,6 @@ class ConnectLogDrainer:
         self.source.commit()
         self.state.set_connect_high_water_mark(self.name, mark)
 
-    # -- running -----------------------------------------------------------------------
-
-    def step_safely(self):
-        try:
-            outcome = self.step()
-            self.delay = 0.2
-            return outcome
-        except (psycopg2.Error, LookupError, ValueError) as error:
-            self.drop_broken(error)
-            delay, self.delay = self.delay, min(5.0, self.delay * 2)
-            with self.state.lock:
-                self.stats.errors += 1
-                self.stats.last_error = one_line(error)
-                self.stats.status = "backoff"
-            log.warning("connect-log error: %s; retrying in %.1fs", one_line(error), delay)
-            self.last_exception = error
-            self.stop.wait(delay)
-            return "error"
-
-    def run_forever(self):
-        while not self.stop.is_set():
-            outcome = self.step_safely()
-            if outcome in ("empty", "paused"):
-                with self.state.lock:
-                    self.stats.status = "paused" if outcome == "paused" else "idle"
-                self.stop.wait(self.poll)
-        self.close()
-        with self.state.lock:
-            self.stats.status = "stopped"
-        log.info("connect-log drainer stopped")
-
-    def drain(self, give_up_after):
-        """Passes until two in a row find nothing NEW; connection errors are
-        retried for give_up_after seconds."""
-        empties, failing_since, error = 0, None, None
-        while empties < 2 and not self.stop.is_set():
-            outcome = self.step_safely()
-            if outcome == "error":
-                error = self.last_exception
-                failing_since = failing_since or time.monotonic()
-                if not is_connection_error(error) or time.monotonic() - failing_since > give_up_after:
-                    break
-                continue
-            failing_since, error = None, None
-            empties = empties + 1 if outcome in ("empty", "paused") else 0
-        self.close()
-        summary = dict(self.state.connect_log_json(), mode="drain", complete=empties >= 2,
-                       paused=self.state.is_paused(self.name), status="stopped", running=False)
-        if error is not None:
-            summary["error"] = one_line(error)
-        return summary
-
 
 class ReloadRewriter:
     """A mapping reload in connect-log mode: Connect reads the object back
@@ -599,7 +515,7 @@ class ReloadRewriter:
 
     def rewrite(self, schema, table):
         """Returns the number of rows written; raises on database errors."""
-        mirror = open_connect_session(self.mirror_dsn, "salesforce reload")
+        mirror = open_db(self.mirror_dsn, "salesforce reload")
         try:
             with mirror.cursor() as cur:
                 cur.execute(sql.SQL("SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY t.id), '[]')::text FROM {} t")
@@ -609,7 +525,7 @@ class ReloadRewriter:
         finally:
             mirror.close()
         rows = json.loads(rows_json)
-        source = open_connect_session(self.source_dsn, "connect reload")
+        source = open_db(self.source_dsn, "connect reload")
         try:
             hex_session(source)
             with source.cursor() as cur:
@@ -635,7 +551,7 @@ class ReloadRewriter:
 def write_errors(source_dsn, schema, table=None, hours=24):
     """FAILED entries of the log and its archive created in the last hours,
     newest first: GET .../errors, as the CLI's connect:diagnose shows."""
-    conn = open_connect_session(source_dsn, "connect errors")
+    conn = open_db(source_dsn, "connect errors")
     try:
         hex_session(conn)
         parts = []
@@ -659,11 +575,3 @@ def verify_tables(source_cur, schema):
     """The tables --verify compares in connect-log mode, and the columns it
     leaves out (Connect's bookkeeping, which Salesforce does not have)."""
     return logged_tables(source_cur, schema), STATUS_COLUMNS
-
-
-def is_connection_error(error):
-    return isinstance(error, (psycopg2.OperationalError, psycopg2.InterfaceError))
-
-
-def one_line(error):
-    return " ".join(str(error).split())

@@ -28,7 +28,6 @@ import hmac
 import json
 import logging
 import os
-import random
 import re
 import select
 import signal
@@ -41,6 +40,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import connect_config
+from sim_worker import SourceMirrorWorker, one_line, open_db
 
 try:
     import psycopg2
@@ -1390,43 +1390,7 @@ def key_match(plan):
     return sql.SQL(" AND ").join(sql.SQL("t.{0} = o.{0}").format(sql.Identifier(k)) for k in plan.keys)
 
 
-class Backoff:
-    """Exponential delay between retries, with jitter so that two consumers
-    do not retry in step."""
-
-    def __init__(self, first=0.2, cap=5.0):
-        self.first, self.cap = first, cap
-        self.delay = first
-
-    def next(self):
-        delay = self.delay
-        self.delay = min(self.cap, self.delay * 2)
-        return delay * random.uniform(0.8, 1.2)
-
-    def reset(self):
-        self.delay = self.first
-
-
-def open_db(dsn, role):
-    """A psycopg2 connection in READ COMMITTED with autocommit off;
-    connect_next_batch refuses longer isolation levels."""
-    params = psycopg2.extensions.parse_dsn(dsn)
-    extra = {}
-    if "connect_timeout" not in params:
-        extra["connect_timeout"] = 5
-    if "application_name" not in params:
-        extra["application_name"] = "connect_sim " + role
-    conn = psycopg2.connect(dsn, **extra)
-    conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_READ_COMMITTED,
-                     autocommit=False)
-    return conn
-
-
-def is_connection_error(error):
-    return isinstance(error, (psycopg2.OperationalError, psycopg2.InterfaceError))
-
-
-class Consumer:
+class Consumer(SourceMirrorWorker):
     """Takes batches of one connection from the source and applies them to
     the mirror.
 
@@ -1436,6 +1400,8 @@ class Consumer:
     between leaves the batch open; the source hands it out again and every
     entry in it is found in _sim_applied and skipped."""
 
+    label = "consumer"
+
     def __init__(self, args, state, stop):
         self.source_dsn = args.source
         self.mirror_dsn = args.mirror
@@ -1444,11 +1410,8 @@ class Consumer:
         self.crash_after_mirror_commit = args.crash_after_mirror_commit
         self.state = state
         self.stop = stop
-        self.source = None
-        self.mirror = None
+        self.init_worker()
         self.applier = MirrorApplier(self.name)
-        self.backoff = Backoff()
-        self.last_exception = None
         state.ensure_consumer_connection(self.name)
         self.stats = state.consumer
 
@@ -1482,32 +1445,12 @@ class Consumer:
         self.state.adopt_mappings(self.name, rows)
 
     def drop_broken(self, error):
-        """After an error: roll back what is open, and forget a connection
-        that is gone so that the next step reconnects."""
+        # the mirror's prepared statements go with its session
         self.applier.forget_plans()
-        for role in ("source", "mirror"):
-            conn = getattr(self, role)
-            if conn is None:
-                continue
-            try:
-                if conn.closed:
-                    raise psycopg2.InterfaceError("connection closed")
-                conn.rollback()
-            except psycopg2.Error:
-                try:
-                    conn.close()
-                except psycopg2.Error:
-                    pass
-                setattr(self, role, None)
-                with self.state.lock:
-                    self.stats.reconnects[role] += 1
-                log.warning("%s connection lost (%s); will reconnect", role, one_line(error))
+        super().drop_broken(error)
 
-    def close(self):
-        for conn in (self.source, self.mirror):
-            if conn is not None and not conn.closed:
-                conn.close()
-        self.source = self.mirror = None
+    def state_json(self):
+        return self.state.consumer_json()
 
     # -- one batch ---------------------------------------------------------------
 
@@ -1563,74 +1506,6 @@ class Consumer:
             self.stats.last_batch_at = utc_now()
         log.info("batch %d: %d applied, %d duplicates skipped, high-water mark %d",
                  batch_id, tally.applied, tally.duplicates, self.stats.high_water_mark)
-
-    def step_safely(self):
-        """step(), turning errors into a logged 'error' result and a
-        backoff wait; stopping interrupts the wait."""
-        try:
-            outcome = self.step()
-            self.backoff.reset()
-            return outcome
-        # database errors, a missing mirror table, an unknown action: all
-        # may be fixed from outside while we wait.  Anything else is a bug
-        # in this file and is left to end the thread loudly.
-        except (psycopg2.Error, LookupError, ValueError) as error:
-            self.drop_broken(error)
-            delay = self.backoff.next()
-            with self.state.lock:
-                self.stats.errors += 1
-                self.stats.last_error = one_line(error)
-                self.stats.status = "backoff"
-            log.warning("consumer error: %s; retrying in %.1fs", one_line(error), delay)
-            self.last_exception = error
-            self.stop.wait(delay)
-            return "error"
-
-    # -- the two ways to run -----------------------------------------------------
-
-    def run_forever(self):
-        """Polls until stopped; a batch in progress is finished first, since
-        stop is only looked at between batches."""
-        while not self.stop.is_set():
-            outcome = self.step_safely()
-            if outcome in ("empty", "paused"):
-                with self.state.lock:
-                    self.stats.status = "paused" if outcome == "paused" else "idle"
-                self.stop.wait(self.poll)
-        self.close()
-        with self.state.lock:
-            self.stats.status = "stopped"
-        log.info("consumer stopped")
-
-    def drain(self, give_up_after):
-        """Consumes until connect_next_batch returns NULL twice in a row.
-        Connection errors are retried for give_up_after seconds; any other
-        error ends the drain at once, since nobody is there to fix it."""
-        empties = 0
-        failing_since = None
-        error = None
-        while empties < 2 and not self.stop.is_set():
-            outcome = self.step_safely()
-            if outcome == "error":
-                error = self.last_exception
-                failing_since = failing_since or time.monotonic()
-                if not is_connection_error(error) or time.monotonic() - failing_since > give_up_after:
-                    break
-                continue
-            failing_since, error = None, None
-            empties = empties + 1 if outcome in ("empty", "paused") else 0
-        self.close()
-        summary = dict(self.state.consumer_json(), mode="drain", complete=empties >= 2,
-                       paused=self.state.is_paused(self.name))
-        summary["running"] = False
-        summary["status"] = "stopped"
-        if error is not None:
-            summary["error"] = one_line(error)
-        return summary
-
-
-def one_line(error):
-    return " ".join(str(error).split())
 
 
 # ---------------------------------------------------------------------------

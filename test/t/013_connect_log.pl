@@ -21,104 +21,30 @@
 #      adoption
 use strict;
 use warnings;
-use File::Spec;
 use IPC::Run;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(sleep);
-use ConnectGuard::Test;
+use ConnectGuard::Test qw(:DEFAULT runbook wal_archived restored_node);
 use ConnectGuard::Simulator;
+use ConnectGuard::Adopted;
 
 my $wdir       = PostgreSQL::Test::Utils::tempdir;    # the rollback witness of every node
 my $token      = random_secret('tok');
 my $token_file = secret_file('connect.token', $token);
 my $conn_id    = '6a1b0f3e-0000-4000-8000-0000000013c0';
-my $fixture    = File::Spec->rel2abs('test/fixtures/connect_schema.sql');
 my $sim_port   = PostgreSQL::Test::Cluster::get_free_port();
+my $whole_log  = connect_whole_log();
 
-# "Salesforce": the simulator's mirror, on a cluster of its own (a restore of the app's database must not rewind it)
-my $sf = PostgreSQL::Test::Cluster->new('salesforce');
-$sf->init;
-$sf->start;
-$sf->safe_psql('postgres', 'CREATE DATABASE mirror');
-
+my $sf = start_salesforce();
 my $primary = cg_node('primary', init => [ allows_streaming => 1, has_archiving => 1 ], conf => [
 	"connect_guard.naptime = '200ms'", "connect_guard.witness_directory = '$wdir'", simulator_conf() ]);
-$primary->safe_psql('postgres', 'CREATE ROLE connect_sync LOGIN; CREATE ROLE app LOGIN');
-{
-	my ($stdout, $stderr) = ('', '');
-	ok(IPC::Run::run([ 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-f', $fixture, $primary->connstr('postgres') ],
-			'>', \$stdout, '2>', \$stderr),
-		'the fixture: a Connect-managed schema salesforce with account and contact') or diag($stderr);
-}
-# Connect created the schema: its role owns it; the application writes with its own role
-sql($primary, q{
-	DO $$
-	DECLARE o record;
-	BEGIN
-	    ALTER SCHEMA salesforce OWNER TO connect_sync;
-	    FOR o IN SELECT oid::regclass AS rel FROM pg_class WHERE relnamespace = 'salesforce'::regnamespace AND relkind = 'r' LOOP
-	        EXECUTE format('ALTER TABLE %s OWNER TO connect_sync', o.rel);
-	    END LOOP;
-	    FOR o IN SELECT oid::regprocedure AS fn FROM pg_proc WHERE pronamespace = 'salesforce'::regnamespace LOOP
-	        EXECUTE format('ALTER FUNCTION %s OWNER TO connect_sync', o.fn);
-	    END LOOP;
-	END $$;
-	GRANT USAGE ON SCHEMA salesforce TO app;
-	GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA salesforce TO app;
-	GRANT USAGE ON ALL SEQUENCES IN SCHEMA salesforce TO app;
-});
-
-sub schema_dump
-{
-	my ($node) = @_;
-	my ($stdout, $stderr);
-	IPC::Run::run([ 'pg_dump', '--schema-only', '-n', 'salesforce', $node->connstr('postgres') ],
-		'>', \$stdout, '2>', \$stderr) or die "pg_dump: $stderr";
-	# pg_dump's \restrict lines carry a random key of each run
-	return join('', grep { !/^\\(un)?restrict / } split /^/m, $stdout);
-}
+ok(load_connect_schema($primary), 'the fixture: a Connect-managed schema salesforce with account and contact');
 my $dump_before = schema_dump($primary);
 
-# the simulator as Connect on the schema of $node, logged in as the schema's owner
-sub start_connect
-{
-	my ($node, @extra) = @_;
-	return start_simulator(
-		token => $token,
-		connections => [ { id => $conn_id, name => 'hc', schema_name => 'salesforce',
-			mappings => [ { id => 'map-account', object_name => 'Account' },
-						  { id => 'map-contact', object_name => 'Contact' } ] } ],
-		args => [ '--port', $sim_port, '--consume', '--connect-log', 'salesforce',
-			'--source', $node->connstr('postgres') . ' user=connect_sync',
-			'--mirror', $sf->connstr('mirror'), '--connection', 'hc',
-			'--poll-ms', '50', '--archive-after', '3', '--reload-delay', '0.3', '--reload-seconds', '3', @extra ]);
-}
+connect_settings(token => $token, id => $conn_id, port => $sim_port, args => [ '--reload-seconds', '3' ]);
 my $base = start_connect($primary);
-
-# the application's writes, as its own role: $n accounts and one contact each
-sub app_writes
-{
-	my ($node, $n) = @_;
-	sql($node, "SET ROLE app; INSERT INTO salesforce.account (name) SELECT 'a' || g FROM generate_series(1, $n) g;
-	            INSERT INTO salesforce.contact (name) SELECT 'c' || g FROM generate_series(1, $n) g");
-	return;
-}
-my $whole_log = '(SELECT id, state FROM salesforce._trigger_log UNION ALL SELECT id, state FROM salesforce._trigger_log_archive) l';
-sub unfinished { return sql($_[0], "SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM $whole_log WHERE state IN ('NEW', 'PENDING')"); }
-sub states { return sql($_[0], "SELECT string_agg(id || ':' || state, ',' ORDER BY id) FROM $whole_log", $_[1]); }
-sub all_processed
-{
-	my ($node) = @_;
-	return $node->poll_query_until('postgres', "SELECT count(*) = 0 FROM $whole_log WHERE state IN ('NEW', 'PENDING')");
-}
-# entries the simulator sent to "Salesforce" more than once
-sub sent_twice
-{
-	return $sf->safe_psql('mirror', q{SELECT coalesce(string_agg(entry_id::text, ',' ORDER BY entry_id), '')
-	                                   FROM (SELECT entry_id FROM _sim_connect_deliveries GROUP BY 1 HAVING count(*) > 1) d});
-}
 
 # -- 1. adopt ----------------------------------------------------------------------------------
 
@@ -173,18 +99,10 @@ is(write_error($primary, "SET ROLE app; CREATE TEMP TABLE t (i int); INSERT INTO
 is(sql($primary, "SELECT connect_resume('hc')"), 'RESUMING', 'resume');
 is(sql($primary, "SELECT connect_wait_state('hc', 'IDLE', '30 s')"), 'IDLE', 'Connect runs again');
 # the runbook does the same, unaware of which log the connection reads
-sub runbook
-{
-	my ($name, %vars) = @_;
-	my ($stdout, $stderr) = ('', '');
-	IPC::Run::run([ 'psql', '-X', '-v', 'ON_ERROR_STOP=1', (map { ('-v', "$_=$vars{$_}") } sort keys %vars),
-			'-f', "runbooks/$name.sql", '-d', $primary->connstr('postgres') ], '>', \$stdout, '2>', \$stderr);
-	note "runbook $name exited with " . ($? >> 8) . ($? ? ":\n$stderr" : '');
-	return $? >> 8;
-}
-is(runbook('pause_resume', connection => 'hc', action => 'pause', reason => 'runbook'), 0, 'runbooks/pause_resume.sql pauses hc');
+is((runbook($primary, 'pause_resume', connection => 'hc', action => 'pause', reason => 'runbook'))[0], 0,
+	'runbooks/pause_resume.sql pauses hc');
 is(sql($primary, "SELECT state || ' ' || fenced FROM connect_status"), 'PAUSED true', 'paused and fenced');
-is(runbook('pause_resume', connection => 'hc', action => 'resume'), 0, 'and resumes it');
+is((runbook($primary, 'pause_resume', connection => 'hc', action => 'resume'))[0], 0, 'and resumes it');
 is(sql($primary, "SELECT state || ' ' || fenced FROM connect_status"), 'IDLE false', 'running, not fenced');
 sim('POST', '/_sim/connect_log/fail', { count => 1, table => 'contact', message => 'REQUIRED_FIELD_MISSING: LastName' });
 app_writes($primary, 1);
@@ -270,17 +188,12 @@ my $target = sql($follower, 'SELECT pg_current_wal_lsn()');
 sql($follower, "SELECT connect_resume('hc')");
 ok(all_processed($follower), "Connect sends entries $restored_ids");
 my ($first, $last) = (split(/,/, $restored_ids))[0, -1];
-ok($follower->poll_query_until('postgres', qq{SELECT (w.content -> 'connections' -> 'hc' ->> 'processed_mark')::bigint >= $last
-	FROM connect_guard.witness_read(connect_guard.witness_path()) w}), "the witness records Connect's mark past $last");
-my $walfile = sql($follower, 'SELECT pg_walfile_name(pg_switch_wal())');
-ok($follower->poll_query_until('postgres', "SELECT last_archived_wal >= '$walfile' FROM pg_stat_archiver"), 'the WAL is archived');
+ok(witness_mark_past($follower, $last), "the witness records Connect's mark past $last");
+ok(wal_archived($follower), 'the WAL is archived');
 stop_simulator();
 $follower->stop;
 
-my $restored = PostgreSQL::Test::Cluster->new('restored');
-$restored->init_from_backup($follower, 'before_pitr', has_restoring => 1, standby => 0);
-$restored->append_conf('postgresql.conf', "recovery_target_lsn = '$target'\nrecovery_target_action = 'promote'\narchive_mode = off\n");
-$restored->start;
+my $restored = restored_node($follower, 'before_pitr', $target);
 ok($restored->poll_query_until('postgres', "SELECT count(*) = 1 FROM connect_guard.event WHERE kind = 'rollback_detected'"),
 	'the worker detects the rollback');
 is(unfinished($restored), $restored_ids, 'the restore brought those entries back as NEW');

@@ -33,63 +33,24 @@
 # the adoption: Connect's objects are untouched.
 use strict;
 use warnings;
-use File::Spec;
 use IPC::Run;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use ConnectGuard::Test;
+use ConnectGuard::Test qw(:DEFAULT runbook wal_archived restored_node);
 use ConnectGuard::Simulator;
+use ConnectGuard::Adopted;
 
 my $wdir       = PostgreSQL::Test::Utils::tempdir;    # the rollback witness of every server
 my $token      = random_secret('tok');
 my $token_file = secret_file('connect.token', $token);
 my $conn_id    = '6a1b0f3e-0000-4000-8000-0000000014c0';
-my $fixture    = File::Spec->rel2abs('test/fixtures/connect_schema.sql');
 my $sim_port   = PostgreSQL::Test::Cluster::get_free_port();
 my $conf       = [ "connect_guard.naptime = '200ms'", "connect_guard.witness_directory = '$wdir'", simulator_conf() ];
 
-# "Salesforce": the simulator's mirror, on a cluster of its own (a restore of the app's database must not rewind it)
-my $sf = PostgreSQL::Test::Cluster->new('salesforce');
-$sf->init;
-$sf->start;
-$sf->safe_psql('postgres', 'CREATE DATABASE mirror');
-
+my $sf = start_salesforce();
 my $primary = cg_node('primary', init => [ allows_streaming => 1 ], conf => $conf);
-$primary->safe_psql('postgres', 'CREATE ROLE connect_sync LOGIN; CREATE ROLE app LOGIN');
-{
-	my ($stdout, $stderr) = ('', '');
-	ok(IPC::Run::run([ 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-f', $fixture, $primary->connstr('postgres') ],
-			'>', \$stdout, '2>', \$stderr),
-		'the fixture: a Connect-managed schema salesforce with account and contact') or diag($stderr);
-}
-# Connect created the schema: its role owns it; the application writes with its own role
-sql($primary, q{
-	DO $$
-	DECLARE o record;
-	BEGIN
-	    ALTER SCHEMA salesforce OWNER TO connect_sync;
-	    FOR o IN SELECT oid::regclass AS rel FROM pg_class WHERE relnamespace = 'salesforce'::regnamespace AND relkind = 'r' LOOP
-	        EXECUTE format('ALTER TABLE %s OWNER TO connect_sync', o.rel);
-	    END LOOP;
-	    FOR o IN SELECT oid::regprocedure AS fn FROM pg_proc WHERE pronamespace = 'salesforce'::regnamespace LOOP
-	        EXECUTE format('ALTER FUNCTION %s OWNER TO connect_sync', o.fn);
-	    END LOOP;
-	END $$;
-	GRANT USAGE ON SCHEMA salesforce TO app;
-	GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA salesforce TO app;
-	GRANT USAGE ON ALL SEQUENCES IN SCHEMA salesforce TO app;
-});
-
-sub schema_dump
-{
-	my ($node, $db) = @_;
-	my ($stdout, $stderr);
-	IPC::Run::run([ 'pg_dump', '--schema-only', '-n', 'salesforce', $node->connstr($db // 'postgres') ],
-		'>', \$stdout, '2>', \$stderr) or die "pg_dump: $stderr";
-	# pg_dump's \restrict lines carry a random key of each run
-	return join('', grep { !/^\\(un)?restrict / } split /^/m, $stdout);
-}
+ok(load_connect_schema($primary), 'the fixture: a Connect-managed schema salesforce with account and contact');
 my $dump_before = schema_dump($primary);
 # pg_upgrade and pg_restore create Connect's objects again from their SQL, and PostgreSQL deparses
 # some of it differently the second time (the partial index's IN list): the reference for them is
@@ -104,20 +65,7 @@ my $dump_reparsed;
 	$dump_reparsed = schema_dump($sf, 'reparsed');
 }
 
-# the simulator as Connect on the schema of $node's $db, logged in as the schema's owner
-sub start_connect
-{
-	my ($node, $db, @extra) = @_;
-	return start_simulator(
-		token => $token,
-		connections => [ { id => $conn_id, name => 'hc', schema_name => 'salesforce',
-			mappings => [ { id => 'map-account', object_name => 'Account' },
-						  { id => 'map-contact', object_name => 'Contact' } ] } ],
-		args => [ '--port', $sim_port, '--consume', '--connect-log', 'salesforce',
-			'--source', $node->connstr($db // 'postgres') . ' user=connect_sync',
-			'--mirror', $sf->connstr('mirror'), '--connection', 'hc',
-			'--poll-ms', '50', '--archive-after', '3', '--reload-delay', '0.3', '--reload-seconds', '1', @extra ]);
-}
+connect_settings(token => $token, id => $conn_id, port => $sim_port, args => [ '--reload-seconds', '1' ]);
 
 # Connect's requests waited while it was away (backoff): they go out now, not after the backoff
 sub nudge
@@ -128,29 +76,7 @@ sub nudge
 	return;
 }
 
-# the application's writes, as its own role: $n accounts and one contact each
-sub app_writes
-{
-	my ($node, $n, $db) = @_;
-	sql($node, "SET ROLE app; INSERT INTO salesforce.account (name) SELECT 'a' || g FROM generate_series(1, $n) g;
-	            INSERT INTO salesforce.contact (name) SELECT 'c' || g FROM generate_series(1, $n) g", $db);
-	return;
-}
-my $whole_log = '(SELECT id, state FROM salesforce._trigger_log UNION ALL SELECT id, state FROM salesforce._trigger_log_archive) l';
-sub unfinished { return sql($_[0], "SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM $whole_log WHERE state IN ('NEW', 'PENDING')", $_[1]); }
-sub states { return sql($_[0], "SELECT string_agg(id || ':' || state, ',' ORDER BY id) FROM $whole_log", $_[1]); }
-sub all_processed
-{
-	my ($node, $db) = @_;
-	return $node->poll_query_until($db // 'postgres', "SELECT count(*) = 0 FROM $whole_log WHERE state IN ('NEW', 'PENDING')");
-}
 sub count_of { my @ids = split /,/, $_[0]; return scalar @ids; }
-# entries the simulator sent to "Salesforce" more than once
-sub sent_twice
-{
-	return $sf->safe_psql('mirror', q{SELECT coalesce(string_agg(entry_id::text, ',' ORDER BY entry_id), '')
-	                                   FROM (SELECT entry_id FROM _sim_connect_deliveries GROUP BY 1 HAVING count(*) > 1) d});
-}
 # how many sends, and of how many distinct entries, the entries $ids got
 sub sends_of
 {
@@ -175,19 +101,6 @@ sub marks_are
 	$node->poll_query_until($db // 'postgres',
 		q{SELECT log_kind || ' ' || backlog || ' ' || hwm_id FROM connect_high_water_marks}, $expected);
 	return sql($node, q{SELECT log_kind || ' ' || backlog || ' ' || hwm_id FROM connect_high_water_marks}, $db) eq $expected;
-}
-
-# a runbook as a DBA runs it: (exit code, stdout, stderr); -db picks the database
-sub runbook
-{
-	my ($node, $name, %vars) = @_;
-	my $db = delete $vars{-db} // 'postgres';
-	my ($out, $err) = ('', '');
-	IPC::Run::run([ 'psql', '-X', '-v', 'ON_ERROR_STOP=1', (map { ('-v', "$_=$vars{$_}") } sort keys %vars),
-			'-f', "runbooks/$name.sql", '-d', $node->connstr($db) ], '>', \$out, '2>', \$err);
-	my $rc = $? >> 8;
-	note "runbook $name exited with $rc" . ($rc ? ":\n$err" : '');
-	return ($rc, $out, $err);
 }
 
 # -- adopt ------------------------------------------------------------------------------------------
@@ -251,17 +164,12 @@ my $target = sql($follower, 'SELECT pg_current_wal_lsn()');
 sql($follower, "SELECT connect_resume('hc')");
 ok(all_processed($follower), "rollback: Connect sends entries $restored_ids");
 my $last = (split /,/, $restored_ids)[-1];
-ok($follower->poll_query_until('postgres', qq{SELECT (w.content -> 'connections' -> 'hc' ->> 'processed_mark')::bigint >= $last
-	FROM connect_guard.witness_read(connect_guard.witness_path()) w}), "rollback: the witness records Connect's mark past $last");
-my $walfile = sql($follower, 'SELECT pg_walfile_name(pg_switch_wal())');
-ok($follower->poll_query_until('postgres', "SELECT last_archived_wal >= '$walfile' FROM pg_stat_archiver"), 'rollback: the WAL is archived');
+ok(witness_mark_past($follower, $last), "rollback: the witness records Connect's mark past $last");
+ok(wal_archived($follower), 'rollback: the WAL is archived');
 stop_simulator();
 $follower->stop;
 
-my $restored = PostgreSQL::Test::Cluster->new('restored');
-$restored->init_from_backup($follower, 'before_pitr', has_restoring => 1, standby => 0);
-$restored->append_conf('postgresql.conf', "recovery_target_lsn = '$target'\nrecovery_target_action = 'promote'\narchive_mode = off\n");
-$restored->start;
+my $restored = restored_node($follower, 'before_pitr', $target);
 ok($restored->poll_query_until('postgres', "SELECT count(*) = 1 FROM connect_guard.event WHERE kind = 'rollback_detected'"),
 	'rollback: the worker detects the rollback');
 is(unfinished($restored), $restored_ids, 'rollback: the restore brought those entries back as NEW');

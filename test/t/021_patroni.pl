@@ -19,16 +19,18 @@
 #   5. counting: every committed write reached the log once and the mirror
 #      once, and the simulator's --verify finds the mirror equal
 #
-# Helpers are local to this file (test/t/022_pg_auto_failover.pl has its own).
+# Helpers of both HA tests (this and test/t/022_pg_auto_failover.pl) and
+# the checks every manager must pass are in ConnectGuard::HA; Patroni's
+# own are here.
 use strict;
 use warnings;
-use File::Spec;
 use HTTP::Tiny;
 use JSON::PP;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use Time::HiRes qw(sleep time);
+use Time::HiRes qw(sleep);
+use ConnectGuard::HA;
 
 foreach my $program ('/usr/bin/patroni', '/usr/bin/etcd', '/usr/bin/patronictl')
 {
@@ -36,55 +38,14 @@ foreach my $program ('/usr/bin/patroni', '/usr/bin/etcd', '/usr/bin/patronictl')
 	  unless -x $program;
 }
 
-my $dir    = PostgreSQL::Test::Utils::tempdir;
+my $dir    = ha_dir();
 my $sock   = PostgreSQL::Test::Utils::tempdir_short;
 my $wdir   = PostgreSQL::Test::Utils::tempdir;    # the witness directory of both members
 my $bindir = `pg_config --bindir`;
 chomp $bindir;
 my $http = HTTP::Tiny->new(timeout => 10);
-my @running;    # harnesses to stop at the end, whatever happens
 
-END
-{
-	foreach my $h (reverse @running) { eval { $h->signal('TERM') if $h->pumpable; }; }
-	sleep 3 if @running;
-	foreach my $h (reverse @running) { eval { $h->kill_kill(grace => 5); }; }
-}
-
-# -- helpers ---------------------------------------------------------------------
-
-# psql_at runs SQL on a conninfo: (exit code, stdout, stderr)
-sub psql_at
-{
-	my ($conninfo, $sql) = @_;
-	my ($out, $err) = ('', '');
-	IPC::Run::run([ 'psql', '-XAtq', '-v', 'ON_ERROR_STOP=1', '-d', $conninfo, '-c', $sql ],
-		'>', \$out, '2>', \$err, IPC::Run::timeout(120));
-	chomp $out;
-	return ($? >> 8, $out, $err);
-}
-
-sub sql
-{
-	my ($conninfo, $sql) = @_;
-	my ($rc, $out, $err) = psql_at($conninfo, $sql);
-	die "query failed on $conninfo: $sql\n$err" if $rc != 0;
-	return $out;
-}
-
-# poll_sql waits until a query returns 't'
-sub poll_sql
-{
-	my ($conninfo, $sql, $seconds) = @_;
-	my $deadline = time + ($seconds // 90);
-	while (time < $deadline)
-	{
-		my ($rc, $out) = psql_at($conninfo, $sql);
-		return 1 if $rc == 0 && $out eq 't';
-		sleep 0.2;
-	}
-	return 0;
-}
+# -- Patroni's helpers -----------------------------------------------------------------
 
 sub cluster_json
 {
@@ -97,25 +58,20 @@ sub cluster_json
 sub wait_members
 {
 	my ($api, $want, $seconds) = @_;
-	my $deadline = time + ($seconds // 90);
-	while (time < $deadline)
-	{
-		my %role = map { $_->{name} => "$_->{role}/$_->{state}" } @{ cluster_json($api)->{members} };
-		return 1
-		  unless grep { ($role{$_} // '') !~ /^\Q$want->{$_}\E\/(running|streaming)$/ } keys %$want;
-		sleep 0.3;
-	}
-	return 0;
+	return wait_until(
+		$seconds // 90,
+		sub {
+			my %role = map { $_->{name} => "$_->{role}/$_->{state}" } @{ cluster_json($api)->{members} };
+			return !grep { ($role{$_} // '') !~ /^\Q$want->{$_}\E\/(running|streaming)$/ } keys %$want;
+		},
+		0.3);
 }
 
 sub start_patroni
 {
 	my ($name) = @_;
 	local $ENV{PATH} = "/usr/bin:/bin";    # Debian's python3 and its modules, not another one first on PATH
-	my $h = IPC::Run::start([ '/usr/bin/patroni', "$dir/$name.yml" ],
-		'>>', "$dir/$name.patroni.log", '2>&1');
-	push @running, $h;
-	return $h;
+	return background([ '/usr/bin/patroni', "$dir/$name.yml" ], "$dir/$name.patroni.log");
 }
 
 sub postmaster_pid
@@ -131,13 +87,12 @@ sub postmaster_pid
 # -- 1. etcd, two Patroni members ------------------------------------------------------
 
 my ($etcd_client, $etcd_peer) = (PostgreSQL::Test::Cluster::get_free_port(), PostgreSQL::Test::Cluster::get_free_port());
-my $etcd = IPC::Run::start(
+my $etcd = background(
 	[ '/usr/bin/etcd', '--name', 'e1', '--data-dir', "$dir/etcd",
 	  '--listen-client-urls', "http://127.0.0.1:$etcd_client", '--advertise-client-urls', "http://127.0.0.1:$etcd_client",
 	  '--listen-peer-urls', "http://127.0.0.1:$etcd_peer", '--initial-advertise-peer-urls', "http://127.0.0.1:$etcd_peer",
 	  '--initial-cluster', "e1=http://127.0.0.1:$etcd_peer" ],
-	'>', "$dir/etcd.log", '2>&1');
-push @running, $etcd;
+	"$dir/etcd.log");
 
 my %node;
 foreach my $name ('node1', 'node2')
@@ -197,114 +152,43 @@ my $both = "host=$sock,$sock port=$node{node1}{port},$node{node2}{port} dbname=p
 $node{node1}{patroni} = start_patroni('node1');
 ok(wait_members($node{node1}{api}, { node1 => 'leader' }), 'Patroni bootstraps node1 as the leader')
   or BAIL_OUT('Patroni did not start: ' . slurp_file("$dir/node1.patroni.log"));
-sql($n1, q{
-	CREATE EXTENSION connect_guard;
-	CREATE TABLE account (id int PRIMARY KEY, balance int NOT NULL DEFAULT 0);
-	INSERT INTO account SELECT g FROM generate_series(1, 100) g;
-	CREATE TABLE writes (n bigserial PRIMARY KEY, account_id int NOT NULL);
-	SELECT connect_create_connection('sync');
-	SELECT connect_map_table('sync', 'account');
-	SELECT connect_map_table('sync', 'writes');
-});
+ha_schema($n1);
 $node{node2}{patroni} = start_patroni('node2');
 ok(wait_members($node{node1}{api}, { node1 => 'leader', node2 => 'sync_standby' }, 120),
 	'Patroni clones node2 and makes it the synchronous standby')
   or BAIL_OUT('node2 did not join: ' . slurp_file("$dir/node2.patroni.log"));
 
 # the mirror (Salesforce, for the simulator) holds the same tables, filled from the start
-my $mirror = PostgreSQL::Test::Cluster->new('mirror');
-$mirror->init;
-$mirror->start;
-$mirror->safe_psql('postgres', q{
-	CREATE TABLE account (id int PRIMARY KEY, balance int NOT NULL DEFAULT 0);
-	INSERT INTO account SELECT g FROM generate_series(1, 100) g;
-	CREATE TABLE writes (n bigint PRIMARY KEY, account_id int NOT NULL);
-});
-my $mirror_conninfo = $mirror->connstr('postgres');
-my $simulator = File::Spec->rel2abs('test/simulator/connect_sim.py');
-my $consumer;
-sub start_consumer
-{
-	$consumer = IPC::Run::start(
-		[ '/usr/bin/python3', $simulator, '--consume', '--source', $both, '--mirror', $mirror_conninfo,
-		  '--connection', 'sync', '--poll-ms', '50' ],
-		'>>', "$dir/consumer.out", '2>>', "$dir/consumer.log");
-	push @running, $consumer;
-}
-sub stop_consumer    # SIGTERM: it finishes the batch in hand, then exits
-{
-	$consumer->signal('TERM');
-	$consumer->finish;
-}
-start_consumer();
-
-# each transaction writes two log entries: an account update and a row of writes
-my $script = "$dir/writes.sql";
-append_to_file($script, q{
-\set id random(1, 100)
-BEGIN;
-UPDATE account SET balance = balance + 1 WHERE id = :id;
-INSERT INTO writes (account_id) VALUES (:id);
-END;
-});
-sub pgbench
-{
-	my ($conninfo, $seconds) = @_;
-	return IPC::Run::start(
-		[ 'pgbench', '-n', '-c', '2', '-T', $seconds, '--max-tries', '1', '-f', $script, $conninfo ],
-		'>', "$dir/pgbench.out", '2>>', "$dir/pgbench.log");
-}
-
-# first_write starts a loop that writes to a server until it accepts, and
-# records when (one transaction of the same shape as pgbench's)
-sub first_write
-{
-	my ($conninfo, $file) = @_;
-	return IPC::Run::start([ 'bash', '-c', q{
-		until psql -XAtq -d "$0" -c "UPDATE account SET balance = balance + 1 WHERE id = 1; INSERT INTO writes (account_id) VALUES (1) RETURNING clock_timestamp()" >"$1" 2>/dev/null
-		do sleep 0.005; done}, $conninfo, $file ], IPC::Run::timeout(120));
-}
+start_mirror();
+start_consumer($both);
 
 # -- 2. the changeover, promoted by Patroni --------------------------------------------
 
-my $bench = pgbench($node{node1}{conninfo}, 8);
+my $bench = start_writers($n1, 8);
 sleep 2;
-my $plan = sql($n1, "SELECT connect_prepare_upgrade('follower', follower => \$\$$n2\$\$, max_lag_bytes => 16 * 1024 * 1024,
+my $plan = sql_at($n1, "SELECT connect_prepare_upgrade('follower', follower => \$\$$n2\$\$, max_lag_bytes => 16 * 1024 * 1024,
                       timeout => '1 min', promote_with => 'patroni', ha_endpoint => '$node{node1}{api}')");
 ok($plan > 0, "plan $plan prepared with promote_with => 'patroni'");
-is(sql($n1, "SELECT connect_wait_upgrade($plan, 'ready', '90 s')"), 'ready',
+is(sql_at($n1, "SELECT connect_wait_upgrade($plan, 'ready', '90 s')"), 'ready',
 	'the plan reaches ready: paused, fenced, follower caught up');
-is(sql($n1, "SELECT promote_with || ' ' || ha_member || ' ' || ha_endpoint FROM connect_upgrade_status WHERE plan = $plan"),
+is(sql_at($n1, "SELECT promote_with || ' ' || ha_member || ' ' || ha_endpoint FROM connect_upgrade_status WHERE plan = $plan"),
 	"patroni node2 $node{node1}{api}", 'Patroni\'s member for the follower was found by its port');
-is(sql($n1, "SELECT ha_target ->> 'leader' FROM connect_guard.upgrade_plan WHERE plan_id = $plan"), 'node1',
+is(sql_at($n1, "SELECT ha_target ->> 'leader' FROM connect_guard.upgrade_plan WHERE plan_id = $plan"), 'node1',
 	'and the leader is this server');
 
 my $probe = first_write($n2, "$dir/first_write_1");
-is(sql($n1, "SELECT connect_promote_follower($plan)"), 'switchover requested', 'connect_promote_follower hands over to Patroni');
+is(sql_at($n1, "SELECT connect_promote_follower($plan)"), 'switchover requested', 'connect_promote_follower hands over to Patroni');
 ok(wait_members($node{node2}{api}, { node2 => 'leader' }, 60), 'Patroni switched over to node2');
 $probe->finish;
-ok(poll_sql($n2, "SELECT status = 'completed' FROM connect_upgrade_status WHERE plan = $plan"),
-	'node2\'s worker completes the plan');
 $bench->finish;
-is(sql($n2, 'SELECT count(*) FROM connect_fences'), '0', 'node2 lifted its fence');
-# (IDLE, or POLLING_DB_CHANGES while the simulator holds a batch)
-is(sql($n2, "SELECT state IN ('IDLE', 'POLLING_DB_CHANGES') FROM connect_connections"), 't', 'and resumed the connection');
-is(sql($n2, "SELECT string_agg(step, ',' ORDER BY started_at) FROM connect_upgrade_timeline($plan)"),
-	'checking,pausing,fencing,fencing_follower,catching_up,ready,switching_over,completing,completed',
-	'the timeline shows the switchover step');
+plan_completed_ok($n2, $plan);
 ok(wait_members($node{node2}{api}, { node2 => 'leader', node1 => 'sync_standby' }, 60),
 	'Patroni brings node1 back as a replica');
-is(sql($n1, 'SELECT pg_is_in_recovery()'), 't', 'node1 is in recovery');
-my $window = sql($n2, "SELECT round(extract(epoch FROM '" . slurp_file("$dir/first_write_1") . "'::timestamptz - finished_at) * 1000)
-                         FROM connect_guard.upgrade_step WHERE plan_id = $plan AND step = 'fencing'");
-note "write-blocked window under Patroni (fence up on node1 to the first write accepted on node2): $window ms";
-ok(poll_sql($n2, "SELECT count(*) = 1 FROM connect_guard.event WHERE kind = 'witness_promoted'"),
-	'node2 compared itself with node1\'s witness and saw a promotion');
-is(sql($n2, "SELECT count(*) FROM connect_guard.event WHERE kind = 'rollback_detected'"), '0', 'no rollback detected');
+switched_over_ok($n1, $n2, $plan, "$dir/first_write_1", 'Patroni');
 
 # -- 3. an unplanned failover: the leader dies --------------------------------------------
 
-$bench = pgbench($n2, 3);
+$bench = start_writers($n2, 3);
 $bench->finish;
 # A crash in the milliseconds between a witness write and its replication
 # would leave the promoted server short of the witnessed WAL, which the check
@@ -318,17 +202,9 @@ kill 'KILL', $node{node2}{patroni}->{KIDS}[0]{PID};
 kill 'KILL', $n2_postmaster;
 $node{node2}{patroni}->finish;
 ok(wait_members($node{node1}{api}, { node1 => 'leader' }, 90), 'Patroni promotes node1 once node2\'s leader key expires');
-# (node2's event of its own promotion came to node1 with the WAL: this is the second)
-ok(poll_sql($n1, "SELECT count(*) = 2 FROM connect_guard.event WHERE kind = 'witness_promoted'", 30),
-	'node1 sees a promotion past the witness');
-like(sql($n1, "SELECT detail ->> 'detail' FROM connect_guard.event WHERE kind = 'witness_promoted' ORDER BY event_id DESC LIMIT 1"),
-	qr/^timeline 3 left timeline 2 at .* \(no upgrade plan: a failover/, 'recognised as a failover without a plan');
-is(sql($n1, "SELECT count(*) FROM connect_guard.event WHERE kind = 'rollback_detected'"), '0', 'not as a rollback');
-ok(poll_sql($n1, 'SELECT count(*) = 0 FROM connect_fences', 30),
-	'node1 lowered the fence it kept as the changeover\'s old primary');
-is(sql($n1, "SELECT string_agg(state, ',') FROM connect_mappings"), 'DATA_SYNCED,DATA_SYNCED', 'no mapping is reloaded');
-start_consumer();
-$bench = pgbench($n1, 3);
+failover_seen_ok($n1);    # node1 lowers the fence it kept as the changeover's old primary
+start_consumer($both);
+$bench = start_writers($n1, 3);
 $bench->finish;
 
 # -- 4. the old leader comes back on its own first, then through Patroni ---------------------
@@ -338,14 +214,14 @@ command_ok([ 'pg_ctl', '-D', $node{node2}{data}, '-l', "$dir/node2.alone.log", '
 	'node2 starts as a primary on its old timeline, outside Patroni');
 ok(poll_sql($n2, "SELECT count(*) = 1 FROM connect_guard.event WHERE kind = 'witness_failed_over'", 30),
 	'node2 finds that a newer timeline took over from its own');
-like(sql($n2, "SELECT detail ->> 'detail' FROM connect_guard.event WHERE kind = 'witness_failed_over'"),
+like(sql_at($n2, "SELECT detail ->> 'detail' FROM connect_guard.event WHERE kind = 'witness_failed_over'"),
 	qr/another server was promoted without an upgrade plan \(a failover\), and this one is a former primary/,
 	'and says why');
-is(sql($n2, "SELECT count(*) FROM connect_guard.event WHERE kind = 'rollback_detected'")
-	 . ' ' . sql($n2, 'SELECT count(*) FROM connect_guard.rollback_incident')
-	 . ' ' . sql($n2, "SELECT count(*) FROM connect_guard.request WHERE action = 'reload'"),
+is(sql_at($n2, "SELECT count(*) FROM connect_guard.event WHERE kind = 'rollback_detected'")
+	 . ' ' . sql_at($n2, 'SELECT count(*) FROM connect_guard.rollback_incident')
+	 . ' ' . sql_at($n2, "SELECT count(*) FROM connect_guard.request WHERE action = 'reload'"),
 	'0 0 0', 'no rollback, no incident, no reload requested');
-like(sql($n2, "SELECT scope || ': ' || reason FROM connect_fences"), qr/^mapped: former primary of timeline 2:/,
+like(sql_at($n2, "SELECT scope || ': ' || reason FROM connect_fences"), qr/^mapped: former primary of timeline 2:/,
 	'its mapped tables are fenced');
 my ($rc, $out, $err) = psql_at($n2, 'INSERT INTO writes (account_id) VALUES (1)');
 like($err, qr/a maintenance fence is up/, 'a write there is refused');
@@ -357,23 +233,7 @@ ok(wait_members($node{node1}{api}, { node1 => 'leader', node2 => 'sync_standby' 
 # -- 5. counting ------------------------------------------------------------------------
 
 stop_consumer();
-command_ok([ '/usr/bin/python3', $simulator, '--drain', '--source', $n1, '--mirror', $mirror_conninfo, '--connection', 'sync' ],
-	'the simulator drains the new primary');
-my $writes = sql($n1, 'SELECT count(*) FROM writes');
-ok($writes > 50, "$writes transactions committed across the switchover and the failover");
-my $log = '(SELECT id FROM connect_guard.trigger_log UNION ALL SELECT id FROM connect_guard.trigger_log_archive)';
-is(sql($n1, "SELECT count(*) FROM $log l"), 2 * $writes, 'each reached the log once (two entries each)');
-is($mirror->safe_psql('postgres', "SELECT count(*) FROM _sim_applied WHERE connection = 'sync'"), 2 * $writes,
-	'each entry was applied to the mirror once');
-is($mirror->safe_psql('postgres', 'SELECT count(*) FROM writes'), $writes, 'the mirror has every row');
-command_ok([ '/usr/bin/python3', $simulator, '--verify', '--source', $n1, '--mirror', $mirror_conninfo, '--connection', 'sync' ],
-	'--verify: the mirror equals the tables');
+delivered_once_ok($n1);
 
-$node{node2}{patroni}->signal('TERM');
-$node{node1}{patroni}->signal('TERM');
-$node{$_}{patroni}->finish foreach ('node2', 'node1');
-$etcd->signal('TERM');
-$etcd->finish;
-@running = ();
-$mirror->stop;
+stop_background();
 done_testing();

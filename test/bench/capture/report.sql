@@ -47,20 +47,26 @@ SELECT workload,
  GROUP BY workload, variant, w_order, v_order
  ORDER BY w_order, v_order;
 
-\echo 'From throughput: connect_guard''s added µs/row as a fraction of the others'' (median of per-round fractions;'
-\echo 'target for the bulk workloads: <= 0.5 of the PL/pgSQL statement-level trigger''s, aim 0.33)'
-WITH f AS (
-    SELECT cg.workload, cg.w_order,
-           cg.added_us / st.added_us AS of_stmt,
-           cg.added_us / pl.added_us AS of_plpgsql,
-           cg.added_us / pq.added_us AS of_pgq
-      FROM per_round cg
-      JOIN per_round st ON st.round = cg.round AND st.workload = cg.workload AND st.variant = 'plpgsql_stmt'
-      JOIN per_round pl ON pl.round = cg.round AND pl.workload = cg.workload AND pl.variant = 'plpgsql'
-      JOIN per_round pq ON pq.round = cg.round AND pq.workload = cg.workload AND pq.variant = 'pgq'
+-- connect_guard's added cost as a fraction of each other trigger's, per
+-- round, then summed up over rounds; once for each measure (wall: the added
+-- µs/row from throughput, cpu: the added backend CPU µs/row)
+CREATE TEMP VIEW fraction AS
+WITH added AS (
+    SELECT round, workload, w_order, variant, 'wall' AS measure, added_us AS added FROM per_round
+    UNION ALL
+    SELECT round, workload, w_order, variant, 'cpu', added_cpu_us FROM per_round
+), f AS (
+    SELECT cg.measure, cg.workload, cg.w_order,
+           cg.added / st.added AS of_stmt,
+           cg.added / pl.added AS of_plpgsql,
+           cg.added / pq.added AS of_pgq
+      FROM added cg
+      JOIN added st ON (st.measure, st.round, st.workload, st.variant) = (cg.measure, cg.round, cg.workload, 'plpgsql_stmt')
+      JOIN added pl ON (pl.measure, pl.round, pl.workload, pl.variant) = (cg.measure, cg.round, cg.workload, 'plpgsql')
+      JOIN added pq ON (pq.measure, pq.round, pq.workload, pq.variant) = (cg.measure, cg.round, cg.workload, 'pgq')
      WHERE cg.variant = 'connect_guard'
 )
-SELECT workload,
+SELECT measure, workload, w_order,
        round(percentile_cont(0.5) WITHIN GROUP (ORDER BY of_stmt)::numeric, 2) AS "÷ plpgsql_stmt",
        round(min(of_stmt)::numeric, 2) || ' .. ' || round(max(of_stmt)::numeric, 2) AS "÷ plpgsql_stmt, range",
        round(percentile_cont(0.5) WITHIN GROUP (ORDER BY of_plpgsql)::numeric, 2) AS "÷ plpgsql",
@@ -72,8 +78,12 @@ SELECT workload,
            ELSE 'MISSES target (<= 0.5)'
        END AS verdict
   FROM f
- GROUP BY workload, w_order
- ORDER BY w_order;
+ GROUP BY measure, workload, w_order;
+
+\echo 'From throughput: connect_guard''s added µs/row as a fraction of the others'' (median of per-round fractions;'
+\echo 'target for the bulk workloads: <= 0.5 of the PL/pgSQL statement-level trigger''s, aim 0.33)'
+SELECT workload, "÷ plpgsql_stmt", "÷ plpgsql_stmt, range", "÷ plpgsql", "÷ pgq", verdict
+  FROM fraction WHERE measure = 'wall' ORDER BY w_order;
 
 \echo 'Backend CPU time per row, and added over no trigger (medians over rounds)'
 SELECT workload,
@@ -86,31 +96,8 @@ SELECT workload,
  ORDER BY w_order, v_order;
 
 \echo 'The same from backend CPU time: connect_guard''s added CPU µs/row as a fraction of the others'''
-WITH f AS (
-    SELECT cg.workload, cg.w_order,
-           cg.added_cpu_us / st.added_cpu_us AS of_stmt,
-           cg.added_cpu_us / pl.added_cpu_us AS of_plpgsql,
-           cg.added_cpu_us / pq.added_cpu_us AS of_pgq
-      FROM per_round cg
-      JOIN per_round st ON st.round = cg.round AND st.workload = cg.workload AND st.variant = 'plpgsql_stmt'
-      JOIN per_round pl ON pl.round = cg.round AND pl.workload = cg.workload AND pl.variant = 'plpgsql'
-      JOIN per_round pq ON pq.round = cg.round AND pq.workload = cg.workload AND pq.variant = 'pgq'
-     WHERE cg.variant = 'connect_guard'
-)
-SELECT workload,
-       round(percentile_cont(0.5) WITHIN GROUP (ORDER BY of_stmt)::numeric, 2) AS "÷ plpgsql_stmt",
-       round(min(of_stmt)::numeric, 2) || ' .. ' || round(max(of_stmt)::numeric, 2) AS "÷ plpgsql_stmt, range",
-       round(percentile_cont(0.5) WITHIN GROUP (ORDER BY of_plpgsql)::numeric, 2) AS "÷ plpgsql",
-       round(percentile_cont(0.5) WITHIN GROUP (ORDER BY of_pgq)::numeric, 2) AS "÷ pgq",
-       CASE
-           WHEN workload NOT LIKE '%bulk' THEN 'no target (single-row)'
-           WHEN percentile_cont(0.5) WITHIN GROUP (ORDER BY of_stmt) <= 0.33 THEN 'meets aim (<= 0.33)'
-           WHEN percentile_cont(0.5) WITHIN GROUP (ORDER BY of_stmt) <= 0.5 THEN 'meets target (<= 0.5), misses aim (0.33)'
-           ELSE 'MISSES target (<= 0.5)'
-       END AS verdict
-  FROM f
- GROUP BY workload, w_order
- ORDER BY w_order;
+SELECT workload, "÷ plpgsql_stmt", "÷ plpgsql_stmt, range", "÷ plpgsql", "÷ pgq", verdict
+  FROM fraction WHERE measure = 'cpu' ORDER BY w_order;
 
 -- a trigger that silently skipped rows would look fast: say so loudly
 SELECT count(*) AS miscounted FROM result

@@ -28,7 +28,7 @@
 #              checked the fork point, the log and the marks, and lowered
 #              the new primary's fence
 #   window     fence .. first write, the sum of the parts after pause
-source "$(dirname "$0")/../../../scripts/lib.sh"
+source "$(dirname "$0")/../lib.sh"
 
 rounds=${BENCH_ROUNDS:-5}
 clients=${BENCH_CLIENTS:-4}
@@ -49,19 +49,10 @@ round() {   # round NAME NAPTIME: prints the parts, in ms, as the header says
     cluster_init "$dir/primary" "$p_port" "connect_guard.naptime = '$naptime'" "synchronous_commit = off" \
         "log_line_prefix = '%m [%p] '" "log_timezone = 'UTC'"
     cluster_start "$dir/primary"
-    psql_at "$primary" >/dev/null <<'SQL'
-CREATE EXTENSION connect_guard;
-CREATE TABLE account (id int PRIMARY KEY, balance int NOT NULL DEFAULT 0);
-INSERT INTO account SELECT g FROM generate_series(1, 1000) g;
-SELECT connect_create_connection('sync');
-SELECT connect_map_table('sync', 'account');
-SQL
-    as_run_user pg_basebackup -h "$dir/primary" -p "$p_port" -U postgres -D "$dir/follower/data" -R -X stream -c fast
-    as_run_user sed -i "s/^port = .*/port = $f_port/; s|^unix_socket_directories = .*|unix_socket_directories = '$dir/follower'|" \
-        "$dir/follower/data/postgresql.conf"
+    bench_accounts "$primary"
+    cluster_follower "$dir/primary" "$p_port" "$dir/follower" "$f_port"
     cluster_start "$dir/follower"
-    echo '\set id random(1, 1000)
-UPDATE account SET balance = balance + 1 WHERE id = :id;' | as_run_user tee "$dir/update.sql" >/dev/null
+    bench_update_script "$dir/update.sql"
     as_run_user pgbench -n -c "$clients" -j 2 -T 30 --max-tries 1 -f "$dir/update.sql" "$primary" >/dev/null 2>&1 &
     local bench=$!
     as_run_user /usr/bin/python3 "$work/writer.py" "$follower" >"$dir/first_write" 2>"$dir/first_write.err" &
@@ -142,7 +133,6 @@ for r in $(seq 1 "$rounds"); do
         printf "$columns" "$r" "$naptime" "$pause" "$fence" "$catch" "$handoff" "$promote" "$complete" "$window"
     done
 done
-median() { printf '%s\n' $1 | sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 echo
-echo "write-blocked window (ms), median of $rounds rounds: $(median "${windows[1s]}") at naptime 1s, $(median "${windows[10s]}") at 10s;" \
-     "$(median "${windows[all]}") over all $((2 * rounds)) (target < 150, aim 50)"
+echo "write-blocked window (ms), median of $rounds rounds: $(median ${windows[1s]}) at naptime 1s, $(median ${windows[10s]}) at 10s;" \
+     "$(median ${windows[all]}) over all $((2 * rounds)) (target < 150, aim 50)"

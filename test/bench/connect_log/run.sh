@@ -16,7 +16,7 @@
 # sequential scan.
 #
 #   bash test/bench/connect_log/run.sh   # BENCH_ROWS=5000000 BENCH_ROUNDS=5 BENCH_CALLS=200
-source "$(dirname "$0")/../../../scripts/lib.sh"
+source "$(dirname "$0")/../lib.sh"
 
 rows=${BENCH_ROWS:-5000000}
 rounds=${BENCH_ROUNDS:-5}
@@ -25,16 +25,10 @@ calls=${BENCH_CALLS:-200}
 install_packages
 build_and_install
 
-work=$(scratch_dir bench-connect-log)
-trap 'cluster_stop "$work"; rm -rf "$work"' EXIT
-port=$(free_port 5495)
+bench_scratch connect-log
 # no witness and no archiving by the worker: only what is measured runs
-cluster_init "$work" "$port" "shared_buffers = 512MB" "maintenance_work_mem = 512MB" "max_wal_size = 4GB" \
+bench_cluster 5495 "shared_buffers = 512MB" "maintenance_work_mem = 512MB" "max_wal_size = 4GB" \
     "connect_guard.witness_directory = ''" "connect_guard.archive_chunks = 0"
-cluster_start "$work"
-
-sql() { as_run_user psql -h "$work" -p "$port" -U postgres -qXAt -v ON_ERROR_STOP=1 -d bench "$@"; }
-as_run_user createdb -h "$work" -p "$port" -U postgres bench
 for schema in big small; do
     sql -v schema="$schema" -v tables=account,contact -f "$CG_ROOT/test/fixtures/connect_schema.sql" >/dev/null
 done
@@ -100,7 +94,6 @@ for r in $(seq 1 "$rounds"); do
     ratios+="$ratio " bigs+="${ms[big]} "
     printf '%5s %12s %12s %8s\n' "$r" "${ms[big]}" "${ms[small]}" "$ratio"
 done
-median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 echo
 echo "median ms per cycle on the $rows-entry log (target < 5): $(median $bigs)"
 echo "median ratio, $rows entries / 1000 entries (target near 1): $(median $ratios)"

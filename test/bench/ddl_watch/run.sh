@@ -19,7 +19,7 @@
 # added per statement in µs.
 #
 #   bash test/bench/ddl_watch/run.sh    # BENCH_ROUNDS=30 BENCH_BATCH=100
-source "$(dirname "$0")/../../../scripts/lib.sh"
+source "$(dirname "$0")/../lib.sh"
 
 rounds=${BENCH_ROUNDS:-30}
 batch=${BENCH_BATCH:-100}
@@ -27,15 +27,9 @@ batch=${BENCH_BATCH:-100}
 install_packages
 build_and_install
 
-work=$(scratch_dir bench-ddl-watch)
-trap 'cluster_stop "$work"; rm -rf "$work"' EXIT
-port=$(free_port 5485)
-cluster_init "$work" "$port" "synchronous_commit = off"
-cluster_start "$work"
+bench_scratch ddl-watch
+bench_cluster 5485 "synchronous_commit = off"
 
-sql() { as_run_user psql -h "$work" -p "$port" -U postgres -qAtX -v ON_ERROR_STOP=1 -d bench "$@"; }
-
-as_run_user createdb -h "$work" -p "$port" -U postgres bench
 sql <<'SQL'
 CREATE EXTENSION connect_guard;
 SELECT connect_create_connection('sync');

@@ -22,7 +22,7 @@
 # it times the loop, so it is only as good as the machine is quiet.
 #
 #   bash test/bench/fence/run.sh   # BENCH_N1=1000 BENCH_N2=6000 BENCH_LOOP_STATEMENTS=0 BENCH_ROUNDS=3
-source "$(dirname "$0")/../../../scripts/lib.sh"
+source "$(dirname "$0")/../lib.sh"
 
 n1=${BENCH_N1:-1000}
 n2=${BENCH_N2:-6000}
@@ -34,34 +34,27 @@ install_packages
 install_packages valgrind
 build_and_install
 
-work=$(scratch_dir bench-fence)
-trap 'cluster_stop "$work"; rm -rf "$work"' EXIT   # (the runs leave no server behind)
-port=$(free_port 5480)
-cluster_init "$work" "$port" "fsync = on" "synchronous_commit = off" "connect_guard.naptime = '1h'"
+bench_scratch fence   # (the runs leave no server behind)
+log "preparing: a table of 100,000 rows and $fenced_tables tables to fence"
+bench_cluster 5480 "fsync = on" "synchronous_commit = off" "connect_guard.naptime = '1h'"
 data="$work/data"
 fence_file="$data/connect_guard.fences"
-
-psql_run() { as_run_user psql -h "$work" -p "$port" -U postgres -qXAt -d bench "$@"; }
-
-log "preparing: a table of 100,000 rows and $fenced_tables tables to fence"
-cluster_start "$work"
-as_run_user createdb -h "$work" -p "$port" -U postgres bench
-psql_run -c "CREATE EXTENSION connect_guard" \
+sql -c "CREATE EXTENSION connect_guard" \
     -c "CREATE TABLE acct (aid int PRIMARY KEY, abalance int NOT NULL DEFAULT 0, filler text)" \
     -c "INSERT INTO acct SELECT g, 0, repeat('x', 80) FROM generate_series(1, 100000) g" \
     -c "CREATE TABLE ins (id bigserial PRIMARY KEY, v int)" \
     -c "VACUUM ANALYZE"
-psql_run -c "DO \$\$ BEGIN FOR i IN 1..$fenced_tables LOOP
+sql -c "DO \$\$ BEGIN FOR i IN 1..$fenced_tables LOOP
                  EXECUTE format('CREATE TABLE fenced_%s (id int PRIMARY KEY)', i);
                  IF i % 500 = 0 THEN COMMIT; END IF;   -- max_locks_per_transaction
              END LOOP; END \$\$"
 # the fence of a maintenance window over 10,000 tables (fence_raise is what
 # connect_fence('mapped') calls once it knows the mapped tables)
-psql_run -c "SELECT connect_guard.fence_raise('mapped', NULL, NULL, 'benchmark',
+sql -c "SELECT connect_guard.fence_raise('mapped', NULL, NULL, 'benchmark',
                  array_agg(oid), array_agg('bench'::text))
                FROM pg_class WHERE relname LIKE 'fenced\\_%' AND relkind = 'r'" >/dev/null
-[ "$(psql_run -c "SELECT tables FROM connect_fences")" = "$fenced_tables" ] || die "the fence does not cover $fenced_tables tables"
-[ "$(psql_run -c "SELECT count(*) FROM connect_guard.fence_relations() r JOIN pg_class c ON c.oid = r.relid WHERE c.relname = 'acct'")" = 0 ] ||
+[ "$(sql -c "SELECT tables FROM connect_fences")" = "$fenced_tables" ] || die "the fence does not cover $fenced_tables tables"
+[ "$(sql -c "SELECT count(*) FROM connect_guard.fence_relations() r JOIN pg_class c ON c.oid = r.relid WHERE c.relname = 'acct'")" = 0 ] ||
     die "acct must not be fenced"
 cluster_stop "$work"
 as_run_user cp "$fence_file" "$work/fences.10000"
@@ -153,7 +146,7 @@ if [ "$loop_statements" -gt 0 ]; then
         declare -A secs=()
         for mode in "${order[@]}"; do
             preload "$mode"
-            secs[$mode]=$(psql_run -c "DO \$\$ BEGIN FOR i IN 1..20000 LOOP UPDATE acct SET abalance = abalance + 1 WHERE aid = i % 100000 + 1; END LOOP; END \$\$" \
+            secs[$mode]=$(sql -c "DO \$\$ BEGIN FOR i IN 1..20000 LOOP UPDATE acct SET abalance = abalance + 1 WHERE aid = i % 100000 + 1; END LOOP; END \$\$" \
                 -c "SELECT extract(epoch FROM clock_timestamp())" \
                 -c "DO \$\$ BEGIN FOR i IN 1..$loop_statements LOOP UPDATE acct SET abalance = abalance + 1 WHERE aid = i % 100000 + 1; END LOOP; END \$\$" \
                 -c "SELECT extract(epoch FROM clock_timestamp())" | awk 'NR == 1 { a = $1 } NR == 2 { printf "%.3f", $1 - a }')

@@ -13,7 +13,7 @@
 # HA manager to bring the old primary back as a replica.
 #
 #   bash test/bench/ha/run.sh    # BENCH_ROUNDS=3 BENCH_CLIENTS=4
-source "$(dirname "$0")/../../../scripts/lib.sh"
+source "$(dirname "$0")/../lib.sh"
 
 rounds=${BENCH_ROUNDS:-3}
 clients=${BENCH_CLIENTS:-4}
@@ -50,17 +50,7 @@ wait_for() {   # wait_for SECONDS COMMAND...: until the command succeeds
         sleep 0.2
     done
 }
-schema() {
-    psql_at "$1" <<'SQL' >/dev/null
-CREATE EXTENSION connect_guard;
-CREATE TABLE account (id int PRIMARY KEY, balance int NOT NULL DEFAULT 0);
-INSERT INTO account SELECT g FROM generate_series(1, 1000) g;
-SELECT connect_create_connection('sync');
-SELECT connect_map_table('sync', 'account');
-SQL
-}
-echo '\set id random(1, 1000)
-UPDATE account SET balance = balance + 1 WHERE id = :id;' | as_run_user tee "$work/update.sql" >/dev/null
+bench_update_script "$work/update.sql"
 
 # changeover LEADER FOLLOWER [promote_with endpoint]: one changeover under
 # load; prints the window in ms
@@ -95,10 +85,8 @@ own_round() {
     follower="host=$dir/follower port=$f_port dbname=postgres user=postgres"
     cluster_init "$dir/primary" "$p_port" "connect_guard.naptime = '200ms'" "connect_guard.witness_directory = '$dir'"
     cluster_start "$dir/primary"
-    schema "$primary"
-    as_run_user pg_basebackup -h "$dir/primary" -p "$p_port" -U postgres -D "$dir/follower/data" -R -X stream -c fast
-    as_run_user sed -i "s/^port = .*/port = $f_port/; s|^unix_socket_directories = .*|unix_socket_directories = '$dir/follower'|" \
-        "$dir/follower/data/postgresql.conf"
+    bench_accounts "$primary"
+    cluster_follower "$dir/primary" "$p_port" "$dir/follower" "$f_port"
     cluster_start "$dir/follower"
     changeover "$primary" "$follower"
     cluster_stop "$dir/primary" immediate; cluster_stop "$dir/follower" immediate
@@ -149,7 +137,7 @@ patroni_is() { [ "$(patroni_roles)" = "$1" ]; }
 log "Patroni: node1 bootstraps, node2 clones it"
 background "$work/patroni/node1.log" env PATH=/usr/bin:/bin /usr/bin/patroni "$work/patroni/node1.yml"
 wait_for 90 patroni_is "node1=leader/running"
-schema "host=$sock port=${pat_port[1]} dbname=postgres user=postgres"
+bench_accounts "host=$sock port=${pat_port[1]} dbname=postgres user=postgres"
 background "$work/patroni/node2.log" env PATH=/usr/bin:/bin /usr/bin/patroni "$work/patroni/node2.yml"
 wait_for 120 patroni_is "node1=leader/running node2=replica/running"
 pat_leader=1
@@ -193,7 +181,7 @@ for n in 1 2; do
     background "$work/paf/node$n.log" "${paf_env[@]}" /usr/bin/pg_autoctl run --pgdata "$work/paf/node$n"
     if [ $n = 1 ]; then
         wait_for 60 psql_at "host=$sock port=${paf_port[1]} dbname=postgres user=postgres" -c "SELECT 1"
-        schema "host=$sock port=${paf_port[1]} dbname=postgres user=postgres"
+        bench_accounts "host=$sock port=${paf_port[1]} dbname=postgres user=postgres"
     fi
 done
 wait_for 120 paf_is "node1=primary/primary node2=secondary/secondary"
@@ -210,7 +198,6 @@ paf_round() {
 
 # -- rounds, interleaved ----------------------------------------------------------------
 
-median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 own=() pat=() af=()
 printf '\n%5s %18s %12s %20s   (write-blocked window, ms; %s pgbench clients)\n' round connect_guard patroni pg_auto_failover "$clients"
 # (not in $(...): the rounds keep who leads in this shell)

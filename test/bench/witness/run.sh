@@ -14,7 +14,7 @@
 #    side by side mean anything on these machines.
 #
 #   bash test/bench/witness/run.sh   # BENCH_ROUNDS=5 BENCH_SECONDS=10 BENCH_CLIENTS=2
-source "$(dirname "$0")/../../../scripts/lib.sh"
+source "$(dirname "$0")/../lib.sh"
 
 rounds=${BENCH_ROUNDS:-5}
 seconds=${BENCH_SECONDS:-10}
@@ -23,16 +23,10 @@ clients=${BENCH_CLIENTS:-2}
 install_packages
 build_and_install
 
-work=$(scratch_dir bench-witness)
-trap 'cluster_stop "$work"; rm -rf "$work"' EXIT
-port=$(free_port 5490)
+bench_scratch witness
 as_run_user mkdir "$work/witness"
-cluster_init "$work" "$port" "fsync = on" "shared_buffers = 256MB" "connect_guard.naptime = '100ms'" \
+bench_cluster 5490 "fsync = on" "shared_buffers = 256MB" "connect_guard.naptime = '100ms'" \
     "connect_guard.witness_directory = '$work/witness'"
-cluster_start "$work"
-
-sql() { as_run_user psql -h "$work" -p "$port" -U postgres -qXAt -d bench "$@"; }
-as_run_user createdb -h "$work" -p "$port" -U postgres bench
 as_run_user pgbench -h "$work" -p "$port" -U postgres -i -q -s 10 bench >/dev/null 2>&1
 sql -c "CREATE EXTENSION connect_guard" -c "SELECT connect_create_connection('bench')" \
     -c "SELECT connect_map_table('bench', 'pgbench_accounts')" >/dev/null
@@ -89,6 +83,5 @@ for r in $(seq 1 "$rounds"); do
     ratios+="$ratio "
     printf '%5s %12.0f %12.0f %8s\n' "$r" "${tps[on]}" "${tps[off]}" "$ratio"
 done
-median=$(printf '%s\n' $ratios | sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }')
 echo
-echo "median ratio, witness on / off (target >= 0.98): $median"
+echo "median ratio, witness on / off (target >= 0.98): $(median $ratios)"

@@ -57,6 +57,8 @@ our @EXPORT = qw(
   setup_accounts create_consumed_table account_write writes_script start_pgbench
   consume whole_log plan_status note_timeline
 );
+# on request (use ConnectGuard::Test qw(:DEFAULT runbook ...)): some tests have a runbook() of their own
+our @EXPORT_OK = qw(runbook wal_archived restored_node);
 
 =head2 Servers
 
@@ -259,15 +261,17 @@ sub account_write
 =item writes_script($node, %opt)
 
 Writes the pgbench script of those writers into the node's base directory
-and returns its path.  C<< sleep => S >> adds a random sleep of up to S
-seconds before the commit, so that writers commit in every order.
+(or into C<$node> itself, when it is a directory's path: for servers that
+are not PostgreSQL::Test::Cluster nodes) and returns its path.
+C<< sleep => S >> adds a random sleep of up to S seconds before the
+commit, so that writers commit in every order.
 
 =cut
 
 sub writes_script
 {
 	my ($node, %opt) = @_;
-	my $script = $node->basedir . '/writes.sql';
+	my $script = (ref $node ? $node->basedir : $node) . '/writes.sql';
 	my $sleep = $opt{sleep} ? "SELECT pg_sleep(random() * $opt{sleep});\n" : '';
 	unlink $script;
 	append_to_file($script, qq{
@@ -439,6 +443,76 @@ sub note_timeline
 		  . " FROM connect_upgrade_timeline($plan)", $db);
 	Test::More::note("timeline: $timeline");
 	return;
+}
+
+=back
+
+=head2 Runbooks
+
+=over
+
+=item runbook($node, $name, %vars)
+
+Runs F<runbooks/$name.sql> as a DBA does (C<psql -v ON_ERROR_STOP=1 -f>),
+each of C<%vars> as a C<-v>, in the database C<< -db => >> (default
+C<postgres>); notes how it ended and returns (exit code, output, error
+output).  A runbook stops with exit code 3 when a precondition fails.
+
+=cut
+
+sub runbook
+{
+	my ($node, $name, %vars) = @_;
+	my $db = delete $vars{-db} // 'postgres';
+	my ($out, $err) = ('', '');
+	IPC::Run::run(
+		[ 'psql', '-X', '-v', 'ON_ERROR_STOP=1', (map { ('-v', "$_=$vars{$_}") } sort keys %vars),
+		  '-f', "runbooks/$name.sql", '-d', $node->connstr($db) ],
+		'>', \$out, '2>', \$err);
+	my $rc = $? >> 8;
+	Test::More::note("runbook $name exited with $rc" . ($rc ? ":\n$err" : ''));
+	return ($rc, $out, $err);
+}
+
+=back
+
+=head2 Point-in-time restores
+
+=over
+
+=item wal_archived($node)
+
+Switches to a new WAL file and waits until the archiver has archived the
+one it left (and so every earlier one): what a restore to a point before
+now needs; false on timeout.
+
+=cut
+
+sub wal_archived
+{
+	my ($node) = @_;
+	my $walfile = sql($node, 'SELECT pg_walfile_name(pg_switch_wal())');
+	return $node->poll_query_until('postgres',
+		"SELECT last_archived_wal >= '$walfile' FROM pg_stat_archiver");
+}
+
+=item restored_node($from, $backup, $lsn, %opt)
+
+A new node (named by C<name>, default C<restored>) from C<$from>'s backup
+C<$backup>, recovering from C<$from>'s archive up to C<$lsn>, then
+promoted, archiving nothing itself; started unless C<< start => 0 >>.
+
+=cut
+
+sub restored_node
+{
+	my ($from, $backup, $lsn, %opt) = @_;
+	my $restored = PostgreSQL::Test::Cluster->new($opt{name} // 'restored');
+	$restored->init_from_backup($from, $backup, has_restoring => 1, standby => 0);
+	$restored->append_conf('postgresql.conf',
+		"recovery_target_lsn = '$lsn'\nrecovery_target_action = 'promote'\narchive_mode = off\n");
+	$restored->start if $opt{start} // 1;
+	return $restored;
 }
 
 # _lines: conf lines given as an array ref or one string

@@ -1711,3 +1711,74 @@ REVOKE ALL ON FUNCTION connect_guard.subscriptions_into(regclass),
                        connect_guard.subscription_unlogged(oid),
                        connect_guard.on_subscription_change()
     FROM PUBLIC;
+
+/* ------------------------------------------------------------------------
+ * A role that consumes no connection any more loses EXECUTE on the consumer
+ * functions also when its grant goes with a dropped connection (a trigger
+ * on connect_guard.consumer instead of a step of connect_revoke_consumer),
+ * as in extension/parts/25_consumers.sql.
+ * ------------------------------------------------------------------------ */
+
+/*
+ * connect_guard.consumer_rights_follow: a role that consumes no connection
+ * any more loses EXECUTE on the consumer functions (which alone would give
+ * it nothing).  A trigger rather than a step of connect_revoke_consumer:
+ * grants also go when their connection is dropped (ON DELETE CASCADE), and
+ * a role left with EXECUTE but no grant row could be dropped only after a
+ * REVOKE by hand that nothing would tell the DBA about.
+ */
+CREATE FUNCTION connect_guard.consumer_rights_follow()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_role name;
+BEGIN
+    FOR v_role IN
+        SELECT DISTINCT gone.role_name FROM gone
+         WHERE NOT EXISTS (SELECT 1 FROM connect_guard.consumer k WHERE k.role_name = gone.role_name)
+           AND EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = gone.role_name)
+         ORDER BY 1
+    LOOP
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION %s, %s, %s FROM %I',
+                       '@extschema@.connect_next_batch(text)'::regprocedure,
+                       '@extschema@.connect_batch_events(bigint)'::regprocedure,
+                       '@extschema@.connect_finish_batch(bigint)'::regprocedure, v_role);
+    END LOOP;
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER consumer_rights_follow
+    AFTER DELETE ON connect_guard.consumer
+    REFERENCING OLD TABLE AS gone
+    FOR EACH STATEMENT EXECUTE FUNCTION connect_guard.consumer_rights_follow();
+
+/*
+ * connect_revoke_consumer takes the connection away from a role; a role
+ * that consumes no connection any more also loses EXECUTE on the consumer
+ * functions (consumer_rights_follow).  A batch it holds stays open and is
+ * handed to the next consumer that asks.  Returns false when the role was
+ * no consumer of the connection.
+ */
+CREATE OR REPLACE FUNCTION connect_revoke_consumer(connection text, role name)
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c connect_guard.connection;
+BEGIN
+    c := connect_guard.connection_for_update(connection);
+    PERFORM connect_guard.require_not_null(role, 'role', 'Pass the name of the role, as connect_consumers shows it.');
+    DELETE FROM connect_guard.consumer k WHERE k.connection_id = c.connection_id AND k.role_name = role;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM connect_guard.log_event(c.connection_id, 'consumer_revoked', jsonb_build_object('role', role));
+    RETURN true;
+END;
+$$;
+
+REVOKE ALL ON FUNCTION connect_guard.consumer_rights_follow() FROM PUBLIC;

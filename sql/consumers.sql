@@ -85,8 +85,18 @@ RESET SESSION AUTHORIZATION;
 SELECT outcome('DROP ROLE cg_regress_b') AS "drop a consumer role";
 SELECT connection_name, kind, detail, actor FROM connect_guard.event WHERE kind LIKE 'consumer%' ORDER BY event_id;
 
+-- a grant that goes with its connection takes EXECUTE with it, when it was the role's last one:
+-- c's consumer also consumes b, and keeps EXECUTE until b goes too; then the role can be dropped
+SELECT connect_create_connection('c');
+SELECT connect_grant_consumer('c', 'cg_regress_b');
+SELECT connect_drop_connection('c');
+SELECT has_function_privilege('cg_regress_b', 'connect_next_batch(text)', 'EXECUTE') AS b_executes_with_b_left,
+       (SELECT count(*) FROM connect_consumers WHERE role = 'cg_regress_b') AS b_grants;
 SELECT connect_drop_connection(c) FROM unnest(ARRAY['a', 'b']) c;
+SELECT has_function_privilege('cg_regress_b', 'connect_next_batch(text)', 'EXECUTE') AS b_executes_with_none_left,
+       (SELECT count(*) FROM connect_consumers) AS grants_left;
+DROP ROLE cg_regress_b;                                -- nothing of it left behind
 DROP TABLE matrix, account, contact;
 DROP FUNCTION run_as(name, text), outcome(text);
 DROP EXTENSION connect_guard;
-DROP ROLE cg_regress_a, cg_regress_b, cg_regress_old, cg_regress_member, cg_regress_monitor;
+DROP ROLE cg_regress_a, cg_regress_old, cg_regress_member, cg_regress_monitor;

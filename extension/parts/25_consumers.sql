@@ -108,11 +108,47 @@ END;
 $$;
 
 /*
+ * connect_guard.consumer_rights_follow: a role that consumes no connection
+ * any more loses EXECUTE on the consumer functions (which alone would give
+ * it nothing).  A trigger rather than a step of connect_revoke_consumer:
+ * grants also go when their connection is dropped (ON DELETE CASCADE), and
+ * a role left with EXECUTE but no grant row could be dropped only after a
+ * REVOKE by hand that nothing would tell the DBA about.
+ */
+CREATE FUNCTION connect_guard.consumer_rights_follow()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_role name;
+BEGIN
+    FOR v_role IN
+        SELECT DISTINCT gone.role_name FROM gone
+         WHERE NOT EXISTS (SELECT 1 FROM connect_guard.consumer k WHERE k.role_name = gone.role_name)
+           AND EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = gone.role_name)
+         ORDER BY 1
+    LOOP
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION %s, %s, %s FROM %I',
+                       '@extschema@.connect_next_batch(text)'::regprocedure,
+                       '@extschema@.connect_batch_events(bigint)'::regprocedure,
+                       '@extschema@.connect_finish_batch(bigint)'::regprocedure, v_role);
+    END LOOP;
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER consumer_rights_follow
+    AFTER DELETE ON connect_guard.consumer
+    REFERENCING OLD TABLE AS gone
+    FOR EACH STATEMENT EXECUTE FUNCTION connect_guard.consumer_rights_follow();
+
+/*
  * connect_revoke_consumer takes the connection away from a role; a role
  * that consumes no connection any more also loses EXECUTE on the consumer
- * functions (which alone would give it nothing).  A batch it holds stays
- * open and is handed to the next consumer that asks.  Returns false when
- * the role was no consumer of the connection.
+ * functions (consumer_rights_follow).  A batch it holds stays open and is
+ * handed to the next consumer that asks.  Returns false when the role was
+ * no consumer of the connection.
  */
 CREATE FUNCTION connect_revoke_consumer(connection text, role name)
 RETURNS boolean
@@ -127,13 +163,6 @@ BEGIN
     DELETE FROM connect_guard.consumer k WHERE k.connection_id = c.connection_id AND k.role_name = role;
     IF NOT FOUND THEN
         RETURN false;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM connect_guard.consumer k WHERE k.role_name = role)
-       AND EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = role) THEN
-        EXECUTE format('REVOKE EXECUTE ON FUNCTION %s, %s, %s FROM %I',
-                       '@extschema@.connect_next_batch(text)'::regprocedure,
-                       '@extschema@.connect_batch_events(bigint)'::regprocedure,
-                       '@extschema@.connect_finish_batch(bigint)'::regprocedure, role);
     END IF;
     PERFORM connect_guard.log_event(c.connection_id, 'consumer_revoked', jsonb_build_object('role', role));
     RETURN true;

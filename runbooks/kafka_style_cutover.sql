@@ -67,8 +67,7 @@ SET application_name = 'connect_guard runbook kafka_style_cutover';
 SELECT pg_temp.runbook_require(:'variant' IN ('window', 'double_write'),
     format('unknown variant %s', :'variant'),
     'Pass -v variant=window (a maintenance window) or -v variant=double_write.') \gset
-SELECT pg_temp.runbook_require(:'phase' IN ('start', 'cutover'),
-    format('unknown phase %s', :'phase'),
+SELECT pg_temp.runbook_require_phase(:'phase', '{start,cutover}',
     'With variant=double_write: -v phase=start, later -v phase=cutover.') \gset
 SELECT pg_temp.runbook_require_primary('Connect to the database of the connections (psql -d ...).') \gset
 SELECT pg_temp.runbook_require(:'drop_old' ~* '^(on|off|true|false|yes|no|1|0)$',

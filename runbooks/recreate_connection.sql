@@ -64,8 +64,7 @@
 SET application_name = 'connect_guard runbook recreate_connection';
 
 \echo '== recreate_connection (phase' :phase'): preconditions'
-SELECT pg_temp.runbook_require(:'phase' IN ('export', 'import'),
-    format('unknown phase %s', :'phase'),
+SELECT pg_temp.runbook_require_phase(:'phase', '{export,import}',
     'Pass -v phase=export (the default), then -v phase=import.') \gset
 SELECT pg_temp.runbook_require_primary('Connect to the database of the connection (psql -d ...).') \gset
 SELECT pg_temp.runbook_require(:'timeout' ~ '^[ 0-9a-z.]+$' AND :'drain_timeout' ~ '^[ 0-9a-z.]+$'

@@ -18,33 +18,11 @@ use IPC::Run;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use Time::HiRes qw(usleep);
-use ConnectGuard::Test;
+use ConnectGuard::Test qw(:DEFAULT runbook);
 
 # recreate_connection imports a webhook connection to http://127.0.0.1:9, which
 # only a test may name (connect_guard.http_allow_insecure_loopback)
 my $conf = [ "connect_guard.naptime = '200ms'", 'connect_guard.http_allow_insecure_loopback = on' ];
-
-# runbook_cmd is the psql command line of a runbook; -db picks the database
-sub runbook_cmd
-{
-    my ($node, $name, %vars) = @_;
-    my $db = delete $vars{-db} // 'postgres';
-    return [ 'psql', '-X', '-v', 'ON_ERROR_STOP=1',
-             (map { ('-v', "$_=$vars{$_}") } sort keys %vars),
-             '-f', "runbooks/$name.sql", '-d', $node->connstr($db) ];
-}
-
-# runbook runs a runbook to its end: (exit code, stdout, stderr)
-sub runbook
-{
-    my ($node, $name, %vars) = @_;
-    my ($out, $err) = ('', '');
-    IPC::Run::run(runbook_cmd($node, $name, %vars), '>', \$out, '2>', \$err);
-    my $rc = $? >> 8;
-    note "runbook $name exited with $rc" . ($rc ? ":\n$err" : '');
-    return ($rc, $out, $err);
-}
 
 # consume_once is a local sync service's turn: take a batch, finish it
 sub consume_once
@@ -58,19 +36,8 @@ sub consume_once
 sub runbook_consuming
 {
     my ($node, $name, $connections, %vars) = @_;
-    my ($out, $err) = ('', '');
     my $db = $vars{-db};
-    my $h = IPC::Run::start(runbook_cmd($node, $name, %vars), '>', \$out, '2>', \$err);
-    while ($h->pumpable)
-    {
-        consume_once($node, $_, $db) for @$connections;
-        $h->pump_nb;
-        usleep(100_000);
-    }
-    $h->finish;
-    my $rc = $h->result(0);
-    note "runbook $name exited with $rc" . ($rc ? ":\n$err" : '');
-    return ($rc, $out, $err);
+    return runbook($node, $name, %vars, -while => sub { consume_once($node, $_, $db) for @$connections });
 }
 
 sub q1 { return sql(@_); }

@@ -18,7 +18,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use ConnectGuard::Simulator;
-use ConnectGuard::Test;
+use ConnectGuard::Test qw(:DEFAULT runbook);
 
 my $token = random_secret('tok');
 my $token_file = secret_file('connect.token', $token);
@@ -198,37 +198,26 @@ sim('POST', '/_sim/fail', { mode => 'none' });
 
 # -- runbooks ----------------------------------------------------------------
 
-sub runbook
-{
-	my ($name, %vars) = @_;
-	my ($out, $err) = ('', '');
-	IPC::Run::run([ 'psql', '-X', '-v', 'ON_ERROR_STOP=1', (map { ('-v', "$_=$vars{$_}") } sort keys %vars),
-					'-f', "runbooks/$name.sql", '-d', $node->connstr('postgres') ], '>', \$out, '2>', \$err);
-	my $rc = $? >> 8;
-	note "runbook $name exited with $rc" . ($rc ? ":\n$err" : '');
-	return ($rc, $out, $err);
-}
-
 # field_change: shows what differs and the way out; saves
 psql(q{ALTER TABLE lead ALTER COLUMN name TYPE varchar(200)});
-my ($rc, $out, $err) = runbook('field_change', connection => 'sync');
+my ($rc, $out, $err) = runbook($node, 'field_change', connection => 'sync');
 is($rc, 0, 'field_change: shows');
 like($out, qr/column_type_changed \| name .*the rows were rewritten, it reloads/, 'field_change: what differs and the way out');
-($rc, $out, $err) = runbook('field_change', connection => 'sync', table => 'public.lead', action => 'save');
+($rc, $out, $err) = runbook($node, 'field_change', connection => 'sync', table => 'public.lead', action => 'save');
 is($rc, 0, 'field_change: saves');
 like($out, qr/the mapping is RELOAD_TABLE.*connect_mapping_reloaded\('sync', 'public\.lead'\)/s,
 	'field_change: a local consumer is told to acknowledge the reload');
 psql(q{SELECT connect_mapping_reloaded('sync', 'public.lead')});
 psql(q{CREATE TABLE lead_child () INHERITS (lead)});
-($rc, $out, $err) = runbook('field_change', connection => 'sync', table => 'public.lead', action => 'save');
+($rc, $out, $err) = runbook($node, 'field_change', connection => 'sync', table => 'public.lead', action => 'save');
 is($rc, 3, 'field_change: what saving cannot mend stops it');
 like($err, qr/runbook stopped: the mapping of public\.lead cannot be saved yet: .*inheritance_child/, 'field_change: naming it');
 psql(q{DROP TABLE lead_child});
-($rc, $out, $err) = runbook('field_change', connection => 'sync', table => 'public.lead', action => 'save', reload => 'off');
+($rc, $out, $err) = runbook($node, 'field_change', connection => 'sync', table => 'public.lead', action => 'save', reload => 'off');
 is($rc, 0, 'field_change: with the child gone, the mapping is saved');
 like($err, qr/WARNING:  the mapping of public\.lead is saved without the reload it needed/,
 	'field_change: reload=off says what it skipped');
-($rc, $out, $err) = runbook('field_change', connection => 'hc');
+($rc, $out, $err) = runbook($node, 'field_change', connection => 'hc');
 is($rc, 0, "field_change on a heroku connection: fetches Connect's configuration first");
 like($out, qr/step 1: fetch Connect's configuration of hc/, 'field_change: says so');
 
@@ -240,7 +229,7 @@ append_to_file("$tmp/hc.json", qq{{"format": "connect_guard connection 1", "conn
 	"mappings": [{"table_schema": "salesforce", "table_name": "contact", "object_name": "Contact"},
 				 {"table_schema": "salesforce", "table_name": "account", "object_name": "Account"}],
 	"connect_config": $export}});
-($rc, $out, $err) = runbook('recreate_connection', phase => 'import', file => "$tmp/hc.json",
+($rc, $out, $err) = runbook($node, 'recreate_connection', phase => 'import', file => "$tmp/hc.json",
 	options => qq{{"token_file": "$token_file"}});
 is($rc, 0, 'recreate_connection (heroku): import');
 like($out, qr/mapped 2 table.*gave 2 mapping\(s\) their configuration.*Heroku Connect imports the configuration.*Connect answered/s,
@@ -253,7 +242,7 @@ is(scalar(@{ sim('GET', '/_sim/state')->{connections}[1]{mappings} }), 2, 'and h
 my $bad = $export =~ s/"read_write"/"rw"/r;
 append_to_file("$tmp/bad.json", qq{{"format": "connect_guard connection 1", "connection": "hc-bad", "adapter": "local",
 	"options": {}, "mappings": [], "connect_config": $bad}});
-($rc, $out, $err) = runbook('recreate_connection', phase => 'import', file => "$tmp/bad.json");
+($rc, $out, $err) = runbook($node, 'recreate_connection', phase => 'import', file => "$tmp/bad.json");
 is($rc, 3, 'recreate_connection: a connect_config with a bad key stops the import');
 like($err, qr/runbook stopped: .*bad\.json: connect_config: mappings\[\d\]\.config\.access: must be read_only or read_write/,
 	'recreate_connection: naming the key');
@@ -263,11 +252,11 @@ is(psql(q{SELECT count(*) FROM connect_connections WHERE connection = 'hc-bad'})
 psql(q{SELECT connect_import_config('sync', '{"version": 1, "mappings": [{"object_name": "Lead",
 	"config": {"access": "read_write", "sf_polling_seconds": 60, "fields": {"Name": {}, "Note": {}}}}]}')});
 consume($node, connection => 'sync', record => 0);
-($rc, $out, $err) = runbook('recreate_connection', connection => 'sync', file => "$tmp/sync.json");
+($rc, $out, $err) = runbook($node, 'recreate_connection', connection => 'sync', file => "$tmp/sync.json");
 is($rc, 0, 'recreate_connection (local): export');
 like(slurp_file("$tmp/sync.json"), qr/"connect_config": \{.*"sf_polling_seconds": 60/s,
 	'recreate_connection: the file has the configuration in Connect\'s format');
-($rc, $out, $err) = runbook('recreate_connection', phase => 'import', file => "$tmp/sync.json");
+($rc, $out, $err) = runbook($node, 'recreate_connection', phase => 'import', file => "$tmp/sync.json");
 is($rc, 0, 'recreate_connection (local): import');
 is(psql(q{SELECT m.config ->> 'sf_polling_seconds' FROM connect_guard.mapping m JOIN connect_guard.connection c USING (connection_id)
 		   WHERE c.name = 'sync'}), '60', 'recreate_connection: the new connection has the configuration back');

@@ -11,11 +11,10 @@
 # cluster can set up are in sql/preflight.sql.
 use strict;
 use warnings;
-use IPC::Run;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use ConnectGuard::Test;
+use ConnectGuard::Test qw(:DEFAULT runbook);
 
 # one witness directory for the primary and its follower, as the README asks
 my $witness_dir = PostgreSQL::Test::Utils::tempdir;
@@ -49,19 +48,6 @@ sub detail
     $extra //= '';
     return sql($primary, "SELECT detail || ' / ' || coalesce(hint, '')"
           . " FROM connect_preflight('follower', \$ci\$$conninfo\$ci\$$extra) WHERE \"check\" = '$check'");
-}
-
-# runbook runs runbooks/follower_changeover.sql on the primary: (exit code, stdout, stderr)
-sub runbook
-{
-    my (%vars) = @_;
-    my ($out, $err) = ('', '');
-    IPC::Run::run([ 'psql', '-X', '-v', 'ON_ERROR_STOP=1', (map { ('-v', "$_=$vars{$_}") } sort keys %vars),
-                    '-f', 'runbooks/follower_changeover.sql', '-d', $primary->connstr('postgres') ],
-        '>', \$out, '2>', \$err);
-    my $rc = $? >> 8;
-    note "follower_changeover exited with $rc" . ($rc ? ":\n$err" : '');
-    return ($rc, $out, $err);
 }
 
 # ------------------------------------------------------ 1. every check passes
@@ -105,7 +91,8 @@ like(detail($lonely_conninfo, 'follower_witness'),
     'it says where the follower looks, and what to do');
 
 # the runbook stops before anything changes, and goes ahead when the DBA accepts the check
-my ($rc, $out, $err) = runbook(follower_conninfo => $lonely_conninfo, step_timeout => '30 s', wait_timeout => '60 s');
+my ($rc, $out, $err) = runbook($primary, 'follower_changeover', follower_conninfo => $lonely_conninfo,
+    step_timeout => '30 s', wait_timeout => '60 s');
 is($rc, 3, 'follower_changeover: a failed preflight check stops the runbook');
 like($err, qr/runbook stopped: preflight check failed: follower_witness \(the follower finds no witness/,
     'follower_changeover: naming the check and why');
@@ -114,12 +101,12 @@ like($err, qr/HINT:  follower_witness: Point .* Nothing was changed\. To go ahea
 is(sql($primary, q{SELECT (SELECT count(*) FROM connect_guard.follower) || ' ' || (SELECT count(*) FROM connect_guard.upgrade_plan)
                    || ' ' || (SELECT count(*) FROM connect_fences) || ' ' || (SELECT state FROM connect_status)}),
     '0 0 0 IDLE', 'follower_changeover: nothing registered, planned, fenced or paused');
-($rc, $out, $err) = runbook(follower_conninfo => $lonely_conninfo, accept => 'follower_witnes');
+($rc, $out, $err) = runbook($primary, 'follower_changeover', follower_conninfo => $lonely_conninfo, accept => 'follower_witnes');
 is($rc, 3, 'follower_changeover: a misspelt accepted check stops too');
 like($err, qr/runbook stopped: -v accept names follower_witnes, which this preflight does not check/,
     'follower_changeover: saying which name is unknown');
-($rc, $out, $err) = runbook(follower_conninfo => $lonely_conninfo, accept => 'follower_witness',
-    step_timeout => '30 s', wait_timeout => '60 s');
+($rc, $out, $err) = runbook($primary, 'follower_changeover', follower_conninfo => $lonely_conninfo,
+    accept => 'follower_witness', step_timeout => '30 s', wait_timeout => '60 s');
 is($rc, 0, 'follower_changeover: with -v accept=follower_witness the plan reaches ready');
 like($out, qr/follower_witness +\| accepted +\| the follower finds no witness/, 'follower_changeover: showing the check as accepted');
 my ($plan) = $out =~ /plan (\d+) prepared/;
@@ -177,7 +164,8 @@ is(failed($conninfo), 'mappings:sync=false', 'a mapped table whose capture trigg
 like(detail($conninfo, 'mappings:sync'),
     qr/^public\.account is SCHEMA_CHANGED for \d+ s: trigger_disabled: _connect_guard_capture on public\.account .*it needs a reload\) \/ Settle the mappings before the data moves\. .*SELECT connect_save_mapping\('sync', 'public\.account'\);/,
     'it names the table, the change, and the call that settles it');
-($rc, $out, $err) = runbook(follower_conninfo => $conninfo, step_timeout => '30 s', wait_timeout => '60 s');
+($rc, $out, $err) = runbook($primary, 'follower_changeover', follower_conninfo => $conninfo,
+    step_timeout => '30 s', wait_timeout => '60 s');
 is($rc, 3, 'follower_changeover: a drifted mapping stops the runbook');
 like($err, qr/runbook stopped: preflight check failed: mappings:sync \(public\.account is SCHEMA_CHANGED/,
     'follower_changeover: naming the check and the table');

@@ -457,6 +457,9 @@ Runs F<runbooks/$name.sql> as a DBA does (C<psql -v ON_ERROR_STOP=1 -f>),
 each of C<%vars> as a C<-v>, in the database C<< -db => >> (default
 C<postgres>); notes how it ended and returns (exit code, output, error
 output).  A runbook stops with exit code 3 when a precondition fails.
+C<< -while => sub { ... } >> is called again and again (every 0.1 s) as
+long as the runbook runs: the sync services that consume during a window,
+for a runbook that waits for them.
 
 =cut
 
@@ -464,12 +467,20 @@ sub runbook
 {
 	my ($node, $name, %vars) = @_;
 	my $db = delete $vars{-db} // 'postgres';
+	my $while = delete $vars{-while};
 	my ($out, $err) = ('', '');
-	IPC::Run::run(
+	my $h = IPC::Run::start(
 		[ 'psql', '-X', '-v', 'ON_ERROR_STOP=1', (map { ('-v', "$_=$vars{$_}") } sort keys %vars),
 		  '-f', "runbooks/$name.sql", '-d', $node->connstr($db) ],
 		'>', \$out, '2>', \$err);
-	my $rc = $? >> 8;
+	while ($while && $h->pumpable)
+	{
+		$while->();
+		$h->pump_nb;
+		sleep(0.1);
+	}
+	$h->finish;
+	my $rc = $h->result(0);
 	Test::More::note("runbook $name exited with $rc" . ($rc ? ":\n$err" : ''));
 	return ($rc, $out, $err);
 }

@@ -23,7 +23,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(sleep);
 use ConnectGuard::Simulator;
-use ConnectGuard::Test;
+use ConnectGuard::Test qw(:DEFAULT wal_archived restored_node);
 
 my $wdir    = PostgreSQL::Test::Utils::tempdir;    # the witness directory of every node
 my $token   = random_secret('tok');
@@ -202,22 +202,13 @@ write_rows($new_primary, 50);
 consume_all($new_primary);
 my ($hwm_last, $hwms_last) = (hwm($new_primary), hwms($new_primary));
 ok(wait_witness(sub { witnessed_hwms($_[0]) eq $hwms_last }), "the witness records the last batch: $hwms_last");
-my $walfile = sql($new_primary, 'SELECT pg_walfile_name(pg_switch_wal())');
-ok($new_primary->poll_query_until('postgres', "SELECT last_archived_wal >= '$walfile' FROM pg_stat_archiver"),
-	'the WAL up to there is archived');
+ok(wal_archived($new_primary), 'the WAL up to there is archived');
 $new_primary->stop;
 my $before = witness();
 is($before->{log_head}, $hwm_last, "the witnessed log head: $hwm_last");
 
 sim('POST', '/_sim/reset', {});
-my $restored = PostgreSQL::Test::Cluster->new('restored');
-$restored->init_from_backup($new_primary, 'before_pitr', has_restoring => 1, standby => 0);
-$restored->append_conf('postgresql.conf', qq{
-recovery_target_lsn = '$target'
-recovery_target_action = 'promote'
-archive_mode = off
-});
-$restored->start;
+my $restored = restored_node($new_primary, 'before_pitr', $target);
 ok($restored->poll_query_until('postgres', 'SELECT NOT pg_is_in_recovery()'), 'restored to before the last batch, promoted');
 is(hwm($restored), $hwm_at_target, "the HWM went back to $hwm_at_target");
 ok($restored->poll_query_until('postgres', "SELECT count(*) > 0 FROM connect_guard.event WHERE kind = 'rollback_detected'"),

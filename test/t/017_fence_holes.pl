@@ -28,27 +28,11 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use JSON::PP;
 use Time::HiRes qw(sleep);
-
-# write_error returns the SQLSTATE a statement gets ('' when it works)
-sub write_error
-{
-	my ($node, $query) = @_;
-	my ($rc, $o, $e) = $node->psql('postgres', "\\set VERBOSITY sqlstate\n$query");
-	return $rc == 0 ? '' : ($e =~ /ERROR:\s+(\w{5})/ ? $1 : $e);
-}
-
-sub sql { my ($node, $query) = @_; return $node->safe_psql('postgres', $query); }
+use ConnectGuard::Test qw(:DEFAULT wal_archived restored_node);
 
 # -- A. crashes while a fence change is in doubt -------------------------------
 
-my $node = PostgreSQL::Test::Cluster->new('crash');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'connect_guard'
-connect_guard.naptime = '200ms'
-restart_after_crash = on
-});
-$node->start;
+my $node = cg_node('crash', conf => [ "connect_guard.naptime = '200ms'", 'restart_after_crash = on' ]);
 sql($node, q{
 	CREATE EXTENSION connect_guard;
 	CREATE TABLE item (id int PRIMARY KEY);
@@ -88,15 +72,7 @@ sub crash
 	}
 	else
 	{
-		my $postmaster = $node->{_pid};
-		my @children = split /\s+/, `pgrep -P $postmaster`;
-		$node->kill9;
-		foreach (1 .. 200)
-		{
-			last unless grep { kill 0, $_ } ($postmaster, @children);
-			sleep 0.1;
-		}
-		$node->start;
+		kill9_postmaster($node);
 	}
 }
 
@@ -200,16 +176,9 @@ $node->stop;
 # -- B. a restored server holds writes to mapped tables until its first check --
 
 my $wdir = PostgreSQL::Test::Utils::tempdir;
-my $primary = PostgreSQL::Test::Cluster->new('primary');
-$primary->init(has_archiving => 1, allows_streaming => 1);
-$primary->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'connect_guard'
-connect_guard.naptime = '200ms'
-connect_guard.witness_directory = '$wdir'
-connect_guard.fence_on_rollback = off
-track_commit_timestamp = on
-});
-$primary->start;
+my $primary = cg_node('primary', init => [ has_archiving => 1, allows_streaming => 1 ], conf => [
+	"connect_guard.naptime = '200ms'", "connect_guard.witness_directory = '$wdir'",
+	'connect_guard.fence_on_rollback = off', 'track_commit_timestamp = on' ]);
 sql($primary, q{
 	CREATE EXTENSION connect_guard;
 	CREATE TABLE item (id bigserial PRIMARY KEY, tag text NOT NULL);
@@ -217,19 +186,12 @@ sql($primary, q{
 	SELECT connect_map_table('sync', 'item');
 });
 
-sub consume
-{
-	my ($n) = @_;
-	while ((my $b = sql($n, "SELECT connect_next_batch('sync')")) ne '')
-	{ sql($n, "SELECT count(*) FROM connect_batch_events($b); SELECT connect_finish_batch($b)"); }
-}
-
 $primary->backup('base');
 sql($primary, "INSERT INTO item (tag) SELECT 'before' FROM generate_series(1, 10)");
-consume($primary);
+consume($primary, record => 0);
 my $target = sql($primary, 'SELECT pg_current_wal_lsn()');
 sql($primary, "INSERT INTO item (tag) SELECT 'lost' FROM generate_series(1, 100)");
-consume($primary);
+consume($primary, record => 0);
 my $seen = sql($primary, "SELECT hwm_id FROM connect_high_water_marks WHERE connection = 'sync'");
 # the witness, once it records what the consumer saw
 sub witnessed_hwm
@@ -247,17 +209,10 @@ foreach (1 .. 10 * $PostgreSQL::Test::Utils::timeout_default)
 	sleep 0.1;
 }
 is($witnessed, $seen, "the witness records what the consumer saw: entry $seen");
-my $walfile = sql($primary, 'SELECT pg_walfile_name(pg_switch_wal())');
-ok($primary->poll_query_until('postgres', "SELECT last_archived_wal >= '$walfile' FROM pg_stat_archiver"),
-	'the WAL is archived');
+ok(wal_archived($primary), 'the WAL is archived');
 $primary->stop;
 
-my $restored = PostgreSQL::Test::Cluster->new('restored');
-$restored->init_from_backup($primary, 'base', has_restoring => 1, standby => 0);
-$restored->append_conf('postgresql.conf', qq{
-recovery_target_lsn = '$target'
-recovery_target_action = 'promote'
-});
+my $restored = restored_node($primary, 'base', $target, start => 0);    # started below, with writers waiting
 
 # writers: from before the server opens, each its own psql per attempt
 my $stop = $restored->basedir . '/stop_writers';

@@ -152,6 +152,7 @@ extern void fence_check_new_relation(const RangeVar *rv, const char *operation);
 extern bool fence_database_fenced(void);
 extern void fence_check_function(Oid fn_oid);
 extern void fence_check_large_object_drop(void);
+extern void fence_check_trigger_write(Oid relid, uint32 event); /* a TriggerEvent */
 
 /* fence_ddl.c */
 extern void fence_ddl_init(void);
@@ -163,5 +164,18 @@ extern List *fence_truncate_targets(TruncateStmt *stmt);
 extern bool fence_gate_passed;
 extern void fence_gate_check(Oid relid, const char *operation);
 extern void fence_rollback_checked(bool as_primary);
+
+/*
+ * fence_trigger_check_needed: whether the capture trigger must check the
+ * write that fired it (fence_check_trigger_write): with no fence up, once
+ * this backend passed the write gate, a flag and one atomic read.  No
+ * shared state without shared_preload_libraries: no fence, no gate.
+ */
+static inline bool
+fence_trigger_check_needed(void)
+{
+	return fence_state != NULL &&
+		unlikely(!fence_gate_passed || pg_atomic_read_u32(&fence_state->nactive) > 0);
+}
 
 #endif							/* CONNECT_GUARD_FENCE_H */

@@ -19,6 +19,13 @@
  * output settings that change them (DateStyle, IntervalStyle,
  * extra_float_digits) are pinned while an entry is built (row_json.c).
  *
+ * The fence: a write that started an executor was checked at its start
+ * (fence_check.c); logical replication's apply starts none, so the trigger
+ * makes the same check for each row it fires for (fence_check_trigger_write,
+ * the same decision; with no fence up one atomic read).  That is also why a
+ * subscription into a mapped table needs the trigger ENABLE ALWAYS
+ * (subscription_watch.c).
+ *
  * Locking: building a table's recipe opens its primary key index with
  * AccessShareLock (the table itself is locked by the statement that fired
  * the trigger); the log is locked by log_writer.c.
@@ -46,6 +53,7 @@
 #include "capture.h"
 #include "catalog_names.h"
 #include "connect_guard.h"
+#include "fence.h"
 #include "log_writer.h"
 #include "row_json.h"
 
@@ -419,15 +427,26 @@ connect_guard_capture(PG_FUNCTION_ARGS)
 				 errmsg("connect_guard.capture() must fire FOR EACH ROW for INSERT, UPDATE and DELETE"),
 				 errhint("Drop the trigger and use connect_map_table() to capture the table.")));
 
-	if (!connect_guard_capture_enabled)
-		return PointerGetDatum(NULL);
-
 	context.schema = trigdata->tg_trigger->tgargs[0];
 	context.table = trigdata->tg_trigger->tgargs[1];
 	errcallback.callback = capture_error_callback;
 	errcallback.arg = &context;
 	errcallback.previous = error_context_stack;
 	error_context_stack = &errcallback;
+
+	/*
+	 * The fence, for the writes no executor start checked (logical
+	 * replication's apply): whether capture is on or not, since the row is
+	 * written either way.
+	 */
+	if (fence_trigger_check_needed())
+		fence_check_trigger_write(RelationGetRelid(trigdata->tg_relation), event);
+
+	if (!connect_guard_capture_enabled)
+	{
+		error_context_stack = errcallback.previous;
+		return PointerGetDatum(NULL);
+	}
 
 	memset(lognulls, true, sizeof(lognulls));
 	now = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());

@@ -15,12 +15,16 @@
  * ExecutorStart sees every DML, however it was issued: plain, prepared,
  * PL/pgSQL cached plans, writable CTEs, rules, updatable views, INSTEAD OF
  * triggers, foreign-key actions, since all of them start an executor; its
- * result relations are what it writes.  Large objects are written by
- * functions into a catalog: the calls of those functions are checked.
+ * result relations are what it writes.  Writes that start no executor
+ * (logical replication's apply) still fire the capture trigger of a mapped
+ * table, which makes the same check per row (fence_check_trigger_write).
+ * Large objects are written by functions into a catalog: the calls of
+ * those functions are checked.
  *
  * Cost: with no fence up and this database's write gate passed
  * (fence_gate.c), one unlocked atomic read, one flag and one comparison
- * (session_replication_role, replica_writes.c) per statement.
+ * (session_replication_role, replica_writes.c) per statement, and one
+ * flag and one atomic read per captured row (fence_trigger_check_needed).
  * With a fence up, each backend keeps a sorted copy of its database's
  * fenced relation OIDs, rebuilt only when the shared generation counter
  * moves, and a cache of verdicts per relation (reset when the copy is
@@ -517,6 +521,23 @@ operation_name(CmdType operation)
 	}
 }
 
+/*
+ * check_write is the decision on a write (operation) to relid, for the
+ * executor (each result relation) and the capture trigger (each row): it
+ * waits at the write gate, and raises the fence's error if the write
+ * reaches a fenced table in this session.
+ */
+static void
+check_write(Oid relid, const char *operation)
+{
+	FenceHit	hit;
+
+	if (!fence_gate_passed)
+		fence_gate_check(relid, operation);
+	if (pg_atomic_read_u32(&fence_state->nactive) > 0 && write_hit(relid, &hit))
+		fence_report(relid, operation, &hit);
+}
+
 /* check_result_relations: the checks of a plan's result relations */
 static pg_noinline void
 check_result_relations(QueryDesc *queryDesc)
@@ -528,12 +549,8 @@ check_result_relations(QueryDesc *queryDesc)
 	foreach(lc, pstmt->resultRelations)
 	{
 		Oid			relid = rt_fetch(lfirst_int(lc), pstmt->rtable)->relid;
-		FenceHit	hit;
 
-		if (!fence_gate_passed)
-			fence_gate_check(relid, operation);
-		if (pg_atomic_read_u32(&fence_state->nactive) > 0 && write_hit(relid, &hit))
-			fence_report(relid, operation, &hit);
+		check_write(relid, operation);
 		/* a write the capture trigger would not see (replica_writes.c) */
 		if (SessionReplicationRole == SESSION_REPLICATION_ROLE_REPLICA)
 			replica_check_write(relid, TRIGGER_TYPE_INSERT | TRIGGER_TYPE_UPDATE | TRIGGER_TYPE_DELETE,
@@ -561,6 +578,36 @@ fence_ExecutorStart(QueryDesc *queryDesc, int eflags)
 		prev_ExecutorStart(queryDesc, eflags);
 	else
 		standard_ExecutorStart(queryDesc, eflags);
+}
+
+/*
+ * fence_check_trigger_write is the executor's check of a write, made again
+ * by the capture trigger for the row (or TRUNCATE) that fired it, when
+ * fence_trigger_check_needed() says a fence or the write gate is up.  It
+ * catches writes that start no executor: logical replication's apply and
+ * table-sync workers (their error makes the worker exit and retry the
+ * transaction later, so the rows arrive once the fence is lowered), COPY's
+ * rows into a table the utility check let through, C code of other
+ * extensions.  A write the executor checked is checked again, with the same
+ * verdict (cached) unless a fence went up since the statement started: then
+ * the statement fails at its end rather than commit rows under the fence.
+ */
+pg_noinline void
+fence_check_trigger_write(Oid relid, TriggerEvent event)
+{
+	const char *operation;
+
+	if (IsBinaryUpgrade)
+		return;
+	if (TRIGGER_FIRED_BY_INSERT(event))
+		operation = operation_name(CMD_INSERT);
+	else if (TRIGGER_FIRED_BY_UPDATE(event))
+		operation = operation_name(CMD_UPDATE);
+	else if (TRIGGER_FIRED_BY_DELETE(event))
+		operation = operation_name(CMD_DELETE);
+	else
+		operation = "TRUNCATE";
+	check_write(relid, operation);
 }
 
 /* ------------------------------------------------------------------------

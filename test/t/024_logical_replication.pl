@@ -14,7 +14,12 @@
 #     worker's cycle;
 #   - with the capture triggers ENABLE ALWAYS the subscription is accepted,
 #     and every row it applies (the initial copy, then the stream) reaches
-#     the log exactly once: counted per action and per row.
+#     the log exactly once: counted per action and per row;
+#   - a fence (connect_fence, connect_pause) holds against the apply worker,
+#     which starts no executor: the capture trigger refuses each applied row
+#     (25006 in the server log), nothing reaches the table or the log while
+#     fenced, and once lowered every row arrives, logged exactly once; a
+#     replicated TRUNCATE is held too.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -26,7 +31,11 @@ my $publisher = PostgreSQL::Test::Cluster->new('publisher');
 $publisher->init(allows_streaming => 'logical');
 $publisher->start;
 my $subscriber = cg_node('subscriber',
-	conf => [ "connect_guard.naptime = '200ms'", "connect_guard.witness_directory = ''" ]);
+	conf => [
+		"connect_guard.naptime = '200ms'", "connect_guard.witness_directory = ''",
+		# the SQLSTATE in the server log; an apply worker refused retries soon
+		'log_error_verbosity = verbose', "wal_retrieve_retry_interval = '500ms'"
+	]);
 (my $pubconn = $publisher->connstr('postgres')) =~ s/'/''/g;    # inside a literal
 
 my $tables = 'CREATE TABLE contact (id int PRIMARY KEY, name text);
@@ -141,6 +150,52 @@ is( sql($subscriber,
 		"SELECT string_agg(tgenabled::text, ',') FROM pg_trigger
 		  WHERE tgrelid = 'contact'::regclass AND NOT tgisinternal"),
 	'A,A', 'its triggers stay ALWAYS');
+
+# 5. The fence holds against the apply worker, which starts no executor: the capture trigger
+# (ALWAYS) refuses each applied row under a fence, the worker exits and retries, and the rows
+# arrive, logged once each, when the fence is lowered
+my ($rows_before, $entries_before) = (sql($subscriber, 'SELECT count(*) FROM contact'), entries('contact'));
+sql($subscriber, "SELECT connect_fence('mapped', 'apply test')");
+is(sql($subscriber, "SELECT connect_pause('sync', reason => 'apply test')"), 'PAUSED', 'paused too');
+my $offset = -s $subscriber->logfile;
+sql($publisher, "INSERT INTO contact SELECT g, 'f' || g FROM generate_series(101, 120) g");
+$offset = $subscriber->wait_for_log(
+	qr/ERROR:\s+25006: cannot INSERT into table public\.contact[,:][^\n]*\n(?:[^\n]*\n){0,8}?[^\n]*processing remote data/,
+	$offset);
+pass('the apply worker is refused with 25006 under both fences (server log)');
+# it retries every wal_retrieve_retry_interval: another refusal, and still nothing arrived
+$subscriber->wait_for_log(qr/ERROR:\s+25006: cannot INSERT into table public\.contact/, $offset);
+sleep 2;
+is(sql($subscriber, 'SELECT count(*) FROM contact'), $rows_before, 'fenced: no applied row reached the table');
+is(entries('contact'), $entries_before, 'fenced: nor the log');
+# the maintenance fence lowered, the pause still holds
+sql($subscriber, 'SELECT connect_unfence()');
+$offset = $subscriber->wait_for_log(
+	qr/ERROR:\s+25006: cannot INSERT into table public\.contact: it is fenced while connection "sync" is paused/,
+	-s $subscriber->logfile);
+pass('after connect_unfence() the pause alone refuses the apply worker');
+sleep 2;
+is(sql($subscriber, 'SELECT count(*) FROM contact'), $rows_before, 'paused: no applied row reached the table');
+is(entries('contact'), $entries_before, 'paused: nor the log');
+is(sql($subscriber, "SELECT connect_resume('sync')"), 'IDLE', 'resumed');
+$publisher->wait_for_catchup('sub_contact');
+is(sql($subscriber, 'SELECT count(*) FROM contact WHERE id BETWEEN 101 AND 120'), '20',
+	'resumed: the 20 rows arrived');
+is( sql($subscriber,
+		"SELECT count(*) || '/' || count(DISTINCT record_id) FROM connect_guard.trigger_log
+		  WHERE table_name = 'contact' AND action = 'INSERT' AND record_id::int BETWEEN 101 AND 120"),
+	'20/20', 'each logged exactly once');
+is(entries('contact'), $entries_before + 20, 'and nothing else logged');
+# a replicated TRUNCATE (the apply worker calls no utility hook either) is held as well
+sql($subscriber, "SELECT connect_fence('mapped', 'apply test')");
+$offset = -s $subscriber->logfile;
+sql($publisher, 'TRUNCATE contact');
+$subscriber->wait_for_log(qr/ERROR:\s+25006: cannot TRUNCATE table public\.contact/, $offset);
+is(sql($subscriber, 'SELECT count(*) FROM contact'), $rows_before + 20, 'fenced: the TRUNCATE is held');
+sql($subscriber, 'SELECT connect_unfence()');
+$publisher->wait_for_catchup('sub_contact');
+is(sql($subscriber, 'SELECT count(*) FROM contact'), '0', 'unfenced: the TRUNCATE is applied');
+is(entries('contact', "action = 'TRUNCATE'"), '1', 'and logged once');
 
 sql($subscriber, 'DROP SUBSCRIPTION sub_contact');
 $subscriber->stop;

@@ -1782,3 +1782,87 @@ END;
 $$;
 
 REVOKE ALL ON FUNCTION connect_guard.consumer_rights_follow() FROM PUBLIC;
+
+/* ------------------------------------------------------------------------
+ * connect_pause() of a local connection takes the connection's lock only
+ * once it sees no batch open: taking it on every try could keep the
+ * consumer's connect_finish_batch() waiting until the pause's deadline on
+ * a busy machine.  As in extension/parts/62_signals.sql.
+ * ------------------------------------------------------------------------ */
+
+CREATE OR REPLACE FUNCTION connect_pause(connection text, block_writes boolean DEFAULT true,
+                              timeout interval DEFAULT '30 s', reason text DEFAULT NULL,
+                              cancel_writers boolean DEFAULT false)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c connect_guard.connection;
+    v_deadline timestamptz;
+    v_started timestamptz := clock_timestamp();
+    v_announced boolean := false;
+BEGIN
+    PERFORM connect_guard.require_read_committed('connect_pause()');
+    c := connect_guard.require_connection(connection);
+    PERFORM connect_guard.require_not_null(block_writes, 'block_writes',
+        'Pass true (the default) to fence the mapped tables while paused, or false to let writes reach the log.');
+    PERFORM connect_guard.require_timeout(timeout, 'timeout', '''30 s''');
+    PERFORM connect_guard.require_not_null(cancel_writers, 'cancel_writers',
+        'Pass false (the default) to wait for the writers in flight, or true to terminate them.');
+    v_deadline := clock_timestamp() + timeout;
+    IF c.adapter <> 'local' THEN
+        -- a remote sync service is asked by the worker; this returns PAUSING (request_pause below)
+        RETURN connect_guard.request_pause(connection, block_writes, timeout, reason, cancel_writers);
+    END IF;
+    IF c.state IN ('PAUSED', 'PAUSING') THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('connection "%s" is already paused', connection),
+            DETAIL = format('It has been %s since %s.', c.state, c.state_since),
+            HINT = 'Resume it with connect_resume() first, or leave it paused.';
+    END IF;
+    IF block_writes THEN
+        PERFORM connect_guard.require_fence();
+    END IF;
+
+    -- Wait for the open batch without holding the connection's lock (its
+    -- consumer needs the lock to finish it).  The lock is taken only once no
+    -- batch is seen open (or at the deadline, for the error), in a
+    -- subtransaction that require_no_open_batch's error rolls back: taking
+    -- it on every try would leave the consumer's connect_finish_batch(),
+    -- woken as each try ends, to find it taken again by the next one, and
+    -- on a busy machine to wait so until the deadline.  Neither the lock nor
+    -- the batch is waited for past the deadline, and while this waits,
+    -- connect_next_batch() opens no new batch.
+    LOOP
+        IF NOT v_announced THEN
+            v_announced := connect_guard.pause_announce(c.connection_id);
+        END IF;
+        IF (connect_guard.connection_open_batch(c.connection_id)).batch_id IS NULL
+           OR clock_timestamp() > v_deadline THEN
+            BEGIN
+                c := connect_guard.lock_connection(c.connection_id, v_deadline);
+                PERFORM connect_guard.require_no_open_batch(c.connection_id, connection);
+                EXIT;
+            EXCEPTION WHEN object_not_in_prerequisite_state THEN
+                IF clock_timestamp() > v_deadline THEN
+                    RAISE;
+                END IF;
+            END;
+        END IF;
+        PERFORM pg_sleep(0.02);
+    END LOOP;
+    -- under the lock: another pause may have committed while this one waited
+    IF c.state IN ('PAUSED', 'PAUSING') THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('connection "%s" is already paused', connection),
+            DETAIL = format('It has been %s since %s.', c.state, c.state_since),
+            HINT = 'Resume it with connect_resume() first, or leave it paused.';
+    END IF;
+
+    PERFORM connect_guard.pause_apply(c, block_writes, reason, cancel_writers, v_deadline, v_started);
+    RETURN 'PAUSED';
+END;
+$$;

@@ -50,24 +50,31 @@ BEGIN
     END IF;
 
     -- Wait for the open batch without holding the connection's lock (its
-    -- consumer needs the lock to finish it): each try locks the connection
-    -- in a subtransaction, which require_no_open_batch's error rolls back.
-    -- Neither the lock nor the batch is waited for past the deadline, and
-    -- while this waits, connect_next_batch() opens no new batch.
+    -- consumer needs the lock to finish it).  The lock is taken only once no
+    -- batch is seen open (or at the deadline, for the error), in a
+    -- subtransaction that require_no_open_batch's error rolls back: taking
+    -- it on every try would leave the consumer's connect_finish_batch(),
+    -- woken as each try ends, to find it taken again by the next one, and
+    -- on a busy machine to wait so until the deadline.  Neither the lock nor
+    -- the batch is waited for past the deadline, and while this waits,
+    -- connect_next_batch() opens no new batch.
     LOOP
         IF NOT v_announced THEN
             v_announced := connect_guard.pause_announce(c.connection_id);
         END IF;
-        BEGIN
-            c := connect_guard.lock_connection(c.connection_id, v_deadline);
-            PERFORM connect_guard.require_no_open_batch(c.connection_id, connection);
-            EXIT;
-        EXCEPTION WHEN object_not_in_prerequisite_state THEN
-            IF clock_timestamp() > v_deadline THEN
-                RAISE;
-            END IF;
-            PERFORM pg_sleep(0.02);
-        END;
+        IF (connect_guard.connection_open_batch(c.connection_id)).batch_id IS NULL
+           OR clock_timestamp() > v_deadline THEN
+            BEGIN
+                c := connect_guard.lock_connection(c.connection_id, v_deadline);
+                PERFORM connect_guard.require_no_open_batch(c.connection_id, connection);
+                EXIT;
+            EXCEPTION WHEN object_not_in_prerequisite_state THEN
+                IF clock_timestamp() > v_deadline THEN
+                    RAISE;
+                END IF;
+            END;
+        END IF;
+        PERFORM pg_sleep(0.02);
     END LOOP;
     -- under the lock: another pause may have committed while this one waited
     IF c.state IN ('PAUSED', 'PAUSING') THEN

@@ -13,7 +13,8 @@
  * below as it is there).  It needs no new C function: it calls lag.c's and
  * remote.c's functions, which 1.0 has.  Then the changeover's waits for
  * events (issue 13, at the end), with C entry points of their own; 1.0's
- * keep their signatures and meaning.  Nothing in 1.0's tables changes.
+ * keep their signatures and meaning.  Nothing in 1.0's tables changes but
+ * the two columns connect_guard.request gains (a request's taker, below).
  */
 
 \echo Use "ALTER EXTENSION connect_guard UPDATE TO '1.1'" to load this file. \quit
@@ -1099,3 +1100,311 @@ REVOKE ALL ON FUNCTION connect_guard.plan_changed(),
 REVOKE ALL ON PROCEDURE connect_guard.wait_for_replay(pg_lsn, integer),
                         connect_guard.promote_standby(integer)
     FROM PUBLIC;
+
+/* ------------------------------------------------------------------------
+ * A request whose taker is gone is sent again at once (helper w1).  A
+ * worker killed while it waited for the sync service (kill -9, the crash
+ * restart that follows, a worker stopped mid-round) used to leave its
+ * request leased for http_timeout + 10 s.  request_take() now records the
+ * taker (pid and backend start) until request_outcome() records what came
+ * of it, and takes a leased request whose taker no longer runs at once;
+ * while the taker lives, nobody else takes it (50_requests.sql,
+ * 60_request_worker.sql).
+ * ------------------------------------------------------------------------ */
+
+ALTER TABLE connect_guard.request ADD COLUMN taken_by_pid integer, ADD COLUMN taken_by_start timestamptz;
+
+CREATE FUNCTION connect_guard.request_taker_alive(p_pid integer, p_started timestamptz)
+RETURNS boolean
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_stat_get_activity(p_pid) a
+                    WHERE a.pid = p_pid
+                      AND (a.backend_start IS NULL OR p_started IS NULL OR a.backend_start = p_started));
+$$;
+
+CREATE OR REPLACE FUNCTION connect_guard.request_take(p_limit integer, p_lease_ms integer)
+RETURNS TABLE (t_request_id bigint, t_step text, t_method text, t_url text, t_body text,
+               t_auth text, t_secret text, t_secret_file text, t_description text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r connect_guard.request;
+    c connect_guard.connection;
+    m connect_guard.mapping;
+    s record;
+    w record;
+    v_started timestamptz := (SELECT a.backend_start FROM pg_stat_get_activity(pg_backend_pid()) a);
+BEGIN
+    -- a pause or resume that a newer one replaced is not sent any more
+    FOR s IN
+        UPDATE connect_guard.request o
+           SET status = 'failed', completed_at = clock_timestamp(), updated_at = clock_timestamp(),
+               last_error = format('superseded by %s request %s before it completed', l.action, l.request_id)
+          FROM (SELECT DISTINCT ON (q.connection_id) q.connection_id, q.request_id, q.action
+                  FROM connect_guard.request q
+                 WHERE q.status = 'pending' AND q.action IN ('pause', 'resume')
+                 ORDER BY q.connection_id, q.request_id DESC) l
+         WHERE o.connection_id = l.connection_id AND o.status = 'pending'
+           AND o.action IN ('pause', 'resume') AND o.request_id < l.request_id
+        RETURNING o.connection_id, o.request_id, o.action, l.request_id AS by_request
+    LOOP
+        PERFORM connect_guard.log_event(s.connection_id, 'request_superseded',
+            jsonb_build_object('request_id', s.request_id, 'action', s.action, 'by_request', s.by_request));
+    END LOOP;
+
+    FOR r IN
+        SELECT q.* FROM connect_guard.request q
+         WHERE q.status = 'pending'
+           AND (q.next_attempt_at <= clock_timestamp()
+                OR (q.taken_by_pid IS NOT NULL
+                    AND NOT connect_guard.request_taker_alive(q.taken_by_pid, q.taken_by_start)))
+           AND NOT EXISTS (SELECT 1 FROM connect_guard.request o
+                            WHERE o.connection_id = q.connection_id AND o.status = 'pending'
+                              AND o.request_id < q.request_id
+                              -- reloads of different mappings go out together: after a
+                              -- rollback, N tables must not take N reload times
+                              AND NOT (o.action = 'reload' AND q.action = 'reload'))
+         ORDER BY q.request_id
+         LIMIT p_limit
+           FOR UPDATE SKIP LOCKED
+    LOOP
+        SELECT * INTO c FROM connect_guard.connection WHERE connection_id = r.connection_id;
+        IF r.taken_by_pid IS NOT NULL AND r.next_attempt_at > clock_timestamp() THEN
+            PERFORM connect_guard.log_event(r.connection_id, 'request_taker_gone',
+                jsonb_build_object('request_id', r.request_id, 'action', r.action, 'phase', r.phase,
+                                   'attempts', r.attempts, 'taken_by_pid', r.taken_by_pid,
+                                   'taken_by_start', r.taken_by_start, 'lease_until', r.next_attempt_at));
+        END IF;
+        m := NULL;
+        IF r.mapping_id IS NOT NULL THEN
+            SELECT * INTO m FROM connect_guard.mapping WHERE mapping_id = r.mapping_id;
+        END IF;
+        IF r.action = 'reload' AND m.mapping_id IS NULL THEN
+            PERFORM connect_guard.request_close(r.request_id, 'failed',
+                'the table was unmapped before the reload was sent');
+            CONTINUE;
+        END IF;
+
+        t_request_id := r.request_id;
+        t_step := CASE r.phase WHEN 'apply' THEN 'apply' WHEN 'confirm' THEN 'poll' ELSE 'send' END;
+        t_method := NULL; t_url := NULL; t_body := NULL; t_auth := NULL; t_secret := NULL; t_secret_file := NULL;
+        t_description := format('connect_guard: %s request %s of connection "%s"', r.action, r.request_id, c.name);
+        IF t_step <> 'apply' THEN
+            SELECT * INTO w FROM connect_guard.request_wire(r, c, m, t_step);
+            t_step := w.step; t_method := w.method; t_url := w.url; t_body := w.body;
+            t_auth := w.auth; t_secret_file := w.secret_file;
+            SELECT cs.secret INTO t_secret FROM connect_guard.connection_secret cs
+             WHERE cs.connection_id = c.connection_id;
+            IF t_secret IS NOT NULL THEN
+                t_secret_file := NULL;
+            END IF;
+        END IF;
+
+        UPDATE connect_guard.request q
+           SET attempts = q.attempts + CASE WHEN t_step IN ('send', 'lookup') THEN 1 ELSE 0 END,
+               polls = q.polls + CASE WHEN t_step = 'poll' THEN 1 ELSE 0 END,
+               next_attempt_at = clock_timestamp() + make_interval(secs => p_lease_ms / 1000.0),
+               taken_by_pid = pg_backend_pid(), taken_by_start = v_started,
+               updated_at = clock_timestamp()
+         WHERE q.request_id = r.request_id;
+        RETURN NEXT;
+    END LOOP;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION connect_guard.request_outcome(p_request_id bigint, p_step text, p_http_status integer,
+                                              p_error text, p_body text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r connect_guard.request;
+    c connect_guard.connection;
+    e record;
+    v_json jsonb;
+    v_entry jsonb;
+    v_ok boolean := coalesce(p_http_status BETWEEN 200 AND 299, false);
+    v_state text;
+    v_expected text;
+    v_error text;
+    v_connection_id integer;
+    v_message text;
+    v_detail text;
+    v_busy text;            -- why the connection's lock was not to be had
+BEGIN
+    -- The connection first, then the request: the order the user's calls
+    -- lock in.  A consumer's transaction may hold the connection's lock:
+    -- the worker waits a second at most, records what needs no lock (a
+    -- failure), and defers the rest (request_defer).
+    SELECT q.connection_id INTO v_connection_id FROM connect_guard.request q WHERE q.request_id = p_request_id;
+    IF NOT FOUND THEN
+        RETURN;                 -- dropped with its connection while it was sent
+    END IF;
+    BEGIN
+        c := connect_guard.lock_connection(v_connection_id, clock_timestamp() + interval '1 s');
+    EXCEPTION WHEN lock_not_available THEN
+        GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT, v_detail = PG_EXCEPTION_DETAIL;
+        v_busy := v_message || ': ' || v_detail;
+        SELECT * INTO c FROM connect_guard.connection WHERE connection_id = v_connection_id;
+    END;
+    SELECT * INTO r FROM connect_guard.request WHERE request_id = p_request_id FOR UPDATE;
+    IF NOT FOUND OR r.status <> 'pending' THEN
+        RETURN;                 -- dropped or superseded while it was sent
+    END IF;
+    -- its taker has done with it: what follows schedules it (request_take)
+    UPDATE connect_guard.request SET taken_by_pid = NULL, taken_by_start = NULL WHERE request_id = r.request_id;
+
+    IF p_step IN ('error', 'unsent') THEN
+        v_error := CASE p_step WHEN 'error' THEN 'the worker failed: ' || p_error ELSE p_error END;
+        IF r.phase = 'send' THEN
+            PERFORM connect_guard.request_retry(r.request_id, NULL, v_error, false);
+        ELSIF r.phase = 'confirm' THEN
+            UPDATE connect_guard.request SET last_error = v_error WHERE request_id = r.request_id;
+            PERFORM connect_guard.request_poll_again(r.request_id, 'the new state');
+        ELSE
+            PERFORM connect_guard.request_close(r.request_id, 'failed', v_error);
+        END IF;
+        RETURN;
+    END IF;
+
+    IF p_step = 'apply' THEN
+        IF v_busy IS NOT NULL THEN
+            PERFORM connect_guard.request_defer(r.request_id, p_step, p_http_status, v_busy);
+        ELSE
+            PERFORM connect_guard.request_apply(r.request_id);
+        END IF;
+        RETURN;
+    END IF;
+
+    IF NOT v_ok THEN
+        SELECT * INTO e FROM connect_guard.request_http_error(c.adapter, r.action, p_http_status, p_error, p_body);
+        IF p_step = 'poll' THEN
+            UPDATE connect_guard.request
+               SET last_http_status = p_http_status, last_error = e.message, updated_at = clock_timestamp()
+             WHERE request_id = r.request_id;
+            PERFORM connect_guard.request_poll_again(r.request_id, 'the new state');
+        ELSE
+            PERFORM connect_guard.request_retry(r.request_id, p_http_status, e.message, e.permanent);
+        END IF;
+        RETURN;
+    END IF;
+
+    -- what the sync service did is applied under the connection's lock
+    IF v_busy IS NOT NULL THEN
+        PERFORM connect_guard.request_defer(r.request_id, p_step, p_http_status, v_busy);
+        RETURN;
+    END IF;
+
+    UPDATE connect_guard.request SET last_http_status = p_http_status, updated_at = clock_timestamp()
+     WHERE request_id = r.request_id;
+
+    IF p_step = 'send' THEN
+        BEGIN
+            v_json := p_body::jsonb;
+        EXCEPTION WHEN OTHERS THEN
+            v_json := NULL;
+        END;
+        -- the answer is the result of an export (Connect's configuration file) or an import
+        IF r.action IN ('export', 'import') THEN
+            UPDATE connect_guard.request SET result = v_json WHERE request_id = r.request_id;
+        END IF;
+        -- a webhook may answer with its own high-water mark, as Connect's deep GET does
+        IF c.adapter = 'webhook' THEN
+            IF jsonb_typeof(v_json) = 'object' THEN
+                PERFORM connect_guard.note_remote_hwm(c.connection_id, v_json);
+            END IF;
+        END IF;
+        IF c.adapter = 'heroku' AND r.action = 'reload' AND p_http_status <> 202 THEN
+            -- only 202 Accepted says Connect queued the reload (59_reload_acknowledgement.sql)
+            PERFORM connect_guard.request_retry(r.request_id, p_http_status,
+                format('Connect answered HTTP %s to the reload, not 202 Accepted: it is not known to have queued it',
+                       p_http_status), true);
+            RETURN;
+        END IF;
+        PERFORM connect_guard.log_event(c.connection_id, 'request_accepted',
+            jsonb_build_object('request_id', r.request_id, 'action', r.action, 'attempt', r.attempts,
+                               'http_status', p_http_status));
+        IF c.adapter = 'webhook' AND r.action = 'reload' AND p_http_status = 202 THEN
+            -- 202 Accepted: the receiver reloads later and acknowledges with connect_mapping_reloaded()
+            UPDATE connect_guard.request SET remote_state = 'RELOAD_TABLE' WHERE request_id = r.request_id;
+            PERFORM connect_guard.request_close(r.request_id, 'succeeded');
+        ELSIF c.adapter = 'heroku' AND r.action IN ('pause', 'resume', 'reload') THEN
+            UPDATE connect_guard.request
+               SET phase = 'confirm', next_attempt_at = clock_timestamp(),
+                   deadline = clock_timestamp() + make_interval(secs => coalesce((params ->> 'timeout_s')::double precision, 300))
+             WHERE request_id = r.request_id;
+        ELSE
+            PERFORM connect_guard.request_apply(r.request_id);
+        END IF;
+        RETURN;
+    END IF;
+
+    -- 'lookup' and 'poll': a deep GET of the connection
+    BEGIN
+        v_json := p_body::jsonb;
+    EXCEPTION WHEN OTHERS THEN
+        v_json := NULL;
+    END;
+    IF jsonb_typeof(v_json) IS DISTINCT FROM 'object' THEN
+        SELECT * INTO e FROM connect_guard.request_http_error(c.adapter, r.action, p_http_status, NULL, p_body);
+        IF p_step = 'poll' THEN
+            UPDATE connect_guard.request SET last_error = 'Connect answered without a JSON object: ' || e.message
+             WHERE request_id = r.request_id;
+            PERFORM connect_guard.request_poll_again(r.request_id, 'the new state');
+        ELSE
+            PERFORM connect_guard.request_retry(r.request_id, p_http_status,
+                                                'Connect answered without a JSON object: ' || e.message, false);
+        END IF;
+        RETURN;
+    END IF;
+    PERFORM connect_guard.remote_ids_from(c.connection_id, v_json);
+    PERFORM connect_guard.note_remote_hwm(c.connection_id, v_json);
+
+    IF p_step = 'lookup' THEN
+        UPDATE connect_guard.request SET remote_state = v_json ->> 'state' WHERE request_id = r.request_id;
+        IF r.action = 'refresh' THEN
+            PERFORM connect_guard.log_event(c.connection_id, 'refreshed',
+                jsonb_build_object('request_id', r.request_id, 'remote_state', v_json ->> 'state',
+                                   'mappings', (SELECT jsonb_agg(jsonb_build_object('id', x ->> 'id',
+                                                                                    'object_name', x ->> 'object_name',
+                                                                                    'state', x ->> 'state'))
+                                                  FROM jsonb_array_elements(CASE WHEN jsonb_typeof(v_json -> 'mappings') = 'array'
+                                                                                 THEN v_json -> 'mappings' ELSE '[]' END) x)));
+            PERFORM connect_guard.request_close(r.request_id, 'succeeded');
+        ELSIF EXISTS (SELECT 1 FROM connect_guard.mapping WHERE mapping_id = r.mapping_id AND remote_id IS NOT NULL) THEN
+            -- how the mapping stood before its reload is asked for (59_reload_acknowledgement.sql)
+            PERFORM connect_guard.reload_baseline(r.request_id, v_json);
+            UPDATE connect_guard.request SET next_attempt_at = clock_timestamp() WHERE request_id = r.request_id;
+        ELSE
+            PERFORM connect_guard.request_close(r.request_id, 'failed',
+                format('Connect lists no mapping for object %s on connection %s: set its id with connect_set_mapping_remote_id()',
+                       r.params ->> 'object_name', c.options ->> 'connection_id'));
+        END IF;
+        RETURN;
+    END IF;
+
+    -- 'poll': has Connect done it?
+    IF r.action = 'reload' THEN
+        v_entry := connect_guard.reload_mapping_entry(r, v_json);
+        v_state := v_entry ->> 'state';
+        v_expected := 'a reload started after the request (RELOAD_TABLE, or a later reload_started_at) and then DATA_SYNCED';
+    ELSE
+        v_state := v_json ->> 'state';
+        v_expected := CASE r.action WHEN 'pause' THEN 'PAUSED' ELSE 'IDLE' END;
+    END IF;
+    UPDATE connect_guard.request SET remote_state = v_state WHERE request_id = r.request_id;
+    -- a reload is done once it is proven to have started after the request (59_reload_acknowledgement.sql)
+    IF (CASE WHEN r.action = 'reload' THEN connect_guard.reload_acknowledged(r.request_id, v_entry)
+             ELSE v_state = v_expected OR (r.action = 'resume' AND v_state = 'POLLING_DB_CHANGES') END) THEN
+        PERFORM connect_guard.request_apply(r.request_id);
+    ELSE
+        PERFORM connect_guard.request_poll_again(r.request_id, v_expected);
+    END IF;
+END;
+$$;
+
+REVOKE ALL ON FUNCTION connect_guard.request_taker_alive(integer, timestamptz) FROM PUBLIC;

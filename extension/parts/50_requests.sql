@@ -57,7 +57,14 @@ CREATE TABLE connect_guard.request (
     created_xid     xid8 NOT NULL DEFAULT pg_current_xact_id(),
     created_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
     updated_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
-    completed_at    timestamptz
+    completed_at    timestamptz,
+    -- the worker that took it and has not yet recorded what came of it (its
+    -- pid and backend start, which tell it from a later process with the
+    -- same pid): while it lives, its lease holds; once it is gone (killed,
+    -- a crash restart, a stopped worker) the request is due at once
+    -- (request_take, 60_request_worker.sql)
+    taken_by_pid    integer,
+    taken_by_start  timestamptz
 );
 CREATE INDEX request_pending ON connect_guard.request (connection_id, request_id) WHERE status = 'pending';
 CREATE INDEX ON connect_guard.request (connection_id, request_id);

@@ -4,11 +4,33 @@
  * ------------------------------------------------------------------------ */
 
 /*
+ * connect_guard.request_taker_alive says whether the process that took a
+ * request (request_take) still runs: the same pid with the same backend
+ * start.  A crash restart, a kill -9 or the end of the worker ends it; a pid
+ * used again by a later process does not count.  When the pid runs but its
+ * start cannot be read, it counts as alive (its lease then holds: the safe
+ * side).  Called by the worker, a superuser, which sees every backend.
+ */
+CREATE FUNCTION connect_guard.request_taker_alive(p_pid integer, p_started timestamptz)
+RETURNS boolean
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_stat_get_activity(p_pid) a
+                    WHERE a.pid = p_pid
+                      AND (a.backend_start IS NULL OR p_started IS NULL OR a.backend_start = p_started));
+$$;
+
+/*
  * connect_guard.request_take hands the worker the requests that are due:
  * per connection the oldest pending one, locked, with what to send.  Each
- * is leased (next_attempt_at moves past the HTTP timeout) so that a worker
- * that dies in the middle does not leave it stuck, nor have it sent twice
- * at once.  Steps: 'send' (the action), 'lookup' (a deep GET to find
+ * is leased (next_attempt_at moves past the HTTP timeout) and marked with
+ * its taker (taken_by_pid, taken_by_start) until its outcome is recorded:
+ * while the taker lives nobody else takes it, so it is never sent twice at
+ * once; a request whose taker is gone (killed while it waited for the sync
+ * service, a crash restart, a worker stopped mid-round) is due at once, not
+ * at the end of its lease, and is sent again (at least once; a
+ * request_taker_gone event says so).  Steps: 'send' (the action), 'lookup' (a deep GET to find
  * mapping ids, for a refresh, or to see a mapping before its reload), 'poll' (a deep GET to see the effect),
  * 'apply' (nothing to send).  What is sent is the adapter's
  * (request_wire, 58_protocols.sql); secret is the connection's stored
@@ -27,6 +49,7 @@ DECLARE
     m connect_guard.mapping;
     s record;
     w record;
+    v_started timestamptz := (SELECT a.backend_start FROM pg_stat_get_activity(pg_backend_pid()) a);
 BEGIN
     -- a pause or resume that a newer one replaced is not sent any more
     FOR s IN
@@ -47,7 +70,10 @@ BEGIN
 
     FOR r IN
         SELECT q.* FROM connect_guard.request q
-         WHERE q.status = 'pending' AND q.next_attempt_at <= clock_timestamp()
+         WHERE q.status = 'pending'
+           AND (q.next_attempt_at <= clock_timestamp()
+                OR (q.taken_by_pid IS NOT NULL
+                    AND NOT connect_guard.request_taker_alive(q.taken_by_pid, q.taken_by_start)))
            AND NOT EXISTS (SELECT 1 FROM connect_guard.request o
                             WHERE o.connection_id = q.connection_id AND o.status = 'pending'
                               AND o.request_id < q.request_id
@@ -59,6 +85,12 @@ BEGIN
            FOR UPDATE SKIP LOCKED
     LOOP
         SELECT * INTO c FROM connect_guard.connection WHERE connection_id = r.connection_id;
+        IF r.taken_by_pid IS NOT NULL AND r.next_attempt_at > clock_timestamp() THEN
+            PERFORM connect_guard.log_event(r.connection_id, 'request_taker_gone',
+                jsonb_build_object('request_id', r.request_id, 'action', r.action, 'phase', r.phase,
+                                   'attempts', r.attempts, 'taken_by_pid', r.taken_by_pid,
+                                   'taken_by_start', r.taken_by_start, 'lease_until', r.next_attempt_at));
+        END IF;
         m := NULL;
         IF r.mapping_id IS NOT NULL THEN
             SELECT * INTO m FROM connect_guard.mapping WHERE mapping_id = r.mapping_id;
@@ -88,6 +120,7 @@ BEGIN
            SET attempts = q.attempts + CASE WHEN t_step IN ('send', 'lookup') THEN 1 ELSE 0 END,
                polls = q.polls + CASE WHEN t_step = 'poll' THEN 1 ELSE 0 END,
                next_attempt_at = clock_timestamp() + make_interval(secs => p_lease_ms / 1000.0),
+               taken_by_pid = pg_backend_pid(), taken_by_start = v_started,
                updated_at = clock_timestamp()
          WHERE q.request_id = r.request_id;
         RETURN NEXT;
@@ -194,6 +227,8 @@ BEGIN
     IF NOT FOUND OR r.status <> 'pending' THEN
         RETURN;                 -- dropped or superseded while it was sent
     END IF;
+    -- its taker has done with it: what follows schedules it (request_take)
+    UPDATE connect_guard.request SET taken_by_pid = NULL, taken_by_start = NULL WHERE request_id = r.request_id;
 
     IF p_step IN ('error', 'unsent') THEN
         v_error := CASE p_step WHEN 'error' THEN 'the worker failed: ' || p_error ELSE p_error END;

@@ -346,6 +346,12 @@ BEGIN
                                                                                     'state', x ->> 'state'))
                                                   FROM jsonb_array_elements(CASE WHEN jsonb_typeof(v_json -> 'mappings') = 'array'
                                                                                  THEN v_json -> 'mappings' ELSE '[]' END) x)));
+            -- asked after a rollback: the restored state against Connect's (57_rollback_states.sql)
+            IF r.params ? 'rollback_incident' THEN
+                PERFORM connect_guard.connection_reconcile(c.connection_id, v_json ->> 'state', r.request_id,
+                                                           (r.params ->> 'rollback_incident')::integer,
+                                                           (r.params ->> 'held_by_plan')::bigint);
+            END IF;
             PERFORM connect_guard.request_close(r.request_id, 'succeeded');
         ELSIF EXISTS (SELECT 1 FROM connect_guard.mapping WHERE mapping_id = r.mapping_id AND remote_id IS NOT NULL) THEN
             -- how the mapping stood before its reload is asked for (59_reload_acknowledgement.sql)

@@ -13,8 +13,7 @@
  * below as it is there).  It needs no new C function: it calls lag.c's and
  * remote.c's functions, which 1.0 has.  Then the changeover's waits for
  * events (issue 13, at the end), with C entry points of their own; 1.0's
- * keep their signatures and meaning.  Nothing in 1.0's tables changes but
- * the two columns connect_guard.request gains (a request's taker, below).
+ * keep their signatures and meaning.  Nothing in 1.0's tables changes.
  */
 
 \echo Use "ALTER EXTENSION connect_guard UPDATE TO '1.1'" to load this file. \quit
@@ -1106,13 +1105,17 @@ REVOKE ALL ON PROCEDURE connect_guard.wait_for_replay(pg_lsn, integer),
  * worker killed while it waited for the sync service (kill -9, the crash
  * restart that follows, a worker stopped mid-round) used to leave its
  * request leased for http_timeout + 10 s.  request_take() now records the
- * taker (pid and backend start) until request_outcome() records what came
- * of it, and takes a leased request whose taker no longer runs at once;
- * while the taker lives, nobody else takes it (50_requests.sql,
- * 60_request_worker.sql).
+ * taker (pid and backend start, in connect_guard.request_taker) until
+ * request_outcome() records what came of it, and takes a leased request
+ * whose taker no longer runs at once; while the taker lives, nobody else
+ * takes it (50_requests.sql, 60_request_worker.sql).
  * ------------------------------------------------------------------------ */
 
-ALTER TABLE connect_guard.request ADD COLUMN taken_by_pid integer, ADD COLUMN taken_by_start timestamptz;
+CREATE TABLE connect_guard.request_taker (
+    request_id      bigint PRIMARY KEY REFERENCES connect_guard.request ON DELETE CASCADE,
+    pid             integer NOT NULL,
+    backend_start   timestamptz
+);
 
 CREATE FUNCTION connect_guard.request_taker_alive(p_pid integer, p_started timestamptz)
 RETURNS boolean
@@ -1136,8 +1139,13 @@ DECLARE
     m connect_guard.mapping;
     s record;
     w record;
+    t connect_guard.request_taker;
     v_started timestamptz := (SELECT a.backend_start FROM pg_stat_get_activity(pg_backend_pid()) a);
 BEGIN
+    -- the takers of requests closed meanwhile (superseded, dropped) are of no more use
+    DELETE FROM connect_guard.request_taker k
+     USING connect_guard.request q
+     WHERE q.request_id = k.request_id AND q.status <> 'pending';
     -- a pause or resume that a newer one replaced is not sent any more
     FOR s IN
         UPDATE connect_guard.request o
@@ -1159,8 +1167,9 @@ BEGIN
         SELECT q.* FROM connect_guard.request q
          WHERE q.status = 'pending'
            AND (q.next_attempt_at <= clock_timestamp()
-                OR (q.taken_by_pid IS NOT NULL
-                    AND NOT connect_guard.request_taker_alive(q.taken_by_pid, q.taken_by_start)))
+                OR EXISTS (SELECT 1 FROM connect_guard.request_taker k
+                            WHERE k.request_id = q.request_id
+                              AND NOT connect_guard.request_taker_alive(k.pid, k.backend_start)))
            AND NOT EXISTS (SELECT 1 FROM connect_guard.request o
                             WHERE o.connection_id = q.connection_id AND o.status = 'pending'
                               AND o.request_id < q.request_id
@@ -1172,11 +1181,12 @@ BEGIN
            FOR UPDATE SKIP LOCKED
     LOOP
         SELECT * INTO c FROM connect_guard.connection WHERE connection_id = r.connection_id;
-        IF r.taken_by_pid IS NOT NULL AND r.next_attempt_at > clock_timestamp() THEN
+        SELECT * INTO t FROM connect_guard.request_taker k WHERE k.request_id = r.request_id;
+        IF t.request_id IS NOT NULL AND r.next_attempt_at > clock_timestamp() THEN
             PERFORM connect_guard.log_event(r.connection_id, 'request_taker_gone',
                 jsonb_build_object('request_id', r.request_id, 'action', r.action, 'phase', r.phase,
-                                   'attempts', r.attempts, 'taken_by_pid', r.taken_by_pid,
-                                   'taken_by_start', r.taken_by_start, 'lease_until', r.next_attempt_at));
+                                   'attempts', r.attempts, 'taken_by_pid', t.pid,
+                                   'taken_by_start', t.backend_start, 'lease_until', r.next_attempt_at));
         END IF;
         m := NULL;
         IF r.mapping_id IS NOT NULL THEN
@@ -1207,9 +1217,11 @@ BEGIN
            SET attempts = q.attempts + CASE WHEN t_step IN ('send', 'lookup') THEN 1 ELSE 0 END,
                polls = q.polls + CASE WHEN t_step = 'poll' THEN 1 ELSE 0 END,
                next_attempt_at = clock_timestamp() + make_interval(secs => p_lease_ms / 1000.0),
-               taken_by_pid = pg_backend_pid(), taken_by_start = v_started,
                updated_at = clock_timestamp()
          WHERE q.request_id = r.request_id;
+        INSERT INTO connect_guard.request_taker AS k (request_id, pid, backend_start)
+        VALUES (r.request_id, pg_backend_pid(), v_started)
+        ON CONFLICT (request_id) DO UPDATE SET pid = EXCLUDED.pid, backend_start = EXCLUDED.backend_start;
         RETURN NEXT;
     END LOOP;
 END;
@@ -1256,7 +1268,7 @@ BEGIN
         RETURN;                 -- dropped or superseded while it was sent
     END IF;
     -- its taker has done with it: what follows schedules it (request_take)
-    UPDATE connect_guard.request SET taken_by_pid = NULL, taken_by_start = NULL WHERE request_id = r.request_id;
+    DELETE FROM connect_guard.request_taker k WHERE k.request_id = r.request_id;
 
     IF p_step IN ('error', 'unsent') THEN
         v_error := CASE p_step WHEN 'error' THEN 'the worker failed: ' || p_error ELSE p_error END;
@@ -1374,6 +1386,12 @@ BEGIN
                                                                                     'state', x ->> 'state'))
                                                   FROM jsonb_array_elements(CASE WHEN jsonb_typeof(v_json -> 'mappings') = 'array'
                                                                                  THEN v_json -> 'mappings' ELSE '[]' END) x)));
+            -- asked after a rollback: the restored state against Connect's (57_rollback_states.sql)
+            IF r.params ? 'rollback_incident' THEN
+                PERFORM connect_guard.connection_reconcile(c.connection_id, v_json ->> 'state', r.request_id,
+                                                           (r.params ->> 'rollback_incident')::integer,
+                                                           (r.params ->> 'held_by_plan')::bigint);
+            END IF;
             PERFORM connect_guard.request_close(r.request_id, 'succeeded');
         ELSIF EXISTS (SELECT 1 FROM connect_guard.mapping WHERE mapping_id = r.mapping_id AND remote_id IS NOT NULL) THEN
             -- how the mapping stood before its reload is asked for (59_reload_acknowledgement.sql)
@@ -1569,7 +1587,7 @@ BEGIN
         RETURN;                 -- dropped or superseded while it was sent
     END IF;
     -- its taker has done with it: what follows schedules it (request_take)
-    UPDATE connect_guard.request SET taken_by_pid = NULL, taken_by_start = NULL WHERE request_id = r.request_id;
+    DELETE FROM connect_guard.request_taker k WHERE k.request_id = r.request_id;
 
     IF p_step IN ('error', 'unsent') THEN
         v_error := CASE p_step WHEN 'error' THEN 'the worker failed: ' || p_error ELSE p_error END;

@@ -57,14 +57,7 @@ CREATE TABLE connect_guard.request (
     created_xid     xid8 NOT NULL DEFAULT pg_current_xact_id(),
     created_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
     updated_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
-    completed_at    timestamptz,
-    -- the worker that took it and has not yet recorded what came of it (its
-    -- pid and backend start, which tell it from a later process with the
-    -- same pid): while it lives, its lease holds; once it is gone (killed,
-    -- a crash restart, a stopped worker) the request is due at once
-    -- (request_take, 60_request_worker.sql)
-    taken_by_pid    integer,
-    taken_by_start  timestamptz
+    completed_at    timestamptz
 );
 CREATE INDEX request_pending ON connect_guard.request (connection_id, request_id) WHERE status = 'pending';
 CREATE INDEX ON connect_guard.request (connection_id, request_id);
@@ -75,6 +68,23 @@ CREATE TRIGGER scrub_stored BEFORE INSERT OR UPDATE OF last_error, remote_state 
 
 SELECT pg_catalog.pg_extension_config_dump('connect_guard.request', '');
 SELECT pg_catalog.pg_extension_config_dump('connect_guard.request_request_id_seq', '');
+
+/*
+ * The worker that took a request and has not yet recorded what came of it
+ * (request_take, request_outcome: 60_request_worker.sql), by pid and
+ * backend start, which tell it from a later process with the same pid:
+ * while it lives, the request's lease holds; once it is gone (killed, a
+ * crash restart, a stopped worker) the request is due at once.  A table of
+ * its own rather than columns of request: request_outcome may find the
+ * connection locked by a consumer, and a second update of the request row
+ * in one transaction would check its foreign key against that locked row,
+ * and wait for the consumer.  Not dumped: a taker means nothing elsewhere.
+ */
+CREATE TABLE connect_guard.request_taker (
+    request_id      bigint PRIMARY KEY REFERENCES connect_guard.request ON DELETE CASCADE,
+    pid             integer NOT NULL,
+    backend_start   timestamptz
+);
 
 /*
  * connect_guard.request_enqueue stores a request for the worker and wakes

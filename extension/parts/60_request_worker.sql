@@ -25,7 +25,7 @@ $$;
  * connect_guard.request_take hands the worker the requests that are due:
  * per connection the oldest pending one, locked, with what to send.  Each
  * is leased (next_attempt_at moves past the HTTP timeout) and marked with
- * its taker (taken_by_pid, taken_by_start) until its outcome is recorded:
+ * its taker (request_taker, 50_requests.sql) until its outcome is recorded:
  * while the taker lives nobody else takes it, so it is never sent twice at
  * once; a request whose taker is gone (killed while it waited for the sync
  * service, a crash restart, a worker stopped mid-round) is due at once, not
@@ -49,8 +49,13 @@ DECLARE
     m connect_guard.mapping;
     s record;
     w record;
+    t connect_guard.request_taker;
     v_started timestamptz := (SELECT a.backend_start FROM pg_stat_get_activity(pg_backend_pid()) a);
 BEGIN
+    -- the takers of requests closed meanwhile (superseded, dropped) are of no more use
+    DELETE FROM connect_guard.request_taker k
+     USING connect_guard.request q
+     WHERE q.request_id = k.request_id AND q.status <> 'pending';
     -- a pause or resume that a newer one replaced is not sent any more
     FOR s IN
         UPDATE connect_guard.request o
@@ -72,8 +77,9 @@ BEGIN
         SELECT q.* FROM connect_guard.request q
          WHERE q.status = 'pending'
            AND (q.next_attempt_at <= clock_timestamp()
-                OR (q.taken_by_pid IS NOT NULL
-                    AND NOT connect_guard.request_taker_alive(q.taken_by_pid, q.taken_by_start)))
+                OR EXISTS (SELECT 1 FROM connect_guard.request_taker k
+                            WHERE k.request_id = q.request_id
+                              AND NOT connect_guard.request_taker_alive(k.pid, k.backend_start)))
            AND NOT EXISTS (SELECT 1 FROM connect_guard.request o
                             WHERE o.connection_id = q.connection_id AND o.status = 'pending'
                               AND o.request_id < q.request_id
@@ -85,11 +91,12 @@ BEGIN
            FOR UPDATE SKIP LOCKED
     LOOP
         SELECT * INTO c FROM connect_guard.connection WHERE connection_id = r.connection_id;
-        IF r.taken_by_pid IS NOT NULL AND r.next_attempt_at > clock_timestamp() THEN
+        SELECT * INTO t FROM connect_guard.request_taker k WHERE k.request_id = r.request_id;
+        IF t.request_id IS NOT NULL AND r.next_attempt_at > clock_timestamp() THEN
             PERFORM connect_guard.log_event(r.connection_id, 'request_taker_gone',
                 jsonb_build_object('request_id', r.request_id, 'action', r.action, 'phase', r.phase,
-                                   'attempts', r.attempts, 'taken_by_pid', r.taken_by_pid,
-                                   'taken_by_start', r.taken_by_start, 'lease_until', r.next_attempt_at));
+                                   'attempts', r.attempts, 'taken_by_pid', t.pid,
+                                   'taken_by_start', t.backend_start, 'lease_until', r.next_attempt_at));
         END IF;
         m := NULL;
         IF r.mapping_id IS NOT NULL THEN
@@ -120,9 +127,11 @@ BEGIN
            SET attempts = q.attempts + CASE WHEN t_step IN ('send', 'lookup') THEN 1 ELSE 0 END,
                polls = q.polls + CASE WHEN t_step = 'poll' THEN 1 ELSE 0 END,
                next_attempt_at = clock_timestamp() + make_interval(secs => p_lease_ms / 1000.0),
-               taken_by_pid = pg_backend_pid(), taken_by_start = v_started,
                updated_at = clock_timestamp()
          WHERE q.request_id = r.request_id;
+        INSERT INTO connect_guard.request_taker AS k (request_id, pid, backend_start)
+        VALUES (r.request_id, pg_backend_pid(), v_started)
+        ON CONFLICT (request_id) DO UPDATE SET pid = EXCLUDED.pid, backend_start = EXCLUDED.backend_start;
         RETURN NEXT;
     END LOOP;
 END;
@@ -228,7 +237,7 @@ BEGIN
         RETURN;                 -- dropped or superseded while it was sent
     END IF;
     -- its taker has done with it: what follows schedules it (request_take)
-    UPDATE connect_guard.request SET taken_by_pid = NULL, taken_by_start = NULL WHERE request_id = r.request_id;
+    DELETE FROM connect_guard.request_taker k WHERE k.request_id = r.request_id;
 
     IF p_step IN ('error', 'unsent') THEN
         v_error := CASE p_step WHEN 'error' THEN 'the worker failed: ' || p_error ELSE p_error END;

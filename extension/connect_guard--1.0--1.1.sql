@@ -1114,7 +1114,8 @@ REVOKE ALL ON PROCEDURE connect_guard.wait_for_replay(pg_lsn, integer),
 CREATE TABLE connect_guard.request_taker (
     request_id      bigint PRIMARY KEY REFERENCES connect_guard.request ON DELETE CASCADE,
     pid             integer NOT NULL,
-    backend_start   timestamptz
+    backend_start   timestamptz,
+    timeline        integer NOT NULL
 );
 
 CREATE FUNCTION connect_guard.request_taker_alive(p_pid integer, p_started timestamptz)
@@ -1141,6 +1142,8 @@ DECLARE
     w record;
     t connect_guard.request_taker;
     v_started timestamptz := (SELECT a.backend_start FROM pg_stat_get_activity(pg_backend_pid()) a);
+    -- the timeline this server writes on, as connect_guard.current_timeline() (68_database.sql) reads it
+    v_timeline integer := ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::integer;
 BEGIN
     -- the takers of requests closed meanwhile (superseded, dropped) are of no more use
     DELETE FROM connect_guard.request_taker k
@@ -1168,7 +1171,7 @@ BEGIN
          WHERE q.status = 'pending'
            AND (q.next_attempt_at <= clock_timestamp()
                 OR EXISTS (SELECT 1 FROM connect_guard.request_taker k
-                            WHERE k.request_id = q.request_id
+                            WHERE k.request_id = q.request_id AND k.timeline = v_timeline
                               AND NOT connect_guard.request_taker_alive(k.pid, k.backend_start)))
            AND NOT EXISTS (SELECT 1 FROM connect_guard.request o
                             WHERE o.connection_id = q.connection_id AND o.status = 'pending'
@@ -1219,9 +1222,10 @@ BEGIN
                next_attempt_at = clock_timestamp() + make_interval(secs => p_lease_ms / 1000.0),
                updated_at = clock_timestamp()
          WHERE q.request_id = r.request_id;
-        INSERT INTO connect_guard.request_taker AS k (request_id, pid, backend_start)
-        VALUES (r.request_id, pg_backend_pid(), v_started)
-        ON CONFLICT (request_id) DO UPDATE SET pid = EXCLUDED.pid, backend_start = EXCLUDED.backend_start;
+        INSERT INTO connect_guard.request_taker AS k (request_id, pid, backend_start, timeline)
+        VALUES (r.request_id, pg_backend_pid(), v_started, v_timeline)
+        ON CONFLICT (request_id) DO UPDATE
+            SET pid = EXCLUDED.pid, backend_start = EXCLUDED.backend_start, timeline = EXCLUDED.timeline;
         RETURN NEXT;
     END LOOP;
 END;

@@ -1866,3 +1866,803 @@ BEGIN
     RETURN 'PAUSED';
 END;
 $$;
+
+/* ------------------------------------------------------------------------
+ * A request whose taker is gone is sent again at once (helper w1).  A
+ * worker killed while it waited for the sync service (kill -9, the crash
+ * restart that follows, a worker stopped mid-round) used to leave its
+ * request leased for http_timeout + 10 s.  request_take() now records the
+ * taker (pid and backend start, in connect_guard.request_taker) until
+ * request_outcome() records what came of it, and takes a leased request
+ * whose taker no longer runs at once; while the taker lives, nobody else
+ * takes it (50_requests.sql, 60_request_worker.sql).
+ * ------------------------------------------------------------------------ */
+
+CREATE TABLE connect_guard.request_taker (
+    request_id      bigint PRIMARY KEY REFERENCES connect_guard.request ON DELETE CASCADE,
+    pid             integer NOT NULL,
+    backend_start   timestamptz,
+    timeline        integer NOT NULL
+);
+
+CREATE FUNCTION connect_guard.request_taker_alive(p_pid integer, p_started timestamptz)
+RETURNS boolean
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_stat_get_activity(p_pid) a
+                    WHERE a.pid = p_pid
+                      AND (a.backend_start IS NULL OR p_started IS NULL OR a.backend_start = p_started));
+$$;
+
+CREATE OR REPLACE FUNCTION connect_guard.request_take(p_limit integer, p_lease_ms integer)
+RETURNS TABLE (t_request_id bigint, t_step text, t_method text, t_url text, t_body text,
+               t_auth text, t_secret text, t_secret_file text, t_description text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r connect_guard.request;
+    c connect_guard.connection;
+    m connect_guard.mapping;
+    s record;
+    w record;
+    t connect_guard.request_taker;
+    v_started timestamptz := (SELECT a.backend_start FROM pg_stat_get_activity(pg_backend_pid()) a);
+    -- the timeline this server writes on, as connect_guard.current_timeline() (68_database.sql) reads it
+    v_timeline integer := ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::integer;
+BEGIN
+    -- the takers of requests closed meanwhile (superseded, dropped) are of no more use
+    DELETE FROM connect_guard.request_taker k
+     USING connect_guard.request q
+     WHERE q.request_id = k.request_id AND q.status <> 'pending';
+    -- a pause or resume that a newer one replaced is not sent any more
+    FOR s IN
+        UPDATE connect_guard.request o
+           SET status = 'failed', completed_at = clock_timestamp(), updated_at = clock_timestamp(),
+               last_error = format('superseded by %s request %s before it completed', l.action, l.request_id)
+          FROM (SELECT DISTINCT ON (q.connection_id) q.connection_id, q.request_id, q.action
+                  FROM connect_guard.request q
+                 WHERE q.status = 'pending' AND q.action IN ('pause', 'resume')
+                 ORDER BY q.connection_id, q.request_id DESC) l
+         WHERE o.connection_id = l.connection_id AND o.status = 'pending'
+           AND o.action IN ('pause', 'resume') AND o.request_id < l.request_id
+        RETURNING o.connection_id, o.request_id, o.action, l.request_id AS by_request
+    LOOP
+        PERFORM connect_guard.log_event(s.connection_id, 'request_superseded',
+            jsonb_build_object('request_id', s.request_id, 'action', s.action, 'by_request', s.by_request));
+    END LOOP;
+
+    FOR r IN
+        SELECT q.* FROM connect_guard.request q
+         WHERE q.status = 'pending'
+           AND (q.next_attempt_at <= clock_timestamp()
+                OR EXISTS (SELECT 1 FROM connect_guard.request_taker k
+                            WHERE k.request_id = q.request_id AND k.timeline = v_timeline
+                              AND NOT connect_guard.request_taker_alive(k.pid, k.backend_start)))
+           AND NOT EXISTS (SELECT 1 FROM connect_guard.request o
+                            WHERE o.connection_id = q.connection_id AND o.status = 'pending'
+                              AND o.request_id < q.request_id
+                              -- reloads of different mappings go out together: after a
+                              -- rollback, N tables must not take N reload times
+                              AND NOT (o.action = 'reload' AND q.action = 'reload'))
+         ORDER BY q.request_id
+         LIMIT p_limit
+           FOR UPDATE SKIP LOCKED
+    LOOP
+        SELECT * INTO c FROM connect_guard.connection WHERE connection_id = r.connection_id;
+        SELECT * INTO t FROM connect_guard.request_taker k WHERE k.request_id = r.request_id;
+        IF t.request_id IS NOT NULL AND r.next_attempt_at > clock_timestamp() THEN
+            PERFORM connect_guard.log_event(r.connection_id, 'request_taker_gone',
+                jsonb_build_object('request_id', r.request_id, 'action', r.action, 'phase', r.phase,
+                                   'attempts', r.attempts, 'taken_by_pid', t.pid,
+                                   'taken_by_start', t.backend_start, 'lease_until', r.next_attempt_at));
+        END IF;
+        m := NULL;
+        IF r.mapping_id IS NOT NULL THEN
+            SELECT * INTO m FROM connect_guard.mapping WHERE mapping_id = r.mapping_id;
+        END IF;
+        IF r.action = 'reload' AND m.mapping_id IS NULL THEN
+            PERFORM connect_guard.request_close(r.request_id, 'failed',
+                'the table was unmapped before the reload was sent');
+            CONTINUE;
+        END IF;
+
+        t_request_id := r.request_id;
+        t_step := CASE r.phase WHEN 'apply' THEN 'apply' WHEN 'confirm' THEN 'poll' ELSE 'send' END;
+        t_method := NULL; t_url := NULL; t_body := NULL; t_auth := NULL; t_secret := NULL; t_secret_file := NULL;
+        t_description := format('connect_guard: %s request %s of connection "%s"', r.action, r.request_id, c.name);
+        IF t_step <> 'apply' THEN
+            SELECT * INTO w FROM connect_guard.request_wire(r, c, m, t_step);
+            t_step := w.step; t_method := w.method; t_url := w.url; t_body := w.body;
+            t_auth := w.auth; t_secret_file := w.secret_file;
+            SELECT cs.secret INTO t_secret FROM connect_guard.connection_secret cs
+             WHERE cs.connection_id = c.connection_id;
+            IF t_secret IS NOT NULL THEN
+                t_secret_file := NULL;
+            END IF;
+        END IF;
+
+        UPDATE connect_guard.request q
+           SET attempts = q.attempts + CASE WHEN t_step IN ('send', 'lookup') THEN 1 ELSE 0 END,
+               polls = q.polls + CASE WHEN t_step = 'poll' THEN 1 ELSE 0 END,
+               next_attempt_at = clock_timestamp() + make_interval(secs => p_lease_ms / 1000.0),
+               updated_at = clock_timestamp()
+         WHERE q.request_id = r.request_id;
+        INSERT INTO connect_guard.request_taker AS k (request_id, pid, backend_start, timeline)
+        VALUES (r.request_id, pg_backend_pid(), v_started, v_timeline)
+        ON CONFLICT (request_id) DO UPDATE
+            SET pid = EXCLUDED.pid, backend_start = EXCLUDED.backend_start, timeline = EXCLUDED.timeline;
+        RETURN NEXT;
+    END LOOP;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION connect_guard.request_outcome(p_request_id bigint, p_step text, p_http_status integer,
+                                              p_error text, p_body text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r connect_guard.request;
+    c connect_guard.connection;
+    e record;
+    v_json jsonb;
+    v_entry jsonb;
+    v_ok boolean := coalesce(p_http_status BETWEEN 200 AND 299, false);
+    v_state text;
+    v_expected text;
+    v_error text;
+    v_connection_id integer;
+    v_message text;
+    v_detail text;
+    v_busy text;            -- why the connection's lock was not to be had
+BEGIN
+    -- The connection first, then the request: the order the user's calls
+    -- lock in.  A consumer's transaction may hold the connection's lock:
+    -- the worker waits a second at most, records what needs no lock (a
+    -- failure), and defers the rest (request_defer).
+    SELECT q.connection_id INTO v_connection_id FROM connect_guard.request q WHERE q.request_id = p_request_id;
+    IF NOT FOUND THEN
+        RETURN;                 -- dropped with its connection while it was sent
+    END IF;
+    BEGIN
+        c := connect_guard.lock_connection(v_connection_id, clock_timestamp() + interval '1 s');
+    EXCEPTION WHEN lock_not_available THEN
+        GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT, v_detail = PG_EXCEPTION_DETAIL;
+        v_busy := v_message || ': ' || v_detail;
+        SELECT * INTO c FROM connect_guard.connection WHERE connection_id = v_connection_id;
+    END;
+    SELECT * INTO r FROM connect_guard.request WHERE request_id = p_request_id FOR UPDATE;
+    IF NOT FOUND OR r.status <> 'pending' THEN
+        RETURN;                 -- dropped or superseded while it was sent
+    END IF;
+    -- its taker has done with it: what follows schedules it (request_take)
+    DELETE FROM connect_guard.request_taker k WHERE k.request_id = r.request_id;
+
+    IF p_step IN ('error', 'unsent') THEN
+        v_error := CASE p_step WHEN 'error' THEN 'the worker failed: ' || p_error ELSE p_error END;
+        IF r.phase = 'send' THEN
+            PERFORM connect_guard.request_retry(r.request_id, NULL, v_error, false);
+        ELSIF r.phase = 'confirm' THEN
+            UPDATE connect_guard.request SET last_error = v_error WHERE request_id = r.request_id;
+            PERFORM connect_guard.request_poll_again(r.request_id, 'the new state');
+        ELSE
+            PERFORM connect_guard.request_close(r.request_id, 'failed', v_error);
+        END IF;
+        RETURN;
+    END IF;
+
+    IF p_step = 'apply' THEN
+        IF v_busy IS NOT NULL THEN
+            PERFORM connect_guard.request_defer(r.request_id, p_step, p_http_status, v_busy);
+        ELSE
+            PERFORM connect_guard.request_apply(r.request_id);
+        END IF;
+        RETURN;
+    END IF;
+
+    IF NOT v_ok THEN
+        SELECT * INTO e FROM connect_guard.request_http_error(c.adapter, r.action, p_http_status, p_error, p_body);
+        IF p_step = 'poll' THEN
+            UPDATE connect_guard.request
+               SET last_http_status = p_http_status, last_error = e.message, updated_at = clock_timestamp()
+             WHERE request_id = r.request_id;
+            PERFORM connect_guard.request_poll_again(r.request_id, 'the new state');
+        ELSE
+            PERFORM connect_guard.request_retry(r.request_id, p_http_status, e.message, e.permanent);
+        END IF;
+        RETURN;
+    END IF;
+
+    -- what the sync service did is applied under the connection's lock
+    IF v_busy IS NOT NULL THEN
+        PERFORM connect_guard.request_defer(r.request_id, p_step, p_http_status, v_busy);
+        RETURN;
+    END IF;
+
+    UPDATE connect_guard.request SET last_http_status = p_http_status, updated_at = clock_timestamp()
+     WHERE request_id = r.request_id;
+
+    IF p_step = 'send' THEN
+        BEGIN
+            v_json := p_body::jsonb;
+        EXCEPTION WHEN OTHERS THEN
+            v_json := NULL;
+        END;
+        -- the answer is the result of an export (Connect's configuration file) or an import
+        IF r.action IN ('export', 'import') THEN
+            UPDATE connect_guard.request SET result = v_json WHERE request_id = r.request_id;
+        END IF;
+        -- a webhook may answer with its own high-water mark, as Connect's deep GET does
+        IF c.adapter = 'webhook' THEN
+            IF jsonb_typeof(v_json) = 'object' THEN
+                PERFORM connect_guard.note_remote_hwm(c.connection_id, v_json);
+            END IF;
+        END IF;
+        IF c.adapter = 'heroku' AND r.action = 'reload' AND p_http_status <> 202 THEN
+            -- only 202 Accepted says Connect queued the reload (59_reload_acknowledgement.sql)
+            PERFORM connect_guard.request_retry(r.request_id, p_http_status,
+                format('Connect answered HTTP %s to the reload, not 202 Accepted: it is not known to have queued it',
+                       p_http_status), true);
+            RETURN;
+        END IF;
+        PERFORM connect_guard.log_event(c.connection_id, 'request_accepted',
+            jsonb_build_object('request_id', r.request_id, 'action', r.action, 'attempt', r.attempts,
+                               'http_status', p_http_status));
+        IF c.adapter = 'webhook' AND r.action = 'reload' AND p_http_status = 202 THEN
+            -- 202 Accepted: the receiver reloads later and acknowledges with connect_mapping_reloaded()
+            UPDATE connect_guard.request SET remote_state = 'RELOAD_TABLE' WHERE request_id = r.request_id;
+            PERFORM connect_guard.request_close(r.request_id, 'succeeded');
+        ELSIF c.adapter = 'heroku' AND r.action IN ('pause', 'resume', 'reload') THEN
+            UPDATE connect_guard.request
+               SET phase = 'confirm', next_attempt_at = clock_timestamp(),
+                   deadline = clock_timestamp() + make_interval(secs => coalesce((params ->> 'timeout_s')::double precision, 300))
+             WHERE request_id = r.request_id;
+        ELSE
+            PERFORM connect_guard.request_apply(r.request_id);
+        END IF;
+        RETURN;
+    END IF;
+
+    -- 'lookup' and 'poll': a deep GET of the connection
+    BEGIN
+        v_json := p_body::jsonb;
+    EXCEPTION WHEN OTHERS THEN
+        v_json := NULL;
+    END;
+    IF jsonb_typeof(v_json) IS DISTINCT FROM 'object' THEN
+        SELECT * INTO e FROM connect_guard.request_http_error(c.adapter, r.action, p_http_status, NULL, p_body);
+        IF p_step = 'poll' THEN
+            UPDATE connect_guard.request SET last_error = 'Connect answered without a JSON object: ' || e.message
+             WHERE request_id = r.request_id;
+            PERFORM connect_guard.request_poll_again(r.request_id, 'the new state');
+        ELSE
+            PERFORM connect_guard.request_retry(r.request_id, p_http_status,
+                                                'Connect answered without a JSON object: ' || e.message, false);
+        END IF;
+        RETURN;
+    END IF;
+    PERFORM connect_guard.remote_ids_from(c.connection_id, v_json);
+    PERFORM connect_guard.note_remote_hwm(c.connection_id, v_json);
+
+    IF p_step = 'lookup' THEN
+        UPDATE connect_guard.request SET remote_state = v_json ->> 'state' WHERE request_id = r.request_id;
+        IF r.action = 'refresh' THEN
+            PERFORM connect_guard.log_event(c.connection_id, 'refreshed',
+                jsonb_build_object('request_id', r.request_id, 'remote_state', v_json ->> 'state',
+                                   'mappings', (SELECT jsonb_agg(jsonb_build_object('id', x ->> 'id',
+                                                                                    'object_name', x ->> 'object_name',
+                                                                                    'state', x ->> 'state'))
+                                                  FROM jsonb_array_elements(CASE WHEN jsonb_typeof(v_json -> 'mappings') = 'array'
+                                                                                 THEN v_json -> 'mappings' ELSE '[]' END) x)));
+            -- asked after a rollback: the restored state against Connect's (57_rollback_states.sql)
+            IF r.params ? 'rollback_incident' THEN
+                PERFORM connect_guard.connection_reconcile(c.connection_id, v_json ->> 'state', r.request_id,
+                                                           (r.params ->> 'rollback_incident')::integer,
+                                                           (r.params ->> 'held_by_plan')::bigint);
+            END IF;
+            PERFORM connect_guard.request_close(r.request_id, 'succeeded');
+        ELSIF EXISTS (SELECT 1 FROM connect_guard.mapping WHERE mapping_id = r.mapping_id AND remote_id IS NOT NULL) THEN
+            -- how the mapping stood before its reload is asked for (59_reload_acknowledgement.sql)
+            PERFORM connect_guard.reload_baseline(r.request_id, v_json);
+            UPDATE connect_guard.request SET next_attempt_at = clock_timestamp() WHERE request_id = r.request_id;
+        ELSE
+            PERFORM connect_guard.request_close(r.request_id, 'failed',
+                format('Connect lists no mapping for object %s on connection %s: set its id with connect_set_mapping_remote_id()',
+                       r.params ->> 'object_name', c.options ->> 'connection_id'));
+        END IF;
+        RETURN;
+    END IF;
+
+    -- 'poll': has Connect done it?
+    IF r.action = 'reload' THEN
+        v_entry := connect_guard.reload_mapping_entry(r, v_json);
+        v_state := v_entry ->> 'state';
+        v_expected := 'a reload started after the request (RELOAD_TABLE, or a later reload_started_at) and then DATA_SYNCED';
+    ELSE
+        v_state := v_json ->> 'state';
+        v_expected := CASE r.action WHEN 'pause' THEN 'PAUSED' ELSE 'IDLE' END;
+    END IF;
+    UPDATE connect_guard.request SET remote_state = v_state WHERE request_id = r.request_id;
+    -- a reload is done once it is proven to have started after the request (59_reload_acknowledgement.sql)
+    IF (CASE WHEN r.action = 'reload' THEN connect_guard.reload_acknowledged(r.request_id, v_entry)
+             ELSE v_state = v_expected OR (r.action = 'resume' AND v_state = 'POLLING_DB_CHANGES') END) THEN
+        PERFORM connect_guard.request_apply(r.request_id);
+    ELSE
+        PERFORM connect_guard.request_poll_again(r.request_id, v_expected);
+    END IF;
+END;
+$$;
+
+REVOKE ALL ON FUNCTION connect_guard.request_taker_alive(integer, timestamptz) FROM PUBLIC;
+
+/* ------------------------------------------------------------------------
+ * Connection states after a rollback (helper w1, 57_rollback_states.sql).
+ * A restore brings back each connection's state as it was at the point
+ * restored to, and the fences of the base backup's fence file: PAUSED with
+ * its fence up, say, while Connect has been resumed since.  On a rollback
+ * the worker now asks each heroku connection's Connect for its state (a
+ * refresh queued before the reloads) and reconciles the recorded state
+ * with the answer, lowering only the pause's own fence; webhook and local
+ * connections are compared with the witness, which now records whether
+ * each connection was paused, and reported; a pause fence from the fence
+ * file that no restored connection holds is lowered.  Events say what was
+ * found and done.
+ * ------------------------------------------------------------------------ */
+
+CREATE FUNCTION connect_guard.connection_reconcile(p_connection_id integer, p_remote_state text,
+                                                   p_request_id bigint, p_incident_id integer,
+                                                   p_held_by_plan bigint)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c connect_guard.connection;
+    r connect_guard.request := connect_guard.latest_state_request(p_connection_id);
+    b connect_guard.batch := connect_guard.connection_open_batch(p_connection_id);
+    v_remote_runs boolean := CASE WHEN p_remote_state IN ('IDLE', 'POLLING_DB_CHANGES') THEN true
+                                  WHEN p_remote_state = 'PAUSED' THEN false END;
+    v_pause_fence_up boolean;
+    v_left text;
+    v_now text;
+    v_lowered integer;
+    v_detail jsonb;
+BEGIN
+    SELECT * INTO c FROM connect_guard.connection WHERE connection_id = p_connection_id;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    v_pause_fence_up := c.fence_id IS NOT NULL
+                        AND EXISTS (SELECT 1 FROM connect_guard.fence_list() f
+                                     WHERE f.fence_id = c.fence_id AND f.scope = 'connection'
+                                       AND f.connection_id = c.connection_id);
+    v_left := CASE
+        WHEN r.status = 'pending' THEN format('%s request %s is under way and settles the state', r.action, r.request_id)
+        WHEN p_held_by_plan IS NOT NULL THEN format('upgrade plan %s holds the connection', p_held_by_plan)
+        WHEN v_remote_runs IS NULL THEN format('Connect reports %s, neither running nor paused',
+                                               coalesce(p_remote_state, 'no state'))
+        WHEN NOT v_remote_runs AND c.state IN ('IDLE', 'POLLING_DB_CHANGES') AND b.batch_id IS NOT NULL
+            THEN format('batch %s is open', b.batch_id)
+        WHEN NOT v_remote_runs AND c.state NOT IN ('IDLE', 'POLLING_DB_CHANGES', 'PAUSED')
+            THEN format('it is %s: connect_pause() or connect_resume() settles it', c.state)
+    END;
+    v_now := c.state;
+    IF v_left IS NULL AND v_remote_runs AND c.state IN ('PAUSED', 'PAUSING', 'RESUMING') THEN
+        IF v_pause_fence_up THEN
+            PERFORM connect_guard.fence_lower(c.fence_id);
+            v_lowered := c.fence_id;
+        END IF;
+        v_now := 'IDLE';
+    ELSIF v_left IS NULL AND NOT v_remote_runs AND c.state IN ('IDLE', 'POLLING_DB_CHANGES') THEN
+        v_now := 'PAUSED';
+    END IF;
+
+    v_detail := jsonb_build_object(
+        'incident_id', p_incident_id, 'request_id', p_request_id,
+        'recorded_state', c.state, 'remote_state', p_remote_state, 'state', v_now, 'changed', v_now <> c.state,
+        'pause_fence', c.fence_id, 'pause_fence_was_up', v_pause_fence_up, 'fence_lowered', v_lowered,
+        'left_because', v_left,
+        -- what still holds the connection's tables: never lowered here
+        'fences_still_up', (SELECT coalesce(jsonb_agg(jsonb_build_object('fence_id', f.fence_id, 'scope', f.scope,
+                                                                          'reason', f.reason) ORDER BY f.fence_id), '[]')
+                              FROM connect_guard.fence_list() f
+                             WHERE f.fence_id IS DISTINCT FROM v_lowered
+                               AND (f.scope <> 'connection' OR f.connection_id = c.connection_id)));
+    IF v_now = 'IDLE' AND c.state <> 'IDLE' THEN
+        PERFORM connect_guard.connection_goto(c.connection_id, 'IDLE', NULL, 'connection_state_reconciled', v_detail);
+    ELSIF v_now = 'PAUSED' AND c.state <> 'PAUSED' THEN
+        PERFORM connect_guard.connection_goto(c.connection_id, 'PAUSED', NULL, 'connection_state_reconciled', v_detail,
+            format('Heroku Connect reported PAUSED after the rollback of incident %s: connect_guard did not pause it and raised no fence',
+                   p_incident_id));
+    ELSE
+        PERFORM connect_guard.log_event(c.connection_id, 'connection_state_reconciled', v_detail);
+    END IF;
+END;
+$$;
+
+CREATE FUNCTION connect_guard.rollback_restored_fences(p_incident_id integer)
+RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    f record;
+    v_lowered jsonb := '[]';
+    v_entry jsonb;
+BEGIN
+    FOR f IN
+        SELECT l.fence_id, l.connection_id, l.connection, l.reason, l.since, c.state, c.fence_id AS holds
+          FROM connect_guard.fence_list() l
+          LEFT JOIN connect_guard.connection c ON c.connection_id = l.connection_id
+         WHERE l.scope = 'connection' AND l.since < pg_postmaster_start_time()
+           AND (c.connection_id IS NULL OR c.state NOT IN ('PAUSED', 'PAUSING')
+                OR c.fence_id IS DISTINCT FROM l.fence_id)
+         ORDER BY l.fence_id
+    LOOP
+        PERFORM connect_guard.fence_lower(f.fence_id);
+        v_entry := jsonb_build_object('fence_id', f.fence_id, 'connection', f.connection, 'reason', f.reason,
+                                      'since', f.since, 'connection_state', f.state, 'connection_fence', f.holds);
+        v_lowered := v_lowered || v_entry;
+        PERFORM connect_guard.log_event(f.connection_id, 'restored_fence_lowered',
+            v_entry || jsonb_build_object('incident_id', p_incident_id,
+                'why', 'the fence file came from the base backup; at the point restored to the connection '
+                       || CASE WHEN f.state IS NULL THEN 'did not exist'
+                               ELSE format('was %s%s', f.state, CASE WHEN f.holds IS NOT NULL
+                                                                     THEN format(' under fence %s', f.holds) ELSE '' END) END));
+    END LOOP;
+    RETURN v_lowered;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION connect_guard.request_outcome(p_request_id bigint, p_step text, p_http_status integer,
+                                              p_error text, p_body text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r connect_guard.request;
+    c connect_guard.connection;
+    e record;
+    v_json jsonb;
+    v_entry jsonb;
+    v_ok boolean := coalesce(p_http_status BETWEEN 200 AND 299, false);
+    v_state text;
+    v_expected text;
+    v_error text;
+    v_connection_id integer;
+    v_message text;
+    v_detail text;
+    v_busy text;            -- why the connection's lock was not to be had
+BEGIN
+    -- The connection first, then the request: the order the user's calls
+    -- lock in.  A consumer's transaction may hold the connection's lock:
+    -- the worker waits a second at most, records what needs no lock (a
+    -- failure), and defers the rest (request_defer).
+    SELECT q.connection_id INTO v_connection_id FROM connect_guard.request q WHERE q.request_id = p_request_id;
+    IF NOT FOUND THEN
+        RETURN;                 -- dropped with its connection while it was sent
+    END IF;
+    BEGIN
+        c := connect_guard.lock_connection(v_connection_id, clock_timestamp() + interval '1 s');
+    EXCEPTION WHEN lock_not_available THEN
+        GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT, v_detail = PG_EXCEPTION_DETAIL;
+        v_busy := v_message || ': ' || v_detail;
+        SELECT * INTO c FROM connect_guard.connection WHERE connection_id = v_connection_id;
+    END;
+    SELECT * INTO r FROM connect_guard.request WHERE request_id = p_request_id FOR UPDATE;
+    IF NOT FOUND OR r.status <> 'pending' THEN
+        RETURN;                 -- dropped or superseded while it was sent
+    END IF;
+    -- its taker has done with it: what follows schedules it (request_take)
+    DELETE FROM connect_guard.request_taker k WHERE k.request_id = r.request_id;
+
+    IF p_step IN ('error', 'unsent') THEN
+        v_error := CASE p_step WHEN 'error' THEN 'the worker failed: ' || p_error ELSE p_error END;
+        IF r.phase = 'send' THEN
+            PERFORM connect_guard.request_retry(r.request_id, NULL, v_error, false);
+        ELSIF r.phase = 'confirm' THEN
+            UPDATE connect_guard.request SET last_error = v_error WHERE request_id = r.request_id;
+            PERFORM connect_guard.request_poll_again(r.request_id, 'the new state');
+        ELSE
+            PERFORM connect_guard.request_close(r.request_id, 'failed', v_error);
+        END IF;
+        RETURN;
+    END IF;
+
+    IF p_step = 'apply' THEN
+        IF v_busy IS NOT NULL THEN
+            PERFORM connect_guard.request_defer(r.request_id, p_step, p_http_status, v_busy);
+        ELSE
+            PERFORM connect_guard.request_apply(r.request_id);
+        END IF;
+        RETURN;
+    END IF;
+
+    IF NOT v_ok THEN
+        SELECT * INTO e FROM connect_guard.request_http_error(c.adapter, r.action, p_http_status, p_error, p_body);
+        IF p_step = 'poll' THEN
+            UPDATE connect_guard.request
+               SET last_http_status = p_http_status, last_error = e.message, updated_at = clock_timestamp()
+             WHERE request_id = r.request_id;
+            PERFORM connect_guard.request_poll_again(r.request_id, 'the new state');
+        ELSE
+            PERFORM connect_guard.request_retry(r.request_id, p_http_status, e.message, e.permanent);
+        END IF;
+        RETURN;
+    END IF;
+
+    -- what the sync service did is applied under the connection's lock
+    IF v_busy IS NOT NULL THEN
+        PERFORM connect_guard.request_defer(r.request_id, p_step, p_http_status, v_busy);
+        RETURN;
+    END IF;
+
+    UPDATE connect_guard.request SET last_http_status = p_http_status, updated_at = clock_timestamp()
+     WHERE request_id = r.request_id;
+
+    IF p_step = 'send' THEN
+        BEGIN
+            v_json := p_body::jsonb;
+        EXCEPTION WHEN OTHERS THEN
+            v_json := NULL;
+        END;
+        -- the answer is the result of an export (Connect's configuration file) or an import
+        IF r.action IN ('export', 'import') THEN
+            UPDATE connect_guard.request SET result = v_json WHERE request_id = r.request_id;
+        END IF;
+        -- a webhook may answer with its own high-water mark, as Connect's deep GET does
+        IF c.adapter = 'webhook' THEN
+            IF jsonb_typeof(v_json) = 'object' THEN
+                PERFORM connect_guard.note_remote_hwm(c.connection_id, v_json);
+            END IF;
+        END IF;
+        IF c.adapter = 'heroku' AND r.action = 'reload' AND p_http_status <> 202 THEN
+            -- only 202 Accepted says Connect queued the reload (59_reload_acknowledgement.sql)
+            PERFORM connect_guard.request_retry(r.request_id, p_http_status,
+                format('Connect answered HTTP %s to the reload, not 202 Accepted: it is not known to have queued it',
+                       p_http_status), true);
+            RETURN;
+        END IF;
+        PERFORM connect_guard.log_event(c.connection_id, 'request_accepted',
+            jsonb_build_object('request_id', r.request_id, 'action', r.action, 'attempt', r.attempts,
+                               'http_status', p_http_status));
+        IF c.adapter = 'webhook' AND r.action = 'reload' AND p_http_status = 202 THEN
+            -- 202 Accepted: the receiver reloads later and acknowledges with connect_mapping_reloaded()
+            UPDATE connect_guard.request SET remote_state = 'RELOAD_TABLE' WHERE request_id = r.request_id;
+            PERFORM connect_guard.request_close(r.request_id, 'succeeded');
+        ELSIF c.adapter = 'heroku' AND r.action IN ('pause', 'resume', 'reload') THEN
+            UPDATE connect_guard.request
+               SET phase = 'confirm', next_attempt_at = clock_timestamp(),
+                   deadline = clock_timestamp() + make_interval(secs => coalesce((params ->> 'timeout_s')::double precision, 300))
+             WHERE request_id = r.request_id;
+        ELSE
+            PERFORM connect_guard.request_apply(r.request_id);
+        END IF;
+        RETURN;
+    END IF;
+
+    -- 'lookup' and 'poll': a deep GET of the connection
+    BEGIN
+        v_json := p_body::jsonb;
+    EXCEPTION WHEN OTHERS THEN
+        v_json := NULL;
+    END;
+    IF jsonb_typeof(v_json) IS DISTINCT FROM 'object' THEN
+        SELECT * INTO e FROM connect_guard.request_http_error(c.adapter, r.action, p_http_status, NULL, p_body);
+        IF p_step = 'poll' THEN
+            UPDATE connect_guard.request SET last_error = 'Connect answered without a JSON object: ' || e.message
+             WHERE request_id = r.request_id;
+            PERFORM connect_guard.request_poll_again(r.request_id, 'the new state');
+        ELSE
+            PERFORM connect_guard.request_retry(r.request_id, p_http_status,
+                                                'Connect answered without a JSON object: ' || e.message, false);
+        END IF;
+        RETURN;
+    END IF;
+    PERFORM connect_guard.remote_ids_from(c.connection_id, v_json);
+    PERFORM connect_guard.note_remote_hwm(c.connection_id, v_json);
+
+    IF p_step = 'lookup' THEN
+        UPDATE connect_guard.request SET remote_state = v_json ->> 'state' WHERE request_id = r.request_id;
+        IF r.action = 'refresh' THEN
+            PERFORM connect_guard.log_event(c.connection_id, 'refreshed',
+                jsonb_build_object('request_id', r.request_id, 'remote_state', v_json ->> 'state',
+                                   'mappings', (SELECT jsonb_agg(jsonb_build_object('id', x ->> 'id',
+                                                                                    'object_name', x ->> 'object_name',
+                                                                                    'state', x ->> 'state'))
+                                                  FROM jsonb_array_elements(CASE WHEN jsonb_typeof(v_json -> 'mappings') = 'array'
+                                                                                 THEN v_json -> 'mappings' ELSE '[]' END) x)));
+            -- asked after a rollback: the restored state against Connect's (57_rollback_states.sql)
+            IF r.params ? 'rollback_incident' THEN
+                PERFORM connect_guard.connection_reconcile(c.connection_id, v_json ->> 'state', r.request_id,
+                                                           (r.params ->> 'rollback_incident')::integer,
+                                                           (r.params ->> 'held_by_plan')::bigint);
+            END IF;
+            PERFORM connect_guard.request_close(r.request_id, 'succeeded');
+        ELSIF EXISTS (SELECT 1 FROM connect_guard.mapping WHERE mapping_id = r.mapping_id AND remote_id IS NOT NULL) THEN
+            -- how the mapping stood before its reload is asked for (59_reload_acknowledgement.sql)
+            PERFORM connect_guard.reload_baseline(r.request_id, v_json);
+            UPDATE connect_guard.request SET next_attempt_at = clock_timestamp() WHERE request_id = r.request_id;
+        ELSE
+            PERFORM connect_guard.request_close(r.request_id, 'failed',
+                format('Connect lists no mapping for object %s on connection %s: set its id with connect_set_mapping_remote_id()',
+                       r.params ->> 'object_name', c.options ->> 'connection_id'));
+        END IF;
+        RETURN;
+    END IF;
+
+    -- 'poll': has Connect done it?
+    IF r.action = 'reload' THEN
+        v_entry := connect_guard.reload_mapping_entry(r, v_json);
+        v_state := v_entry ->> 'state';
+        v_expected := 'a reload started after the request (RELOAD_TABLE, or a later reload_started_at) and then DATA_SYNCED';
+    ELSE
+        v_state := v_json ->> 'state';
+        v_expected := CASE r.action WHEN 'pause' THEN 'PAUSED' ELSE 'IDLE' END;
+    END IF;
+    UPDATE connect_guard.request SET remote_state = v_state WHERE request_id = r.request_id;
+    -- a reload is done once it is proven to have started after the request (59_reload_acknowledgement.sql)
+    IF (CASE WHEN r.action = 'reload' THEN connect_guard.reload_acknowledged(r.request_id, v_entry)
+             ELSE v_state = v_expected OR (r.action = 'resume' AND v_state = 'POLLING_DB_CHANGES') END) THEN
+        PERFORM connect_guard.request_apply(r.request_id);
+    ELSE
+        PERFORM connect_guard.request_poll_again(r.request_id, v_expected);
+    END IF;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION connect_guard.database_state()
+RETURNS jsonb
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT jsonb_build_object(
+        'format', 1,
+        'system_identifier', connect_guard.system_identifier()::text,
+        'database', current_database(),
+        'installation', (SELECT i.installation_id FROM connect_guard.installation i
+                          ORDER BY i.installed_at LIMIT 1),
+        'timeline', connect_guard.current_timeline(),
+        -- where this timeline's history left each ancestor: a former primary on one of them
+        -- learns that it was failed over, not rolled back (72_failovers.sql)
+        'history', connect_guard.timeline_ancestry(),
+        'next_xid', pg_snapshot_xmax(pg_current_snapshot())::text::bigint,
+        'log_head', connect_guard.log_sequence_head(),
+        -- each connection's position in its log, own or Connect's (15_log_sources.sql)
+        'connections', coalesce((
+            SELECT jsonb_object_agg(c.name, jsonb_build_object('created_at', c.created_at, 'remote_hwm', c.remote_hwm,
+                                                               -- a restore may bring back a pause since lifted
+                                                               -- (57_rollback_states.sql)
+                                                               'paused', c.state IN ('PAUSED', 'PAUSING'))
+                                            || connect_guard.log_witness_marks(c.connection_id))
+              FROM connect_guard.connection c), '{}'));
+$$;
+
+CREATE OR REPLACE FUNCTION connect_guard.rollback_act(p_findings jsonb, p_witness jsonb, p_source text, p_first_cycle boolean)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_rollbacks jsonb;
+    v_mappings integer[];
+    v_head bigint := connect_guard.log_sequence_head();
+    v_seen bigint;
+    v_marks jsonb;
+    v_requests bigint[];
+    v_fence integer;
+    v_incident integer;
+    v_refreshes bigint[] := '{}';
+    v_stale jsonb := '[]';
+    v_restored_fences jsonb;
+    v_conn record;
+BEGIN
+    SELECT jsonb_agg(f) INTO v_rollbacks FROM jsonb_array_elements(p_findings) f WHERE f ->> 'severity' = 'rollback';
+    IF v_rollbacks IS NULL THEN
+        RETURN NULL;
+    END IF;
+    v_incident := nextval(pg_get_serial_sequence('connect_guard.rollback_incident', 'incident_id'));
+    SELECT coalesce(array_agg(m.mapping_id ORDER BY m.mapping_id), '{}') INTO v_mappings
+      FROM connect_guard.mapping m JOIN connect_guard.connection c USING (connection_id)
+     WHERE v_rollbacks @> '[{"connection": null}]'
+        OR v_rollbacks @> jsonb_build_array(jsonb_build_object('connection', c.name));
+
+    -- pause fences the fence file brought back that no restored connection holds
+    -- (57_rollback_states.sql)
+    v_restored_fences := connect_guard.rollback_restored_fences(v_incident);
+    -- the restored state of each affected connection against the sync service's
+    -- (57_rollback_states.sql): Connect is asked before the reloads are sent
+    FOR v_conn IN
+        SELECT k.connection_id, k.name, k.adapter, k.state,
+               (SELECT u.plan_id FROM connect_guard.upgrade_plan u
+                 WHERE u.status IN ('running', 'ready', 'failed') AND k.name = ANY (u.paused_connections)
+                 ORDER BY u.plan_id DESC LIMIT 1) AS plan_id,
+               CASE WHEN p_witness #> ARRAY['connections', k.name, 'created_at'] = to_jsonb(k.created_at)
+                    THEN (p_witness #>> ARRAY['connections', k.name, 'paused'])::boolean END AS witnessed_paused
+          FROM connect_guard.connection k
+         WHERE v_rollbacks @> '[{"connection": null}]'
+            OR v_rollbacks @> jsonb_build_array(jsonb_build_object('connection', k.name))
+         ORDER BY k.connection_id
+    LOOP
+        IF v_conn.adapter = 'heroku' THEN
+            v_refreshes := v_refreshes || connect_guard.request_enqueue(v_conn.connection_id, 'refresh', NULL,
+                jsonb_build_object('rollback_incident', v_incident, 'held_by_plan', v_conn.plan_id));
+        ELSIF v_conn.witnessed_paused IS DISTINCT FROM (v_conn.state IN ('PAUSED', 'PAUSING')) AND v_conn.witnessed_paused IS NOT NULL THEN
+            -- no API to ask: what the witness saw last is reported, the state is left to the DBA
+            v_stale := v_stale || jsonb_build_object('connection', v_conn.name, 'adapter', v_conn.adapter, 'state', v_conn.state,
+                                                     'witnessed_paused', v_conn.witnessed_paused);
+            PERFORM connect_guard.log_event(v_conn.connection_id, 'connection_state_stale', jsonb_build_object(
+                'incident_id', v_incident, 'adapter', v_conn.adapter, 'state', v_conn.state,
+                'witnessed_paused', v_conn.witnessed_paused, 'witness_written_at', p_witness ->> 'written_at',
+                'hint', CASE WHEN v_conn.witnessed_paused
+                             THEN 'it was paused when the witness was written: connect_pause() pauses it again'
+                             ELSE 'it was running when the witness was written: connect_resume() resumes it' END));
+            RAISE WARNING USING
+                MESSAGE = format('connect_guard: connection "%s" was restored %s, but it was %s when the witness was last written (%s)',
+                                 v_conn.name, v_conn.state, CASE WHEN v_conn.witnessed_paused THEN 'paused' ELSE 'running' END,
+                                 p_witness ->> 'written_at'),
+                DETAIL = format('A %s connection has no API to ask for its state; connect_guard leaves it as restored.', v_conn.adapter),
+                HINT = CASE WHEN v_conn.witnessed_paused THEN 'If the sync service is still paused, call connect_pause().'
+                            ELSE 'If the sync service runs, call connect_resume().' END;
+        END IF;
+    END LOOP;
+
+    -- every id the sync service may have seen stays spent: new writes get new ids
+    -- (of connections with a log of their own: Connect's ids are its log's, whose sequence is Connect's)
+    SELECT greatest(max((w.value ->> 'hwm_id')::bigint), max((w.value ->> 'remote_hwm')::bigint) FILTER (WHERE NOT w.value ? 'log'),
+                    (p_witness ->> 'log_head')::bigint,
+                    (SELECT max(remote_hwm) FROM connect_guard.connection WHERE log_schema IS NULL))
+      INTO v_seen
+      FROM jsonb_each(coalesce(p_witness -> 'connections', '{}')) w;
+    IF v_seen > v_head THEN
+        PERFORM setval('connect_guard.trigger_log_id_seq', v_seen);
+    END IF;
+
+    -- the marks are what this database holds: never past its own log and ticks
+    WITH held AS (
+        UPDATE connect_guard.connection c
+           SET hwm_id = least(c.hwm_id, v_head),
+               last_tick = least(c.last_tick, (SELECT max(t.tick_id) FROM connect_guard.tick t))
+         WHERE c.connection_id IN (SELECT m.connection_id FROM connect_guard.mapping m WHERE m.mapping_id = ANY (v_mappings))
+        RETURNING c.name, c.hwm_id, c.last_tick)
+    SELECT coalesce(jsonb_object_agg(h.name, jsonb_build_object(
+               'hwm_id', h.hwm_id, 'last_tick', h.last_tick,
+               'witnessed_hwm_id', p_witness #> ARRAY['connections', h.name, 'hwm_id'])), '{}')
+      INTO v_marks FROM held h;
+
+    v_requests := connect_guard.reload_mappings(v_mappings, 'rollback detected', interval '1 day');
+    v_fence := connect_guard.reload_fence(v_mappings,
+        'a rollback was detected; the sync service reloads the mapped tables (see connect_check_rollback)');
+    INSERT INTO connect_guard.rollback_incident (incident_id, source, findings, mapping_ids, fence_id, reload_requests)
+    VALUES (v_incident, p_source, v_rollbacks, v_mappings, v_fence, v_requests);
+    -- entries of Connect's logs the restore made unfinished again (77_connect_schema.sql)
+    PERFORM connect_guard.note_restored_entries(v_incident, v_mappings, p_witness);
+    PERFORM connect_guard.log_event(NULL, 'rollback_detected', jsonb_build_object(
+        'incident_id', v_incident, 'source', p_source, 'first_cycle', p_first_cycle,
+        'findings', v_rollbacks,
+        'witness', jsonb_build_object('written_at', p_witness ->> 'written_at', 'lsn', p_witness ->> 'lsn',
+                                      'timeline', p_witness -> 'timeline', 'log_head', p_witness -> 'log_head'),
+        'mappings', cardinality(v_mappings), 'reload_requests', to_jsonb(v_requests), 'fence_id', v_fence,
+        'log_sequence', jsonb_build_object('was', v_head, 'now', greatest(v_head, v_seen)),
+        'high_water_marks', v_marks,
+        'state_refresh_requests', to_jsonb(v_refreshes), 'states_stale', v_stale,
+        'restored_fences_lowered', v_restored_fences));
+    RAISE WARNING USING
+        MESSAGE = format('connect_guard: rollback detected in database %s: %s', current_database(),
+                         (SELECT string_agg(f ->> 'detail', '; ') FROM jsonb_array_elements(v_rollbacks) f)),
+        DETAIL = format('%s mapping(s) set to RELOAD_TABLE, %s reload request(s) queued%s.', cardinality(v_mappings),
+                        cardinality(v_requests), CASE WHEN v_fence IS NOT NULL
+                                                      THEN format(', fence %s up until they are acknowledged', v_fence)
+                                                      ELSE '' END),
+        HINT = 'See connect_rollback_incidents and connect_requests.';
+    RETURN v_incident;
+END;
+$$;
+
+REVOKE ALL ON FUNCTION connect_guard.connection_reconcile(integer, text, bigint, integer, bigint),
+                       connect_guard.rollback_restored_fences(integer)
+    FROM PUBLIC;

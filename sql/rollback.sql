@@ -97,7 +97,71 @@ SELECT connect_reload_mapping('nope', 'account');
 CREATE TABLE unmapped (id int);
 SELECT connect_reload_mapping('loc', 'unmapped');
 
-DROP FUNCTION findings(jsonb), read_witness(text);
-DROP TABLE account, note, unmapped;
+-- connection states after a rollback (57_rollback_states.sql): the refresh
+-- the worker queues for a heroku connection is answered here by hand, in
+-- transactions that roll back, and the recorded state follows Connect's;
+-- only the pause's own fence comes down
+SELECT connect_create_connection('hk', 'heroku',
+    '{"region_url": "https://connect.example.com", "connection_id": "c-1", "token": "tok-SECRET-1"}') > 0 AS created;
+CREATE TABLE item (id int PRIMARY KEY);
+SELECT connect_map_table('hk', 'item', 'Item') > 0 AS mapped;
+SELECT connection_id AS hk FROM connect_guard.connection WHERE name = 'hk' \gset
+CREATE FUNCTION reconciled() RETURNS TABLE (recorded text, remote text, state text, changed text, fence_lowered text,
+                                            fences_still_up text, left_because text) LANGUAGE sql AS $$
+    SELECT detail ->> 'recorded_state', detail ->> 'remote_state', detail ->> 'state', detail ->> 'changed',
+           detail ->> 'fence_lowered', (SELECT string_agg(f ->> 'scope', ',') FROM jsonb_array_elements(detail -> 'fences_still_up') f),
+           detail ->> 'left_because'
+      FROM connect_guard.event WHERE kind = 'connection_state_reconciled' ORDER BY event_id DESC LIMIT 1;
+$$;
+-- restored PAUSED with its fence up (and a maintenance fence), Connect runs: IDLE, the pause fence down
+BEGIN;
+SELECT connect_guard.fence_raise('connection', :hk, 'hk', 'paused before the restore point', t.relids, t.relconnections) AS pause_fence
+  FROM connect_guard.fence_targets(:hk) t \gset
+SELECT connect_guard.connection_goto(:hk, 'PAUSED', NULL, NULL, '{}', 'paused before the restore point', :pause_fence);
+SELECT connect_fence('mapped', 'the DBA''s window') > 0 AS maintenance_fence;
+SELECT connect_guard.request_enqueue(:hk, 'refresh', NULL, '{"rollback_incident": 7, "held_by_plan": null}') AS request \gset
+SELECT t_step, t_method, t_url FROM connect_guard.request_take(8, 60000);
+SELECT connect_guard.request_outcome(:request, 'lookup', 200, NULL, '{"state": "IDLE", "mappings": []}');
+SELECT recorded, remote, state, changed, fence_lowered::int = :pause_fence AS pause_fence_lowered, fences_still_up
+  FROM reconciled();
+SELECT state, paused, paused_because FROM connect_status WHERE connection = 'hk';
+SELECT scope, reason FROM connect_fences ORDER BY fence_id;
+SELECT status FROM connect_requests WHERE request_id = :request;
+ROLLBACK;
+-- restored IDLE, Connect paused since: PAUSED, with no fence (connect_guard did not pause it)
+BEGIN;
+SELECT connect_guard.connection_reconcile(:hk, 'PAUSED', NULL, 7, NULL);
+SELECT * FROM reconciled();
+SELECT state, paused_because, fenced FROM connect_status WHERE connection = 'hk';
+ROLLBACK;
+-- the same on both sides: nothing changes
+BEGIN;
+SELECT connect_guard.connection_reconcile(:hk, 'IDLE', NULL, 7, NULL);
+SELECT * FROM reconciled();
+ROLLBACK;
+-- left alone: a resume under way, a plan that holds it, a state Connect calls otherwise, an open batch
+BEGIN;
+SELECT connect_guard.connection_goto(:hk, 'RESUMING');
+SELECT connect_guard.request_enqueue(:hk, 'resume') > 0 AS resume_queued;
+SELECT connect_guard.connection_reconcile(:hk, 'IDLE', NULL, 7, NULL);
+SELECT recorded, state, regexp_replace(left_because, '\d+', 'N') AS left_because FROM reconciled();
+ROLLBACK;
+BEGIN;
+SELECT connect_guard.connection_goto(:hk, 'PAUSED');
+SELECT connect_guard.connection_reconcile(:hk, 'IDLE', NULL, 7, 3);
+SELECT recorded, state, left_because FROM reconciled();
+SELECT connect_guard.connection_reconcile(:hk, 'MAINTENANCE', NULL, 7, NULL);
+SELECT recorded, state, left_because FROM reconciled();
+ROLLBACK;
+INSERT INTO item VALUES (1);
+BEGIN;
+SELECT connect_next_batch('hk') > 0 AS batch_open;
+SELECT connect_guard.connection_reconcile(:hk, 'PAUSED', NULL, 7, NULL);
+SELECT recorded, state, left_because ~ '^batch \d+ is open$' AS batch_is_open FROM reconciled();
+ROLLBACK;
+SELECT connect_drop_connection('hk');
+
+DROP FUNCTION findings(jsonb), read_witness(text), reconciled();
+DROP TABLE account, note, unmapped, item;
 DROP EXTENSION connect_guard;
 DROP FUNCTION show_error(text);

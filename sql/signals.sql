@@ -241,6 +241,28 @@ REVOKE ALL ON SCHEMA connect_guard FROM regress_signals_monitor;
 REVOKE ALL ON FUNCTION connect_guard.secret_file_problem(text) FROM regress_signals_monitor;
 DROP ROLE regress_signals_monitor;
 
+-- a request being sent is leased to its taker (request_taker): nobody else
+-- takes it while the taker lives; once it is gone (here a pid no process
+-- has) it is due at once, unless it was taken on another timeline (the
+-- worker of a server a promoted follower replaced, which may still be sending)
+BEGIN;
+SELECT connect_pause('hk', block_writes => false);
+SELECT t_request_id AS request FROM connect_guard.request_take(8, 60000) \gset
+SELECT pid = pg_backend_pid() AS taken_by_me, timeline = connect_guard.current_timeline() AS on_this_timeline
+  FROM connect_guard.request_taker WHERE request_id = :request;
+SELECT count(*) AS taken_again FROM connect_guard.request_take(8, 60000);
+UPDATE connect_guard.request_taker SET pid = 0, timeline = timeline + 1;
+SELECT count(*) AS taken_again FROM connect_guard.request_take(8, 60000);
+UPDATE connect_guard.request_taker SET timeline = timeline - 1;
+SELECT t_request_id = :request AS taken_again, t_step FROM connect_guard.request_take(8, 60000);
+SELECT detail ->> 'action' AS action, detail ->> 'taken_by_pid' AS taken_by_pid, detail ->> 'attempts' AS attempts
+  FROM connect_guard.event WHERE kind = 'request_taker_gone';
+SELECT attempts FROM connect_requests WHERE request_id = :request;
+-- the outcome recorded, the request has no taker
+SELECT connect_guard.request_outcome(:request, 'send', 500, NULL, '{}');
+SELECT count(*) AS takers FROM connect_guard.request_taker;
+ROLLBACK;
+
 -- dropping a connection drops its secret and its requests
 SELECT connect_drop_connection('hk');
 SELECT connect_drop_connection('wh');

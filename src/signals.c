@@ -11,8 +11,8 @@
  * once per cycle the worker:
  *
  *   1. takes the due requests in a short transaction (request_take: each is
- *      locked, leased and counted as an attempt), and, while that
- *      transaction is open, reads each one's secret and signs webhook
+ *      locked, leased, marked as this worker's and counted as an attempt),
+ *      and, while that transaction is open, reads each one's secret and signs webhook
  *      bodies (PostgreSQL's HMAC needs a resource owner);
  *   2. makes the HTTP calls with no transaction open (http.c);
  *   3. records each outcome in a transaction of its own (request_outcome),
@@ -38,9 +38,13 @@
  * over https:// only (or plain http:// to a loopback address, with
  * connect_guard.http_allow_insecure_loopback, for tests).
  *
- * Locking: requests are taken FOR UPDATE SKIP LOCKED and leased past the
- * HTTP timeout, so no request is sent twice at once; request_outcome locks
- * the connection row before the request, the order the user's calls use.
+ * Locking: requests are taken FOR UPDATE SKIP LOCKED, leased past the HTTP
+ * timeout and marked with their taker (pid and backend start) until the
+ * outcome is recorded, so no request is sent twice at once; a request whose
+ * taker is gone (this worker killed while it waited for an answer, a crash
+ * restart) is taken again at once by the next worker, not at the end of
+ * its lease.  request_outcome locks the connection row before the request,
+ * the order the user's calls use.
  */
 #include "postgres.h"
 
@@ -638,7 +642,7 @@ record_job(SignalJob *job)
 
 	/*
 	 * worker_run_step logged the error; if this fails too, the lease runs out
-	 * and it is tried again
+	 * and it is tried again (sooner if this worker ends first)
 	 */
 	memset(&args, 0, sizeof(args));
 	args.request_id = job->request_id;
@@ -708,7 +712,10 @@ signal_process_requests(void)
 		{
 			SignalJob  *job = (SignalJob *) lfirst(lc);
 
-			/* the rest stay leased, and are taken again once the lease ends */
+			/*
+			 * the rest stay leased to this worker, which is ending: the next
+			 * one takes them at once
+			 */
 			if (ProcDiePending || ShutdownRequestPending)
 			{
 				stop = true;

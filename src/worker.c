@@ -885,23 +885,34 @@ extension_schema(bool *restoring)
 
 /*
  * worker_lock_extension holds the extension in share mode for the step's
- * transaction, and says whether there is one.  DROP EXTENSION locks the
- * extension first and then each of its objects, in an order of its own; a
- * step that reads several of them would otherwise deadlock with it.  Now
- * DROP EXTENSION waits for the step, or the step waits for DROP EXTENSION
- * (and then fails, the extension gone).  It also means that the extension
- * a step found stays the same one until the step ends (a restore with
- * --clean drops and creates it again), so whether a restore is loading it
- * is known once for the step.
+ * transaction, and says whether the step may run.  DROP EXTENSION locks the
+ * extension's pg_extension object in AccessExclusiveLock before anything
+ * else of it (RemoveObjects() -> get_object_address() locks the object it
+ * resolved; only then does performMultipleDeletions() lock and delete the
+ * members, in an order of its own), so a step that reads several members
+ * would otherwise deadlock with it.  Now either the step holds the
+ * extension and DROP EXTENSION waits for the step's commit, or the step
+ * waits for DROP EXTENSION holding nothing it needs.  It is called before
+ * the step takes a snapshot or any other lock.
+ *
+ * After a wait the extension is looked up again (the lock accepted the
+ * catalog changes it waited for): gone, or dropped and created again under
+ * another OID, and the step is skipped quietly (the cycle ends; the next
+ * one finds the extension as it is then).  So the extension a step found
+ * stays the same one until the step ends (a restore with --clean drops and
+ * creates it again), and whether a restore is loading it is known once for
+ * the step.
  */
 static bool
 worker_lock_extension(void)
 {
 	Oid			extension = get_extension_oid("connect_guard", true);
 
-	if (OidIsValid(extension))
-		LockDatabaseObject(ExtensionRelationId, extension, 0, AccessShareLock);
-	return OidIsValid(extension);
+	if (!OidIsValid(extension))
+		return false;
+	LockDatabaseObject(ExtensionRelationId, extension, 0, AccessShareLock);
+	InvalidateCatalogSnapshot();
+	return get_extension_oid("connect_guard", true) == extension;
 }
 
 bool
@@ -916,18 +927,23 @@ worker_run_step(const char *activity, void (*step) (void *), void *arg, char **f
 	StartTransactionCommand();
 	PG_TRY();
 	{
+		bool		extension_held;
+
+		if (IsBackgroundWorker)
+			pgstat_report_activity(STATE_RUNNING, activity);
+		/* first, before a snapshot: it may wait for DROP EXTENSION */
+		extension_held = worker_lock_extension();
 		PushActiveSnapshot(GetTransactionSnapshot());
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
-		if (IsBackgroundWorker)
-			pgstat_report_activity(STATE_RUNNING, activity);
 
 		/*
-		 * A worker's step writes nothing into an extension that is gone, or
-		 * that a restore is loading (a step of a cycle that began before the
-		 * restore: see restoring_session).
+		 * A worker's step writes nothing into an extension that is gone (or
+		 * was dropped while the step waited for it), or that a restore is
+		 * loading (a step of a cycle that began before the restore: see
+		 * restoring_session).
 		 */
-		if (!worker_lock_extension() && IsBackgroundWorker)
+		if (!extension_held && IsBackgroundWorker)
 			skipped = true;
 		else if (IsBackgroundWorker && restoring_session() != 0)
 			skipped = true;

@@ -70,6 +70,27 @@ SELECT pg_catalog.pg_extension_config_dump('connect_guard.request', '');
 SELECT pg_catalog.pg_extension_config_dump('connect_guard.request_request_id_seq', '');
 
 /*
+ * The worker that took a request and has not yet recorded what came of it
+ * (request_take, request_outcome: 60_request_worker.sql), by pid and
+ * backend start, which tell it from a later process with the same pid, on
+ * the timeline it wrote: while it lives, the request's lease holds; once it
+ * is gone (killed, a crash restart, a stopped worker) the request is due at
+ * once.  A taker on another timeline (a promoted follower, a restore took
+ * over) was another server's worker, which may still be sending: the lease
+ * holds for it, so that no request is sent twice at once.  A table of
+ * its own rather than columns of request: request_outcome may find the
+ * connection locked by a consumer, and a second update of the request row
+ * in one transaction would check its foreign key against that locked row,
+ * and wait for the consumer.  Not dumped: a taker means nothing elsewhere.
+ */
+CREATE TABLE connect_guard.request_taker (
+    request_id      bigint PRIMARY KEY REFERENCES connect_guard.request ON DELETE CASCADE,
+    pid             integer NOT NULL,
+    backend_start   timestamptz,
+    timeline        integer NOT NULL
+);
+
+/*
  * connect_guard.request_enqueue stores a request for the worker and wakes
  * it at commit; the entry point for other modules too (e.g. a reload after
  * a rollback).

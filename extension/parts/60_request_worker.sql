@@ -4,11 +4,34 @@
  * ------------------------------------------------------------------------ */
 
 /*
+ * connect_guard.request_taker_alive says whether the process that took a
+ * request (request_take) still runs: the same pid with the same backend
+ * start.  A crash restart, a kill -9 or the end of the worker ends it; a pid
+ * used again by a later process does not count.  When the pid runs but its
+ * start cannot be read, it counts as alive (its lease then holds: the safe
+ * side).  Called by the worker, a superuser, which sees every backend.
+ */
+CREATE FUNCTION connect_guard.request_taker_alive(p_pid integer, p_started timestamptz)
+RETURNS boolean
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_stat_get_activity(p_pid) a
+                    WHERE a.pid = p_pid
+                      AND (a.backend_start IS NULL OR p_started IS NULL OR a.backend_start = p_started));
+$$;
+
+/*
  * connect_guard.request_take hands the worker the requests that are due:
  * per connection the oldest pending one, locked, with what to send.  Each
- * is leased (next_attempt_at moves past the HTTP timeout) so that a worker
- * that dies in the middle does not leave it stuck, nor have it sent twice
- * at once.  Steps: 'send' (the action), 'lookup' (a deep GET to find
+ * is leased (next_attempt_at moves past the HTTP timeout) and marked with
+ * its taker (request_taker, 50_requests.sql) until its outcome is recorded:
+ * while the taker lives nobody else takes it, so it is never sent twice at
+ * once; a request whose taker is gone (killed while it waited for the sync
+ * service, a crash restart, a worker stopped mid-round) is due at once, not
+ * at the end of its lease, and is sent again (at least once; a
+ * request_taker_gone event says so).  A taker on another timeline was
+ * another server's worker (a promoted follower took over): its lease holds.  Steps: 'send' (the action), 'lookup' (a deep GET to find
  * mapping ids, for a refresh, or to see a mapping before its reload), 'poll' (a deep GET to see the effect),
  * 'apply' (nothing to send).  What is sent is the adapter's
  * (request_wire, 58_protocols.sql); secret is the connection's stored
@@ -27,7 +50,15 @@ DECLARE
     m connect_guard.mapping;
     s record;
     w record;
+    t connect_guard.request_taker;
+    v_started timestamptz := (SELECT a.backend_start FROM pg_stat_get_activity(pg_backend_pid()) a);
+    -- the timeline this server writes on, as connect_guard.current_timeline() (68_database.sql) reads it
+    v_timeline integer := ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::integer;
 BEGIN
+    -- the takers of requests closed meanwhile (superseded, dropped) are of no more use
+    DELETE FROM connect_guard.request_taker k
+     USING connect_guard.request q
+     WHERE q.request_id = k.request_id AND q.status <> 'pending';
     -- a pause or resume that a newer one replaced is not sent any more
     FOR s IN
         UPDATE connect_guard.request o
@@ -47,7 +78,11 @@ BEGIN
 
     FOR r IN
         SELECT q.* FROM connect_guard.request q
-         WHERE q.status = 'pending' AND q.next_attempt_at <= clock_timestamp()
+         WHERE q.status = 'pending'
+           AND (q.next_attempt_at <= clock_timestamp()
+                OR EXISTS (SELECT 1 FROM connect_guard.request_taker k
+                            WHERE k.request_id = q.request_id AND k.timeline = v_timeline
+                              AND NOT connect_guard.request_taker_alive(k.pid, k.backend_start)))
            AND NOT EXISTS (SELECT 1 FROM connect_guard.request o
                             WHERE o.connection_id = q.connection_id AND o.status = 'pending'
                               AND o.request_id < q.request_id
@@ -59,6 +94,13 @@ BEGIN
            FOR UPDATE SKIP LOCKED
     LOOP
         SELECT * INTO c FROM connect_guard.connection WHERE connection_id = r.connection_id;
+        SELECT * INTO t FROM connect_guard.request_taker k WHERE k.request_id = r.request_id;
+        IF t.request_id IS NOT NULL AND r.next_attempt_at > clock_timestamp() THEN
+            PERFORM connect_guard.log_event(r.connection_id, 'request_taker_gone',
+                jsonb_build_object('request_id', r.request_id, 'action', r.action, 'phase', r.phase,
+                                   'attempts', r.attempts, 'taken_by_pid', t.pid,
+                                   'taken_by_start', t.backend_start, 'lease_until', r.next_attempt_at));
+        END IF;
         m := NULL;
         IF r.mapping_id IS NOT NULL THEN
             SELECT * INTO m FROM connect_guard.mapping WHERE mapping_id = r.mapping_id;
@@ -90,6 +132,10 @@ BEGIN
                next_attempt_at = clock_timestamp() + make_interval(secs => p_lease_ms / 1000.0),
                updated_at = clock_timestamp()
          WHERE q.request_id = r.request_id;
+        INSERT INTO connect_guard.request_taker AS k (request_id, pid, backend_start, timeline)
+        VALUES (r.request_id, pg_backend_pid(), v_started, v_timeline)
+        ON CONFLICT (request_id) DO UPDATE
+            SET pid = EXCLUDED.pid, backend_start = EXCLUDED.backend_start, timeline = EXCLUDED.timeline;
         RETURN NEXT;
     END LOOP;
 END;
@@ -194,6 +240,8 @@ BEGIN
     IF NOT FOUND OR r.status <> 'pending' THEN
         RETURN;                 -- dropped or superseded while it was sent
     END IF;
+    -- its taker has done with it: what follows schedules it (request_take)
+    DELETE FROM connect_guard.request_taker k WHERE k.request_id = r.request_id;
 
     IF p_step IN ('error', 'unsent') THEN
         v_error := CASE p_step WHEN 'error' THEN 'the worker failed: ' || p_error ELSE p_error END;
@@ -311,6 +359,12 @@ BEGIN
                                                                                     'state', x ->> 'state'))
                                                   FROM jsonb_array_elements(CASE WHEN jsonb_typeof(v_json -> 'mappings') = 'array'
                                                                                  THEN v_json -> 'mappings' ELSE '[]' END) x)));
+            -- asked after a rollback: the restored state against Connect's (57_rollback_states.sql)
+            IF r.params ? 'rollback_incident' THEN
+                PERFORM connect_guard.connection_reconcile(c.connection_id, v_json ->> 'state', r.request_id,
+                                                           (r.params ->> 'rollback_incident')::integer,
+                                                           (r.params ->> 'held_by_plan')::bigint);
+            END IF;
             PERFORM connect_guard.request_close(r.request_id, 'succeeded');
         ELSIF EXISTS (SELECT 1 FROM connect_guard.mapping WHERE mapping_id = r.mapping_id AND remote_id IS NOT NULL) THEN
             -- how the mapping stood before its reload is asked for (59_reload_acknowledgement.sql)

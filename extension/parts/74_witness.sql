@@ -81,7 +81,10 @@ AS $$
         'log_head', connect_guard.log_sequence_head(),
         -- each connection's position in its log, own or Connect's (15_log_sources.sql)
         'connections', coalesce((
-            SELECT jsonb_object_agg(c.name, jsonb_build_object('created_at', c.created_at, 'remote_hwm', c.remote_hwm)
+            SELECT jsonb_object_agg(c.name, jsonb_build_object('created_at', c.created_at, 'remote_hwm', c.remote_hwm,
+                                                               -- a restore may bring back a pause since lifted
+                                                               -- (57_rollback_states.sql)
+                                                               'paused', c.state IN ('PAUSED', 'PAUSING'))
                                             || connect_guard.log_witness_marks(c.connection_id))
               FROM connect_guard.connection c), '{}'));
 $$;

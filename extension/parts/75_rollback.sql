@@ -26,8 +26,12 @@
  * requested through the connection's adapter; the log's id sequence moves
  * past every id the service may have seen; the high-water marks are held to
  * what the database has; with connect_guard.fence_on_rollback the mapped
- * tables are fenced (scope 'reload') until every reload is acknowledged.
- * Each incident is a row of connect_guard.rollback_incident.
+ * tables are fenced (scope 'reload') until every reload is acknowledged;
+ * each affected connection's restored state is checked against the sync
+ * service's (57_rollback_states.sql): a heroku connection's Connect is
+ * asked first, a webhook or local connection is compared with the
+ * witness and reported.  Each incident is a row of
+ * connect_guard.rollback_incident.
  * ------------------------------------------------------------------------ */
 
 /*
@@ -260,15 +264,60 @@ DECLARE
     v_requests bigint[];
     v_fence integer;
     v_incident integer;
+    v_refreshes bigint[] := '{}';
+    v_stale jsonb := '[]';
+    v_restored_fences jsonb;
+    v_conn record;
 BEGIN
     SELECT jsonb_agg(f) INTO v_rollbacks FROM jsonb_array_elements(p_findings) f WHERE f ->> 'severity' = 'rollback';
     IF v_rollbacks IS NULL THEN
         RETURN NULL;
     END IF;
+    v_incident := nextval(pg_get_serial_sequence('connect_guard.rollback_incident', 'incident_id'));
     SELECT coalesce(array_agg(m.mapping_id ORDER BY m.mapping_id), '{}') INTO v_mappings
       FROM connect_guard.mapping m JOIN connect_guard.connection c USING (connection_id)
      WHERE v_rollbacks @> '[{"connection": null}]'
         OR v_rollbacks @> jsonb_build_array(jsonb_build_object('connection', c.name));
+
+    -- pause fences the fence file brought back that no restored connection holds
+    -- (57_rollback_states.sql)
+    v_restored_fences := connect_guard.rollback_restored_fences(v_incident);
+    -- the restored state of each affected connection against the sync service's
+    -- (57_rollback_states.sql): Connect is asked before the reloads are sent
+    FOR v_conn IN
+        SELECT k.connection_id, k.name, k.adapter, k.state,
+               (SELECT u.plan_id FROM connect_guard.upgrade_plan u
+                 WHERE u.status IN ('running', 'ready', 'failed') AND k.name = ANY (u.paused_connections)
+                 ORDER BY u.plan_id DESC LIMIT 1) AS plan_id,
+               CASE WHEN p_witness #> ARRAY['connections', k.name, 'created_at'] = to_jsonb(k.created_at)
+                    THEN (p_witness #>> ARRAY['connections', k.name, 'paused'])::boolean END AS witnessed_paused
+          FROM connect_guard.connection k
+         WHERE v_rollbacks @> '[{"connection": null}]'
+            OR v_rollbacks @> jsonb_build_array(jsonb_build_object('connection', k.name))
+         ORDER BY k.connection_id
+    LOOP
+        IF v_conn.adapter = 'heroku' THEN
+            v_refreshes := v_refreshes || connect_guard.request_enqueue(v_conn.connection_id, 'refresh', NULL,
+                jsonb_build_object('rollback_incident', v_incident, 'held_by_plan', v_conn.plan_id));
+        ELSIF v_conn.witnessed_paused IS DISTINCT FROM (v_conn.state IN ('PAUSED', 'PAUSING')) AND v_conn.witnessed_paused IS NOT NULL THEN
+            -- no API to ask: what the witness saw last is reported, the state is left to the DBA
+            v_stale := v_stale || jsonb_build_object('connection', v_conn.name, 'adapter', v_conn.adapter, 'state', v_conn.state,
+                                                     'witnessed_paused', v_conn.witnessed_paused);
+            PERFORM connect_guard.log_event(v_conn.connection_id, 'connection_state_stale', jsonb_build_object(
+                'incident_id', v_incident, 'adapter', v_conn.adapter, 'state', v_conn.state,
+                'witnessed_paused', v_conn.witnessed_paused, 'witness_written_at', p_witness ->> 'written_at',
+                'hint', CASE WHEN v_conn.witnessed_paused
+                             THEN 'it was paused when the witness was written: connect_pause() pauses it again'
+                             ELSE 'it was running when the witness was written: connect_resume() resumes it' END));
+            RAISE WARNING USING
+                MESSAGE = format('connect_guard: connection "%s" was restored %s, but it was %s when the witness was last written (%s)',
+                                 v_conn.name, v_conn.state, CASE WHEN v_conn.witnessed_paused THEN 'paused' ELSE 'running' END,
+                                 p_witness ->> 'written_at'),
+                DETAIL = format('A %s connection has no API to ask for its state; connect_guard leaves it as restored.', v_conn.adapter),
+                HINT = CASE WHEN v_conn.witnessed_paused THEN 'If the sync service is still paused, call connect_pause().'
+                            ELSE 'If the sync service runs, call connect_resume().' END;
+        END IF;
+    END LOOP;
 
     -- every id the sync service may have seen stays spent: new writes get new ids
     -- (of connections with a log of their own: Connect's ids are its log's, whose sequence is Connect's)
@@ -296,9 +345,8 @@ BEGIN
     v_requests := connect_guard.reload_mappings(v_mappings, 'rollback detected', interval '1 day');
     v_fence := connect_guard.reload_fence(v_mappings,
         'a rollback was detected; the sync service reloads the mapped tables (see connect_check_rollback)');
-    INSERT INTO connect_guard.rollback_incident (source, findings, mapping_ids, fence_id, reload_requests)
-    VALUES (p_source, v_rollbacks, v_mappings, v_fence, v_requests)
-    RETURNING incident_id INTO v_incident;
+    INSERT INTO connect_guard.rollback_incident (incident_id, source, findings, mapping_ids, fence_id, reload_requests)
+    VALUES (v_incident, p_source, v_rollbacks, v_mappings, v_fence, v_requests);
     -- entries of Connect's logs the restore made unfinished again (77_connect_schema.sql)
     PERFORM connect_guard.note_restored_entries(v_incident, v_mappings, p_witness);
     PERFORM connect_guard.log_event(NULL, 'rollback_detected', jsonb_build_object(
@@ -308,7 +356,9 @@ BEGIN
                                       'timeline', p_witness -> 'timeline', 'log_head', p_witness -> 'log_head'),
         'mappings', cardinality(v_mappings), 'reload_requests', to_jsonb(v_requests), 'fence_id', v_fence,
         'log_sequence', jsonb_build_object('was', v_head, 'now', greatest(v_head, v_seen)),
-        'high_water_marks', v_marks));
+        'high_water_marks', v_marks,
+        'state_refresh_requests', to_jsonb(v_refreshes), 'states_stale', v_stale,
+        'restored_fences_lowered', v_restored_fences));
     RAISE WARNING USING
         MESSAGE = format('connect_guard: rollback detected in database %s: %s', current_database(),
                          (SELECT string_agg(f ->> 'detail', '; ') FROM jsonb_array_elements(v_rollbacks) f)),

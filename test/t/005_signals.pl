@@ -2,13 +2,15 @@
 # resume round trips (the local state follows Connect's), failures retried
 # with backoff until the simulator recovers, an answer no retry can change,
 # signed webhooks (a bad signature is refused), a request that survives a
-# restart, and the token nowhere in the server log (log_statement = all) or
+# restart, a request whose sender is killed in flight sent again at once
+# (not after its lease), and the token nowhere in the server log (log_statement = all) or
 # in a view.  Needs the background worker.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use Time::HiRes qw(time sleep);
 use ConnectGuard::Simulator;
 use ConnectGuard::Test;
 
@@ -29,7 +31,7 @@ my $base = start_simulator(
 
 # -- the server ----------------------------------------------------------------
 
-my $node = cg_node('signals', conf => [ 'connect_guard.http_timeout = 1500', simulator_conf() ]);
+my $node = cg_node('signals', conf => [ 'connect_guard.http_timeout = 1500', 'restart_after_crash = on', simulator_conf() ]);
 
 sub psql { return sql($node, $_[0]); }
 
@@ -162,6 +164,48 @@ is(psql("SELECT connect_wait_state('sync', 'PAUSED', '120 s')"), 'PAUSED',
 	'after a restart the worker sends it again, and it gets through');
 psql("SELECT connect_resume('sync')");
 is(psql("SELECT connect_wait_state('sync', 'IDLE', '60 s')"), 'IDLE', 'and resumes');
+
+# -- a request whose sender died is sent again at once -------------------------
+# The worker is killed (kill -9: the postmaster's crash restart follows)
+# while Connect holds its pause unanswered.  With a long http_timeout, the
+# request's lease (http_timeout + 10 s) would hold it for 70 s; the new
+# worker sees that the request's taker is gone and sends it again at once.
+# While the taker lives, nobody else may take it.
+
+psql("ALTER SYSTEM SET connect_guard.http_timeout = '60s'");
+$node->reload;
+sim('POST', '/_sim/reset', {});
+sim('POST', '/_sim/fail', { mode => 'hang', count => 1, method => 'POST',
+	path_prefix => "/api/v3/connections/$conn_id/actions/pause" });
+psql("SELECT connect_pause('sync', block_writes => false)");
+ok($node->poll_query_until('postgres',
+	q{SELECT activity LIKE 'connect_guard: pause request % of connection "sync"' FROM connect_worker}),
+	'Connect holds the pause unanswered: the request is in flight');
+is(psql(q{BEGIN; SELECT count(*) FROM connect_guard.request_take(8, 70000); ROLLBACK;}), '0',
+	'while its taker lives, nobody else may take it');
+my $worker = psql('SELECT connect_guard.worker_pid()');
+my $killed_at = time;
+ok(kill('KILL', $worker), "kill -9 of the worker (pid $worker) in the middle of the request");
+my $again = 0;
+foreach my $try (1 .. 900)
+{
+	$again = grep { $_->{path} =~ m{/actions/pause$} && defined $_->{status} } sim_posts();
+	last if $again;
+	sleep 0.1;
+}
+my $after = time - $killed_at;
+is($again, 1, 'the pause is sent again after the crash restart');
+ok($after < 15, sprintf('within %.1f s of the kill, well before http_timeout (60 s): its taker is gone', $after));
+is(psql("SELECT connect_wait_state('sync', 'PAUSED', '60 s')"), 'PAUSED', 'and Connect is paused');
+is(psql(qq{SELECT string_agg(detail->>'action' || ' ' || (detail->>'attempts'), ',') FROM connect_guard.event
+		   WHERE kind = 'request_taker_gone' AND (detail->>'taken_by_pid')::int = $worker}),
+	'pause 1', 'a request_taker_gone event names the dead taker and the attempt it made');
+is(scalar(grep { $_->{path} =~ m{/actions/pause$} } sim_posts()), 2,
+	'two POSTs: the one that died with its sender, and the retry (at least once)');
+psql("SELECT connect_resume('sync')");
+is(psql("SELECT connect_wait_state('sync', 'IDLE', '60 s')"), 'IDLE', 'resumed');
+psql("ALTER SYSTEM RESET connect_guard.http_timeout");
+$node->reload;
 
 # -- the token and the key are nowhere to be read ----------------------------
 

@@ -1,6 +1,8 @@
 # The launcher gives every database that has the extension a worker, and
 # only those; a worker that is terminated comes back; dropping the
-# extension stops it; the worker archives consumed entries by itself; and
+# extension stops it, even right after CREATE EXTENSION (the worker's
+# steps wait for DROP EXTENSION or it for them, and a step that found the
+# extension gone is skipped quietly); the worker archives consumed entries by itself; and
 # without shared_preload_libraries the functions that need a worker say so.
 use strict;
 use warnings;
@@ -51,6 +53,28 @@ $node->safe_psql('app', 'DROP TABLE item');
 $node->safe_psql('app', 'DROP EXTENSION connect_guard');
 ok($node->poll_query_until('postgres', "SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'connect_guard worker'"),
     'dropping the extension stops its worker');
+
+# DROP EXTENSION right after CREATE EXTENSION meets the new worker's first
+# steps: each step holds the extension in share mode, so one waits for the
+# other, and a step that waited for the drop is skipped quietly (it found
+# the extension gone), never failing against the dropped objects nor
+# deadlocking with DROP EXTENSION
+$node->safe_psql('postgres', "ALTER SYSTEM SET connect_guard.naptime = '10ms'");
+$node->reload;
+my $log_offset = -s $node->logfile;
+my ($loop_rc, $loop_out, $loop_err) = $node->psql('app',
+    join('', map { "CREATE EXTENSION connect_guard;\nDROP EXTENSION connect_guard;\n" } 1 .. 200));
+my @loop_errors = $loop_err =~ /^.*ERROR:.*$/mg;
+is(scalar(@loop_errors), 0, '200 times CREATE EXTENSION then DROP EXTENSION at once: no error')
+    or diag(join("\n", @loop_errors[0 .. ($#loop_errors > 4 ? 4 : $#loop_errors)]));
+my $loop_log = slurp_file($node->logfile, $log_offset);
+my @step_failures = $loop_log =~ /^.*(?:deadlock detected|connect_guard: .* failed: ).*$/mg;
+is(scalar(@step_failures), 0, 'no worker step failed, nor deadlocked, meanwhile: a step that waited for the drop was skipped')
+    or diag(join("\n", @step_failures[0 .. ($#step_failures > 4 ? 4 : $#step_failures)]));
+$node->safe_psql('postgres', 'ALTER SYSTEM RESET connect_guard.naptime');
+$node->reload;
+ok($node->poll_query_until('postgres', "SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'connect_guard worker'"),
+    'and no worker is left');
 
 $node->restart;
 $node->safe_psql('other', 'CREATE EXTENSION connect_guard');

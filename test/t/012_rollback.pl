@@ -12,7 +12,13 @@
 #   4. a point-in-time restore to before the last consumed batch: found on
 #      the worker's first cycle, every mapping reloaded (one reload POST per
 #      heroku mapping), the mapped tables fenced until every reload is
-#      acknowledged, log ids never reused, the witness replaced
+#      acknowledged, log ids never reused, the witness replaced; the
+#      connections' states come back as they were: sync (heroku), paused
+#      at the point restored to and resumed since, is reconciled with
+#      Connect (IDLE, its restored pause fence lowered, the reload fence
+#      kept); archive's pause fence, back from the base backup's fence file
+#      though archive was resumed before that point, is lowered; spare
+#      (local), paused then, is reported against the witness
 #   5. a forged witness (fails its checksum) and a missing one: reported,
 #      not trusted, written anew
 use strict;
@@ -189,19 +195,41 @@ is(sql($standby, "SELECT count(*) FROM connect_check_rollback() WHERE finding NO
 # -- 4. a point-in-time restore to before the last consumed batch ------------
 
 my $new_primary = $standby;
-$new_primary->backup('before_pitr');
 write_rows($new_primary, 10);
 consume_all($new_primary);
 write_rows($new_primary, 10);
 consume_all($new_primary);
-my $target = sql($new_primary, 'SELECT pg_current_wal_lsn()');
 my $hwm_at_target = hwm($new_primary);
+# The base backup is taken while sync (in Connect) and archive are paused,
+# their fences up: the fence file it copies has both.  archive is resumed
+# before the point restored to, sync after it; spare (local, no mapping) is
+# paused without a fence at that point, and resumed after it.
+is(sql($new_primary, "SELECT connect_pause('sync', reason => 'before the restore point')"), 'PAUSING', 'sync is paused');
+is(sql($new_primary, "SELECT connect_wait_state('sync', 'PAUSED', '60 s')"), 'PAUSED', 'Connect is paused, then sync');
+my $pause_fence = sql($new_primary, "SELECT fence_id FROM connect_fences WHERE scope = 'connection' AND connection = 'sync'");
+ok($pause_fence > 0, "its pause fence $pause_fence is up");
+is(sql($new_primary, "SELECT connect_pause('archive')"), 'PAUSED', 'archive is paused');
+my $archive_fence = sql($new_primary, "SELECT fence_id FROM connect_fences WHERE scope = 'connection' AND connection = 'archive'");
+ok($archive_fence > 0, "its pause fence $archive_fence is up");
+sql($new_primary, "SELECT connect_create_connection('spare')");
+is(sql($new_primary, "SELECT connect_pause('spare', block_writes => false)"), 'PAUSED', 'spare is paused, without a fence');
+$new_primary->backup('before_pitr');
+is(sql($new_primary, "SELECT connect_resume('archive')"), 'IDLE', 'archive is resumed before the restore point');
+sql($new_primary, "INSERT INTO note (body) VALUES ('the restore point')");
+my $target = sql($new_primary, 'SELECT pg_current_wal_lsn()');
+is(sql($new_primary, "SELECT connect_resume('sync')"), 'RESUMING', 'after the restore point sync is resumed');
+is(sql($new_primary, "SELECT connect_wait_state('sync', 'IDLE', '60 s')"), 'IDLE', 'Connect runs again, and sync');
+is(sql($new_primary, "SELECT connect_resume('spare')"), 'IDLE', 'and spare');
 # 100 entries: more than a sequence logs ahead (32), so that a restored log
 # id sequence would hand out witnessed ids again unless it is advanced
 write_rows($new_primary, 50);
 consume_all($new_primary);
 my ($hwm_last, $hwms_last) = (hwm($new_primary), hwms($new_primary));
-ok(wait_witness(sub { witnessed_hwms($_[0]) eq $hwms_last }), "the witness records the last batch: $hwms_last");
+my $last_witness = wait_witness(sub { witnessed_hwms($_[0]) eq $hwms_last });
+ok($last_witness, "the witness records the last batch: $hwms_last");
+is(join(',', map { my $p = ($last_witness // {})->{connections}{$_}{paused};
+		"$_=" . (!defined $p ? 'unknown' : $p ? 'paused' : 'running') } qw(archive spare sync)),
+	'archive=running,spare=running,sync=running', 'and that every connection runs');
 ok(wal_archived($new_primary), 'the WAL up to there is archived');
 $new_primary->stop;
 my $before = witness();
@@ -239,6 +267,36 @@ is(sql($restored, q{SELECT source || ' ' || cardinality(mapping_ids) || ' ' || c
 
 ok($restored->poll_query_until('postgres', "SELECT count(*) = 1 FROM connect_fences WHERE scope = 'reload'"),
 	'a reload fence is up');
+
+# the connections' states, restored as they were at the point restored to:
+# sync is reconciled with Connect (which runs), archive is reported
+ok($restored->poll_query_until('postgres',
+	"SELECT count(*) = 1 FROM connect_guard.event WHERE kind = 'connection_state_reconciled' AND connection_name = 'sync'"),
+	"sync's restored state is reconciled with Connect's");
+my $reconciled = decode_json(sql($restored,
+	"SELECT detail FROM connect_guard.event WHERE kind = 'connection_state_reconciled' AND connection_name = 'sync'") || '{}');
+is(join(' ', map { $reconciled->{$_} // 'null' } qw(recorded_state remote_state state)), 'PAUSED IDLE IDLE',
+	'the event: recorded PAUSED, Connect IDLE, now IDLE');
+is("$reconciled->{fence_lowered} $reconciled->{incident_id}",
+	$pause_fence . ' ' . sql($restored, 'SELECT incident_id FROM connect_guard.rollback_incident'),
+	"it lowered the pause fence $pause_fence that the restore brought back, for the incident");
+is(join(',', map { $_->{scope} } @{ $reconciled->{fences_still_up} // [] }), 'reload', 'and names the fence that still holds the tables');
+is(sql($restored, "SELECT state || ' ' || (paused_because IS NULL)::text FROM connect_status WHERE connection = 'sync'"),
+	'IDLE true', 'sync is IDLE, no pause reason left');
+is(sql($restored, 'SELECT string_agg(scope, \',\' ORDER BY fence_id) FROM connect_fences'), 'reload',
+	"only the rollback's reload fence is up: the restored pause fences are down");
+is(sql($restored, "SELECT string_agg(connection_name || ' ' || (detail->>'fence_id') || ' ' || (detail->>'connection_state'), ',') FROM connect_guard.event WHERE kind = 'restored_fence_lowered'"),
+	"archive $archive_fence IDLE", "archive's pause fence, back from the backup's fence file though archive was resumed at the point restored to, was lowered");
+is(sql($restored, "SELECT state FROM connect_status WHERE connection = 'archive'"), 'IDLE', 'archive is IDLE, as restored');
+is(sql($restored, q{SELECT min(request_id) FILTER (WHERE action = 'refresh') < min(request_id) FILTER (WHERE action = 'reload')
+                    FROM connect_requests WHERE connection = 'sync'}),
+	't', 'Connect was asked for its state before the reloads');
+is(sql($restored, "SELECT string_agg(connection_name || ' ' || (detail->>'state') || ' ' || (detail->>'witnessed_paused'), ',') FROM connect_guard.event WHERE kind = 'connection_state_stale'"),
+	'spare PAUSED false', 'spare (local, no API to ask): its restored PAUSED is reported against the witness, which saw it run');
+is(sql($restored, "SELECT state FROM connect_status WHERE connection = 'spare'"), 'PAUSED', 'and left as restored');
+ok($restored->log_contains(qr/WARNING:  connect_guard: connection "spare" was restored PAUSED, but it was running/),
+	'with a WARNING in the server log');
+is(sql($restored, "SELECT connect_resume('spare')"), 'IDLE', 'the DBA resumes it, as the hint says');
 is(write_error($restored, "INSERT INTO account (name) VALUES ('x')"), '25006', 'account is fenced');
 is(write_error($restored, "UPDATE contact SET name = 'y'"), '25006', 'contact is fenced');
 is(write_error($restored, "INSERT INTO note (body) VALUES ('x')"), '', 'a table no connection maps is not');

@@ -197,9 +197,13 @@ is("$progress->{reloads} $progress->{reload_errors}", '2 0', "rollback: Connect'
 ok(all_processed($restored), 'rollback: Connect processes the restored entries');
 is(sent_twice(), $restored_ids, 'rollback: exactly the listed entries were sent to Salesforce twice');
 is(schema_dump($restored), $dump_before, "rollback: Connect's objects as before the adoption");
-# the restore took the connection's row back to the PAUSED it had at the target, while Connect runs
-sql($restored, "SELECT connect_resume('hc')");
-is(sql($restored, "SELECT connect_wait_state('hc', 'IDLE', '30 s')"), 'IDLE', 'rollback: the connection resumed here too');
+# the restore took the connection's row back to the PAUSED it had at the target, while Connect runs:
+# the worker asked Connect and reconciled it (57_rollback_states.sql)
+is(sql($restored, "SELECT connect_wait_state('hc', 'IDLE', '30 s')"), 'IDLE',
+	'rollback: the connection, restored PAUSED while Connect runs, is IDLE here too, reconciled with Connect');
+like(sql($restored, q{SELECT detail ->> 'recorded_state' || ' ' || (detail ->> 'remote_state') || ' ' || (detail ->> 'state')
+	FROM connect_guard.event WHERE kind = 'connection_state_reconciled'}), qr/^PAUSED (IDLE|POLLING_DB_CHANGES) IDLE$/,
+	'rollback: a connection_state_reconciled event says so');
 
 # -- 3. runbooks/pg_upgrade.sql: the shell steps it prints, then its verify phase ------------------
 

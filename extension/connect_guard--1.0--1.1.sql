@@ -2666,3 +2666,218 @@ $$;
 REVOKE ALL ON FUNCTION connect_guard.connection_reconcile(integer, text, bigint, integer, bigint),
                        connect_guard.rollback_restored_fences(integer)
     FROM PUBLIC;
+
+/* ------------------------------------------------------------------------
+ * Connection rows are locked FOR NO KEY UPDATE, not FOR UPDATE: the locks
+ * serialise batches, pauses and drops among themselves just the same, but
+ * no longer block the foreign-key checks (FOR KEY SHARE) of rows that refer
+ * to the connection.  With FOR UPDATE, a consumer holding its connection
+ * locked made the worker wait for it wherever a transaction updated a
+ * request row a second time (an updated row's key is checked again).
+ * As in extension/parts/05_common.sql, 14_states.sql, 30_batches.sql and
+ * 56_request_states.sql.
+ * ------------------------------------------------------------------------ */
+
+CREATE OR REPLACE FUNCTION connect_guard.require_connection(p_name text, p_lock boolean DEFAULT false)
+RETURNS connect_guard.connection
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c connect_guard.connection;
+BEGIN
+    PERFORM connect_guard.require_not_null(p_name, 'connection name',
+                                           'Pass the name of a connection; see SELECT connection FROM connect_connections.');
+    IF p_lock THEN
+        SELECT * INTO c FROM connect_guard.connection WHERE name = p_name FOR NO KEY UPDATE;
+    ELSE
+        SELECT * INTO c FROM connect_guard.connection WHERE name = p_name;
+    END IF;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'undefined_object',
+            MESSAGE = format('connection "%s" does not exist', p_name),
+            HINT = 'See SELECT connection FROM connect_connections, or create it with connect_create_connection().';
+    END IF;
+    RETURN c;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION connect_guard.lock_connection(p_connection_id integer, p_deadline timestamptz)
+RETURNS connect_guard.connection
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c connect_guard.connection;
+    v_lock_timeout text := current_setting('lock_timeout');
+    v_name text;
+BEGIN
+    PERFORM set_config('lock_timeout',
+                       least(2147483647,
+                             greatest(1, ceil(extract(epoch FROM p_deadline - clock_timestamp()) * 1000)))::bigint::text,
+                       true);
+    BEGIN
+        SELECT * INTO c FROM connect_guard.connection WHERE connection_id = p_connection_id FOR NO KEY UPDATE;
+    EXCEPTION WHEN lock_not_available THEN
+        SELECT cn.name INTO v_name FROM connect_guard.connection cn WHERE cn.connection_id = p_connection_id;
+        RAISE EXCEPTION USING
+            ERRCODE = 'lock_not_available',
+            MESSAGE = format('timed out waiting for the lock on connection "%s"', v_name),
+            DETAIL = format('It is held by %s.', coalesce(connect_guard.connection_lockers(p_connection_id),
+                                                           'a transaction that has ended since, or several (see pg_locks)')),
+            HINT = 'A consumer must commit right after connect_next_batch() and connect_finish_batch(); end that '
+                   'transaction (pg_terminate_backend), or try again with a longer timeout.';
+    END;
+    PERFORM set_config('lock_timeout', v_lock_timeout, true);
+    IF c.connection_id IS NULL THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'undefined_object',
+            MESSAGE = format('connection %s was dropped', p_connection_id),
+            HINT = 'The event log says who dropped it (kind connection_dropped).';
+    END IF;
+    RETURN c;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION connect_guard.connection_note(p_connection_id integer, p_reason text)
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    UPDATE connect_guard.connection SET state_reason = left(p_reason, 2000)
+     WHERE connection_id = (SELECT c.connection_id FROM connect_guard.connection c
+                             WHERE c.connection_id = p_connection_id FOR NO KEY UPDATE SKIP LOCKED);
+$$;
+
+CREATE OR REPLACE FUNCTION connect_finish_batch(batch_id bigint)
+RETURNS bigint
+LANGUAGE plpgsql STRICT
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    b connect_guard.batch;
+    c connect_guard.connection;
+    v_count bigint;
+    v_max bigint;
+BEGIN
+    b := connect_guard.open_batch(batch_id);
+    PERFORM connect_guard.require_consumer(b.connection_id);
+    SELECT * INTO c FROM connect_guard.connection WHERE connection_id = b.connection_id FOR NO KEY UPDATE;
+    -- re-read under the connection lock: a concurrent finish may have won
+    b := connect_guard.open_batch(batch_id);
+    IF b.taken_by <> session_user
+       AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = session_user) THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'insufficient_privilege',
+            MESSAGE = format('batch %s belongs to role "%s"', batch_id, b.taken_by),
+            DETAIL = format('Only the consumer that took a batch last finishes it; you are "%s".', session_user),
+            HINT = 'Finish the batch from the sync service''s own role, take it over with connect_next_batch() (an open batch is handed out again), or finish it as a superuser.';
+    END IF;
+
+    SELECT count(*), max(e.id) INTO v_count, v_max
+      FROM connect_guard.tick_entries(b.connection_id, b.prev_tick, b.cur_tick) e;
+    UPDATE connect_guard.batch SET finished_at = clock_timestamp(), entries = v_count
+     WHERE connect_guard.batch.batch_id = b.batch_id;
+    UPDATE connect_guard.connection
+       SET last_tick = b.cur_tick,
+           hwm_id = greatest(hwm_id, coalesce(v_max, 0)),
+           last_batch_at = clock_timestamp()
+     WHERE connection_id = c.connection_id;
+    PERFORM connect_guard.connection_goto(c.connection_id, 'IDLE', ARRAY['POLLING_DB_CHANGES']);
+    PERFORM connect_guard.mappings_goto(c.connection_id, NULL, 'DATA_SYNCED', ARRAY['INITIAL']);
+    RETURN v_count;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION connect_guard.request_apply(p_request_id bigint)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r connect_guard.request;
+    c connect_guard.connection;
+    b connect_guard.batch;
+    v_timeout interval;
+    v_deadline timestamptz;
+    v_message text;
+    v_detail text;
+    v_in_flight text;
+BEGIN
+    SELECT * INTO r FROM connect_guard.request WHERE request_id = p_request_id;
+    SELECT * INTO c FROM connect_guard.connection WHERE connection_id = r.connection_id FOR NO KEY UPDATE;
+    v_timeout := make_interval(secs => coalesce((r.params ->> 'timeout_s')::double precision, 30));
+
+    IF r.action IN ('pause', 'resume')
+       AND (connect_guard.latest_state_request(r.connection_id)).request_id <> r.request_id THEN
+        PERFORM connect_guard.request_close(r.request_id, 'succeeded');
+        RETURN;
+    END IF;
+
+    IF r.action = 'pause' THEN
+        v_deadline := CASE WHEN r.phase = 'apply' THEN r.deadline ELSE clock_timestamp() + v_timeout END;
+        b := connect_guard.connection_open_batch(c.connection_id);
+        IF b.batch_id IS NOT NULL THEN
+            IF clock_timestamp() > v_deadline THEN
+                PERFORM connect_guard.request_close(r.request_id, 'failed',
+                    format('batch %s, taken by "%s", has been open for %s s: the connection pauses only when idle',
+                           b.batch_id, b.taken_by, round(extract(epoch FROM clock_timestamp() - b.taken_at)::numeric, 1)));
+            ELSE
+                UPDATE connect_guard.request q
+                   SET phase = 'apply', deadline = v_deadline, updated_at = clock_timestamp(),
+                       next_attempt_at = clock_timestamp() + interval '200 ms'
+                 WHERE q.request_id = r.request_id;
+            END IF;
+            RETURN;
+        END IF;
+        -- an adopted log: Connect's entries still being sent (15_log_sources.sql)
+        v_in_flight := connect_guard.log_sends_in_flight(c.connection_id);
+        IF v_in_flight IS NOT NULL THEN
+            IF clock_timestamp() > v_deadline THEN
+                PERFORM connect_guard.request_close(r.request_id, 'failed',
+                    format('Connect reports PAUSED, but %s', v_in_flight));
+            ELSE
+                UPDATE connect_guard.request q
+                   SET phase = 'apply', deadline = v_deadline, updated_at = clock_timestamp(),
+                       next_attempt_at = clock_timestamp() + interval '200 ms'
+                 WHERE q.request_id = r.request_id;
+            END IF;
+            RETURN;
+        END IF;
+
+        BEGIN
+            PERFORM connect_guard.pause_apply(c, (r.params ->> 'block_writes')::boolean, r.params ->> 'reason',
+                                              (r.params ->> 'cancel_writers')::boolean, clock_timestamp() + v_timeout,
+                                              r.created_at,
+                                              jsonb_build_object('request_id', r.request_id, 'adapter', c.adapter));
+        EXCEPTION WHEN lock_not_available OR object_not_in_prerequisite_state THEN
+            GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT, v_detail = PG_EXCEPTION_DETAIL;
+            PERFORM connect_guard.request_close(r.request_id, 'failed',
+                format('Connect is paused but the fence could not be raised: %s%s', v_message,
+                       CASE WHEN v_detail <> '' THEN ' (' || v_detail || ')' ELSE '' END));
+            RETURN;
+        END;
+    ELSIF r.action = 'resume' THEN
+        PERFORM connect_guard.connection_goto(c.connection_id, 'IDLE', NULL, 'resumed',
+            jsonb_build_object('request_id', r.request_id, 'adapter', c.adapter,
+                               'waited_ms', round(extract(epoch FROM clock_timestamp() - r.created_at) * 1000)));
+    ELSIF r.action = 'reload' AND r.mapping_id IS NOT NULL THEN
+        PERFORM connect_guard.mappings_goto(c.connection_id, ARRAY[r.mapping_id], 'DATA_SYNCED', ARRAY['RELOAD_TABLE'],
+            'table_reloaded', jsonb_build_object('request_id', r.request_id, 'table', r.params ->> 'table',
+                                                 'object_name', r.params ->> 'object_name'));
+    ELSIF r.action IN ('export', 'import') THEN
+        -- Connect's configuration goes onto the mappings (49_config_store.sql)
+        v_message := connect_guard.config_answered(c.connection_id, r.action, r.request_id, r.result, r.payload);
+        IF v_message IS NOT NULL THEN
+            PERFORM connect_guard.request_close(r.request_id, 'failed', v_message);
+            RETURN;
+        END IF;
+    END IF;
+    PERFORM connect_guard.request_close(r.request_id, 'succeeded');
+    IF r.action = 'reload' THEN
+        PERFORM connect_guard.rollback_release();     -- the last acknowledged reload lowers the fence
+    END IF;
+END;
+$$;

@@ -101,7 +101,7 @@ BEGIN
     PERFORM connect_guard.require_not_null(p_name, 'connection name',
                                            'Pass the name of a connection; see SELECT connection FROM connect_connections.');
     IF p_lock THEN
-        SELECT * INTO c FROM connect_guard.connection WHERE name = p_name FOR UPDATE;
+        SELECT * INTO c FROM connect_guard.connection WHERE name = p_name FOR NO KEY UPDATE;
     ELSE
         SELECT * INTO c FROM connect_guard.connection WHERE name = p_name;
     END IF;
@@ -118,6 +118,10 @@ $$;
 /*
  * connect_guard.connection_for_update returns the connection row, locked so
  * that batches, pauses and drops of one connection happen one at a time.
+ * Connection rows are locked FOR NO KEY UPDATE everywhere: those locks
+ * exclude each other as FOR UPDATE would, but not the foreign-key checks
+ * (FOR KEY SHARE) of rows referring to the connection, so a consumer that
+ * keeps its connection locked holds up no request or event of it.
  */
 CREATE FUNCTION connect_guard.connection_for_update(p_name text)
 RETURNS connect_guard.connection
@@ -168,7 +172,7 @@ BEGIN
                              greatest(1, ceil(extract(epoch FROM p_deadline - clock_timestamp()) * 1000)))::bigint::text,
                        true);
     BEGIN
-        SELECT * INTO c FROM connect_guard.connection WHERE connection_id = p_connection_id FOR UPDATE;
+        SELECT * INTO c FROM connect_guard.connection WHERE connection_id = p_connection_id FOR NO KEY UPDATE;
     EXCEPTION WHEN lock_not_available THEN
         SELECT cn.name INTO v_name FROM connect_guard.connection cn WHERE cn.connection_id = p_connection_id;
         RAISE EXCEPTION USING

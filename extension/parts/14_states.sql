@@ -73,7 +73,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
     UPDATE connect_guard.connection SET state_reason = left(p_reason, 2000)
      WHERE connection_id = (SELECT c.connection_id FROM connect_guard.connection c
-                             WHERE c.connection_id = p_connection_id FOR UPDATE SKIP LOCKED);
+                             WHERE c.connection_id = p_connection_id FOR NO KEY UPDATE SKIP LOCKED);
 $$;
 
 /*

@@ -120,7 +120,7 @@ DECLARE
 BEGIN
     b := connect_guard.open_batch(batch_id);
     PERFORM connect_guard.require_consumer(b.connection_id);
-    SELECT * INTO c FROM connect_guard.connection WHERE connection_id = b.connection_id FOR UPDATE;
+    SELECT * INTO c FROM connect_guard.connection WHERE connection_id = b.connection_id FOR NO KEY UPDATE;
     -- re-read under the connection lock: a concurrent finish may have won
     b := connect_guard.open_batch(batch_id);
     IF b.taken_by <> session_user

@@ -132,7 +132,7 @@ DECLARE
     v_in_flight text;
 BEGIN
     SELECT * INTO r FROM connect_guard.request WHERE request_id = p_request_id;
-    SELECT * INTO c FROM connect_guard.connection WHERE connection_id = r.connection_id FOR UPDATE;
+    SELECT * INTO c FROM connect_guard.connection WHERE connection_id = r.connection_id FOR NO KEY UPDATE;
     v_timeout := make_interval(secs => coalesce((r.params ->> 'timeout_s')::double precision, 30));
 
     IF r.action IN ('pause', 'resume')

@@ -60,6 +60,8 @@ foreach my $name ('loc', 'sync')
 	is(psql("SELECT state FROM connect_status WHERE connection = '$name'"), 'IDLE',
 		"$name: nothing changed");
 }
+is(psql("SET lock_timeout = '2s'; SELECT count(*) FROM (SELECT 1 FROM connect_guard.connection FOR KEY SHARE) k"), '3',
+	"the consumer's locks hold up no foreign-key check of a row referring to its connections");
 $consumer->query_safe('COMMIT');
 
 # -- 2. the consumer takes the next batch at once: the pause gets through -----

@@ -165,17 +165,25 @@ extern bool fence_gate_passed;
 extern void fence_gate_check(Oid relid, const char *operation);
 extern void fence_rollback_checked(bool as_primary);
 
+/* fence_check.c: how many executors whose start was checked are finishing */
+extern int	fence_checked_finish_depth;
+
 /*
  * fence_trigger_check_needed: whether the capture trigger must check the
  * write that fired it (fence_check_trigger_write): with no fence up, once
  * this backend passed the write gate, a flag and one atomic read.  No
- * shared state without shared_preload_libraries: no fence, no gate.
+ * shared state without shared_preload_libraries: no fence, no gate.  Rows
+ * of a statement whose executor start was checked fire while it finishes
+ * (ExecutorFinish): checked already, they are not checked again, so a
+ * statement in flight when a fence goes up ends as it would have, and the
+ * fence waits for its transaction.
  */
 static inline bool
 fence_trigger_check_needed(void)
 {
 	return fence_state != NULL &&
-		unlikely(!fence_gate_passed || pg_atomic_read_u32(&fence_state->nactive) > 0);
+		unlikely(!fence_gate_passed || pg_atomic_read_u32(&fence_state->nactive) > 0) &&
+		fence_checked_finish_depth == 0;
 }
 
 #endif							/* CONNECT_GUARD_FENCE_H */

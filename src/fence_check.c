@@ -63,6 +63,9 @@
 #include "replica_writes.h"
 
 static ExecutorStart_hook_type prev_ExecutorStart = NULL;
+static ExecutorFinish_hook_type prev_ExecutorFinish = NULL;
+
+int			fence_checked_finish_depth = 0;
 
 /* This backend's copy of its database's fences in force (see header comment) */
 static uint64 local_generation = PG_UINT64_MAX;
@@ -86,6 +89,7 @@ static HTAB *verdicts = NULL;
 static bool verdicts_stale = false;
 
 static void fence_ExecutorStart(QueryDesc *queryDesc, int eflags);
+static void fence_ExecutorFinish(QueryDesc *queryDesc);
 static void fence_relcache_callback(Datum arg, Oid relid);
 
 void
@@ -93,6 +97,8 @@ fence_check_init(void)
 {
 	prev_ExecutorStart = ExecutorStart_hook;
 	ExecutorStart_hook = fence_ExecutorStart;
+	prev_ExecutorFinish = ExecutorFinish_hook;
+	ExecutorFinish_hook = fence_ExecutorFinish;
 	CacheRegisterRelcacheCallback(fence_relcache_callback, (Datum) 0);
 }
 
@@ -581,6 +587,32 @@ fence_ExecutorStart(QueryDesc *queryDesc, int eflags)
 }
 
 /*
+ * fence_ExecutorFinish counts the executors finishing, where their
+ * statements' AFTER ROW triggers fire: fence_ExecutorStart checked those
+ * writes (fence_trigger_check_needed).  Writes that start no executor
+ * (logical replication's apply, COPY, other extensions' C code) fire their
+ * triggers outside ExecutorFinish, at depth 0, and are checked by the
+ * capture trigger.
+ */
+static void
+fence_ExecutorFinish(QueryDesc *queryDesc)
+{
+	fence_checked_finish_depth++;
+	PG_TRY();
+	{
+		if (prev_ExecutorFinish)
+			prev_ExecutorFinish(queryDesc);
+		else
+			standard_ExecutorFinish(queryDesc);
+	}
+	PG_FINALLY();
+	{
+		fence_checked_finish_depth--;
+	}
+	PG_END_TRY();
+}
+
+/*
  * fence_check_trigger_write is the executor's check of a write, made again
  * by the capture trigger for the row (or TRUNCATE) that fired it, when
  * fence_trigger_check_needed() says a fence or the write gate is up.  It
@@ -588,9 +620,9 @@ fence_ExecutorStart(QueryDesc *queryDesc, int eflags)
  * table-sync workers (their error makes the worker exit and retry the
  * transaction later, so the rows arrive once the fence is lowered), COPY's
  * rows into a table the utility check let through, C code of other
- * extensions.  A write the executor checked is checked again, with the same
- * verdict (cached) unless a fence went up since the statement started: then
- * the statement fails at its end rather than commit rows under the fence.
+ * extensions.  A write whose executor start was checked is not checked
+ * again (fence_ExecutorFinish): a fence waits for the transactions in
+ * flight as it goes up, and their statements end as they would have.
  */
 pg_noinline void
 fence_check_trigger_write(Oid relid, TriggerEvent event)

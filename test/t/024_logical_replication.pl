@@ -198,6 +198,19 @@ is(sql($subscriber, 'SELECT count(*) FROM contact'), '0', 'unfenced: the TRUNCAT
 is(entries('contact', "action = 'TRUNCATE'"), '1', 'and logged once');
 
 sql($subscriber, 'DROP SUBSCRIPTION sub_contact');
+
+# a local statement in flight when a fence goes up was checked at its start:
+# its rows, captured as it finishes, are not refused; the fence waits for it
+my $writer = $subscriber->background_psql('postgres', on_error_stop => 0);
+$writer->query_until(qr/started/, "\\echo started\nINSERT INTO contact SELECT 500, 'in flight' FROM pg_sleep(2);\n");
+ok($subscriber->poll_query_until('postgres', q{SELECT count(*) = 1 FROM pg_stat_activity
+		WHERE query LIKE 'INSERT INTO contact SELECT 500%' AND state = 'active'}), 'a statement is in flight');
+sql($subscriber, "SELECT connect_fence('mapped', 'in flight test')");
+like($writer->query('SELECT count(*) FROM contact WHERE id = 500'), qr/^1$/,
+	'the statement in flight when the fence went up ended as it would have');
+is(entries('contact', "record_id = '500'"), '1', 'and its row is logged once');
+$writer->quit;
+sql($subscriber, 'SELECT connect_unfence()');
 $subscriber->stop;
 $publisher->stop;
 done_testing();
